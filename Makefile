@@ -1,0 +1,44 @@
+# Quick start: `make demo` (the main job) and `make test` (the whole suite).
+# Both create or update .venv by themselves and install Fashion-MNIST when it is missing.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+# torch is pinned and installed first, from the local CPU wheel folder when there is one,
+# otherwise from PyTorch's CPU index: never the multi-GB CUDA build.
+TORCH := torch==2.13.0
+TORCH_SOURCE := $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/wheels,--index-url https://download.pytorch.org/whl/cpu)
+
+.PHONY: demo test venv data bench proto clean
+
+demo: $(STAMP) data
+	$(BIN)/edgesplit demo
+
+test: $(STAMP) data
+	$(BIN)/python -m pytest -q -m "not slow"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SOURCE) $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+data:
+	@if [ -f $(FMNIST_DIR)/t10k-images-idx3-ubyte.gz ] || [ -f $(FMNIST_DIR)/t10k-images-idx3-ubyte ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "Fashion-MNIST missing: installing the Debian package dataset-fashion-mnist"; \
+		apt-get install -y dataset-fashion-mnist >/dev/null || { apt-get update >/dev/null && apt-get install -y dataset-fashion-mnist >/dev/null; }; \
+	else \
+		echo "Fashion-MNIST is missing. Install it with:  sudo apt-get install dataset-fashion-mnist"; exit 1; \
+	fi
+
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src src/edgesplit/runtime/transport/kserve_v2.proto
+
+clean:
+	rm -rf $(VENV) runs/demo .pytest_cache

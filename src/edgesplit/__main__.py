@@ -1,0 +1,5 @@
+import sys
+
+from edgesplit.cli import main
+
+sys.exit(main())

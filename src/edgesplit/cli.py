@@ -1,0 +1,289 @@
+"""The ``edgesplit`` command: parses arguments, calls the library, prints or writes JSON.
+
+Errors the user can fix are :class:`EdgesplitError`: printed as one line, exit code 2,
+no traceback unless ``--debug``. Heavy imports (torch, onnxruntime, grpc) happen inside
+the subcommand that needs them, so ``edgesplit worker`` never loads torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from edgesplit.errors import EdgesplitError
+
+log = logging.getLogger("edgesplit")
+
+
+def _write_json(obj, path: str | None) -> None:
+    text = json.dumps(obj, indent=2, default=str)
+    if path in (None, "-"):
+        print(text)
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
+        print(f"wrote {path}")
+
+
+def _model_kwargs(args) -> dict:
+    kw = {}
+    for item in getattr(args, "model_arg", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise EdgesplitError(f"bad --model-arg {item!r}; write KEY=VALUE, e.g. width_mult=0.5")
+        try:
+            kw[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kw[key] = value
+    return kw
+
+
+# ---------------------------------------------------------------- models / profile
+def cmd_models(args) -> None:
+    from edgesplit.data.preprocess import parse_input_shape
+    from edgesplit.models import create_model, list_models
+    from edgesplit.profile import profile_model
+
+    shape = parse_input_shape(args.input)
+    rows = []
+    for name in list_models():
+        model = create_model(name, num_classes=args.num_classes, in_chans=shape[0], input_size=shape[1:])
+        p = profile_model(model, shape, name)
+        rows.append({"model": name, "params": p.params, "macs": p.macs, "branches": max(1, len(p.branches) - 1)})
+    if args.json:
+        return _write_json({"input_shape": list(shape), "num_classes": args.num_classes, "models": rows}, args.json)
+    print(f"input {args.input}, {args.num_classes} classes")
+    print(f"{'model':<22}{'branches':>9}{'params (M)':>12}{'GMACs':>9}")
+    for r in rows:
+        print(f"{r['model']:<22}{r['branches']:>9}{r['params'] / 1e6:>12.3f}{r['macs'] / 1e9:>9.3f}")
+
+
+def cmd_profile(args) -> None:
+    from edgesplit.data.preprocess import parse_input_shape
+    from edgesplit.models import SplitNet, create_model
+    from edgesplit.profile import communication, profile_model
+
+    shape = parse_input_shape(args.input)
+    kw = {"num_classes": args.num_classes, "in_chans": shape[0], "input_size": shape[1:]}
+    model = create_model(args.model, **kw, **_model_kwargs(args))
+    prof = profile_model(model, shape, args.model)
+    comm = None
+    if isinstance(model, SplitNet) and model.unsplit_name:
+        unsplit = create_model(model.unsplit_name, **kw)
+        comm = {enc: communication(model, unsplit, shape, nbytes) for enc, nbytes in (("float32", 4), ("uint8", 1))}
+        comm["unsplit_model"] = model.unsplit_name
+    if args.json:
+        return _write_json({"profile": prof.to_dict(), "communication": comm}, args.json)
+    print(f"{args.model} at {args.input}: {prof.params / 1e6:.3f} M parameters, {prof.macs / 1e6:.1f} M MACs")
+    print(f"{'layer':<40}{'kind':<18}{'params':>10}{'MMACs':>10}{'act KiB':>10}  out shape")
+    for c in prof.layers:
+        print(f"{c.name:<40}{c.kind:<18}{c.params:>10}{c.macs / 1e6:>10.2f}{c.out_bytes / 1024:>10.1f}  {'x'.join(map(str, c.out_shape))}")
+    if prof.branches:
+        print("\nper part:")
+        for b in prof.branches:
+            print(f"  {b['name']:<10} params {b['params'] / 1e6:8.3f} M   MACs {b['macs'] / 1e6:9.1f} M   output {b['feature_dim']} floats")
+    if comm:
+        print(f"\nbytes over the network per inference, {len(model.branches)} devices "
+              f"(layer-wise: {comm['unsplit_model']} cut into balanced contiguous groups):")
+        for enc in ("float32", "uint8"):
+            s, lw = comm[enc]["split"], comm[enc]["layerwise"]
+            print(f"  input as {enc}:")
+            print(f"    split network   {s['total_bytes'] / 1024:10.1f} KiB  ({s['transfers']} transfers, "
+                  f"{s['sequential_transfers']} on the critical path: broadcast {s['input_broadcast_bytes'] / 1024:.1f} KiB, "
+                  f"features back {s['features_back_bytes'] / 1024:.1f} KiB)")
+            print(f"    layer-wise      {lw['total_bytes'] / 1024:10.1f} KiB  ({lw['transfers']} transfers, all sequential: "
+                  f"input {lw['input_bytes'] / 1024:.1f} KiB, cuts after {', '.join(lw['cuts_after'])} "
+                  f"{'+'.join(f'{b / 1024:.1f}' for b in lw['cut_activation_bytes'])} KiB float32)")
+
+
+# ---------------------------------------------------------------- train / eval
+def cmd_train(args) -> None:
+    from edgesplit.training.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=args.model, dataset=args.data, data_dir=args.data_dir,
+        input_size=tuple(int(v) for v in args.input_size.split("x")) if args.input_size else None,
+        model_kwargs=_model_kwargs(args), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, branch_dropout=args.branch_dropout,
+        augment_pad=args.augment_pad, val_size=args.val_size, max_train_samples=args.max_train_samples,
+        seed=args.seed, threads=args.threads,
+    )
+    if not 0 <= cfg.branch_dropout < 1:
+        raise EdgesplitError(f"--branch-dropout must be in [0, 1), got {cfg.branch_dropout}")
+    bar = _ProgressBar(enabled=not args.quiet)
+    try:
+        summary = train(cfg, args.out, resume=args.resume, progress=bar.update)
+    finally:
+        bar.close()
+    last = summary["history"][-1] if summary["history"] else {}
+    print(f"trained {args.model} for {summary['epochs']} epochs in {summary['train_time_s'] / 60:.1f} min; "
+          f"val top-1 {last.get('val_top1')}; checkpoint {args.out}/checkpoint.pt")
+
+
+class _ProgressBar:
+    """tqdm bar per epoch with running loss and accuracy (tqdm is optional)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar, self.epoch = enabled, None, None
+
+    def update(self, s: dict) -> None:
+        if not self.enabled:
+            return
+        if s["epoch"] != self.epoch:
+            self.close()
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=s["steps"], desc=f"epoch {s['epoch']}/{s['epochs']}", unit="batch", mininterval=2.0)
+            self.epoch = s["epoch"]
+        self.bar.set_postfix(loss=f"{s['loss']:.4f}", acc=f"{s['acc']:.4f}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_eval(args) -> None:
+    from edgesplit.data.datasets import load_dataset
+    from edgesplit.training.checkpoint import checkpoint_preprocess, load_model
+    from edgesplit.training.evaluate import evaluate
+
+    model, ckpt = load_model(args.checkpoint)
+    data = args.data or ckpt.get("dataset", "fashion-mnist")
+    pre = checkpoint_preprocess(ckpt)
+    dataset = load_dataset(data, "test", args.data_dir, size=pre.size, in_chans=ckpt["model_kwargs"]["in_chans"])
+    if list(dataset.classes) != list(ckpt["classes"]):
+        raise EdgesplitError(f"dataset {data} has other classes than the checkpoint was trained on; pass the matching --data")
+    report = {"checkpoint": str(args.checkpoint), "model": ckpt["model"], "dataset": data, "split": "test",
+              **evaluate(model, dataset, None, pre)}
+    if args.json:
+        return _write_json(report, args.json)
+    print(f"{ckpt['model']} on {data} test ({report['n']} images): top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}")
+    for cls, acc in report["per_class"].items():
+        print(f"  {cls:<16}{acc:.4f}")
+    for part, acc in report.get("missing_branch_top1", {}).items():
+        print(f"  without {part}: top-1 {acc:.4f}")
+
+
+def cmd_export(args) -> None:
+    from edgesplit.export.onnx_export import export_model
+    from edgesplit.training.checkpoint import load_model
+
+    model, ckpt = load_model(args.checkpoint)
+    body = export_model(model, ckpt, args.out)
+    print(f"exported {ckpt['model']} to {args.out}: {', '.join(p['file'] for p in body['parts'])} + manifest.json "
+          f"(max |onnxruntime - torch| = {body['parity_max_abs_diff']:.1e})")
+
+
+def cmd_predict(args) -> None:
+    from edgesplit.data.datasets import load_image
+    from edgesplit.runtime.local import LocalModel
+
+    model = LocalModel(args.export_dir, threads=args.threads)
+    c, h, w = model.manifest.input_shape
+    for path in args.images:
+        image = load_image(path, (h, w), c)[None]  # (1, H, W, C) uint8
+        top = model.top_k(image, k=args.top)[0]
+        print(f"{path}: " + ", ".join(f"{cls} {p:.3f}" for cls, p in top))
+
+
+def cmd_demo(args) -> None:
+    from edgesplit.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(work_dir=args.work_dir, data_dir=args.data_dir, limit=args.limit, retrain=args.retrain)
+    run_demo(cfg, json_path=args.json)
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgesplit", description="Split CNNs over small edge devices: models, training, export, runtime.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("models", help="list registered models with parameters and MACs")
+    s.add_argument("--input", default="3x224x224", help="input shape CxHxW (default 3x224x224)")
+    s.add_argument("--num-classes", type=int, default=1000)
+    s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("profile", help="per-layer cost and the bytes a distributed inference sends")
+    s.add_argument("model")
+    s.add_argument("--input", default="3x224x224", help="input shape CxHxW")
+    s.add_argument("--num-classes", type=int, default=1000)
+    s.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model argument, e.g. width_mult=0.5")
+    s.add_argument("--json", nargs="?", const="-")
+    s.set_defaults(func=cmd_profile)
+
+    s = sub.add_parser("train", help="train a model; checkpoint every epoch")
+    s.add_argument("model")
+    s.add_argument("--data", default="fashion-mnist", help="fashion-mnist (default), cifar10 or imagefolder")
+    s.add_argument("--data-dir", help="dataset folder (default for fashion-mnist: /usr/share/datasets/fashion-mnist)")
+    s.add_argument("--input-size", help="resize images to HxW (default: the dataset's size)")
+    s.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model argument, e.g. width_mult=0.5")
+    s.add_argument("--epochs", type=int, default=5)
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
+    s.add_argument("--weight-decay", type=float, default=5e-4)
+    s.add_argument("--label-smoothing", type=float, default=0.0)
+    s.add_argument("--branch-dropout", type=float, default=0.0, help="probability of zeroing a branch's features (split models)")
+    s.add_argument("--augment-pad", type=int, default=2, help="random-crop padding; 0 disables augmentation")
+    s.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
+    s.add_argument("--max-train-samples", type=int, help="train on the first N training images only")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    s.add_argument("--out", required=True, help="run directory")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="accuracy of a checkpoint on the test set")
+    s.add_argument("checkpoint", help="checkpoint.pt or its run directory")
+    s.add_argument("--data", help="dataset (default: the one it was trained on)")
+    s.add_argument("--data-dir")
+    s.add_argument("--json", nargs="?", const="-")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("export", help="checkpoint -> ONNX part files + manifest.json")
+    s.add_argument("checkpoint", help="checkpoint.pt or its run directory")
+    s.add_argument("--out", required=True, help="export directory")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("predict", help="classify image files with an export, in this process")
+    s.add_argument("export_dir")
+    s.add_argument("images", nargs="+", help="JPEG/PNG files")
+    s.add_argument("--top", type=int, default=3)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("demo", help="the main job: train (cached), export, split vs unsplit on the test set")
+    s.add_argument("--work-dir", default="runs/demo", help="where the cached checkpoints and exports live")
+    s.add_argument("--data-dir", help="Fashion-MNIST folder")
+    s.add_argument("--limit", type=int, help="use only the first N test images")
+    s.add_argument("--retrain", action="store_true", help="ignore the cached checkpoints")
+    s.add_argument("--json", help="also write the numbers as JSON to this file")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except EdgesplitError as err:
+        if args.debug:
+            raise
+        print(f"edgesplit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgesplit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

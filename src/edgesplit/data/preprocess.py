@@ -1,0 +1,49 @@
+"""What a deployed model expects of its input; numpy only, so workers and the coordinator share it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from edgesplit.errors import EdgesplitError
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """uint8 pixels resized to ``size`` (H, W), then ``(x / 255 - mean) / std`` per channel."""
+
+    size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(tuple(d["size"]), tuple(d["mean"]), tuple(d["std"]))
+
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """(B, C, H, W) uint8 -> (B, C, H, W) float32, at the size the images already have."""
+        scale = (1.0 / (255.0 * np.asarray(self.std, dtype=np.float32))).reshape(1, -1, 1, 1)
+        shift = (np.asarray(self.mean, dtype=np.float32) / np.asarray(self.std, dtype=np.float32)).reshape(1, -1, 1, 1)
+        return images.astype(np.float32) * scale - shift
+
+
+def nhwc_to_nchw(images: np.ndarray) -> np.ndarray:
+    """(B, H, W, C) -> (B, C, H, W), contiguous."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+
+
+def parse_input_shape(text: str | Sequence[int]) -> tuple[int, int, int]:
+    """``"3x224x224"`` -> (3, 224, 224)."""
+    if not isinstance(text, str):
+        return tuple(int(v) for v in text)
+    try:
+        c, h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise EdgesplitError(f"bad input shape {text!r}; write it as CxHxW, e.g. 3x224x224") from None
+    if min(c, h, w) <= 0:
+        raise EdgesplitError(f"bad input shape {text!r}; every size must be positive")
+    return c, h, w

@@ -1,0 +1,1 @@
+"""ONNX export (needs torch) and the torch-free manifest the runtime reads."""

@@ -1,0 +1,118 @@
+"""The export manifest: what each ONNX part is, what it expects, and its sha256. numpy-free, torch-free.
+
+``load_manifest(dir)`` checks the format tag and every file's sha256 before anything
+is loaded, so a worker never runs a file that is not the one that was exported.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgesplit.errors import EdgesplitError
+
+MANIFEST_FORMAT = "edgesplit-export/1"
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]  # -1 for the batch dimension
+    dtype: str  # numpy dtype name: float32, uint8
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorSpec":
+        return cls(d["name"], tuple(d["shape"]), d["dtype"])
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    name: str  # branch0 ... branch{k-1}, head, or model for an unsplit network
+    role: str  # branch | head | model
+    file: str
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PartSpec":
+        return cls(d["name"], d["role"], d["file"], d["sha256"], tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+                   tuple(TensorSpec.from_dict(t) for t in d["outputs"]))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "role": self.role, "file": self.file, "sha256": self.sha256,
+                "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    directory: Path
+    model: str
+    model_kwargs: dict
+    input_shape: tuple[int, int, int]  # (C, H, W) per image
+    preprocess: dict  # Preprocess.to_dict()
+    classes: tuple[str, ...]
+    feature_dims: tuple[int, ...]  # per branch; () for an unsplit model
+    parts: tuple[PartSpec, ...]
+    opset: int
+
+    @property
+    def branches(self) -> list[PartSpec]:
+        return [p for p in self.parts if p.role == "branch"]
+
+    @property
+    def is_split(self) -> bool:
+        return bool(self.branches)
+
+    def part(self, name: str) -> PartSpec:
+        for p in self.parts:
+            if p.name == name:
+                return p
+        raise EdgesplitError(f"export {self.directory} has no part {name!r}; it has: {', '.join(p.name for p in self.parts)}")
+
+    def path(self, part: PartSpec) -> Path:
+        return self.directory / part.file
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(directory: Path, body: dict) -> Path:
+    path = directory / MANIFEST_NAME
+    path.write_text(json.dumps({"format": MANIFEST_FORMAT, **body}, indent=2) + "\n")
+    return path
+
+
+def load_manifest(directory: str | Path, verify: bool = True) -> Manifest:
+    """Read ``directory/manifest.json``; with ``verify`` refuse any part whose sha256 differs."""
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not path.exists():
+        raise EdgesplitError(f"{directory} has no {MANIFEST_NAME}; pass a directory written by `edgesplit export`")
+    try:
+        d = json.loads(path.read_text())
+        if d.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"format tag {d.get('format')!r}")
+        manifest = Manifest(directory, d["model"], d["model_kwargs"], tuple(d["input_shape"]), d["preprocess"],
+                            tuple(d["classes"]), tuple(d["feature_dims"]), tuple(PartSpec.from_dict(p) for p in d["parts"]),
+                            int(d["opset"]))
+    except (ValueError, KeyError, TypeError) as err:
+        raise EdgesplitError(f"{path} is not a valid edgesplit manifest ({err}); re-run `edgesplit export`") from None
+    if verify:
+        for part in manifest.parts:
+            file = manifest.path(part)
+            if not file.exists():
+                raise EdgesplitError(f"{file} listed in the manifest is missing; re-run `edgesplit export`")
+            if sha256_file(file) != part.sha256:
+                raise EdgesplitError(f"{file} does not match the sha256 in {MANIFEST_NAME} (changed or corrupted); re-run `edgesplit export`")
+    return manifest

@@ -1,0 +1,87 @@
+"""Checkpoint -> one ONNX file per deployable part + ``manifest.json``.
+
+A split model gives ``branch{i}.onnx`` (image -> pooled features) and ``head.onnx``
+(concatenated features -> logits); an unsplit model gives ``model.onnx``. Every part
+has a dynamic batch dimension. After writing, each part is run in ONNX Runtime on a
+random batch and compared with PyTorch; the largest difference is recorded in the
+manifest and an export that differs by more than ``PARITY_TOL`` is refused.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgesplit.export.manifest import PartSpec, TensorSpec, sha256_file, write_manifest
+from edgesplit.errors import EdgesplitError
+from edgesplit.models import SplitNet
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+PARITY_TOL = 1e-4  # largest |onnxruntime - torch| accepted, float32
+
+
+def _export_module(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str) -> None:
+    module.eval()
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript; it is exact here
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET, input_names=[input_name],
+                          output_names=[output_name], dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+
+
+def _parity(module: nn.Module, path: Path, x: torch.Tensor) -> float:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = module(x).numpy()
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    return float(np.abs(got - ref).max())
+
+
+def export_model(model: nn.Module, ckpt: dict, out_dir: str | Path, seed: int = 0) -> dict:
+    """Export ``model`` (rebuilt from ``ckpt``) into ``out_dir``; returns the manifest body."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    kw = ckpt["model_kwargs"]
+    input_shape = (kw["in_chans"], *kw["input_size"])
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, *input_shape, generator=gen)
+    image = TensorSpec("input", (-1, *input_shape), "float32")
+
+    pieces: list[tuple[str, str, nn.Module, torch.Tensor, TensorSpec, TensorSpec]] = []
+    if isinstance(model, SplitNet):
+        with torch.no_grad():
+            feats = model.forward_features(x)
+        for i, (branch, f) in enumerate(zip(model.branches, feats)):
+            pieces.append((f"branch{i}", "branch", branch, x, image, TensorSpec("features", (-1, f.shape[1]), "float32")))
+        fcat = torch.cat(feats, 1)
+        pieces.append(("head", "head", model.head, fcat, TensorSpec("features", (-1, fcat.shape[1]), "float32"),
+                       TensorSpec("logits", (-1, model.num_classes), "float32")))
+        feature_dims = list(model.feature_dims)
+    else:
+        pieces.append(("model", "model", model, x, image, TensorSpec("logits", (-1, kw["num_classes"]), "float32")))
+        feature_dims = []
+
+    parts, max_diff = [], 0.0
+    for name, role, module, example, inp, outp in pieces:
+        path = out_dir / f"{name}.onnx"
+        _export_module(module, example, path, inp.name, outp.name)
+        diff = _parity(module, path, example)
+        if diff > PARITY_TOL:
+            raise EdgesplitError(f"ONNX Runtime output of {name} differs from PyTorch by {diff:.2e} (> {PARITY_TOL}); export refused")
+        max_diff = max(max_diff, diff)
+        parts.append(PartSpec(name, role, path.name, sha256_file(path), (inp,), (outp,)).to_dict())
+        log.info("exported %s (max |ort - torch| = %.2e)", path, diff)
+
+    body = {"model": ckpt["model"], "model_kwargs": kw, "input_shape": list(input_shape), "preprocess": ckpt["preprocess"],
+            "classes": list(ckpt["classes"]), "feature_dims": feature_dims, "parts": parts, "opset": OPSET,
+            "parity_max_abs_diff": max_diff, "dataset": ckpt.get("dataset"), "trained_epochs": ckpt.get("epoch")}
+    write_manifest(out_dir, body)
+    return body

@@ -1,0 +1,46 @@
+"""Model registry: ``@register_model`` factories and ``create_model(name, **kw)``.
+
+Like timm, every model family lives in its own file and registers small factory
+functions; the rest of edgesplit only knows names. All factories take the same
+keyword arguments: ``num_classes``, ``in_chans`` and ``input_size`` (H, W), plus
+family-specific ones.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+from edgesplit.errors import EdgesplitError
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register ``fn`` under its name, with ``_`` written as ``-`` (``resnet18_split2`` -> ``resnet18-split2``)."""
+    name = fn.__name__.replace("_", "-")
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} registered twice")
+    _MODELS[name] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model; an unknown name raises a one-line :class:`EdgesplitError`."""
+    try:
+        factory = _MODELS[name]
+    except KeyError:
+        raise EdgesplitError(
+            f"unknown model {name!r}; choose one of: {', '.join(list_models())} (see `edgesplit models`)"
+        ) from None
+    try:
+        model = factory(**kwargs)
+    except TypeError as err:
+        raise EdgesplitError(f"model {name!r} does not take these arguments ({err})") from None
+    model.model_name = name
+    model.model_kwargs = dict(kwargs)
+    return model

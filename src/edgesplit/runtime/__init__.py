@@ -1,0 +1,1 @@
+"""The distributed runtime: engines, workers, the coordinator. Free of torch and matplotlib."""

@@ -1,0 +1,82 @@
+"""Inference engines: the small interface a worker runs a model part through.
+
+Implementations are named after their technology and imported only when chosen
+(``create_engine``): a board that has only ONNX Runtime never imports anything else.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from edgesplit.errors import EdgesplitError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineTensor:
+    name: str
+    shape: tuple[int, ...]  # -1 for dynamic dimensions
+    dtype: str  # numpy dtype name
+
+
+class InferenceEngine(Protocol):
+    inputs: Sequence[EngineTensor]
+    outputs: Sequence[EngineTensor]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One synchronous inference; thread-safe."""
+        ...
+
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64",
+               "tensor(int32)": "int32", "tensor(float16)": "float16", "tensor(int8)": "int8", "tensor(double)": "float64"}
+
+
+class OnnxRuntimeEngine:
+    """ONNX Runtime session. ``threads``: intra-op threads (1 per worker core is best here);
+    ``providers``: execution providers in order of preference, the CPU one always last.
+
+    Inter-op threads are 1 and spinning is off: a busy-waiting thread pool on a small
+    board takes cores from the other processes (the coordinator, other workers).
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1, providers: Sequence[str] | None = None, spin: bool = False):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        available = ort.get_available_providers()
+        wanted = [p for p in (providers or available) if p in available]
+        if "CPUExecutionProvider" not in wanted:
+            wanted.append("CPUExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+        except Exception as err:  # onnxruntime raises its own exception types for bad files
+            raise EdgesplitError(f"ONNX Runtime cannot load {path}: {str(err).splitlines()[0][:200]}") from None
+        self.providers = self.session.get_providers()
+        self.inputs = [EngineTensor(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape), _ORT_DTYPES.get(i.type, i.type))
+                       for i in self.session.get_inputs()]
+        self.outputs = [EngineTensor(o.name, tuple(d if isinstance(d, int) else -1 for d in o.shape), _ORT_DTYPES.get(o.type, o.type))
+                        for o in self.session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
+
+
+ENGINES = ("onnxruntime",)
+
+
+def create_engine(kind: str, path: str | Path, **kwargs) -> InferenceEngine:
+    if kind == "onnxruntime":
+        return OnnxRuntimeEngine(path, **kwargs)
+    raise EdgesplitError(f"unknown engine {kind!r}; available: {', '.join(ENGINES)}")

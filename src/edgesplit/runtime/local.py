@@ -1,0 +1,43 @@
+"""An exported model run in this process with ONNX Runtime: branches one after another, then the head.
+
+The reference the distributed runtime is checked against, and the ``--in-process``
+mode of the demo (the seed's ``--cpu``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgesplit.data.preprocess import Preprocess, nhwc_to_nchw
+from edgesplit.export.manifest import load_manifest
+from edgesplit.runtime.engine import OnnxRuntimeEngine
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+class LocalModel:
+    def __init__(self, export_dir: str | Path, threads: int = 1):
+        self.manifest = load_manifest(export_dir)
+        self.pre = Preprocess.from_dict(self.manifest.preprocess)
+        self.engines = {p.name: OnnxRuntimeEngine(self.manifest.path(p), threads=threads) for p in self.manifest.parts}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(B, C, H, W) float32, already normalised -> logits (B, num_classes)."""
+        m = self.manifest
+        if not m.is_split:
+            return self.engines["model"].run({"input": x})["logits"]
+        feats = [self.engines[b.name].run({"input": x})["features"] for b in m.branches]
+        return self.engines["head"].run({"features": np.concatenate(feats, axis=1)})["logits"]
+
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """(B, H, W, C) uint8 at the model's size -> normalised (B, C, H, W) float32."""
+        return self.pre.normalize(nhwc_to_nchw(images))
+
+    def top_k(self, images: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+        probs = softmax(self(self.prepare(images)))
+        order = np.argsort(-probs, axis=1)[:, :k]
+        return [[(self.manifest.classes[j], float(p[j])) for j in row] for p, row in zip(probs, order)]

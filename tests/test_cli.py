@@ -1,0 +1,73 @@
+"""The command line: bad input gives one line, exit code 2, no traceback."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, check_rc=None):
+    proc = subprocess.run([sys.executable, "-m", "edgesplit", *args], capture_output=True, text=True, timeout=300)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, proc.stderr
+    return proc
+
+
+def assert_one_line_error(proc, pattern):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("edgesplit: error:")]
+    assert len(lines) == 1 and pattern in lines[0], proc.stderr
+
+
+def test_help_everywhere():
+    assert "COMMAND" in run("--help", check_rc=0).stdout
+    for cmd in ("models", "profile", "train", "eval", "export", "predict", "demo"):
+        assert "usage: edgesplit " + cmd in run(cmd, "--help", check_rc=0).stdout
+
+
+def test_models_and_profile_json(tmp_path):
+    out = json.loads(run("models", "--input", "1x28x28", "--num-classes", "10", "--json", check_rc=0).stdout)
+    names = [m["model"] for m in out["models"]]
+    assert "resnet18-split2" in names and "alexnet" in names
+    prof = json.loads(run("profile", "resnet18-split2", "--input", "1x28x28", "--num-classes", "10", "--json", check_rc=0).stdout)
+    assert prof["communication"]["uint8"]["split"]["input_broadcast_bytes"] == 2 * 784
+    assert [b["name"] for b in prof["profile"]["branches"]] == ["branch0", "branch1", "head"]
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (("profile", "resnet19"), "unknown model 'resnet19'"),
+    (("profile", "resnet18", "--input", "224x224"), "bad input shape"),
+    (("train", "resnet18", "--data-dir", "/nonexistent", "--out", "{tmp}/r"), "does not exist"),
+    (("eval", "{tmp}/missing"), "not found"),
+    (("predict", "{tmp}", "x.png"), "has no manifest.json"),
+    (("train", "resnet18", "--model-arg", "width", "--out", "{tmp}/r"), "bad --model-arg"),
+    (("train", "resnet18", "--model-arg", "depth=3", "--out", "{tmp}/r"), "does not take these arguments"),
+])
+def test_bad_input_one_line(tmp_path, args, pattern):
+    assert_one_line_error(run(*(a.format(tmp=tmp_path) for a in args)), pattern)
+
+
+def test_checkpoint_of_other_model_via_cli(tiny_run, tmp_path):
+    import torch
+
+    ckpt = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    ckpt["model"] = "resnet18-split3"
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    assert_one_line_error(run("export", str(tmp_path), "--out", str(tmp_path / "e")), "do not fit model 'resnet18-split3'")
+
+
+def test_export_and_predict_cli(tiny_run, tmp_path):
+    from PIL import Image
+
+    from edgesplit.data import load_dataset
+
+    proc = run("export", str(tiny_run), "--out", str(tmp_path / "e"), check_rc=0)
+    assert "branch0.onnx, branch1.onnx, head.onnx" in proc.stdout
+    img = load_dataset("fashion-mnist", "test").data[0, :, :, 0]
+    Image.fromarray(img).save(tmp_path / "x.png")
+    out = run("predict", str(tmp_path / "e"), str(tmp_path / "x.png"), check_rc=0).stdout
+    assert out.count(",") == 2  # top-3 classes
+    with open(tmp_path / "e" / "head.onnx", "ab") as f:
+        f.write(b"x")
+    assert_one_line_error(run("predict", str(tmp_path / "e"), str(tmp_path / "x.png")), "sha256")

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+
+from edgesplit.errors import EdgesplitError
+from edgesplit.training.checkpoint import build_model, load_model, read_checkpoint
+from edgesplit.training.train import TrainConfig, train
+
+TINY = dict(model="resnet18-split2", model_kwargs={"width_mult": 0.125}, max_train_samples=384, val_size=128,
+            batch_size=64, threads=1)
+
+
+def test_short_training_lowers_the_loss(tmp_path):
+    cfg = TrainConfig(**{**TINY, "max_train_samples": 1024}, epochs=3, branch_dropout=0.2)
+    summary = train(cfg, tmp_path)
+    losses = [h["train_loss"] for h in summary["history"]]
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert summary["history"][-1]["val_top1"] > 0.3  # 10 classes: chance is 0.1
+
+
+def test_resume_continues_from_saved_epoch_exactly(tmp_path):
+    full = train(TrainConfig(**TINY, epochs=2), tmp_path / "full")
+    # the same run, interrupted after epoch 1: a 2-epoch schedule stopped by hand
+    part_dir = tmp_path / "part"
+    with pytest.raises(_Interrupt):
+        train(TrainConfig(**TINY, epochs=2), part_dir, progress=_stop_after_epoch(1))
+    assert read_checkpoint(part_dir)["epoch"] == 1
+    resumed = train(TrainConfig(**TINY, epochs=2), part_dir, resume=True)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    a, b = read_checkpoint(tmp_path / "full")["state_dict"], read_checkpoint(part_dir)["state_dict"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert json.loads((part_dir / "history.json").read_text())[-1]["train_loss"] == pytest.approx(full["history"][-1]["train_loss"])
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _stop_after_epoch(n):
+    """A progress callback that interrupts training in the first step after epoch ``n`` was saved."""
+    def progress(state):
+        if state["epoch"] > n:
+            raise _Interrupt
+    return progress
+
+
+def test_resume_refuses_other_settings_and_overwrite(tmp_path):
+    train(TrainConfig(**TINY, epochs=1), tmp_path)
+    with pytest.raises(EdgesplitError, match="settings differ.*epochs"):
+        train(TrainConfig(**TINY, epochs=3), tmp_path, resume=True)
+    with pytest.raises(EdgesplitError, match="--resume"):
+        train(TrainConfig(**TINY, epochs=1), tmp_path)
+
+
+def test_checkpoint_of_another_model_is_refused(tiny_run):
+    ckpt = read_checkpoint(tiny_run)
+    ckpt["model"] = "resnet18-split4"
+    with pytest.raises(EdgesplitError, match="do not fit model 'resnet18-split4'"):
+        build_model(ckpt)
+
+
+def test_corrupted_checkpoint_is_refused(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(EdgesplitError, match="not a readable edgesplit checkpoint"):
+        load_model(tmp_path)
+
+
+def test_branch_dropout_needs_split_model(tmp_path):
+    with pytest.raises(EdgesplitError, match="needs a split model"):
+        train(TrainConfig(**{**TINY, "model": "resnet18"}, epochs=1, branch_dropout=0.5), tmp_path)
+
+
+def test_eval_reports_missing_branches(tiny_run):
+    from edgesplit.data import load_dataset
+    from edgesplit.training.checkpoint import checkpoint_preprocess
+    from edgesplit.training.evaluate import evaluate
+    import numpy as np
+
+    model, ckpt = load_model(tiny_run)
+    test = load_dataset("fashion-mnist", "test")
+    report = evaluate(model, test, np.arange(300), checkpoint_preprocess(ckpt))
+    assert report["n"] == 300 and 0 <= report["top1"] <= report["top5"] <= 1
+    assert set(report["missing_branch_top1"]) == {"branch0", "branch1"}
+    assert len(report["per_class"]) == 10
