@@ -197,6 +197,64 @@ def cmd_demo(args) -> None:
     run_demo(cfg, json_path=args.json)
 
 
+# ---------------------------------------------------------------- runtime
+def _cpus(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise EdgesplitError(f"bad --cpus {text!r}; write a comma-separated list like 0,1") from None
+
+
+def _security_args(s) -> None:
+    s.add_argument("--token-file", help="file holding the bearer token every call must carry")
+    s.add_argument("--tls-cert", help="server certificate (PEM)")
+    s.add_argument("--tls-key", help="server private key (PEM)")
+    s.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM)")
+    s.add_argument("--insecure", action="store_true", help="allow a non-loopback address without TLS or token")
+
+
+def _server_security(args):
+    from edgesplit.runtime.transport.server import ServerSecurity
+
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    return ServerSecurity(token, args.tls_cert, args.tls_key, args.tls_client_ca, args.insecure)
+
+
+def cmd_worker(args) -> None:
+    import asyncio
+
+    from edgesplit.runtime.worker import WorkerConfig, serve_worker
+
+    cfg = WorkerConfig(args.source, args.part, args.host, args.port, args.threads, _cpus(args.cpus),
+                       providers=tuple(args.providers.split(",")) if args.providers else None,
+                       max_message_bytes=int(args.max_message_mb * (1 << 20)))
+    asyncio.run(serve_worker(cfg, _server_security(args)))
+
+
+def cmd_serve(args) -> None:
+    import asyncio
+
+    from edgesplit.runtime.serve import serve
+
+    if bool(args.plan) == bool(args.local):
+        raise EdgesplitError("pass either --plan plan.yaml or --local EXPORT_DIR")
+    asyncio.run(serve(args.plan, args.local, args.host, args.port, _server_security(args),
+                      int(args.max_message_mb * (1 << 20))))
+
+
+def cmd_plan(args) -> None:
+    from edgesplit.runtime.plan import make_plan
+
+    speeds = [float(v) for v in args.speeds.split(",")] if args.speeds else None
+    plan = make_plan(args.export_dir, args.workers, speeds, args.timeout_ms, args.input_dtype)
+    plan.write(args.out)
+    for p in plan.parts:
+        print(f"{p.name}: {', '.join(p.replicas)}")
+    print(f"wrote {args.out}")
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgesplit", description="Split CNNs over small edge devices: models, training, export, runtime.")
@@ -257,6 +315,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=3)
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("worker", help="serve one model part over KServe v2 gRPC (no torch needed)")
+    s.add_argument("source", help="export directory (with --part) or a bare .onnx file")
+    s.add_argument("--part", help="part name: branch0, branch1, ..., head, or model")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    s.add_argument("--port", type=int, default=0, help="port (0: any free one, printed when ready)")
+    s.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    s.add_argument("--cpus", help="pin to these CPUs, e.g. 0 or 2,3")
+    s.add_argument("--providers", help="ONNX Runtime execution providers in order, e.g. CUDAExecutionProvider")
+    s.add_argument("--max-message-mb", type=float, default=64.0, help="largest request accepted (MiB)")
+    _security_args(s)
+    s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("serve", help="serve the whole split model as one KServe v2 endpoint")
+    s.add_argument("--plan", help="plan.yaml: where each part runs")
+    s.add_argument("--local", metavar="EXPORT_DIR", help="start local worker processes for this export instead")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8001)
+    s.add_argument("--max-message-mb", type=float, default=64.0)
+    _security_args(s)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("plan", help="write a plan.yaml placing an export's parts on worker addresses")
+    s.add_argument("export_dir")
+    s.add_argument("--workers", nargs="+", required=True, metavar="HOST:PORT")
+    s.add_argument("--speeds", help="relative device speeds, one per worker, e.g. 2,1")
+    s.add_argument("--timeout-ms", type=float, default=2000.0)
+    s.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"])
+    s.add_argument("--out", default="plan.yaml")
+    s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("demo", help="the main job: train (cached), export, split vs unsplit on the test set")
     s.add_argument("--work-dir", default="runs/demo", help="where the cached checkpoints and exports live")

@@ -93,8 +93,12 @@ def write_manifest(directory: Path, body: dict) -> Path:
     return path
 
 
-def load_manifest(directory: str | Path, verify: bool = True) -> Manifest:
-    """Read ``directory/manifest.json``; with ``verify`` refuse any part whose sha256 differs."""
+def load_manifest(directory: str | Path, verify: bool | list[str] = True) -> Manifest:
+    """Read ``directory/manifest.json``; refuse any part whose sha256 differs.
+
+    ``verify``: True checks every part, a list of names checks those (a worker holds only
+    its own part), False checks none.
+    """
     directory = Path(directory)
     path = directory / MANIFEST_NAME
     if not path.exists():
@@ -109,7 +113,9 @@ def load_manifest(directory: str | Path, verify: bool = True) -> Manifest:
     except (ValueError, KeyError, TypeError) as err:
         raise EdgesplitError(f"{path} is not a valid edgesplit manifest ({err}); re-run `edgesplit export`") from None
     if verify:
-        for part in manifest.parts:
+        names = {p.name for p in manifest.parts} if verify is True else set(verify)
+        for name in names:
+            part = manifest.part(name)
             file = manifest.path(part)
             if not file.exists():
                 raise EdgesplitError(f"{file} listed in the manifest is missing; re-run `edgesplit export`")

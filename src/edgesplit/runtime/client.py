@@ -1,0 +1,115 @@
+"""The Python API: ``edgesplit.connect(plan)`` -> :class:`Client` (blocking) or :class:`AsyncClient`.
+
+    with edgesplit.connect("plan.yaml") as client:
+        logits = client.infer(images)          # (B, C, H, W) uint8 pixels or normalised float32
+
+The blocking client runs the asyncio coordinator on a background thread, so many
+``infer`` calls can be in flight at once from several threads (``infer_many`` does that).
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgesplit.runtime.coordinator import Coordinator, grpc_coordinator
+from edgesplit.runtime.model import InferResult
+from edgesplit.runtime.plan import Plan, load_plan
+
+
+def _as_plan(plan: Plan | str | Path) -> Plan:
+    return plan if isinstance(plan, Plan) else load_plan(plan)
+
+
+class AsyncClient:
+    def __init__(self, coordinator: Coordinator):
+        self.coordinator = coordinator
+
+    @classmethod
+    async def connect(cls, plan: Plan | str | Path, wait_ready_s: float = 30.0) -> "AsyncClient":
+        coord = grpc_coordinator(_as_plan(plan))
+        await coord.wait_ready(wait_ready_s)
+        return cls(coord)
+
+    async def infer_result(self, images: np.ndarray) -> InferResult:
+        return await self.coordinator.infer({"input": images})
+
+    async def infer(self, images: np.ndarray) -> np.ndarray:
+        return (await self.infer_result(images)).outputs["logits"]
+
+    async def close(self) -> None:
+        await self.coordinator.close()
+
+
+class Client:
+    def __init__(self, plan: Plan | str | Path, wait_ready_s: float = 30.0):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="edgesplit-client", daemon=True)
+        self._thread.start()
+        try:
+            self._async = self._run(AsyncClient.connect(plan, wait_ready_s))
+        except BaseException:
+            self._shutdown_loop()
+            raise
+
+    def _run(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def coordinator(self) -> Coordinator:
+        return self._async.coordinator
+
+    def submit(self, images: np.ndarray) -> Future:
+        """Start one inference; the future yields an :class:`InferResult`."""
+        return asyncio.run_coroutine_threadsafe(self._async.infer_result(images), self._loop)
+
+    def infer_result(self, images: np.ndarray) -> InferResult:
+        return self.submit(images).result()
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """(B, C, H, W) uint8 or float32 -> logits (B, num_classes)."""
+        return self.infer_result(images).outputs["logits"]
+
+    def infer_many(self, batches: Sequence[np.ndarray], in_flight: int = 8) -> list[InferResult]:
+        """Run all ``batches`` with up to ``in_flight`` requests outstanding; results in order."""
+
+        async def run_all():
+            sem = asyncio.Semaphore(in_flight)
+
+            async def one(b):
+                async with sem:
+                    return await self._async.infer_result(b)
+
+            return await asyncio.gather(*(one(b) for b in batches))
+
+        return self._run(run_all())
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            try:
+                self._run(self._async.close(), timeout=5)
+            finally:
+                self._shutdown_loop()
+
+    def _shutdown_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def connect(plan: Plan | str | Path, wait_ready_s: float = 30.0) -> Client:
+    return Client(plan, wait_ready_s)
+
+
+async def connect_async(plan: Plan | str | Path, wait_ready_s: float = 30.0) -> AsyncClient:
+    return await AsyncClient.connect(plan, wait_ready_s)

@@ -1,0 +1,169 @@
+"""The embedded default: one worker process per part on 127.0.0.1, owned by a :class:`LocalCluster`.
+
+    with LocalCluster(export_dir) as cluster:      # starts workers, waits until all are ready
+        with connect(cluster.plan()) as client:
+            client.infer(images)
+                                                   # workers stopped here: SIGTERM, then SIGKILL
+Each worker is pinned to its own core when there are at least as many cores as
+workers, runs ONNX Runtime with one thread, and gets SIGTERM if this process dies
+(Linux parent-death signal), so no worker outlives its cluster, also after SIGKILL.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from edgesplit.errors import EdgesplitError
+from edgesplit.export.manifest import load_manifest
+from edgesplit.runtime.plan import PartPlacement, Plan
+from edgesplit.runtime.worker import READY_LINE, set_parent_death_signal
+
+log = logging.getLogger(__name__)
+
+# Thread pools that busy-wait or multiply: one thread each inside a worker (measured here:
+# OpenMP/BLAS spinning threads doubled the latency of a neighbouring process).
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+@dataclass
+class WorkerProcess:
+    part: str
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+    cpus: tuple[int, ...] | None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class LocalCluster:
+    def __init__(self, export_dir: str | Path, parts: Sequence[str] | None = None, threads: int = 1,
+                 pin: bool = True, startup_timeout_s: float = 60.0, worker_args: Sequence[str] = (),
+                 log_dir: str | Path | None = None, timeout_ms: float = 2000.0, input_dtype: str = "uint8"):
+        self.export_dir = Path(export_dir)
+        manifest = load_manifest(self.export_dir)  # verify every file once, here
+        self.parts = list(parts) if parts else ([p.name for p in manifest.branches] or ["model"])
+        self.threads, self.pin, self.startup_timeout_s = threads, pin, startup_timeout_s
+        self.worker_args = list(worker_args)
+        self.timeout_ms, self.input_dtype = timeout_ms, input_dtype
+        self._tmp = None if log_dir else tempfile.TemporaryDirectory(prefix="edgesplit-cluster-")
+        self.log_dir = Path(log_dir) if log_dir else Path(self._tmp.name)
+        self.workers: dict[str, WorkerProcess] = {}
+
+    def _cpu_plan(self) -> list[tuple[int, ...] | None]:
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+        if not self.pin or len(cpus) < len(self.parts) * self.threads:
+            return [None] * len(self.parts)
+        return [tuple(cpus[i * self.threads:(i + 1) * self.threads]) for i in range(len(self.parts))]
+
+    def start_worker(self, part: str, cpus: tuple[int, ...] | None = None, port: int = 0) -> WorkerProcess:
+        """Start (or restart) the worker for ``part`` and wait for its ready line."""
+        log_path = self.log_dir / f"{part}.log"
+        cmd = [sys.executable, "-m", "edgesplit", "worker", str(self.export_dir), "--part", part, "--port", str(port),
+               "--threads", str(self.threads), *self.worker_args]
+        if cpus:
+            cmd += ["--cpus", ",".join(map(str, cpus))]
+        env = {**os.environ, **SINGLE_THREAD_ENV, "PYTHONUNBUFFERED": "1"}
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL, env=env,
+                                    preexec_fn=set_parent_death_signal if sys.platform.startswith("linux") else None)
+        port = self._wait_ready(proc, part, log_path)
+        worker = WorkerProcess(part, proc, port, log_path, cpus)
+        self.workers[part] = worker
+        return worker
+
+    def _wait_ready(self, proc: subprocess.Popen, part: str, log_path: Path) -> int:
+        found: list[int] = []
+
+        def read():
+            for raw in proc.stdout:  # keeps draining after the ready line, so the pipe never fills
+                line = raw.decode(errors="replace")
+                if line.startswith(READY_LINE) and not found:
+                    found.append(int(line.split("port=")[1].split()[0]))
+
+        threading.Thread(target=read, name=f"stdout-{part}", daemon=True).start()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not found:
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
+                raise EdgesplitError(f"worker {part} exited with code {proc.returncode} before it was ready"
+                                     + (f": {tail[0]}" if tail else "") + f" (log: {log_path})")
+            if time.monotonic() > deadline:
+                _stop_process(proc)
+                raise EdgesplitError(f"worker {part} not ready after {self.startup_timeout_s:.0f} s (log: {log_path})")
+            time.sleep(0.02)
+        return found[0]
+
+    def start(self) -> "LocalCluster":
+        try:
+            for part, cpus in zip(self.parts, self._cpu_plan()):
+                w = self.start_worker(part, cpus)
+                log.info("worker %s ready on %s (pid %d, cpus %s)", part, w.address, w.proc.pid, cpus)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def plan(self) -> Plan:
+        return Plan(str(self.export_dir), tuple(PartPlacement(p, (self.workers[p].address,)) for p in self.parts),
+                    timeout_ms=self.timeout_ms, input_dtype=self.input_dtype)
+
+    def dead(self) -> list[str]:
+        return [p for p, w in self.workers.items() if not w.alive()]
+
+    def kill(self, part: str) -> None:
+        """Kill a worker hard (SIGKILL), as if its device were unplugged."""
+        self.workers[part].proc.kill()
+        self.workers[part].proc.wait()
+
+    def restart(self, part: str) -> WorkerProcess:
+        """Start ``part`` again on its old port and CPUs."""
+        old = self.workers[part]
+        _stop_process(old.proc)
+        return self.start_worker(part, old.cpus, old.port)
+
+    def stop(self) -> None:
+        for w in self.workers.values():
+            if w.alive():
+                w.proc.terminate()  # graceful: calls in flight finish
+        for w in self.workers.values():
+            _stop_process(w.proc)
+        self.workers.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __del__(self):
+        if getattr(self, "workers", None):
+            self.stop()
+
+
+def _stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout:
+        proc.stdout.close()

@@ -1,0 +1,124 @@
+"""The deployment plan: which part runs where. A YAML file, read into frozen dataclasses.
+
+    export: runs/demo/split/export     # manifest.json (+ head.onnx when the head runs here)
+    head: coordinator                  # or host:port of a server that serves the head
+    timeout_ms: 2000                   # per request, all stages together
+    input_dtype: uint8                 # what the coordinator sends to branches: uint8 | float32
+    parts:
+      branch0: {replicas: ["10.0.0.11:50051"]}
+      branch1: {replicas: ["10.0.0.12:50051", "10.0.0.13:50051"], model_name: split_b1}
+    security: {token_file: token.txt, tls_ca: ca.pem}
+
+``make_plan`` writes one for a list of addresses; given device speeds it balances the
+work: the faster devices get the wider branches (when the export has unequal widths)
+or the most replicas.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from edgesplit.errors import EdgesplitError
+from edgesplit.export.manifest import Manifest, load_manifest
+
+
+@dataclass(frozen=True)
+class PartPlacement:
+    name: str  # part name in the manifest
+    replicas: tuple[str, ...]  # host:port of servers that serve it
+    model_name: str | None = None  # the name the server knows it by (default: the part name)
+
+    @property
+    def remote_name(self) -> str:
+        return self.model_name or self.name
+
+
+@dataclass(frozen=True)
+class PlanSecurity:
+    token_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    export: str
+    parts: tuple[PartPlacement, ...]
+    head: str = "coordinator"
+    timeout_ms: float = 2000.0
+    input_dtype: str = "uint8"
+    security: PlanSecurity = field(default_factory=PlanSecurity)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["parts"] = {p.name: {k: v for k, v in (("replicas", list(p.replicas)), ("model_name", p.model_name)) if v}
+                      for p in self.parts}
+        d["security"] = {k: v for k, v in d["security"].items() if v}
+        return d
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_plan(path: str | Path) -> Plan:
+    path = Path(path)
+    if not path.exists():
+        raise EdgesplitError(f"plan file {path} not found; write one with `edgesplit plan`")
+    try:
+        d = yaml.safe_load(path.read_text())
+        parts = tuple(PartPlacement(name, tuple(spec["replicas"]), spec.get("model_name")) for name, spec in d["parts"].items())
+        plan = Plan(str((path.parent / d["export"]) if not Path(d["export"]).is_absolute() else d["export"]), parts,
+                    d.get("head", "coordinator"), float(d.get("timeout_ms", 2000)), d.get("input_dtype", "uint8"),
+                    PlanSecurity(**(d.get("security") or {})))
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
+        raise EdgesplitError(f"{path} is not a valid plan ({type(err).__name__}: {err}); see `edgesplit plan --help`") from None
+    validate_plan(plan, load_manifest(plan.export, verify=False))
+    return plan
+
+
+def validate_plan(plan: Plan, manifest: Manifest) -> None:
+    names = {p.name for p in manifest.parts}
+    wanted = {p.name for p in manifest.branches} if manifest.is_split else {"model"}
+    placed = {p.name for p in plan.parts}
+    if unknown := placed - names:
+        raise EdgesplitError(f"plan places parts the export does not have: {sorted(unknown)}; it has {sorted(names)}")
+    if missing := wanted - placed:
+        raise EdgesplitError(f"plan does not place {sorted(missing)}; give each a worker address")
+    for p in plan.parts:
+        if not p.replicas:
+            raise EdgesplitError(f"part {p.name} has no replicas; list at least one host:port")
+    if plan.input_dtype not in ("uint8", "float32"):
+        raise EdgesplitError(f"input_dtype must be uint8 or float32, got {plan.input_dtype!r}")
+    if plan.timeout_ms <= 0:
+        raise EdgesplitError("timeout_ms must be positive")
+
+
+def make_plan(export_dir: str, addresses: Sequence[str], speeds: Sequence[float] | None = None,
+              timeout_ms: float = 2000.0, input_dtype: str = "uint8") -> Plan:
+    """Assign the export's branches to ``addresses`` so that branches finish together.
+
+    Branch cost is its feature width as a proxy when the export has unequal widths
+    (the manifest's ``feature_dims``; MACs scale with width squared), else equal. The
+    heaviest branch goes to the fastest device. Devices beyond the number of branches
+    become extra replicas of the branches whose devices are slowest relative to their work.
+    """
+    manifest = load_manifest(export_dir, verify=False)
+    parts = [p.name for p in manifest.branches] or ["model"]
+    if len(addresses) < len(parts):
+        raise EdgesplitError(f"{len(parts)} parts need at least {len(parts)} worker addresses, got {len(addresses)}")
+    speeds = list(speeds) if speeds else [1.0] * len(addresses)
+    if len(speeds) != len(addresses) or min(speeds) <= 0:
+        raise EdgesplitError("give one positive speed per address")
+    work = [float(d) ** 2 for d in manifest.feature_dims] if manifest.is_split else [1.0]
+    by_work = sorted(range(len(parts)), key=lambda i: -work[i])
+    by_speed = sorted(range(len(addresses)), key=lambda j: -speeds[j])
+    replicas: dict[int, list[int]] = {i: [by_speed[r]] for r, i in enumerate(by_work)}
+    for j in by_speed[len(parts):]:  # spare devices: add capacity where finish time is worst
+        worst = max(replicas, key=lambda i: work[i] / sum(speeds[d] for d in replicas[i]))
+        replicas[worst].append(j)
+    placements = tuple(PartPlacement(parts[i], tuple(addresses[j] for j in replicas[i])) for i in range(len(parts)))
+    return Plan(str(export_dir), placements, timeout_ms=timeout_ms, input_dtype=input_dtype)

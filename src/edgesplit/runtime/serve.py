@@ -1,0 +1,38 @@
+"""``edgesplit serve``: the coordinator behind one KServe v2 endpoint, over a plan or a local cluster."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from edgesplit.runtime.cluster import LocalCluster
+from edgesplit.runtime.coordinator import grpc_coordinator
+from edgesplit.runtime.plan import load_plan
+from edgesplit.runtime.transport.server import KServeServer, ServerSecurity
+
+log = logging.getLogger(__name__)
+
+READY_LINE = "EDGESPLIT-SERVE-READY"
+
+
+async def serve(plan_path: str | None, local_export: str | None, host: str, port: int, security: ServerSecurity,
+                max_message_bytes: int) -> None:
+    security.check_bind(host)
+    cluster = LocalCluster(local_export).start() if local_export else None
+    try:
+        plan = cluster.plan() if cluster else load_plan(plan_path)
+        coordinator = grpc_coordinator(plan)
+        await coordinator.wait_ready()
+        server = KServeServer([coordinator], host, port, security, max_message_bytes, server_name="edgesplit-coordinator")
+        bound = await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"{READY_LINE} model={coordinator.meta.name} port={bound}", flush=True)
+        await stop.wait()
+        await server.stop(grace_s=5.0)
+        await coordinator.close()
+    finally:
+        if cluster:
+            cluster.stop()

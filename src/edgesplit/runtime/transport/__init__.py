@@ -1,0 +1,2 @@
+"""KServe v2 (Open Inference Protocol) over gRPC. Protobuf types never leave this folder:
+the rest of the runtime sees numpy arrays, :class:`ModelMeta` and :class:`InferError`."""

@@ -1,0 +1,98 @@
+"""``GrpcWorker``: the coordinator's handle on one remote KServe v2 server (ours, Triton, OpenVINO Model Server...).
+
+One channel per address, reused for every call. Errors come back as the runtime's
+own exceptions: INVALID_ARGUMENT -> InferError, DEADLINE_EXCEEDED -> DeadlineExceeded,
+anything else (UNAVAILABLE, a crashed peer...) -> PartUnavailable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
+from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
+from edgesplit.runtime.transport import codec
+from edgesplit.runtime.transport import kserve_v2_pb2 as pb
+from edgesplit.runtime.transport import kserve_v2_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    token: str | None = None
+    tls_ca: str | None = None  # PEM of the CA that signed the server certificate; enables TLS
+    tls_cert: str | None = None  # client certificate and key, for servers that require them
+    tls_key: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.tls_ca:
+            return None
+        read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+        return grpc.ssl_channel_credentials(read(self.tls_ca), read(self.tls_key), read(self.tls_cert))
+
+
+def make_channel(address: str, security: ClientSecurity = ClientSecurity(), max_message_bytes: int = 256 << 20) -> grpc.aio.Channel:
+    options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes),
+               ("grpc.enable_retries", 0)]
+    creds = security.credentials()
+    return grpc.aio.secure_channel(address, creds, options) if creds else grpc.aio.insecure_channel(address, options)
+
+
+class GrpcWorker:
+    """Peer handle: ``await infer(inputs)`` runs ``model_name`` on the server at ``address``."""
+
+    def __init__(self, address: str, model_name: str, security: ClientSecurity = ClientSecurity()):
+        self.address, self.model_name = address, model_name
+        self._channel = make_channel(address, security)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {security.token}"),) if security.token else None
+
+    def __repr__(self) -> str:
+        return f"GrpcWorker({self.model_name}@{self.address})"
+
+    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "") -> InferResult:
+        req = codec.encode_request(self.model_name, inputs, request_id)
+        try:
+            resp = await self._stub.ModelInfer(req, timeout=timeout_s, metadata=self._metadata)
+        except grpc.aio.AioRpcError as err:
+            raise _map_error(err, self) from None
+        outputs, params = codec.decode_response(resp)
+        return InferResult(outputs, params)
+
+    async def ready(self, timeout_s: float = 1.0) -> bool:
+        try:
+            r = await self._stub.ModelReady(pb.ModelReadyRequest(name=self.model_name), timeout=timeout_s, metadata=self._metadata)
+            return r.ready
+        except grpc.aio.AioRpcError:
+            return False
+
+    async def server_ready(self, timeout_s: float = 1.0) -> bool:
+        try:
+            return (await self._stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s, metadata=self._metadata)).ready
+        except grpc.aio.AioRpcError:
+            return False
+
+    async def metadata(self, timeout_s: float = 5.0) -> ModelMeta:
+        try:
+            r = await self._stub.ModelMetadata(pb.ModelMetadataRequest(name=self.model_name), timeout=timeout_s, metadata=self._metadata)
+        except grpc.aio.AioRpcError as err:
+            raise _map_error(err, self) from None
+
+        def tensors(ts):
+            return tuple(TensorMeta(t.name, codec.KSERVE_TO_NUMPY.get(t.datatype, t.datatype), tuple(t.shape)) for t in ts)
+
+        return ModelMeta(r.name, r.platform, tensors(r.inputs), tensors(r.outputs), tuple(r.versions))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def _map_error(err: grpc.aio.AioRpcError, peer: GrpcWorker) -> Exception:
+    code, detail = err.code(), err.details()
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InferError(detail)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"{peer.model_name} at {peer.address} did not answer in time")
+    return PartUnavailable(f"{peer.model_name} at {peer.address}: {code.name} ({detail})")

@@ -1,0 +1,79 @@
+"""numpy <-> KServe v2 tensors. Raw contents are used both ways (zero-copy ``np.frombuffer`` on receipt);
+typed ``contents`` fields from clients that send them are accepted too."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgesplit.runtime.errors import InferError
+from edgesplit.runtime.transport import kserve_v2_pb2 as pb
+
+NUMPY_TO_KSERVE = {"bool": "BOOL", "uint8": "UINT8", "int8": "INT8", "int32": "INT32", "int64": "INT64",
+                   "float16": "FP16", "float32": "FP32", "float64": "FP64", "uint32": "UINT32", "uint64": "UINT64"}
+KSERVE_TO_NUMPY = {v: k for k, v in NUMPY_TO_KSERVE.items()}
+_TYPED_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
+                "UINT8": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+                "FP32": "fp32_contents", "FP64": "fp64_contents"}
+
+
+def _tensor(name: str, datatype: str, shape, raw: bytes | None, contents) -> np.ndarray:
+    if datatype not in KSERVE_TO_NUMPY:
+        raise InferError(f"input {name!r}: unsupported datatype {datatype!r}; send FP32 or UINT8")
+    dtype = np.dtype(KSERVE_TO_NUMPY[datatype])
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise InferError(f"input {name!r}: negative dimension in shape {list(shape)}")
+    count = int(np.prod(shape, dtype=np.int64))
+    if raw is not None:
+        if len(raw) != count * dtype.itemsize:
+            raise InferError(f"input {name!r}: {len(raw)} bytes for shape {list(shape)} {datatype} "
+                             f"(expected {count * dtype.itemsize})")
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    field = _TYPED_FIELD.get(datatype)
+    values = getattr(contents, field) if field else []
+    if len(values) != count:
+        raise InferError(f"input {name!r}: {len(values)} values for shape {list(shape)} (expected {count})")
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+def decode_request(req: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    raw = list(req.raw_input_contents)
+    if raw and len(raw) != len(req.inputs):
+        raise InferError(f"{len(req.inputs)} inputs but {len(raw)} raw_input_contents; send one raw buffer per input")
+    return {t.name: _tensor(t.name, t.datatype, t.shape, raw[i] if raw else None, t.contents) for i, t in enumerate(req.inputs)}
+
+
+def encode_request(model_name: str, inputs: dict[str, np.ndarray], request_id: str = "") -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name=model_name, id=request_id)
+    for name, arr in inputs.items():
+        req.inputs.add(name=name, datatype=NUMPY_TO_KSERVE[arr.dtype.name], shape=arr.shape)
+        req.raw_input_contents.append(np.ascontiguousarray(arr).tobytes())
+    return req
+
+
+def encode_response(model_name: str, request_id: str, outputs: dict[str, np.ndarray],
+                    parameters: dict[str, object] | None = None) -> pb.ModelInferResponse:
+    resp = pb.ModelInferResponse(model_name=model_name, id=request_id)
+    for name, arr in outputs.items():
+        resp.outputs.add(name=name, datatype=NUMPY_TO_KSERVE[arr.dtype.name], shape=arr.shape)
+        resp.raw_output_contents.append(np.ascontiguousarray(arr).tobytes())
+    for key, value in (parameters or {}).items():
+        _set_param(resp.parameters[key], value)
+    return resp
+
+
+def decode_response(resp: pb.ModelInferResponse) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    raw = list(resp.raw_output_contents)
+    outputs = {t.name: _tensor(t.name, t.datatype, t.shape, raw[i] if raw else None, t.contents) for i, t in enumerate(resp.outputs)}
+    params = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in resp.parameters.items() if v.WhichOneof("parameter_choice")}
+    return outputs, params
+
+
+def _set_param(p: pb.InferParameter, value) -> None:
+    if isinstance(value, bool):
+        p.bool_param = value
+    elif isinstance(value, int):
+        p.int64_param = value
+    elif isinstance(value, float):
+        p.double_param = value
+    else:
+        p.string_param = str(value)

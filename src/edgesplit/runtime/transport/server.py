@@ -1,0 +1,190 @@
+"""A KServe v2 gRPC server (grpc.aio) for a set of :class:`ServedModel`, with the standard health service.
+
+Security: loopback by default. On any other address the server needs TLS (a server
+certificate, optionally required client certificates) or a bearer token, or an
+explicit ``insecure=True``. The token is checked on every call, health checks included.
+
+Message size: requests whose tensors total more than ``max_message_bytes`` are
+answered INVALID_ARGUMENT by the handler; gRPC itself rejects anything above twice
+that (RESOURCE_EXHAUSTED) before reading it.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from edgesplit import __version__
+from edgesplit.errors import EdgesplitError
+from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
+from edgesplit.runtime.model import ServedModel
+from edgesplit.runtime.transport import codec
+from edgesplit.runtime.transport import kserve_v2_pb2 as pb
+from edgesplit.runtime.transport import kserve_v2_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    token: str | None = None
+    tls_cert: str | None = None  # PEM files
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # require client certificates signed by this CA
+    insecure: bool = False
+
+    def check_bind(self, host: str) -> None:
+        if is_loopback(host) or self.insecure or self.tls_cert or self.token:
+            return
+        raise EdgesplitError(f"refusing to listen on {host} without TLS or a token; pass --tls-cert/--tls-key, "
+                             f"--token, or --insecure to accept plain unauthenticated traffic")
+
+    def credentials(self) -> grpc.ServerCredentials | None:
+        if not self.tls_cert:
+            return None
+        if not self.tls_key:
+            raise EdgesplitError("--tls-cert needs --tls-key")
+        ca = Path(self.tls_client_ca).read_bytes() if self.tls_client_ca else None
+        return grpc.ssl_server_credentials([(Path(self.tls_key).read_bytes(), Path(self.tls_cert).read_bytes())],
+                                           root_certificates=ca, require_client_auth=ca is not None)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class _TokenInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token; pass --token")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        got = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(got.encode() if isinstance(got, str) else got, self._expected):
+            return await continuation(handler_call_details)
+        return self._deny
+
+
+class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, models: Sequence[ServedModel], max_message_bytes: int, server_name: str = "edgesplit"):
+        self.models = {m.meta.name: m for m in models}
+        self.max_message_bytes = max_message_bytes
+        self.server_name = server_name
+        self.live = True
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=self.live)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.live and all(m.ready() for m in self.models.values()))
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name=self.server_name, version=__version__, extensions=[])
+
+    def _model(self, name: str) -> ServedModel | None:
+        return self.models.get(name)
+
+    async def ModelReady(self, request, context):
+        m = self._model(request.name)
+        return pb.ModelReadyResponse(ready=bool(m and m.ready()))
+
+    async def ModelMetadata(self, request, context):
+        m = self._model(request.name)
+        if m is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, self._unknown(request.name))
+        meta = m.meta
+
+        def tensors(ts):
+            return [pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=codec.NUMPY_TO_KSERVE[t.datatype], shape=t.shape) for t in ts]
+
+        return pb.ModelMetadataResponse(name=meta.name, versions=list(meta.versions), platform=meta.platform,
+                                        inputs=tensors(meta.inputs), outputs=tensors(meta.outputs))
+
+    def _unknown(self, name: str) -> str:
+        return f"unknown model {name!r}; this server has: {', '.join(self.models)}"
+
+    async def ModelInfer(self, request, context):
+        m = self._model(request.model_name)
+        if m is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._unknown(request.model_name))
+        size = sum(len(b) for b in request.raw_input_contents)
+        if size > self.max_message_bytes:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"request carries {size} bytes, over the limit of {self.max_message_bytes}; send smaller batches")
+        try:
+            result = await m.infer(codec.decode_request(request))
+        except InferError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        except DeadlineExceeded as err:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(err))
+        except PartUnavailable as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        return codec.encode_response(m.meta.name, request.id, result.outputs, result.parameters)
+
+
+class KServeServer:
+    """Start with :meth:`start`, stop with :meth:`stop` (in-flight calls get ``grace_s`` to finish)."""
+
+    def __init__(self, models: Sequence[ServedModel], host: str = "127.0.0.1", port: int = 0,
+                 security: ServerSecurity = ServerSecurity(), max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 server_name: str = "edgesplit"):
+        security.check_bind(host)
+        self.host, self.requested_port, self.security = host, port, security
+        self.servicer = KServeServicer(models, max_message_bytes, server_name)
+        interceptors = [_TokenInterceptor(security.token)] if security.token else []
+        hard_limit = 2 * max_message_bytes + (1 << 20)
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
+            ("grpc.max_receive_message_length", hard_limit), ("grpc.max_send_message_length", hard_limit),
+            ("grpc.so_reuseport", 0),  # a busy port is an error, not a silently shared one
+        ])
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        address = f"{self.host}:{self.requested_port}"
+        creds = self.security.credentials()
+        try:
+            port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
+        if not port:
+            raise EdgesplitError(f"cannot listen on {address} (port in use or address not on this machine); pick another --port")
+        await self.server.start()
+        self.port = port
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s:%d", ", ".join(self.servicer.models), self.host, port)
+        return port
+
+    async def _set_health(self, status) -> None:
+        for name in ["", *self.servicer.models]:
+            r = self.health.set(name, status)
+            if asyncio.iscoroutine(r):
+                await r
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self.servicer.live = False
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace_s)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()

@@ -1,0 +1,153 @@
+"""A worker: one device serving one model part over KServe v2.
+
+``PartModel`` checks every request (names, shapes, datatypes, byte counts, NaN/Inf)
+before it reaches the engine, and accepts the image either as float32 (already
+normalised) or as uint8 pixels, normalised here (4x fewer bytes on the network).
+Engine runs happen on one dedicated thread, so the event loop keeps receiving.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgesplit.data.preprocess import Preprocess
+from edgesplit.errors import EdgesplitError
+from edgesplit.export.manifest import load_manifest
+from edgesplit.runtime.engine import InferenceEngine, create_engine
+from edgesplit.runtime.errors import InferError
+from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
+
+log = logging.getLogger(__name__)
+
+
+class PartModel:
+    """One ONNX part behind the :class:`ServedModel` interface."""
+
+    def __init__(self, name: str, engine: InferenceEngine, preprocess: Preprocess | None = None, platform: str = "onnxruntime_onnx"):
+        self.engine = engine
+        self.preprocess = preprocess  # set for parts that take the image: enables uint8 input
+        self.meta = ModelMeta(name, platform,
+                              tuple(TensorMeta(t.name, t.dtype, t.shape) for t in engine.inputs),
+                              tuple(TensorMeta(t.name, t.dtype, t.shape) for t in engine.outputs))
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
+        self.last_compute_ms = 0.0
+
+    def ready(self) -> bool:
+        return True
+
+    def check(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Validated feeds for the engine, or :class:`InferError` saying what is wrong."""
+        expected = {t.name: t for t in self.meta.inputs}
+        if set(inputs) != set(expected):
+            raise InferError(f"model {self.meta.name!r} takes inputs {sorted(expected)}, got {sorted(inputs)}")
+        feeds = {}
+        for name, arr in inputs.items():
+            spec = expected[name]
+            if arr.ndim != len(spec.shape) or any(s not in (-1, d) for s, d in zip(spec.shape, arr.shape)):
+                want = "x".join("B" if s == -1 else str(s) for s in spec.shape)
+                raise InferError(f"input {name!r}: shape {'x'.join(map(str, arr.shape))}, expected {want}")
+            if arr.shape[0] == 0:
+                raise InferError(f"input {name!r}: empty batch")
+            if arr.dtype == np.uint8 and spec.datatype == "float32" and self.preprocess is not None:
+                arr = self.preprocess.normalize(arr)
+            elif arr.dtype.name != spec.datatype:
+                allowed = f"{spec.datatype}" + (" or uint8 pixels" if self.preprocess is not None else "")
+                raise InferError(f"input {name!r}: datatype {arr.dtype.name}, expected {allowed}")
+            elif arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise InferError(f"input {name!r} contains NaN or Inf")
+            feeds[name] = arr
+        return feeds
+
+    def run(self, feeds: dict[str, np.ndarray]) -> InferResult:
+        t0 = time.perf_counter()
+        outputs = self.engine.run(feeds)
+        compute_ms = (time.perf_counter() - t0) * 1e3
+        self.last_compute_ms = compute_ms
+        return InferResult(outputs, {"compute_ms": compute_ms})
+
+    async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:
+        feeds = self.check(inputs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, feeds)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    source: str  # export directory or a bare .onnx file
+    part: str | None = None  # required with an export directory
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port (printed on the ready line)
+    threads: int = 1
+    cpus: tuple[int, ...] | None = None
+    engine: str = "onnxruntime"
+    providers: tuple[str, ...] | None = None
+    max_message_bytes: int = 64 << 20
+
+
+def load_part(cfg: WorkerConfig) -> PartModel:
+    """The :class:`PartModel` for ``cfg.part`` of an export directory, or for a bare ONNX file."""
+    src = Path(cfg.source)
+    if src.is_dir():
+        if not cfg.part:
+            manifest = load_manifest(src, verify=False)
+            raise EdgesplitError(f"pass --part: one of {', '.join(p.name for p in manifest.parts)}")
+        manifest = load_manifest(src, verify=[cfg.part])
+        part = manifest.part(cfg.part)
+        engine = create_engine(cfg.engine, manifest.path(part), threads=cfg.threads, providers=cfg.providers)
+        pre = Preprocess.from_dict(manifest.preprocess) if part.role in ("branch", "model") else None
+        return PartModel(part.name, engine, pre)
+    if src.suffix == ".onnx" and src.is_file():
+        engine = create_engine(cfg.engine, src, threads=cfg.threads, providers=cfg.providers)
+        return PartModel(cfg.part or src.stem, engine)
+    raise EdgesplitError(f"{src} is neither an export directory nor an .onnx file")
+
+
+def pin_cpus(cpus: Sequence[int] | None) -> None:
+    if cpus:
+        try:
+            os.sched_setaffinity(0, set(cpus))
+        except (AttributeError, OSError) as err:
+            raise EdgesplitError(f"cannot pin to CPUs {list(cpus)}: {err}; check --cpus against `nproc`") from None
+
+
+READY_LINE = "EDGESPLIT-WORKER-READY"
+
+
+async def serve_worker(cfg: WorkerConfig, security=None) -> None:
+    """Serve until SIGTERM/SIGINT; then stop accepting and let calls in flight finish."""
+    from edgesplit.runtime.transport.server import KServeServer, ServerSecurity
+
+    pin_cpus(cfg.cpus)
+    model = load_part(cfg)
+    server = KServeServer([model], cfg.host, cfg.port, security or ServerSecurity(), cfg.max_message_bytes, server_name="edgesplit-worker")
+    port = await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # the line the local cluster waits for; also tells a user which port was chosen
+    print(f"{READY_LINE} part={model.meta.name} port={port} pid={os.getpid()}", flush=True)
+    await stop.wait()
+    log.info("stopping %s: finishing calls in flight", model.meta.name)
+    await server.stop(grace_s=5.0)
+
+
+def set_parent_death_signal() -> None:
+    """Linux: deliver SIGTERM to this process when its parent dies (no orphans even after a SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError:
+            pass
