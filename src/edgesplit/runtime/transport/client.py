@@ -35,9 +35,15 @@ class ClientSecurity:
 
 def make_channel(address: str, security: ClientSecurity = ClientSecurity(), max_message_bytes: int = 256 << 20) -> grpc.aio.Channel:
     options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes),
-               ("grpc.enable_retries", 0)]
+               ("grpc.enable_retries", 0),  # the coordinator retries on other replicas itself
+               # a device that comes back is tried again within a second (gRPC's default backoff grows to 2 min)
+               ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+               ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS)]
     creds = security.credentials()
     return grpc.aio.secure_channel(address, creds, options) if creds else grpc.aio.insecure_channel(address, options)
+
+
+RECONNECT_BACKOFF_MAX_MS = 1000
 
 
 class GrpcWorker:

@@ -1,0 +1,324 @@
+"""The distributed runtime with real worker processes over real gRPC on loopback."""
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import edgesplit
+from edgesplit.data import load_dataset
+from edgesplit.errors import EdgesplitError
+from edgesplit.runtime.cluster import LocalCluster
+from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
+from edgesplit.runtime.local import LocalModel
+from edgesplit.runtime.plan import load_plan, make_plan
+from edgesplit.runtime.transport.client import ClientSecurity, GrpcWorker
+from edgesplit.runtime.transport.server import ServerSecurity
+
+
+@pytest.fixture(scope="module")
+def images():
+    test = load_dataset("fashion-mnist", "test")
+    return test.data[:32]  # (32, 28, 28, 1) uint8
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_export):
+    with LocalCluster(tiny_export, timeout_ms=5000) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    with edgesplit.connect(cluster.plan()) as c:
+        yield c
+
+
+def nchw(images):
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+
+
+def test_distributed_matches_in_process(tiny_export, client, images):
+    local = LocalModel(tiny_export)
+    ref = local(local.prepare(images))
+    got_u8 = client.infer(nchw(images))  # uint8 pixels, normalised in the workers
+    got_f32 = client.infer(local.prepare(images))  # float32, already normalised
+    assert np.abs(got_u8 - ref).max() < 1e-4
+    assert np.abs(got_f32 - ref).max() < 1e-4
+    many = client.infer_many([nchw(images[i:i + 1]) for i in range(len(images))], in_flight=8)
+    assert np.abs(np.concatenate([r.outputs["logits"] for r in many]) - ref).max() < 1e-4
+    assert "branch0_compute_ms" in many[0].parameters
+
+
+def _worker_call(address, model, inputs, **kw):
+    async def go():
+        w = GrpcWorker(address, model, **kw)
+        try:
+            return await w.infer(inputs, timeout_s=10)
+        finally:
+            await w.close()
+    return asyncio.run(go())
+
+
+def test_bad_requests_flood_then_good_ones_all_correct(tiny_export, cluster, images):
+    address = cluster.workers["branch0"].address
+    local = LocalModel(tiny_export)
+    good_x = local.prepare(images[:4])
+    want = local.engines["branch0"].run({"input": good_x})["features"]
+    bad = [
+        ({"input": good_x[:, :, :20]}, "shape"),
+        ({"input": good_x.astype(np.float64)}, "datatype float64"),
+        ({"input": np.full_like(good_x, np.nan)}, "NaN or Inf"),
+        ({"wrong": good_x}, "takes inputs"),
+        ({"input": good_x.reshape(4, 28, 28, 1)}, "shape"),
+    ]
+
+    async def flood():
+        w = GrpcWorker(address, "branch0")
+        other = GrpcWorker(address, "branch7")
+        errors, goods = [], []
+        try:
+            for round_ in range(20):
+                for inputs, pattern in bad:
+                    with pytest.raises(InferError, match=pattern):
+                        await w.infer(inputs, timeout_s=10)
+                with pytest.raises(InferError, match="unknown model 'branch7'"):
+                    await other.infer({"input": good_x}, timeout_s=10)
+                goods.append((await w.infer({"input": good_x}, timeout_s=10)).outputs["features"])
+        finally:
+            await w.close()
+            await other.close()
+        return goods
+
+    for got in asyncio.run(flood()):
+        assert np.abs(got - want).max() < 1e-5
+    assert cluster.dead() == []
+
+
+def test_byte_count_mismatch_and_oversized(tiny_export, tmp_path):
+    from edgesplit.runtime.transport import codec
+    from edgesplit.runtime.transport import kserve_v2_pb2_grpc as pb_grpc
+    import grpc
+
+    with LocalCluster(tiny_export, parts=["branch0"], worker_args=["--max-message-mb", "0.01"]) as c:
+        address = c.workers["branch0"].address
+        small = np.zeros((1, 1, 28, 28), np.float32)  # 3 KiB: fine
+        assert _worker_call(address, "branch0", {"input": small}).outputs["features"].shape == (1, 32)
+        with pytest.raises(InferError, match="over the limit"):
+            _worker_call(address, "branch0", {"input": np.zeros((8, 1, 28, 28), np.float32)})  # 25 KiB
+        req = codec.encode_request("branch0", {"input": small})
+        req.raw_input_contents[0] = req.raw_input_contents[0][:-4]
+
+        async def raw_call():
+            async with grpc.aio.insecure_channel(address) as ch:
+                await pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=10)
+
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            asyncio.run(raw_call())
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "3132 bytes" in info.value.details()
+        assert c.dead() == []
+
+
+def test_stock_kserve_client_can_query_worker(tiny_export, cluster, images):
+    """tritonclient (a stock KServe v2 gRPC client) in its own process: its protos share our package name."""
+    address = cluster.workers["branch0"].address
+    local = LocalModel(tiny_export)
+    x = local.prepare(images[:2])
+    np.save(cluster.log_dir / "x.npy", x)
+    script = textwrap.dedent(f"""
+        import json, numpy as np
+        import tritonclient.grpc as tc
+        c = tc.InferenceServerClient("{address}")
+        meta = c.get_model_metadata("branch0", as_json=True)
+        x = np.load("{cluster.log_dir / 'x.npy'}")
+        inp = tc.InferInput("input", list(x.shape), "FP32"); inp.set_data_from_numpy(x)
+        out = c.infer("branch0", [inp], outputs=[tc.InferRequestedOutput("features")]).as_numpy("features")
+        print(json.dumps({{"live": c.is_server_live(), "ready": c.is_server_ready(), "model_ready": c.is_model_ready("branch0"),
+                           "meta": meta, "server": c.get_server_metadata(as_json=True), "out": out.tolist()}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["live"] and r["ready"] and r["model_ready"]
+    assert r["meta"]["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": ["-1", "1", "28", "28"]}
+    assert r["server"]["name"] == "edgesplit-worker"
+    want = local.engines["branch0"].run({"input": x})["features"]
+    assert np.abs(np.array(r["out"], np.float32) - want).max() < 1e-5
+
+
+def test_killed_worker_gives_clear_error_then_recovers_after_restart(tiny_export, images):
+    with LocalCluster(tiny_export, timeout_ms=3000) as c, edgesplit.connect(c.plan()) as client:
+        x = nchw(images[:1])
+        ref = client.infer(x)
+        futures = [client.submit(x) for _ in range(20)]
+        c.kill("branch1")
+        futures += [client.submit(x) for _ in range(20)]
+        t0 = time.monotonic()
+        outcomes = []
+        for f in futures:
+            try:
+                outcomes.append(np.abs(f.result(timeout=10).outputs["logits"] - ref).max() < 1e-4)
+            except PartUnavailable as err:
+                assert "branch1" in str(err)
+                outcomes.append("error")
+        assert time.monotonic() - t0 < 10  # every request answered or failed: no hang
+        assert outcomes[-1] == "error" and all(o in (True, "error") for o in outcomes)
+        c.restart("branch1")
+        deadline = time.monotonic() + 5  # the channel reconnects within its 1 s backoff cap
+        while True:
+            try:
+                assert np.abs(client.infer(x) - ref).max() < 1e-4
+                break
+            except PartUnavailable:
+                assert time.monotonic() < deadline, "restarted worker not used again within 5 s"
+                time.sleep(0.1)
+
+
+def test_frozen_worker_is_cut_off_by_deadline(tiny_export, images):
+    with LocalCluster(tiny_export, timeout_ms=500) as c, edgesplit.connect(c.plan()) as client:
+        x = nchw(images[:1])
+        client.infer(x)
+        os.kill(c.workers["branch0"].proc.pid, signal.SIGSTOP)  # alive but never answers
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(DeadlineExceeded, match="branch0"):
+                client.infer(x)
+            assert time.monotonic() - t0 < 2.0
+        finally:
+            os.kill(c.workers["branch0"].proc.pid, signal.SIGCONT)
+        client.infer(x)
+
+
+def _children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_no_orphans_after_stop_exception_and_sigkill(tiny_export, tmp_path):
+    c = LocalCluster(tiny_export).start()
+    pids = [w.proc.pid for w in c.workers.values()]
+    c.stop()
+    assert not any(_alive(p) for p in pids)
+    with pytest.raises(RuntimeError):
+        with LocalCluster(tiny_export) as c2:
+            pids = [w.proc.pid for w in c2.workers.values()]
+            raise RuntimeError("boom")
+    assert not any(_alive(p) for p in pids)
+    # the owner process is SIGKILLed: its workers get SIGTERM from the kernel
+    script = (f"from edgesplit.runtime.cluster import LocalCluster\n"
+              f"c = LocalCluster({str(tiny_export)!r}).start()\n"
+              f"print(' '.join(str(w.proc.pid) for w in c.workers.values()), flush=True)\n"
+              f"import time; time.sleep(60)\n")
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in owner.stdout.readline().split()]
+    assert pids and all(_alive(p) for p in pids)
+    owner.kill()
+    owner.wait()
+    owner.stdout.close()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped) counts as stopped
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_worker_start_failure_is_reported(tiny_export, tmp_path):
+    import shutil
+
+    d = tmp_path / "e"
+    shutil.copytree(tiny_export, d)
+    (d / "branch1.onnx").write_bytes(b"broken")
+    with pytest.raises(EdgesplitError, match="sha256"):
+        LocalCluster(d)
+
+
+def test_token_required_on_every_call(tiny_export, tmp_path):
+    (tmp_path / "token").write_text("s3cret\n")
+    with LocalCluster(tiny_export, parts=["branch0"], worker_args=["--token-file", str(tmp_path / "token")]) as c:
+        address = c.workers["branch0"].address
+        x = {"input": np.zeros((1, 1, 28, 28), np.float32)}
+        with pytest.raises(PartUnavailable, match="UNAUTHENTICATED"):
+            _worker_call(address, "branch0", x)
+        with pytest.raises(PartUnavailable, match="UNAUTHENTICATED"):
+            _worker_call(address, "branch0", x, security=ClientSecurity(token="wrong"))
+        assert _worker_call(address, "branch0", x, security=ClientSecurity(token="s3cret")).outputs["features"].shape == (1, 32)
+
+
+def test_non_loopback_needs_tls_or_token():
+    with pytest.raises(EdgesplitError, match="refusing to listen on 0.0.0.0"):
+        ServerSecurity().check_bind("0.0.0.0")
+    ServerSecurity(token="t").check_bind("0.0.0.0")
+    ServerSecurity(insecure=True).check_bind("10.1.2.3")
+    ServerSecurity().check_bind("127.0.0.1")
+    ServerSecurity().check_bind("::1")
+
+
+def test_worker_cli_refuses_busy_port_and_public_bind(tiny_export):
+    proc = subprocess.run([sys.executable, "-m", "edgesplit", "worker", str(tiny_export), "--part", "branch0", "--host", "0.0.0.0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "refusing to listen on 0.0.0.0" in proc.stderr and "Traceback" not in proc.stderr
+    with LocalCluster(tiny_export, parts=["branch0"]) as c:
+        port = str(c.workers["branch0"].port)
+        proc = subprocess.run([sys.executable, "-m", "edgesplit", "worker", str(tiny_export), "--part", "branch0", "--port", port],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "cannot listen" in proc.stderr
+
+
+def test_serve_local_endpoint_serves_whole_model(tiny_export, images):
+    proc = subprocess.Popen([sys.executable, "-m", "edgesplit", "serve", "--local", str(tiny_export), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("EDGESPLIT-SERVE-READY"), proc.stderr.read() if proc.poll() is not None else line
+        port = int(line.split("port=")[1])
+        local = LocalModel(tiny_export)
+        out = _worker_call(f"127.0.0.1:{port}", "resnet18-split2", {"input": nchw(images[:3])})
+        assert np.abs(out.outputs["logits"] - local(local.prepare(images[:3]))).max() < 1e-4
+        with pytest.raises(InferError, match="expected Bx1x28x28"):
+            _worker_call(f"127.0.0.1:{port}", "resnet18-split2", {"input": np.zeros((1, 3, 28, 28), np.uint8)})
+        children = _children(proc.pid)
+        assert len(children) == 2  # one worker per branch
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        proc.stdout.close()
+        proc.stderr.close()
+    assert not any(_alive(p) for p in children)
+
+
+def test_make_plan_balances_and_validates(tiny_export, tmp_path):
+    plan = make_plan(str(tiny_export), ["a:1", "b:2", "c:3"], speeds=[1, 3, 1])
+    assert [p.replicas for p in plan.parts] == [("b:2",), ("a:1", "c:3")]
+    plan.write(tmp_path / "plan.yaml")
+    assert load_plan(tmp_path / "plan.yaml").parts == plan.parts
+    with pytest.raises(EdgesplitError, match="need at least 2"):
+        make_plan(str(tiny_export), ["a:1"])
+    (tmp_path / "bad.yaml").write_text(f"export: {tiny_export}\nparts:\n  branch0: {{replicas: [x:1]}}\n")
+    with pytest.raises(EdgesplitError, match=r"does not place \['branch1'\]"):
+        load_plan(tmp_path / "bad.yaml")
+
+
+def test_worker_and_coordinator_import_no_torch():
+    code = ("import sys, edgesplit.runtime.worker, edgesplit.runtime.coordinator, edgesplit.runtime.cluster, "
+            "edgesplit.runtime.client, edgesplit.runtime.serve, edgesplit.cli; "
+            "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
