@@ -255,6 +255,26 @@ def cmd_plan(args) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_bench_serve(args) -> None:
+    from edgesplit.bench import bench_serve
+    from edgesplit.data.preprocess import parse_input_shape
+
+    r = bench_serve(args.model, parse_input_shape(args.input), args.requests, args.in_flight,
+                    input_dtype=args.input_dtype, rounds=args.rounds)
+    print(f"{r['model']} {args.input} on {r['machine']['cores']} cores ({r['machine']['cpu']}), "
+          f"medians of {r['rounds']} rounds of {r['requests']} requests")
+    for name, p50 in r["branch_compute_p50_ms"].items():
+        print(f"  {name} compute in its worker    p50 {p50:7.3f} ms")
+    print(f"  end to end, 1 in flight        p50 {r['end_to_end_p50_ms']:7.3f} ms   p99 {r['end_to_end_p99_ms']:7.3f} ms "
+          f"(blocking client p50 {r['end_to_end_blocking_client']['p50_ms']:.3f} ms)")
+    print(f"  split, {r['in_flight']} in flight             {r['split_throughput_rps']:7.1f} req/s")
+    print(f"  unsplit {r['unsplit_model']} ORT x{r['unsplit_threads']} threads  p50 {r['unsplit_p50_ms']:7.3f} ms, "
+          f"{r['unsplit_throughput_rps']:.1f} req/s")
+    print(f"  overhead_ratio {r['overhead_ratio']:.3f}   throughput_speedup {r['throughput_speedup']:.3f}")
+    if args.json:
+        _write_json(r, args.json)
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgesplit", description="Split CNNs over small edge devices: models, training, export, runtime.")
@@ -345,6 +365,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"])
     s.add_argument("--out", default="plan.yaml")
     s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("bench", help="benchmarks that write JSON (see docs/benchmarks.md)")
+    bench = s.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    b = bench.add_parser("serve", help="branch compute vs end-to-end latency and throughput over local workers")
+    b.add_argument("--model", default="resnet18-split2")
+    b.add_argument("--input", default="3x224x224")
+    b.add_argument("--requests", type=int, default=200)
+    b.add_argument("--in-flight", type=int, default=4)
+    b.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"])
+    b.add_argument("--rounds", type=int, default=3, help="repeat the measurement; medians are reported")
+    b.add_argument("--json", help="write the numbers here")
+    b.set_defaults(func=cmd_bench_serve)
 
     s = sub.add_parser("demo", help="the main job: train (cached), export, split vs unsplit on the test set")
     s.add_argument("--work-dir", default="runs/demo", help="where the cached checkpoints and exports live")

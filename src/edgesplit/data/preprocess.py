@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -26,9 +27,20 @@ class Preprocess:
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """(B, C, H, W) uint8 -> (B, C, H, W) float32, at the size the images already have."""
-        scale = (1.0 / (255.0 * np.asarray(self.std, dtype=np.float32))).reshape(1, -1, 1, 1)
-        shift = (np.asarray(self.mean, dtype=np.float32) / np.asarray(self.std, dtype=np.float32)).reshape(1, -1, 1, 1)
-        return images.astype(np.float32) * scale - shift
+        scale, shift = _affine(self.mean, self.std)
+        out = images.astype(np.float32)
+        out *= scale
+        out -= shift
+        return out
+
+
+@lru_cache(maxsize=16)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``x * scale - shift`` == ``(x / 255 - mean) / std``, as (1, C, 1, 1) float32 arrays."""
+    std_ = np.asarray(std, dtype=np.float64)
+    scale = (1.0 / (255.0 * std_)).astype(np.float32).reshape(1, -1, 1, 1)
+    shift = (np.asarray(mean, dtype=np.float64) / std_).astype(np.float32).reshape(1, -1, 1, 1)
+    return scale, shift
 
 
 def nhwc_to_nchw(images: np.ndarray) -> np.ndarray:

@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 class PartModel:
     """One ONNX part behind the :class:`ServedModel` interface."""
 
-    def __init__(self, name: str, engine: InferenceEngine, preprocess: Preprocess | None = None, platform: str = "onnxruntime_onnx"):
+    def __init__(self, name: str, engine: InferenceEngine, preprocess: Preprocess | None = None,
+                 platform: str = "onnxruntime_onnx", inline: bool = bool(int(os.environ.get("EDGESPLIT_INLINE", "1")))):
         self.engine = engine
+        self.inline = inline
         self.preprocess = preprocess  # set for parts that take the image: enables uint8 input
         self.meta = ModelMeta(name, platform,
                               tuple(TensorMeta(t.name, t.dtype, t.shape) for t in engine.inputs),
@@ -77,6 +79,8 @@ class PartModel:
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:
         feeds = self.check(inputs)
+        if self.inline:
+            return self.run(feeds)
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, feeds)
 
 

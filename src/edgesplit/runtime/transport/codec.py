@@ -61,6 +61,10 @@ def encode_response(model_name: str, request_id: str, outputs: dict[str, np.ndar
     return resp
 
 
+def set_parameter(resp: pb.ModelInferResponse, key: str, value) -> None:
+    _set_param(resp.parameters[key], value)
+
+
 def decode_response(resp: pb.ModelInferResponse) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     raw = list(resp.raw_output_contents)
     outputs = {t.name: _tensor(t.name, t.datatype, t.shape, raw[i] if raw else None, t.contents) for i, t in enumerate(resp.outputs)}

@@ -14,6 +14,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -129,6 +130,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         if size > self.max_message_bytes:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"request carries {size} bytes, over the limit of {self.max_message_bytes}; send smaller batches")
+        t0 = time.perf_counter()
         try:
             result = await m.infer(codec.decode_request(request))
         except InferError as err:
@@ -137,7 +139,9 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(err))
         except PartUnavailable as err:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
-        return codec.encode_response(m.meta.name, request.id, result.outputs, result.parameters)
+        resp = codec.encode_response(m.meta.name, request.id, result.outputs, result.parameters)
+        codec.set_parameter(resp, "server_ms", (time.perf_counter() - t0) * 1e3)  # handler time, transport excluded
+        return resp
 
 
 class KServeServer:
