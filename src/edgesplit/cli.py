@@ -193,7 +193,9 @@ def cmd_predict(args) -> None:
 def cmd_demo(args) -> None:
     from edgesplit.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(work_dir=args.work_dir, data_dir=args.data_dir, limit=args.limit, retrain=args.retrain)
+    modes = ("split",) if args.split_only else ("nonsplit",) if args.nonsplit else ("in-process",) if args.in_process else None
+    cfg = DemoConfig(work_dir=args.work_dir, data_dir=args.data_dir, limit=args.limit, retrain=args.retrain,
+                     images_dir=args.images, interactive=args.interactive, **({"modes": modes} if modes else {}))
     run_demo(cfg, json_path=args.json)
 
 
@@ -378,10 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write the numbers here")
     b.set_defaults(func=cmd_bench_serve)
 
-    s = sub.add_parser("demo", help="the main job: train (cached), export, split vs unsplit on the test set")
+    s = sub.add_parser("demo", help="the main job: split model over local workers vs unsplit, on the test set")
     s.add_argument("--work-dir", default="runs/demo", help="where the cached checkpoints and exports live")
     s.add_argument("--data-dir", help="Fashion-MNIST folder")
-    s.add_argument("--limit", type=int, help="use only the first N test images")
+    s.add_argument("--limit", type=int, help="use only the first N images")
+    s.add_argument("--images", metavar="DIR", help="a folder of JPEG/PNG images instead of the test set")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--split-only", action="store_true", help="only the split model over local workers")
+    g.add_argument("--nonsplit", action="store_true", help="only the unsplit model (ONNX Runtime, all cores)")
+    g.add_argument("--in-process", action="store_true", help="only the split model in this process (the seed's --cpu)")
+    g.add_argument("--interactive", action="store_true", help="type image paths, get the top-3 classes")
     s.add_argument("--retrain", action="store_true", help="ignore the cached checkpoints")
     s.add_argument("--json", help="also write the numbers as JSON to this file")
     s.set_defaults(func=cmd_demo)

@@ -87,6 +87,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             changed = [k for k in asdict(cfg) if asdict(cfg)[k] != asdict(saved)[k]]
             raise EdgesplitError(f"cannot resume {out_dir}: settings differ from the saved run ({', '.join(changed)}); use the same arguments or another --out")
         start_epoch = state["epoch"]
+        if start_epoch >= cfg.epochs:  # finished: nothing to load or train
+            return {"out_dir": str(out_dir), "epochs": cfg.epochs, "train_time_s": state.get("train_time_s", 0.0),
+                    "history": _read_history(out_dir)}
     elif ckpt_path.exists() and not resume:
         raise EdgesplitError(f"{out_dir} already holds a run; add --resume to continue it or choose another --out")
 
