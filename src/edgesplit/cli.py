@@ -227,8 +227,9 @@ def _server_security(args):
 def cmd_worker(args) -> None:
     import asyncio
 
-    from edgesplit.runtime.worker import WorkerConfig, serve_worker
+    from edgesplit.runtime.worker import WorkerConfig, die_with_parent, serve_worker
 
+    die_with_parent()
     cfg = WorkerConfig(args.source, args.part, args.host, args.port, args.threads, _cpus(args.cpus),
                        providers=tuple(args.providers.split(",")) if args.providers else None,
                        max_message_bytes=int(args.max_message_mb * (1 << 20)))

@@ -5,8 +5,8 @@
             client.infer(images)
                                                    # workers stopped here: SIGTERM, then SIGKILL
 Each worker is pinned to its own core when there are at least as many cores as
-workers, runs ONNX Runtime with one thread, and gets SIGTERM if this process dies
-(Linux parent-death signal), so no worker outlives its cluster, also after SIGKILL.
+workers, runs ONNX Runtime with one thread, and asks Linux for SIGTERM when this
+process dies (parent-death signal), so no worker outlives its cluster, also after SIGKILL.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Sequence
 from edgesplit.errors import EdgesplitError
 from edgesplit.export.manifest import load_manifest
 from edgesplit.runtime.plan import PartPlacement, Plan
-from edgesplit.runtime.worker import READY_LINE, set_parent_death_signal
+from edgesplit.runtime.worker import PARENT_PID_ENV, READY_LINE
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,9 @@ class LocalCluster:
                "--threads", str(self.threads), *self.worker_args]
         if cpus:
             cmd += ["--cpus", ",".join(map(str, cpus))]
-        env = {**os.environ, **SINGLE_THREAD_ENV, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **SINGLE_THREAD_ENV, "PYTHONUNBUFFERED": "1", PARENT_PID_ENV: str(os.getpid())}
         with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL, env=env,
-                                    preexec_fn=set_parent_death_signal if sys.platform.startswith("linux") else None)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL, env=env)
         port = self._wait_ready(proc, part, log_path)
         worker = WorkerProcess(part, proc, port, log_path, cpus)
         self.workers[part] = worker

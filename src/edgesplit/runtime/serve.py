@@ -1,9 +1,7 @@
 """``edgesplit serve``: the coordinator behind one KServe v2 endpoint, over a plan or a local cluster."""
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 
 from edgesplit.runtime.cluster import LocalCluster
 from edgesplit.runtime.coordinator import grpc_coordinator
@@ -24,14 +22,7 @@ async def serve(plan_path: str | None, local_export: str | None, host: str, port
         coordinator = grpc_coordinator(plan)
         await coordinator.wait_ready()
         server = KServeServer([coordinator], host, port, security, max_message_bytes, server_name="edgesplit-coordinator")
-        bound = await server.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        print(f"{READY_LINE} model={coordinator.meta.name} port={bound}", flush=True)
-        await stop.wait()
-        await server.stop(grace_s=5.0)
+        await server.serve_until_signalled(f"{READY_LINE} model={coordinator.meta.name} port={{port}}")
         await coordinator.close()
     finally:
         if cluster:

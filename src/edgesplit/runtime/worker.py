@@ -133,25 +133,27 @@ async def serve_worker(cfg: WorkerConfig, security=None) -> None:
     pin_cpus(cfg.cpus)
     model = load_part(cfg)
     server = KServeServer([model], cfg.host, cfg.port, security or ServerSecurity(), cfg.max_message_bytes, server_name="edgesplit-worker")
-    port = await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # the line the local cluster waits for; also tells a user which port was chosen
-    print(f"{READY_LINE} part={model.meta.name} port={port} pid={os.getpid()}", flush=True)
-    await stop.wait()
-    log.info("stopping %s: finishing calls in flight", model.meta.name)
-    await server.stop(grace_s=5.0)
+    # the ready line is what the local cluster waits for; it also tells a user which port was chosen
+    await server.serve_until_signalled(f"{READY_LINE} part={model.meta.name} port={{port}} pid={os.getpid()}")
 
 
-def set_parent_death_signal() -> None:
-    """Linux: deliver SIGTERM to this process when its parent dies (no orphans even after a SIGKILL)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+PARENT_PID_ENV = "EDGESPLIT_PARENT_PID"
 
-        PR_SET_PDEATHSIG = 1
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        except OSError:
-            pass
+
+def die_with_parent() -> None:
+    """When started by a :class:`LocalCluster` (``EDGESPLIT_PARENT_PID`` set): ask Linux to SIGTERM this
+    process when its parent dies, then exit if the parent is already gone (the race between spawn and
+    prctl). Done here rather than in a ``preexec_fn``, which would force a fork() while the parent runs
+    gRPC threads (seen here: workers aborting at start with an epoll error)."""
+    expected = os.environ.get(PARENT_PID_ENV)
+    if not expected or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        return
+    if os.getppid() != int(expected):
+        sys.exit(0)

@@ -14,6 +14,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,5 +191,15 @@ class KServeServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_s)
 
-    async def wait(self) -> None:
-        await self.server.wait_for_termination()
+    async def serve_until_signalled(self, ready_line: str, grace_s: float = 5.0) -> None:
+        """Start, print ``ready_line`` (``{port}`` is filled in), serve until SIGTERM/SIGINT, then stop
+        accepting and give calls in flight ``grace_s`` to finish."""
+        port = await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(ready_line.format(port=port), flush=True)
+        await stop.wait()
+        log.info("stopping: finishing calls in flight")
+        await self.stop(grace_s)
