@@ -152,8 +152,8 @@ def test_stock_kserve_client_can_query_worker(tiny_export, cluster, images):
     assert np.abs(np.array(r["out"], np.float32) - want).max() < 1e-5
 
 
-def test_killed_worker_gives_clear_error_then_recovers_after_restart(tiny_export, images):
-    with LocalCluster(tiny_export, timeout_ms=3000) as c, edgesplit.connect(c.plan()) as client:
+def test_killed_worker_fail_policy_gives_clear_error_no_hang(tiny_export, images):
+    with LocalCluster(tiny_export, timeout_ms=3000) as c, edgesplit.connect(c.plan(on_missing="fail")) as client:
         x = nchw(images[:1])
         ref = client.infer(x)
         futures = [client.submit(x) for _ in range(20)]
@@ -169,30 +169,45 @@ def test_killed_worker_gives_clear_error_then_recovers_after_restart(tiny_export
                 outcomes.append("error")
         assert time.monotonic() - t0 < 10  # every request answered or failed: no hang
         assert outcomes[-1] == "error" and all(o in (True, "error") for o in outcomes)
+
+
+def test_killed_worker_degrades_then_restarted_worker_is_used_again(tiny_export, images):
+    with LocalCluster(tiny_export, timeout_ms=3000) as c, \
+            edgesplit.connect(c.plan(on_missing="degrade", probe_interval_ms=100)) as client:
+        x = nchw(images[:1])
+        ref = client.infer(x)
+        c.kill("branch1")
+        results = [client.infer_result(x) for _ in range(10)]
+        for r in results:  # each answer is flagged: branch1's features were zeros
+            assert r.parameters["degraded"] and r.parameters["missing"] == "branch1"
+        local = LocalModel(tiny_export)
+        feats = local.engines["branch0"].run({"input": local.prepare(images[:1])})["features"]
+        zero_b1 = local.engines["head"].run({"features": np.concatenate([feats, np.zeros_like(feats)], 1)})["logits"]
+        assert np.abs(results[-1].outputs["logits"] - zero_b1).max() < 1e-4
         c.restart("branch1")
-        deadline = time.monotonic() + 5  # the channel reconnects within its 1 s backoff cap
-        while True:
-            try:
-                assert np.abs(client.infer(x) - ref).max() < 1e-4
-                break
-            except PartUnavailable:
-                assert time.monotonic() < deadline, "restarted worker not used again within 5 s"
-                time.sleep(0.1)
+        deadline = time.monotonic() + 5  # re-admitted by the readiness probe, reconnected within the 1 s backoff cap
+        while client.infer_result(x).parameters["degraded"]:
+            assert time.monotonic() < deadline, "restarted worker not used again within 5 s"
+            time.sleep(0.05)
+        assert np.abs(client.infer(x) - ref).max() < 1e-4
 
 
-def test_frozen_worker_is_cut_off_by_deadline(tiny_export, images):
-    with LocalCluster(tiny_export, timeout_ms=500) as c, edgesplit.connect(c.plan()) as client:
+@pytest.mark.parametrize("policy", ["fail", "degrade"])
+def test_frozen_worker_is_cut_off_by_deadline(tiny_export, images, policy):
+    with LocalCluster(tiny_export, timeout_ms=500) as c, edgesplit.connect(c.plan(on_missing=policy)) as client:
         x = nchw(images[:1])
         client.infer(x)
         os.kill(c.workers["branch0"].proc.pid, signal.SIGSTOP)  # alive but never answers
         try:
             t0 = time.monotonic()
-            with pytest.raises(DeadlineExceeded, match="branch0"):
-                client.infer(x)
+            if policy == "fail":
+                with pytest.raises((DeadlineExceeded, PartUnavailable), match="branch0"):
+                    client.infer(x)
+            else:
+                assert client.infer_result(x).parameters["degraded"]
             assert time.monotonic() - t0 < 2.0
         finally:
             os.kill(c.workers["branch0"].proc.pid, signal.SIGCONT)
-        client.infer(x)
 
 
 def _children(pid):

@@ -50,6 +50,44 @@ class PartSpec:
 
 
 @dataclass(frozen=True)
+class StageSpec:
+    """One step of the pipeline the coordinator runs: its parts in parallel, then a merge.
+
+    merge: ``concat`` (branch features side by side; a missing branch can be zeros),
+    ``decode`` (coded FC row blocks: any ``code_k`` of the parts give the output),
+    ``single`` (one part). ``local``: the coordinator runs the part itself (the head).
+    """
+
+    name: str
+    parts: tuple[str, ...]
+    merge: str
+    input: str  # tensor name each part takes
+    output: str  # tensor name each part returns
+    local: bool = False
+    code_k: int = 0
+    code_r: int = 0
+    code_kind: str = "auto"
+    out_features: int = 0  # decode: the layer's real width (blocks are padded)
+    activation: str | None = None  # applied after the merge: relu or None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StageSpec":
+        return cls(**{**d, "parts": tuple(d["parts"])})
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "parts": list(self.parts)}
+
+
+def default_stages(parts: tuple["PartSpec", ...]) -> tuple[StageSpec, ...]:
+    """A split model: branches (concat), then the head in the coordinator; else one ``model`` part."""
+    branches = tuple(p.name for p in parts if p.role == "branch")
+    if branches:
+        return (StageSpec("branches", branches, "concat", "input", "features"),
+                StageSpec("head", ("head",), "single", "features", "logits", local=True))
+    return (StageSpec("model", ("model",), "single", "input", "logits"),)
+
+
+@dataclass(frozen=True)
 class Manifest:
     directory: Path
     model: str
@@ -60,6 +98,7 @@ class Manifest:
     feature_dims: tuple[int, ...]  # per branch; () for an unsplit model
     parts: tuple[PartSpec, ...]
     opset: int
+    stages: tuple[StageSpec, ...] = ()
 
     @property
     def branches(self) -> list[PartSpec]:
@@ -68,6 +107,11 @@ class Manifest:
     @property
     def is_split(self) -> bool:
         return bool(self.branches)
+
+    @property
+    def remote_parts(self) -> list[str]:
+        """Parts that workers serve (every part of a non-local stage)."""
+        return [p for s in self.stages if not s.local for p in s.parts]
 
     def part(self, name: str) -> PartSpec:
         for p in self.parts:
@@ -107,9 +151,10 @@ def load_manifest(directory: str | Path, verify: bool | list[str] = True) -> Man
         d = json.loads(path.read_text())
         if d.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"format tag {d.get('format')!r}")
+        parts = tuple(PartSpec.from_dict(p) for p in d["parts"])
+        stages = tuple(StageSpec.from_dict(s) for s in d["stages"]) if d.get("stages") else default_stages(parts)
         manifest = Manifest(directory, d["model"], d["model_kwargs"], tuple(d["input_shape"]), d["preprocess"],
-                            tuple(d["classes"]), tuple(d["feature_dims"]), tuple(PartSpec.from_dict(p) for p in d["parts"]),
-                            int(d["opset"]))
+                            tuple(d["classes"]), tuple(d["feature_dims"]), parts, int(d["opset"]), stages)
     except (ValueError, KeyError, TypeError) as err:
         raise EdgesplitError(f"{path} is not a valid edgesplit manifest ({err}); re-run `edgesplit export`") from None
     if verify:

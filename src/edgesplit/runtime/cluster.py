@@ -55,7 +55,7 @@ class LocalCluster:
                  log_dir: str | Path | None = None, timeout_ms: float = 2000.0, input_dtype: str = "uint8"):
         self.export_dir = Path(export_dir)
         manifest = load_manifest(self.export_dir)  # verify every file once, here
-        self.parts = list(parts) if parts else ([p.name for p in manifest.branches] or ["model"])
+        self.parts = list(parts) if parts else manifest.remote_parts
         self.threads, self.pin, self.startup_timeout_s = threads, pin, startup_timeout_s
         self.worker_args = list(worker_args)
         self.timeout_ms, self.input_dtype = timeout_ms, input_dtype
@@ -116,9 +116,10 @@ class LocalCluster:
             raise
         return self
 
-    def plan(self) -> Plan:
+    def plan(self, **settings) -> Plan:
+        """A plan placing each part on its local worker; ``settings`` override Plan fields (on_missing, ...)."""
         return Plan(str(self.export_dir), tuple(PartPlacement(p, (self.workers[p].address,)) for p in self.parts),
-                    timeout_ms=self.timeout_ms, input_dtype=self.input_dtype)
+                    **{"timeout_ms": self.timeout_ms, "input_dtype": self.input_dtype, **settings})
 
     def dead(self) -> list[str]:
         return [p for p, w in self.workers.items() if not w.alive()]

@@ -1,12 +1,23 @@
-"""The coordinator: fans an input out to every branch, gathers the features, runs the head, answers.
+"""The coordinator: runs the export's stages over workers and answers.
 
-It is itself a :class:`ServedModel`, so ``edgesplit serve`` exposes the whole split
-model as one KServe v2 model (like an ensemble). Each request has a deadline; a
-failed call is retried on the part's next replica while time is left; a request that
-cannot be completed raises a clear error (PartUnavailable / DeadlineExceeded), never hangs.
+Each stage sends its input to all its parts at once and merges the answers:
+* ``concat`` (split-network branches): waits for every branch until the deadline;
+  a branch that fails or is too late is replaced by zeros and the answer is flagged
+  ``degraded`` (a head trained with branch dropout still answers well).
+* ``decode`` (coded FC row blocks): returns as soon as any k of the k + r parts
+  answered, cancels the rest, and decodes (``recovered`` when a parity block was
+  used). Fewer than k by the deadline: missing data blocks are zeros, ``degraded``.
+* ``single``: one part; it must answer.
+The head (a ``local`` stage) runs here in ONNX Runtime with one thread and no
+spinning, so the coordinator never takes cores from workers on the same machine.
 
-Threads: the head runs in ONNX Runtime with one thread and no spinning, so the
-coordinator never takes cores from workers on the same machine.
+Every request ends as an exact answer, a recovered one, a flagged degraded one, or
+an error (PartUnavailable / DeadlineExceeded); none waits past its deadline.
+
+Health: a peer that fails ``unhealthy_after`` calls in a row is skipped (its part
+counts as missing at once, or another replica is used) until a background readiness
+probe sees it ready again. Parts with several replicas can be hedged: if the first
+replica has not answered after ``hedge_ms``, the next one is asked too.
 """
 from __future__ import annotations
 
@@ -14,12 +25,14 @@ import asyncio
 import itertools
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from edgesplit.data.preprocess import Preprocess
-from edgesplit.export.manifest import load_manifest
+from edgesplit.export.manifest import StageSpec, load_manifest
+from edgesplit.runtime.coding import make_code, merge_blocks
 from edgesplit.runtime.engine import OnnxRuntimeEngine
 from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
 from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
@@ -29,110 +42,244 @@ log = logging.getLogger(__name__)
 
 
 class Peer(Protocol):
+    address: str
+
     async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "") -> InferResult: ...
     async def ready(self, timeout_s: float = 1.0) -> bool: ...
     async def close(self) -> None: ...
 
 
+@dataclass
+class PeerHealth:
+    peer: Peer
+    failures: int = 0  # consecutive
+    healthy: bool = True
+    probing: asyncio.Task | None = field(default=None, repr=False)
+
+
+class _Missing(Exception):
+    """A part gave no answer in time (internal: the stage decides what that means)."""
+
+
 class Coordinator:
-    def __init__(self, plan: Plan, peers: dict[str, list[Peer]], head: OnnxRuntimeEngine | Peer | None = None):
+    def __init__(self, plan: Plan, peers: dict[str, list[Peer]], head: OnnxRuntimeEngine | None = None):
         self.plan = plan
-        self.manifest = load_manifest(plan.export, verify=["head"] if plan.head == "coordinator" and _is_split(plan) else False)
+        self.manifest = load_manifest(plan.export, verify=[p for s in _local_stages(plan) for p in s.parts])
         validate_plan(plan, self.manifest)
-        self.peers = peers
+        self.peers = {name: [PeerHealth(p) for p in ps] for name, ps in peers.items()}
         self.preprocess = Preprocess.from_dict(self.manifest.preprocess)
-        self.stage_parts = [p.name for p in plan.parts]
-        if self.manifest.is_split and head is None:
-            head = OnnxRuntimeEngine(self.manifest.path(self.manifest.part("head")), threads=1)
-        self.head = head
-        c, h, w = self.manifest.input_shape
+        self.stages = self.manifest.stages
+        self.local = {p: (head if head is not None and p == "head" else
+                          OnnxRuntimeEngine(self.manifest.path(self.manifest.part(p)), threads=1))
+                      for s in self.stages if s.local for p in s.parts}
+        self.codes = {s.name: make_code(s.code_k, s.code_r, s.code_kind) for s in self.stages if s.merge == "decode"}
+        first = self.stages[0]
+        in_spec = self.manifest.part(first.parts[0]).inputs[0]
         out_dim = len(self.manifest.classes)
-        self.meta = ModelMeta(self.manifest.model, "edgesplit_split" if self.manifest.is_split else "edgesplit",
-                              (TensorMeta("input", "float32", (-1, c, h, w)),), (TensorMeta("logits", "float32", (-1, out_dim)),))
+        self.input_shape = tuple(in_spec.shape[1:])
+        self.meta = ModelMeta(self.manifest.model, "edgesplit_pipeline", (TensorMeta("input", "float32", (-1, *self.input_shape)),),
+                              (TensorMeta("logits", "float32", (-1, out_dim)),))
         self._rr = {name: itertools.count() for name in peers}
         self._ids = itertools.count()
+        self._closed = False
 
     def ready(self) -> bool:
         return True
 
+    # ------------------------------------------------------------------ input
     def _check_input(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         if set(inputs) != {"input"}:
             raise InferError(f"model {self.meta.name!r} takes one input 'input', got {sorted(inputs)}")
         x = inputs["input"]
-        c, h, w = self.manifest.input_shape
-        if x.ndim != 4 or x.shape[1:] != (c, h, w) or x.shape[0] == 0:
-            raise InferError(f"input shape {'x'.join(map(str, x.shape))}, expected Bx{c}x{h}x{w}")
+        want = self.input_shape
+        if x.ndim != len(want) + 1 or x.shape[1:] != want or x.shape[0] == 0:
+            raise InferError(f"input shape {'x'.join(map(str, x.shape))}, expected Bx{'x'.join(map(str, want))}")
         if x.dtype == np.float32:
             if not np.isfinite(x).all():
                 raise InferError("input contains NaN or Inf")
-        elif x.dtype != np.uint8:
-            raise InferError(f"input datatype {x.dtype.name}, expected float32 or uint8 pixels")
-        if self.plan.input_dtype == "float32" and x.dtype == np.uint8:
+        elif x.dtype != np.uint8 or len(want) != 3:
+            raise InferError(f"input datatype {x.dtype.name}, expected float32" + (" or uint8 pixels" if len(want) == 3 else ""))
+        if x.dtype == np.uint8 and self.plan.input_dtype == "float32":
             x = self.preprocess.normalize(x)  # the workers were told to expect floats
         return x
 
-    async def _call_part(self, name: str, x: np.ndarray, deadline: float, request_id: str) -> InferResult:
+    # ------------------------------------------------------------------ one part
+    def _candidates(self, name: str) -> list[PeerHealth]:
         replicas = self.peers[name]
         start = next(self._rr[name]) % len(replicas)
-        errors = []
-        for peer in replicas[start:] + replicas[:start]:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                return await peer.infer({"input": x}, timeout_s=remaining, request_id=request_id)
-            except PartUnavailable as err:  # try the next replica
-                errors.append(str(err))
-        if time.monotonic() >= deadline:
-            raise DeadlineExceeded(f"{name} did not answer within {self.plan.timeout_ms:.0f} ms" + (f" ({'; '.join(errors)})" if errors else ""))
-        raise PartUnavailable(f"no replica of {name} answered: {'; '.join(errors)}")
+        ordered = replicas[start:] + replicas[:start]
+        healthy = [h for h in ordered if h.healthy]
+        return healthy  # an unhealthy peer is not asked until its probe re-admits it
+
+    async def _ask(self, h: PeerHealth, stage: StageSpec, name: str, x: np.ndarray, deadline: float, rid: str) -> InferResult:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Missing(f"{name}: deadline passed")
+        try:
+            r = await h.peer.infer({stage.input: x}, timeout_s=remaining, request_id=rid)
+        except PartUnavailable as err:
+            self._failed(h, name)
+            raise _Missing(str(err)) from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # DeadlineExceeded and transport surprises: a missing answer, never a hang
+            self._failed(h, name)
+            raise _Missing(f"{name} at {h.peer.address}: {err}") from None
+        h.failures = 0
+        return r
+
+    async def _call_part(self, stage: StageSpec, name: str, x: np.ndarray, deadline: float, rid: str) -> InferResult:
+        """The part's answer from one of its healthy replicas (retried, or hedged after ``hedge_ms``)."""
+        candidates = self._candidates(name)
+        if not candidates:
+            raise _Missing(f"{name}: every replica is marked unhealthy")
+        errors: list[str] = []
+        pending: set[asyncio.Task] = set()
+        queue = list(candidates)
+        try:
+            while queue or pending:
+                if queue and (not pending or self._hedge_due(pending)):
+                    pending.add(asyncio.ensure_future(self._ask(queue.pop(0), stage, name, x, deadline, rid)))
+                wait_s = deadline - time.monotonic()
+                if self.plan.hedge_ms and queue:
+                    wait_s = min(wait_s, self.plan.hedge_ms / 1e3)
+                if wait_s <= 0:
+                    break
+                done, pending = await asyncio.wait(pending, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t.exception() is None:
+                        return t.result()
+                    errors.append(str(t.exception()))
+                if done and not pending and not queue:
+                    break
+                if not done and not self.plan.hedge_ms and not pending:
+                    break
+            raise _Missing("; ".join(errors) or f"{name}: no answer within the deadline")
+        finally:
+            for t in pending:
+                t.cancel()
+
+    def _hedge_due(self, pending: set[asyncio.Task]) -> bool:
+        return bool(self.plan.hedge_ms) or all(t.done() for t in pending)
+
+    def _failed(self, h: PeerHealth, name: str) -> None:
+        h.failures += 1
+        if h.healthy and h.failures >= self.plan.unhealthy_after and not self._closed:
+            h.healthy = False
+            log.warning("%s at %s marked unhealthy after %d failures; probing it", name, h.peer.address, h.failures)
+            h.probing = asyncio.ensure_future(self._probe(h, name))
+
+    async def _probe(self, h: PeerHealth, name: str) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.plan.probe_interval_ms / 1e3)
+            if await h.peer.ready(timeout_s=max(self.plan.probe_interval_ms / 1e3, 0.2)):
+                h.failures, h.healthy = 0, True
+                log.info("%s at %s ready again: re-admitted", name, h.peer.address)
+                return
+
+    # ------------------------------------------------------------------ stages
+    async def _run_stage(self, stage: StageSpec, x: np.ndarray, deadline: float, rid: str, flags: dict) -> np.ndarray:
+        if stage.local:
+            (name,) = stage.parts
+            return self.local[name].run({stage.input: x})[stage.output]  # ~10 us: cheaper inline than a thread hop
+        tasks = {asyncio.ensure_future(self._call_part(stage, n, x, deadline, rid)): i for i, n in enumerate(stage.parts)}
+        need = stage.code_k if stage.merge == "decode" else len(stage.parts)
+        answers: dict[int, np.ndarray] = {}
+        errors: list[str] = []
+        pending = set(tasks)
+        try:
+            while pending and len(answers) < need:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t.exception() is None:
+                        r = t.result()
+                        answers[tasks[t]] = r.outputs[stage.output]
+                        if "compute_ms" in r.parameters:
+                            flags.setdefault("compute_ms", {})[stage.parts[tasks[t]]] = r.parameters["compute_ms"]
+                    elif isinstance(t.exception(), _Missing):
+                        errors.append(str(t.exception()))
+                    else:
+                        raise t.exception()
+                if stage.merge == "decode" and len(answers) + len(pending) < need:
+                    break  # k can no longer be reached: stop waiting
+        finally:
+            for t in pending:  # no call is left running for an answer nobody will read
+                t.cancel()
+        return self._merge(stage, answers, errors, flags, x.shape[0])
+
+    def _merge(self, stage: StageSpec, answers: dict[int, np.ndarray], errors: list[str], flags: dict, batch: int) -> np.ndarray:
+        missing = [stage.parts[i] for i in range(len(stage.parts)) if i not in answers]
+        if stage.merge == "single":
+            if not answers:
+                raise self._failure(stage, errors)
+            return answers[0]
+        if stage.merge == "concat":
+            if not answers or (missing and self.plan.on_missing == "fail"):
+                raise self._failure(stage, errors)
+            if missing:
+                flags["degraded"] = True
+                flags.setdefault("missing", []).extend(missing)
+            dims = self.manifest.feature_dims
+            return np.concatenate([answers[i] if i in answers else np.zeros((batch, dims[i]), np.float32)
+                                   for i in range(len(stage.parts))], axis=1)
+        code = self.codes[stage.name]
+        if len(answers) >= code.k:
+            if any(i >= code.k for i in answers):
+                flags["recovered"] = True
+            out = merge_blocks(code.decode(answers), stage.out_features)
+        else:
+            if not answers or self.plan.on_missing == "fail":
+                raise self._failure(stage, errors)
+            flags["degraded"] = True
+            flags.setdefault("missing", []).extend(stage.parts[i] for i in range(code.k) if i not in answers)
+            rows = next(iter(answers.values())).shape[1]
+            blocks = np.stack([answers[i] if i in answers else np.zeros((batch, rows), np.float32) for i in range(code.k)])
+            out = merge_blocks(blocks, stage.out_features)
+        return np.maximum(out, 0) if stage.activation == "relu" else out
+
+    def _failure(self, stage: StageSpec, errors: list[str]) -> Exception:
+        detail = "; ".join(errors) or "no answer"
+        if any("deadline" in e.lower() or "in time" in e for e in errors):
+            return DeadlineExceeded(f"stage {stage.name}: {detail}")
+        return PartUnavailable(f"stage {stage.name}: {detail}")
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:
         x = self._check_input(inputs)
         deadline = time.monotonic() + self.plan.timeout_ms / 1e3
-        request_id = str(next(self._ids))
-        tasks = [asyncio.ensure_future(self._call_part(name, x, deadline, request_id)) for name in self.stage_parts]
-        try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:  # no call is left running for an answer nobody will read
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        compute = {f"{name}_compute_ms": r.parameters.get("compute_ms") for name, r in zip(self.stage_parts, results)}
-        if not self.manifest.is_split:
-            return InferResult({"logits": results[0].outputs["logits"]}, {k: v for k, v in compute.items() if v is not None})
-        features = np.concatenate([r.outputs["features"] for r in results], axis=1)
-        if isinstance(self.head, OnnxRuntimeEngine):
-            logits = self.head.run({"features": features})["logits"]  # ~10 us: cheaper inline than a thread hop
-        else:
-            remaining = deadline - time.monotonic()
-            logits = (await self.head.infer({"features": features}, timeout_s=max(remaining, 1e-3))).outputs["logits"]
-        return InferResult({"logits": logits}, {k: v for k, v in compute.items() if v is not None})
+        rid = str(next(self._ids))
+        flags: dict = {}
+        for stage in self.stages:
+            x = await self._run_stage(stage, x, deadline, rid, flags)
+        params = {"degraded": bool(flags.get("degraded")), "recovered": bool(flags.get("recovered"))}
+        if flags.get("missing"):
+            params["missing"] = ",".join(flags["missing"])
+        params.update({f"{name}_compute_ms": ms for name, ms in flags.get("compute_ms", {}).items()})
+        return InferResult({"logits": x}, params)
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Wait until every replica reports its model ready."""
         deadline = time.monotonic() + timeout_s
-        pending = [(n, p) for n, ps in self.peers.items() for p in ps]
+        pending = [(n, h.peer) for n, hs in self.peers.items() for h in hs]
         while pending:
             ok = await asyncio.gather(*(p.ready() for _, p in pending))
             pending = [np_ for np_, good in zip(pending, ok) if not good]
             if pending and time.monotonic() > deadline:
-                names = ", ".join(f"{n} at {getattr(p, 'address', p)}" for n, p in pending)
+                names = ", ".join(f"{n} at {p.address}" for n, p in pending)
                 raise PartUnavailable(f"not ready after {timeout_s:.0f} s: {names}")
             if pending:
                 await asyncio.sleep(0.1)
 
     async def close(self) -> None:
-        for ps in self.peers.values():
-            for p in ps:
-                await p.close()
-        if self.head is not None and not isinstance(self.head, OnnxRuntimeEngine):
-            await self.head.close()
+        self._closed = True
+        for hs in self.peers.values():
+            for h in hs:
+                if h.probing:
+                    h.probing.cancel()
+                await h.peer.close()
 
 
-def _is_split(plan: Plan) -> bool:
-    return any(p.name.startswith("branch") for p in plan.parts)
+def _local_stages(plan: Plan) -> list[StageSpec]:
+    return [s for s in load_manifest(plan.export, verify=False).stages if s.local]
 
 
 def grpc_coordinator(plan: Plan) -> Coordinator:
@@ -145,5 +292,4 @@ def grpc_coordinator(plan: Plan) -> Coordinator:
     token = Path(s.token_file).read_text().strip() if s.token_file else None
     security = ClientSecurity(token, s.tls_ca, s.tls_cert, s.tls_key)
     peers = {p.name: [GrpcWorker(addr, p.remote_name, security) for addr in p.replicas] for p in plan.parts}
-    head = None if plan.head == "coordinator" else GrpcWorker(plan.head, "head", security)
-    return Coordinator(plan, peers, head)
+    return Coordinator(plan, peers)

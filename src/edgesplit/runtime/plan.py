@@ -1,8 +1,9 @@
 """The deployment plan: which part runs where. A YAML file, read into frozen dataclasses.
 
-    export: runs/demo/split/export     # manifest.json (+ head.onnx when the head runs here)
-    head: coordinator                  # or host:port of a server that serves the head
+    export: runs/demo/split/export     # manifest.json (+ head.onnx: the head runs in the coordinator)
     timeout_ms: 2000                   # per request, all stages together
+    on_missing: degrade                # a branch that cannot answer: zeros + degraded flag (or: fail)
+    hedge_ms: 50                       # optional: ask a second replica when the first is this late
     input_dtype: uint8                 # what the coordinator sends to branches: uint8 | float32
     parts:
       branch0: {replicas: ["10.0.0.11:50051"]}
@@ -48,10 +49,13 @@ class PlanSecurity:
 class Plan:
     export: str
     parts: tuple[PartPlacement, ...]
-    head: str = "coordinator"
     timeout_ms: float = 2000.0
     input_dtype: str = "uint8"
     security: PlanSecurity = field(default_factory=PlanSecurity)
+    on_missing: str = "degrade"  # a branch or FC block that cannot answer: degrade (zeros, flagged) or fail
+    hedge_ms: float | None = None  # ask the next replica too when the first is this late
+    unhealthy_after: int = 3  # consecutive failures before a peer is skipped and probed
+    probe_interval_ms: float = 500.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -72,8 +76,9 @@ def load_plan(path: str | Path) -> Plan:
         d = yaml.safe_load(path.read_text())
         parts = tuple(PartPlacement(name, tuple(spec["replicas"]), spec.get("model_name")) for name, spec in d["parts"].items())
         plan = Plan(str((path.parent / d["export"]) if not Path(d["export"]).is_absolute() else d["export"]), parts,
-                    d.get("head", "coordinator"), float(d.get("timeout_ms", 2000)), d.get("input_dtype", "uint8"),
-                    PlanSecurity(**(d.get("security") or {})))
+                    float(d.get("timeout_ms", 2000)), d.get("input_dtype", "uint8"), PlanSecurity(**(d.get("security") or {})),
+                    d.get("on_missing", "degrade"), d.get("hedge_ms"), int(d.get("unhealthy_after", 3)),
+                    float(d.get("probe_interval_ms", 500)))
     except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
         raise EdgesplitError(f"{path} is not a valid plan ({type(err).__name__}: {err}); see `edgesplit plan --help`") from None
     validate_plan(plan, load_manifest(plan.export, verify=False))
@@ -82,7 +87,7 @@ def load_plan(path: str | Path) -> Plan:
 
 def validate_plan(plan: Plan, manifest: Manifest) -> None:
     names = {p.name for p in manifest.parts}
-    wanted = {p.name for p in manifest.branches} if manifest.is_split else {"model"}
+    wanted = set(manifest.remote_parts)
     placed = {p.name for p in plan.parts}
     if unknown := placed - names:
         raise EdgesplitError(f"plan places parts the export does not have: {sorted(unknown)}; it has {sorted(names)}")
@@ -95,6 +100,8 @@ def validate_plan(plan: Plan, manifest: Manifest) -> None:
         raise EdgesplitError(f"input_dtype must be uint8 or float32, got {plan.input_dtype!r}")
     if plan.timeout_ms <= 0:
         raise EdgesplitError("timeout_ms must be positive")
+    if plan.on_missing not in ("degrade", "fail"):
+        raise EdgesplitError(f"on_missing must be degrade or fail, got {plan.on_missing!r}")
 
 
 def make_plan(export_dir: str, addresses: Sequence[str], speeds: Sequence[float] | None = None,
@@ -107,13 +114,13 @@ def make_plan(export_dir: str, addresses: Sequence[str], speeds: Sequence[float]
     become extra replicas of the branches whose devices are slowest relative to their work.
     """
     manifest = load_manifest(export_dir, verify=False)
-    parts = [p.name for p in manifest.branches] or ["model"]
+    parts = manifest.remote_parts
     if len(addresses) < len(parts):
         raise EdgesplitError(f"{len(parts)} parts need at least {len(parts)} worker addresses, got {len(addresses)}")
     speeds = list(speeds) if speeds else [1.0] * len(addresses)
     if len(speeds) != len(addresses) or min(speeds) <= 0:
         raise EdgesplitError("give one positive speed per address")
-    work = [float(d) ** 2 for d in manifest.feature_dims] if manifest.is_split else [1.0]
+    work = [float(d) ** 2 for d in manifest.feature_dims] if manifest.is_split else [1.0] * len(parts)
     by_work = sorted(range(len(parts)), key=lambda i: -work[i])
     by_speed = sorted(range(len(addresses)), key=lambda j: -speeds[j])
     replicas: dict[int, list[int]] = {i: [by_speed[r]] for r, i in enumerate(by_work)}
