@@ -230,9 +230,13 @@ def cmd_worker(args) -> None:
     from edgesplit.runtime.worker import WorkerConfig, die_with_parent, serve_worker
 
     die_with_parent()
+    from edgesplit.runtime.faults import FaultConfig
+
+    faults = FaultConfig(args.inject_delay_ms, args.inject_delay_dist, args.inject_slowdown, args.inject_prob,
+                         args.inject_error_prob, args.crash_after, args.inject_seed)
     cfg = WorkerConfig(args.source, args.part, args.host, args.port, args.threads, _cpus(args.cpus),
                        providers=tuple(args.providers.split(",")) if args.providers else None,
-                       max_message_bytes=int(args.max_message_mb * (1 << 20)))
+                       max_message_bytes=int(args.max_message_mb * (1 << 20)), faults=faults)
     asyncio.run(serve_worker(cfg, _server_security(args)))
 
 
@@ -274,6 +278,22 @@ def cmd_bench_serve(args) -> None:
     print(f"  unsplit {r['unsplit_model']} ORT x{r['unsplit_threads']} threads  p50 {r['unsplit_p50_ms']:7.3f} ms, "
           f"{r['unsplit_throughput_rps']:.1f} req/s")
     print(f"  overhead_ratio {r['overhead_ratio']:.3f}   throughput_speedup {r['throughput_speedup']:.3f}")
+    if args.json:
+        _write_json(r, args.json)
+
+
+def cmd_bench_faults(args) -> None:
+    from edgesplit.bench_faults import bench_faults
+
+    r = bench_faults(args.requests, args.timeout_ms, histogram=args.histogram)
+    print(f"{r['model']}: {r['data_workers']} data workers (+{r['parity_workers']} parity), {r['requests']} requests each")
+    print(f"{'scenario':<26}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'exact':>7}{'recov':>7}{'degr':>6}{'err':>5}{'lost':>5}{'max rel err':>12}")
+    for name, s in r["scenarios"].items():
+        l, c = s["latency"], s["counts"]
+        print(f"{name:<26}{l['p50_ms']:>8.2f}{l['p99_ms']:>8.2f}{l['max_ms']:>8.2f}{c['exact']:>7}{c['recovered']:>7}"
+              f"{c['degraded']:>6}{c['errors']:>5}{c['lost']:>5}{s['max_rel_error']:>12.1e}")
+    for pattern, t in r["targets"].items():
+        print(f"{pattern}: coded p99 = {t['p99_vs_fault_free']:.2f}x fault-free, {t['p99_vs_uncoded']:.2f}x uncoded")
     if args.json:
         _write_json(r, args.json)
 
@@ -341,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("worker", help="serve one model part over KServe v2 gRPC (no torch needed)")
     s.add_argument("source", help="export directory (with --part) or a bare .onnx file")
-    s.add_argument("--part", help="part name: branch0, branch1, ..., head, or model")
+    s.add_argument("--part", help="part name(s), comma-separated: branch0, branch1, ..., head, model, fc6.0, ...")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     s.add_argument("--port", type=int, default=0, help="port (0: any free one, printed when ready)")
     s.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
@@ -349,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--providers", help="ONNX Runtime execution providers in order, e.g. CUDAExecutionProvider")
     s.add_argument("--max-message-mb", type=float, default=64.0, help="largest request accepted (MiB)")
     _security_args(s)
+    f = s.add_argument_group("fault injection (tests and benchmarks)")
+    f.add_argument("--inject-delay-ms", type=float, default=0.0, help="extra delay per affected call")
+    f.add_argument("--inject-delay-dist", default="fixed", choices=["fixed", "exp", "lognormal"])
+    f.add_argument("--inject-slowdown", type=float, default=1.0, help="affected calls take this many times their compute time")
+    f.add_argument("--inject-prob", type=float, default=1.0, help="fraction of calls affected by delay/slowdown")
+    f.add_argument("--inject-error-prob", type=float, default=0.0, help="fraction of calls that fail")
+    f.add_argument("--crash-after", type=int, help="exit abruptly after this many requests")
+    f.add_argument("--inject-seed", type=int, default=0)
     s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("serve", help="serve the whole split model as one KServe v2 endpoint")
@@ -380,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int, default=3, help="repeat the measurement; medians are reported")
     b.add_argument("--json", help="write the numbers here")
     b.set_defaults(func=cmd_bench_serve)
+    b = bench.add_parser("faults", help="coded vs uncoded AlexNet FC layers under stragglers and a killed worker")
+    b.add_argument("--requests", type=int, default=300)
+    b.add_argument("--timeout-ms", type=float, default=2000.0)
+    b.add_argument("--histogram", default="runs/bench_faults_arrivals.png", help="arrival-time histogram PNG")
+    b.add_argument("--json", help="write the numbers here")
+    b.set_defaults(func=cmd_bench_faults)
 
     s = sub.add_parser("demo", help="the main job: split model over local workers vs unsplit, on the test set")
     s.add_argument("--work-dir", default="runs/demo", help="where the cached checkpoints and exports live")

@@ -30,9 +30,10 @@ class AsyncClient:
         self.coordinator = coordinator
 
     @classmethod
-    async def connect(cls, plan: Plan | str | Path, wait_ready_s: float = 30.0) -> "AsyncClient":
+    async def connect(cls, plan: Plan | str | Path, wait_ready_s: float = 30.0, require_all: bool = True) -> "AsyncClient":
+        """``require_all=False``: start even if some workers are down (they are probed and used once ready)."""
         coord = grpc_coordinator(_as_plan(plan))
-        await coord.wait_ready(wait_ready_s)
+        await coord.wait_ready(wait_ready_s, require_all)
         return cls(coord)
 
     async def infer_result(self, images: np.ndarray) -> InferResult:
@@ -46,12 +47,12 @@ class AsyncClient:
 
 
 class Client:
-    def __init__(self, plan: Plan | str | Path, wait_ready_s: float = 30.0):
+    def __init__(self, plan: Plan | str | Path, wait_ready_s: float = 30.0, require_all: bool = True):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="edgesplit-client", daemon=True)
         self._thread.start()
         try:
-            self._async = self._run(AsyncClient.connect(plan, wait_ready_s))
+            self._async = self._run(AsyncClient.connect(plan, wait_ready_s, require_all))
         except BaseException:
             self._shutdown_loop()
             raise
@@ -107,9 +108,9 @@ class Client:
         self.close()
 
 
-def connect(plan: Plan | str | Path, wait_ready_s: float = 30.0) -> Client:
-    return Client(plan, wait_ready_s)
+def connect(plan: Plan | str | Path, wait_ready_s: float = 30.0, require_all: bool = True) -> Client:
+    return Client(plan, wait_ready_s, require_all)
 
 
-async def connect_async(plan: Plan | str | Path, wait_ready_s: float = 30.0) -> AsyncClient:
-    return await AsyncClient.connect(plan, wait_ready_s)
+async def connect_async(plan: Plan | str | Path, wait_ready_s: float = 30.0, require_all: bool = True) -> AsyncClient:
+    return await AsyncClient.connect(plan, wait_ready_s, require_all)

@@ -52,12 +52,19 @@ class WorkerProcess:
 class LocalCluster:
     def __init__(self, export_dir: str | Path, parts: Sequence[str] | None = None, threads: int = 1,
                  pin: bool = True, startup_timeout_s: float = 60.0, worker_args: Sequence[str] = (),
-                 log_dir: str | Path | None = None, timeout_ms: float = 2000.0, input_dtype: str = "uint8"):
+                 log_dir: str | Path | None = None, timeout_ms: float = 2000.0, input_dtype: str = "uint8",
+                 groups: Sequence[Sequence[str]] | None = None, extra_args: dict[str, Sequence[str]] | None = None):
+        """``parts``: one worker each (default: every part workers serve). ``groups``: instead, one worker per
+        group of parts (a device serving several FC blocks). ``extra_args``: more worker arguments by worker
+        name (the group's parts joined by commas), e.g. fault injection for one device."""
         self.export_dir = Path(export_dir)
         manifest = load_manifest(self.export_dir)  # verify every file once, here
-        self.parts = list(parts) if parts else manifest.remote_parts
+        groups = [list(g) for g in groups] if groups else [[p] for p in (parts or manifest.remote_parts)]
+        self.groups = {",".join(g): g for g in groups}
+        self.parts = [p for g in groups for p in g]
         self.threads, self.pin, self.startup_timeout_s = threads, pin, startup_timeout_s
         self.worker_args = list(worker_args)
+        self.extra_args = {k: list(v) for k, v in (extra_args or {}).items()}
         self.timeout_ms, self.input_dtype = timeout_ms, input_dtype
         self._tmp = None if log_dir else tempfile.TemporaryDirectory(prefix="edgesplit-cluster-")
         self.log_dir = Path(log_dir) if log_dir else Path(self._tmp.name)
@@ -65,15 +72,17 @@ class LocalCluster:
 
     def _cpu_plan(self) -> list[tuple[int, ...] | None]:
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-        if not self.pin or len(cpus) < len(self.parts) * self.threads:
-            return [None] * len(self.parts)
-        return [tuple(cpus[i * self.threads:(i + 1) * self.threads]) for i in range(len(self.parts))]
+        n = len(self.groups)
+        if not self.pin or len(cpus) < n * self.threads:
+            return [None] * n
+        return [tuple(cpus[i * self.threads:(i + 1) * self.threads]) for i in range(n)]
 
     def start_worker(self, part: str, cpus: tuple[int, ...] | None = None, port: int = 0) -> WorkerProcess:
-        """Start (or restart) the worker for ``part`` and wait for its ready line."""
+        """Start (or restart) the worker named ``part`` (a part, or a group's parts joined by commas)
+        and wait for its ready line."""
         log_path = self.log_dir / f"{part}.log"
         cmd = [sys.executable, "-m", "edgesplit", "worker", str(self.export_dir), "--part", part, "--port", str(port),
-               "--threads", str(self.threads), *self.worker_args]
+               "--threads", str(self.threads), *self.worker_args, *self.extra_args.get(part, [])]
         if cpus:
             cmd += ["--cpus", ",".join(map(str, cpus))]
         env = {**os.environ, **SINGLE_THREAD_ENV, "PYTHONUNBUFFERED": "1", PARENT_PID_ENV: str(os.getpid())}
@@ -108,7 +117,7 @@ class LocalCluster:
 
     def start(self) -> "LocalCluster":
         try:
-            for part, cpus in zip(self.parts, self._cpu_plan()):
+            for part, cpus in zip(self.groups, self._cpu_plan()):
                 w = self.start_worker(part, cpus)
                 log.info("worker %s ready on %s (pid %d, cpus %s)", part, w.address, w.proc.pid, cpus)
         except BaseException:
@@ -118,7 +127,8 @@ class LocalCluster:
 
     def plan(self, **settings) -> Plan:
         """A plan placing each part on its local worker; ``settings`` override Plan fields (on_missing, ...)."""
-        return Plan(str(self.export_dir), tuple(PartPlacement(p, (self.workers[p].address,)) for p in self.parts),
+        address = {p: self.workers[name].address for name, group in self.groups.items() for p in group}
+        return Plan(str(self.export_dir), tuple(PartPlacement(p, (address[p],)) for p in self.parts),
                     **{"timeout_ms": self.timeout_ms, "input_dtype": self.input_dtype, **settings})
 
     def dead(self) -> list[str]:

@@ -182,6 +182,7 @@ class Coordinator:
         if stage.local:
             (name,) = stage.parts
             return self.local[name].run({stage.input: x})[stage.output]  # ~10 us: cheaper inline than a thread hop
+        t_stage = time.perf_counter()
         tasks = {asyncio.ensure_future(self._call_part(stage, n, x, deadline, rid)): i for i, n in enumerate(stage.parts)}
         need = stage.code_k if stage.merge == "decode" else len(stage.parts)
         answers: dict[int, np.ndarray] = {}
@@ -194,14 +195,15 @@ class Coordinator:
                     if t.exception() is None:
                         r = t.result()
                         answers[tasks[t]] = r.outputs[stage.output]
+                        flags.setdefault("arrival_ms", {})[stage.parts[tasks[t]]] = (time.perf_counter() - t_stage) * 1e3
                         if "compute_ms" in r.parameters:
                             flags.setdefault("compute_ms", {})[stage.parts[tasks[t]]] = r.parameters["compute_ms"]
                     elif isinstance(t.exception(), _Missing):
                         errors.append(str(t.exception()))
                     else:
                         raise t.exception()
-                if stage.merge == "decode" and len(answers) + len(pending) < need:
-                    break  # k can no longer be reached: stop waiting
+                if stage.merge == "decode" and len(answers) + len(pending) < need and self.plan.on_missing == "fail":
+                    break  # k can no longer be reached and a degraded answer is not wanted: stop waiting
         finally:
             for t in pending:  # no call is left running for an answer nobody will read
                 t.cancel()
@@ -224,9 +226,11 @@ class Coordinator:
                                    for i in range(len(stage.parts))], axis=1)
         code = self.codes[stage.name]
         if len(answers) >= code.k:
+            t0 = time.perf_counter()
             if any(i >= code.k for i in answers):
                 flags["recovered"] = True
             out = merge_blocks(code.decode(answers), stage.out_features)
+            flags["decode_ms"] = flags.get("decode_ms", 0.0) + (time.perf_counter() - t0) * 1e3
         else:
             if not answers or self.plan.on_missing == "fail":
                 raise self._failure(stage, errors)
@@ -254,18 +258,28 @@ class Coordinator:
         if flags.get("missing"):
             params["missing"] = ",".join(flags["missing"])
         params.update({f"{name}_compute_ms": ms for name, ms in flags.get("compute_ms", {}).items()})
+        params.update({f"{name}_arrival_ms": ms for name, ms in flags.get("arrival_ms", {}).items()})
+        if "decode_ms" in flags:
+            params["decode_ms"] = flags["decode_ms"]
         return InferResult({"logits": x}, params)
 
-    async def wait_ready(self, timeout_s: float = 30.0) -> None:
-        """Wait until every replica reports its model ready."""
+    async def wait_ready(self, timeout_s: float = 30.0, require_all: bool = True) -> None:
+        """Wait until every replica reports its model ready. With ``require_all=False``, replicas still not
+        ready after ``timeout_s`` start out unhealthy (skipped, probed, re-admitted when ready)."""
         deadline = time.monotonic() + timeout_s
-        pending = [(n, h.peer) for n, hs in self.peers.items() for h in hs]
+        pending = [(n, h) for n, hs in self.peers.items() for h in hs]
         while pending:
-            ok = await asyncio.gather(*(p.ready() for _, p in pending))
-            pending = [np_ for np_, good in zip(pending, ok) if not good]
+            ok = await asyncio.gather(*(h.peer.ready() for _, h in pending))
+            pending = [nh for nh, good in zip(pending, ok) if not good]
             if pending and time.monotonic() > deadline:
-                names = ", ".join(f"{n} at {p.address}" for n, p in pending)
-                raise PartUnavailable(f"not ready after {timeout_s:.0f} s: {names}")
+                names = ", ".join(f"{n} at {h.peer.address}" for n, h in pending)
+                if require_all:
+                    raise PartUnavailable(f"not ready after {timeout_s:.0f} s: {names}")
+                log.warning("starting without %s (not ready); probing", names)
+                for n, h in pending:
+                    h.failures, h.healthy = self.plan.unhealthy_after, False
+                    h.probing = asyncio.ensure_future(self._probe(h, n))
+                return
             if pending:
                 await asyncio.sleep(0.1)
 

@@ -25,6 +25,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.export.manifest import load_manifest
 from edgesplit.runtime.engine import InferenceEngine, create_engine
 from edgesplit.runtime.errors import InferError
+from edgesplit.runtime.faults import FaultConfig, FaultyModel
 from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
 
 log = logging.getLogger(__name__)
@@ -95,24 +96,33 @@ class WorkerConfig:
     engine: str = "onnxruntime"
     providers: tuple[str, ...] | None = None
     max_message_bytes: int = 64 << 20
+    faults: FaultConfig = FaultConfig()
 
 
-def load_part(cfg: WorkerConfig) -> PartModel:
-    """The :class:`PartModel` for ``cfg.part`` of an export directory, or for a bare ONNX file."""
+def load_parts(cfg: WorkerConfig) -> list:
+    """The served models for ``cfg.part`` (comma-separated names) of an export directory, or a bare ONNX file."""
     src = Path(cfg.source)
     if src.is_dir():
         if not cfg.part:
             manifest = load_manifest(src, verify=False)
             raise EdgesplitError(f"pass --part: one of {', '.join(p.name for p in manifest.parts)}")
-        manifest = load_manifest(src, verify=[cfg.part])
-        part = manifest.part(cfg.part)
-        engine = create_engine(cfg.engine, manifest.path(part), threads=cfg.threads, providers=cfg.providers)
-        pre = Preprocess.from_dict(manifest.preprocess) if part.role in ("branch", "model") else None
-        return PartModel(part.name, engine, pre)
-    if src.suffix == ".onnx" and src.is_file():
+        names = cfg.part.split(",")
+        manifest = load_manifest(src, verify=names)
+        models = []
+        for name in names:
+            part = manifest.part(name)
+            engine = create_engine(cfg.engine, manifest.path(part), threads=cfg.threads, providers=cfg.providers)
+            pre = Preprocess.from_dict(manifest.preprocess) if part.role in ("branch", "model") else None
+            models.append(PartModel(part.name, engine, pre))
+    elif src.suffix == ".onnx" and src.is_file():
         engine = create_engine(cfg.engine, src, threads=cfg.threads, providers=cfg.providers)
-        return PartModel(cfg.part or src.stem, engine)
-    raise EdgesplitError(f"{src} is neither an export directory nor an .onnx file")
+        models = [PartModel(cfg.part or src.stem, engine)]
+    else:
+        raise EdgesplitError(f"{src} is neither an export directory nor an .onnx file")
+    if cfg.faults.active:
+        log.warning("fault injection on: %s", cfg.faults)
+        models = [FaultyModel(m, cfg.faults) for m in models]
+    return models
 
 
 def pin_cpus(cpus: Sequence[int] | None) -> None:
@@ -131,10 +141,11 @@ async def serve_worker(cfg: WorkerConfig, security=None) -> None:
     from edgesplit.runtime.transport.server import KServeServer, ServerSecurity
 
     pin_cpus(cfg.cpus)
-    model = load_part(cfg)
-    server = KServeServer([model], cfg.host, cfg.port, security or ServerSecurity(), cfg.max_message_bytes, server_name="edgesplit-worker")
+    models = load_parts(cfg)
+    server = KServeServer(models, cfg.host, cfg.port, security or ServerSecurity(), cfg.max_message_bytes, server_name="edgesplit-worker")
     # the ready line is what the local cluster waits for; it also tells a user which port was chosen
-    await server.serve_until_signalled(f"{READY_LINE} part={model.meta.name} port={{port}} pid={os.getpid()}")
+    names = ",".join(m.meta.name for m in models)
+    await server.serve_until_signalled(f"{READY_LINE} part={names} port={{port}} pid={os.getpid()}")
 
 
 PARENT_PID_ENV = "EDGESPLIT_PARENT_PID"

@@ -140,6 +140,9 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(err))
         except PartUnavailable as err:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        except Exception as err:  # an engine or injected failure: report it, keep serving
+            log.warning("%s failed: %s", m.meta.name, err)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{m.meta.name} failed: {err}")
         resp = codec.encode_response(m.meta.name, request.id, result.outputs, result.parameters)
         codec.set_parameter(resp, "server_ms", (time.perf_counter() - t0) * 1e3)  # handler time, transport excluded
         return resp

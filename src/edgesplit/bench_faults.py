@@ -1,0 +1,144 @@
+"""``edgesplit bench faults``: AlexNet's FC layers over 4 data workers, with and without 1 parity worker.
+
+Scenarios, each run with coding (4 + 1 workers) and without (4 workers), one request
+at a time over loopback gRPC:
+* ``fault_free``;
+* ``straggler_one``: one device straggles: 10% of its calls take 10x their compute time;
+* ``straggler_all``: every device straggles independently the same way;
+* ``kill``: one data worker is killed after a third of the requests and restarted
+  after two thirds.
+For each: p50/p99/max latency; requests sent, answered exactly, recovered (decoded
+from parity), degraded (flagged, missing blocks zeroed), errors, lost (no outcome
+at all: must be 0); the largest relative error of recovered answers against the
+fault-free float64 reference; decoding time as a share of latency; the arrival times
+of every block's answer (histogram PNG, as on the seed's slide).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgesplit.bench import machine_info
+from edgesplit.runtime.stats import latency_summary
+
+K_DATA = 4
+STRAGGLE_PROB, STRAGGLE_SLOWDOWN = 0.1, 10.0
+LAYER_NAMES = ("fc6", "fc7")
+
+
+def _reference(layers, x: np.ndarray) -> np.ndarray:
+    y = x.astype(np.float64)
+    for w, b, act in layers:
+        y = y @ w.T.astype(np.float64) + b
+        if act == "relu":
+            y = np.maximum(y, 0)
+    return y
+
+
+def _run_scenario(export_dir: Path, n_workers: int, scenario: str, xs: np.ndarray, refs: np.ndarray, timeout_ms: float) -> dict:
+    import edgesplit
+    from edgesplit.runtime.cluster import LocalCluster
+
+    groups = [[f"{layer}.{j}" for layer in LAYER_NAMES] for j in range(n_workers)]
+    names = [",".join(g) for g in groups]
+    straggle = ["--inject-slowdown", str(STRAGGLE_SLOWDOWN), "--inject-prob", str(STRAGGLE_PROB)]
+    extra = {}
+    if scenario == "straggler_one":
+        extra = {names[1]: straggle + ["--inject-seed", "1"]}
+    elif scenario == "straggler_all":
+        extra = {name: straggle + ["--inject-seed", str(i)] for i, name in enumerate(names)}
+    n = len(xs)
+    counts = {"sent": n, "exact": 0, "recovered": 0, "degraded": 0, "errors": 0, "lost": 0}
+    lat, decode_share, arrivals, worst_err = [], [], [], 0.0
+    with LocalCluster(export_dir, groups=groups, pin=False, extra_args=extra, timeout_ms=timeout_ms) as cluster, \
+            edgesplit.connect(cluster.plan(probe_interval_ms=200)) as client:
+        for x in xs[:5]:
+            client.infer(x[None])
+        for i, x in enumerate(xs):
+            if scenario == "kill" and i == n // 3:
+                cluster.kill(names[1])
+            if scenario == "kill" and i == 2 * n // 3:
+                cluster.restart(names[1])
+            t0 = time.perf_counter()
+            future = client.submit(x[None])
+            try:
+                r = future.result(timeout=2 * timeout_ms / 1e3)
+            except TimeoutError:
+                counts["lost"] += 1  # no outcome at all within twice the deadline
+                continue
+            except Exception:  # a clear error is an outcome, not a loss
+                counts["errors"] += 1
+                lat.append((time.perf_counter() - t0) * 1e3)
+                continue
+            ms = (time.perf_counter() - t0) * 1e3
+            lat.append(ms)
+            p = r.parameters
+            arrivals += [v for k, v in p.items() if k.endswith("_arrival_ms")]
+            if "decode_ms" in p:
+                decode_share.append(p["decode_ms"] / ms)
+            if p.get("degraded"):
+                counts["degraded"] += 1
+                continue
+            err = float(np.linalg.norm(r.outputs["logits"][0] - refs[i]) / np.linalg.norm(refs[i]))
+            worst_err = max(worst_err, err)
+            counts["recovered" if p.get("recovered") else "exact"] += 1
+    return {"scenario": scenario, "workers": n_workers, "latency": latency_summary(lat), "counts": counts,
+            "max_rel_error": worst_err, "decode_share_p50": float(np.median(decode_share)) if decode_share else 0.0,
+            "arrival_ms": arrivals}
+
+
+def bench_faults(requests: int = 300, timeout_ms: float = 2000.0, seed: int = 0, histogram: str | None = None,
+                 scenarios=("fault_free", "straggler_one", "straggler_all", "kill")) -> dict:
+    from edgesplit.export.coded import export_coded_mlp, random_alexnet_fc
+
+    layers = random_alexnet_fc(seed=seed)
+    xs = np.maximum(np.random.default_rng(seed + 1).standard_normal((requests, layers[0][0].shape[1])), 0).astype(np.float32)
+    refs = _reference(layers, xs)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="edgesplit-faults-") as tmp:
+        for label, r in (("coded", 1), ("uncoded", 0)):
+            export_dir = Path(tmp) / label
+            export_coded_mlp(layers, export_dir, K_DATA, r, "alexnet-fc", layer_names=LAYER_NAMES)
+            for scenario in scenarios:
+                results[f"{label}/{scenario}"] = _run_scenario(export_dir, K_DATA + r, scenario, xs, refs, timeout_ms)
+    out = {"benchmark": "faults", "model": "alexnet FC (9216-4096-4096-1000, random weights)", "requests": requests,
+           "data_workers": K_DATA, "parity_workers": 1, "straggler": {"prob": STRAGGLE_PROB, "slowdown": STRAGGLE_SLOWDOWN},
+           "machine": machine_info(), "scenarios": {k: {kk: vv for kk, vv in v.items() if kk != "arrival_ms"} for k, v in results.items()}}
+    ff = results.get("coded/fault_free")
+    targets = {}
+    for pattern in ("straggler_one", "straggler_all"):
+        c, u = results.get(f"coded/{pattern}"), results.get(f"uncoded/{pattern}")
+        if c and u and ff:
+            targets[pattern] = {"p99_vs_fault_free": c["latency"]["p99_ms"] / ff["latency"]["p99_ms"],
+                                "p99_vs_uncoded": c["latency"]["p99_ms"] / u["latency"]["p99_ms"]}
+    out["targets"] = targets
+    out["lost_total"] = sum(v["counts"]["lost"] for v in results.values())
+    if histogram:
+        _histogram(results, histogram)
+        out["histogram"] = histogram
+    return out
+
+
+def _histogram(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    keys = [k for k in ("uncoded/straggler_all", "uncoded/fault_free") if k in results]
+    hi = max(np.percentile(results[k]["arrival_ms"], 99.9) for k in keys)
+    for k in keys:
+        ax.hist(results[k]["arrival_ms"], bins=100, range=(0, hi), histtype="step", linewidth=1.5, label=k.split("/")[1].replace("_", " "))
+    ax.set_yscale("log")
+    ax.set_xlabel("arrival time of a block's answer after the stage started (ms)")
+    ax.set_ylabel("answers")
+    ax.set_title("AlexNet FC blocks over 4 workers: the straggler tail")
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

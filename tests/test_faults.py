@@ -1,0 +1,129 @@
+"""Stragglers and failures with real worker processes: coded FC layers keep answering exactly."""
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import edgesplit
+from edgesplit.export.coded import export_coded_mlp, random_alexnet_fc
+from edgesplit.export.manifest import load_manifest
+from edgesplit.runtime.cluster import LocalCluster
+from edgesplit.runtime.errors import PartUnavailable
+
+K, R = 3, 1
+LAYERS = ("l1", "l2")
+
+
+def _reference(layers, x):
+    y = x.astype(np.float64)
+    for w, b, act in layers:
+        y = y @ w.T.astype(np.float64) + b
+        if act == "relu":
+            y = np.maximum(y, 0)
+    return y
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return random_alexnet_fc(num_classes=10, seed=3, widths=(64, 48, 40))
+
+
+@pytest.fixture(scope="module")
+def coded_export(mlp, tmp_path_factory):
+    d = tmp_path_factory.mktemp("coded")
+    export_coded_mlp(mlp, d, K, R, "mlp", layer_names=LAYERS)
+    return d
+
+
+def _groups(n):
+    return [[f"{layer}.{j}" for layer in LAYERS] for j in range(n)]
+
+
+def _xs(n=40):
+    return np.random.default_rng(5).standard_normal((n, 64)).astype(np.float32)
+
+
+def _close(got, want):
+    return np.linalg.norm(got - want) <= 1e-4 * np.linalg.norm(want)
+
+
+def test_manifest_describes_coded_stages(coded_export):
+    m = load_manifest(coded_export)
+    assert [s.name for s in m.stages] == ["l1", "l2", "head"]
+    assert m.stages[0].parts == ("l1.0", "l1.1", "l1.2", "l1.3") and m.stages[0].merge == "decode"
+    assert m.stages[-1].local and "head" not in m.remote_parts
+
+
+def test_killed_worker_mid_stream_every_answer_exact(mlp, coded_export):
+    xs = _xs()
+    want = _reference(mlp, xs)
+    with LocalCluster(coded_export, groups=_groups(K + R), pin=False, timeout_ms=3000) as c, \
+            edgesplit.connect(c.plan()) as client:
+        futures = [client.submit(x[None]) for x in xs[:20]]
+        c.kill("l1.1,l2.1")
+        futures += [client.submit(x[None]) for x in xs[20:]]
+        results = [f.result(timeout=10) for f in futures]
+    for r, w in zip(results, want):
+        assert not r.parameters["degraded"]
+        assert _close(r.outputs["logits"][0], w)
+    assert any(r.parameters["recovered"] for r in results[20:])
+
+
+def test_frozen_worker_does_not_delay_answers(mlp, coded_export):
+    xs = _xs(10)
+    want = _reference(mlp, xs)
+    with LocalCluster(coded_export, groups=_groups(K + R), pin=False, timeout_ms=5000) as c, \
+            edgesplit.connect(c.plan()) as client:
+        client.infer(xs[:1])
+        pid = c.workers["l1.0,l2.0"].proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            for x, w in zip(xs, want):
+                r = client.infer_result(x[None])
+                assert r.parameters["recovered"] and _close(r.outputs["logits"][0], w)
+            assert time.monotonic() - t0 < 5  # any k of k + r: nobody waits for the frozen one
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("faulty", [["--inject-error-prob", "0.3", "--inject-seed", "4"], ["--crash-after", "10"]],
+                         ids=["errors", "crash"])
+def test_injected_faults_on_one_worker_are_recovered_then_it_is_readmitted(mlp, coded_export, faulty):
+    xs = _xs(30)
+    want = _reference(mlp, xs)
+    name = "l1.2,l2.2"
+    with LocalCluster(coded_export, groups=_groups(K + R), pin=False, extra_args={name: faulty}, timeout_ms=3000) as c, \
+            edgesplit.connect(c.plan(probe_interval_ms=100)) as client:
+        for x, w in zip(xs, want):
+            r = client.infer_result(x[None])
+            assert not r.parameters["degraded"] and _close(r.outputs["logits"][0], w)
+        if "--crash-after" in faulty:
+            time.sleep(0.5)
+            assert c.dead() == [name]  # crashed after 10 requests, as injected
+            c.extra_args.pop(name)
+            c.restart(name)
+            coord = client.coordinator
+            deadline = time.monotonic() + 5
+            while not all(h.healthy for hs in coord.peers.values() for h in hs):  # the probe re-admits it
+                client.infer(xs[:1])
+                assert time.monotonic() < deadline, "restarted worker not re-admitted within 5 s"
+                time.sleep(0.05)
+
+
+def test_without_parity_a_missing_block_gives_flagged_degraded_answer(mlp, tmp_path):
+    export_coded_mlp(mlp, tmp_path, K, 0, "mlp", layer_names=LAYERS)
+    x = _xs(1)
+    with LocalCluster(tmp_path, groups=_groups(K), pin=False, timeout_ms=3000) as c:
+        with edgesplit.connect(c.plan()) as client:
+            assert not client.infer_result(x).parameters["degraded"]
+            c.kill("l1.1,l2.1")
+            r = client.infer_result(x)
+            assert r.parameters["degraded"] and "l1.1" in r.parameters["missing"]
+        with pytest.raises(PartUnavailable, match="not ready"):
+            edgesplit.connect(c.plan(), wait_ready_s=0.5)
+        with edgesplit.connect(c.plan(on_missing="fail"), wait_ready_s=0.5, require_all=False) as client:
+            with pytest.raises(PartUnavailable, match="l1.1"):
+                client.infer(x)
