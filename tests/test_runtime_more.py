@@ -1,0 +1,92 @@
+"""TLS, graceful stop, hedged requests and the plan command, with real worker processes."""
+import asyncio
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import edgesplit
+from edgesplit.runtime.cluster import LocalCluster
+from edgesplit.runtime.plan import load_plan
+from edgesplit.runtime.transport.client import ClientSecurity, GrpcWorker
+from edgesplit.runtime.errors import PartUnavailable
+
+HEDGE_MS = 50  # checked: with hedging off this test fails (the slow replica takes 2 s)
+X = {"input": np.zeros((1, 1, 28, 28), np.float32)}
+
+
+def _call(address, security=ClientSecurity(), timeout=10):
+    async def go():
+        w = GrpcWorker(address, "branch0", security)
+        try:
+            return await w.infer(X, timeout_s=timeout)
+        finally:
+            await w.close()
+    return asyncio.run(go())
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make certificates")
+def test_tls_worker_on_loopback(tiny_export, tmp_path):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    args = ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
+    with LocalCluster(tiny_export, parts=["branch0"], worker_args=args) as c:
+        address = c.workers["branch0"].address
+        assert _call(address, ClientSecurity(tls_ca=str(tmp_path / "cert.pem"))).outputs["features"].shape == (1, 32)
+        with pytest.raises(PartUnavailable):  # plaintext to a TLS server fails cleanly
+            _call(address, timeout=3)
+
+
+def test_sigterm_lets_the_call_in_flight_finish(tiny_export):
+    with LocalCluster(tiny_export, parts=["branch0"], worker_args=["--inject-delay-ms", "1500"]) as c:
+        w = c.workers["branch0"]
+        result = {}
+        t = threading.Thread(target=lambda: result.setdefault("r", _call(w.address)))
+        t.start()
+        time.sleep(0.5)  # the call is inside its injected delay
+        w.proc.send_signal(signal.SIGTERM)
+        t.join(15)
+        assert result["r"].outputs["features"].shape == (1, 32)
+        assert w.proc.wait(10) == 0
+
+
+def test_hedged_request_uses_the_fast_replica(tiny_export, images_u8):
+    # branch0 has two replicas: the first always takes 2 s more, the second is normal
+    with LocalCluster(tiny_export, parts=["branch0"], worker_args=["--inject-delay-ms", "2000"]) as slow, \
+            LocalCluster(tiny_export, parts=["branch0", "branch1"]) as fast:
+        plan = fast.plan(hedge_ms=HEDGE_MS, timeout_ms=5000)
+        slow_addr = slow.workers["branch0"].address
+        parts = tuple(replace(p, replicas=(slow_addr, *p.replicas)) if p.name == "branch0" else p for p in plan.parts)
+        plan = replace(plan, parts=parts)
+        with edgesplit.connect(plan) as client:
+            for _ in range(4):  # the round-robin start alternates replicas; hedging covers the slow one
+                t0 = time.monotonic()
+                r = client.infer_result(images_u8)
+                assert time.monotonic() - t0 < 1.0 and not r.parameters["degraded"]
+
+
+@pytest.fixture
+def images_u8():
+    from edgesplit.data import load_dataset
+
+    return np.ascontiguousarray(load_dataset("fashion-mnist", "test").data[:1].transpose(0, 3, 1, 2))
+
+
+def test_plan_command(tiny_export, tmp_path):
+    out = tmp_path / "plan.yaml"
+    proc = subprocess.run([sys.executable, "-m", "edgesplit", "plan", str(tiny_export), "--workers", "a:1", "b:2",
+                           "--speeds", "1,2", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    plan = load_plan(out)
+    assert {p.name: p.replicas for p in plan.parts} == {"branch0": ("b:2",), "branch1": ("a:1",)}
+    proc = subprocess.run([sys.executable, "-m", "edgesplit", "serve", "--plan", str(tmp_path / "missing.yaml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
