@@ -22,7 +22,7 @@ def assert_one_line_error(proc, pattern):
 
 def test_help_everywhere():
     assert "COMMAND" in run("--help", check_rc=0).stdout
-    for cmd in ("models", "profile", "train", "eval", "export", "predict", "demo"):
+    for cmd in ("models", "profile", "train", "eval", "export", "predict", "demo", "worker", "serve", "plan", "devices", "bench"):
         assert "usage: edgesplit " + cmd in run(cmd, "--help", check_rc=0).stdout
 
 

@@ -298,6 +298,23 @@ def cmd_bench_faults(args) -> None:
         _write_json(r, args.json)
 
 
+# ---------------------------------------------------------------- hardware
+def cmd_devices(args) -> None:
+    from dataclasses import asdict
+
+    from edgesplit.hardware.catalog import load_catalog
+
+    catalog = load_catalog(args.devices_dir)
+    if args.json:
+        return _write_json({name: asdict(d) for name, d in sorted(catalog.items())}, args.json)
+    print(f"{'device':<18}{'kind':<6}{'DSP':>6}{'BRAM36':>8}{'LUT':>9}{'MHz':>7}{'GFLOP/s':>9}{'DRAM GB/s':>11}{'idle W':>8}  description")
+    for name, d in sorted(catalog.items()):
+        if d.kind == "fpga":
+            print(f"{name:<18}{d.kind:<6}{d.dsp:>6}{d.bram36:>8}{d.lut:>9}{d.clock_mhz:>7.0f}{'-':>9}{d.dram_bandwidth_gbs:>11.1f}{d.static_power_w:>8.1f}  {d.description}")
+        else:
+            print(f"{name:<18}{d.kind:<6}{'-':>6}{'-':>8}{'-':>9}{d.clock_mhz:>7.0f}{d.peak_gflops:>9.1f}{d.mem_bandwidth_gbs:>11.1f}{d.static_power_w:>8.1f}  {d.description}")
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgesplit", description="Split CNNs over small edge devices: models, training, export, runtime.")
@@ -396,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"])
     s.add_argument("--out", default="plan.yaml")
     s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("devices", help="the device catalog (FPGA boards and CPU-class devices)")
+    s.add_argument("--devices-dir", help="a folder of your own device YAML files (also $EDGESPLIT_DEVICES)")
+    s.add_argument("--json", nargs="?", const="-")
+    s.set_defaults(func=cmd_devices)
 
     s = sub.add_parser("bench", help="benchmarks that write JSON (see docs/benchmarks.md)")
     bench = s.add_subparsers(dest="bench", required=True, metavar="BENCH")

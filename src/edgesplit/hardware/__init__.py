@@ -1,0 +1,1 @@
+"""Hardware: the device catalog (data files) and, later, the analytical accelerator model."""
