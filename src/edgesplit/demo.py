@@ -51,6 +51,8 @@ class DemoConfig:
     width_mult: float = 0.25  # small enough to train on 2 cores in about a minute per model
     epochs: int = 2
     max_train_samples: int | None = None  # a subset, for quick runs
+    branch_dropout: float = 0.1  # the split model learns to answer with a branch missing
+    unplug_images: int = 1000  # images run after one worker is killed
 
 
 def _ensure_export(cfg: DemoConfig, role: str) -> Path:
@@ -62,8 +64,16 @@ def _ensure_export(cfg: DemoConfig, role: str) -> Path:
     run_dir = Path(cfg.work_dir) / role
     export_dir = run_dir / "export"
     tcfg = TrainConfig(model=DEMO_MODELS[role], data_dir=cfg.data_dir, model_kwargs={"width_mult": cfg.width_mult},
-                       epochs=cfg.epochs, val_size=0, lr=0.2, max_train_samples=cfg.max_train_samples)
+                       epochs=cfg.epochs, val_size=0, lr=0.2, max_train_samples=cfg.max_train_samples,
+                       branch_dropout=cfg.branch_dropout if role == "split" else 0.0)
     ckpt_path = run_dir / "checkpoint.pt"
+    if ckpt_path.exists() and not cfg.retrain:
+        from edgesplit.training.checkpoint import read_checkpoint
+
+        saved = read_checkpoint(ckpt_path)["config"]
+        if {**saved, "input_size": None} != {**asdict(tcfg), "input_size": None}:
+            print(f"[demo] cached {role} model was trained with other settings: training it again", flush=True)
+            cfg = type(cfg)(**{**cfg.__dict__, "retrain": True})
     if cfg.retrain:
         for f in (ckpt_path, run_dir / "history.json"):
             f.unlink(missing_ok=True)
@@ -139,6 +149,8 @@ def run_demo(cfg: DemoConfig, json_path: str | None = None) -> dict:
             client.infer_many([tp_images[i : i + 1] for i in range(len(tp_images))], in_flight=cfg.in_flight)
             rps = len(tp_images) / (time.perf_counter() - t0)
             results["split"] = _mode_report("split", manifest.model, preds, labels, lat, rps)
+            if len(manifest.branches) > 1 and cfg.unplug_images:
+                unplugged = _unplug(cluster, client, images[: cfg.unplug_images], labels, manifest.branches[-1].name)
 
     if "in-process" in cfg.modes:
         print(f"[demo] in-process: the split model in this process (1 thread)", flush=True)
@@ -158,6 +170,12 @@ def run_demo(cfg: DemoConfig, json_path: str | None = None) -> dict:
     report = {"config": asdict(cfg), "images": n, "source": cfg.images_dir or "fashion-mnist test set",
               "results": {m: {k: v for k, v in r.items() if k != "latencies_ms"} for m, r in results.items()},
               "wall_time_s": time.perf_counter() - t_start}
+    if "split" in results and len(manifest.branches) > 1 and cfg.unplug_images:
+        report["unplugged"] = unplugged
+        acc = f"accuracy {unplugged['accuracy']:.4f}" if unplugged["accuracy"] is not None else "no labels"
+        print(f"\n{unplugged['part']}'s worker unplugged (SIGKILL): {unplugged['images']} images answered, "
+              f"{unplugged['degraded']} flagged degraded, {unplugged['errors']} errors, {acc}, p50 {unplugged['p50_ms']:.3f} ms;"
+              f" the worker was restarted and used again: {unplugged['readmitted']}")
     out_dir = Path(cfg.work_dir)
     png = _histogram(results, out_dir / "latency.png")
     (out_dir / "report.html").write_text(_html(report, png))
@@ -166,6 +184,33 @@ def run_demo(cfg: DemoConfig, json_path: str | None = None) -> dict:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _unplug(cluster, client, images: np.ndarray, labels, part: str) -> dict:
+    """Kill one branch's worker, answer ``images`` with the rest (flagged degraded), restart it."""
+    print(f"[demo] unplugging {part}'s worker (SIGKILL) and running {len(images)} more images", flush=True)
+    cluster.kill(part)
+    preds, lat, degraded, errors = [], [], 0, 0
+    for i in range(len(images)):
+        t0 = time.perf_counter()
+        try:
+            r = client.infer_result(images[i : i + 1])
+        except EdgesplitError:
+            errors += 1
+            preds.append(-1)
+            continue
+        lat.append((time.perf_counter() - t0) * 1e3)
+        degraded += bool(r.parameters.get("degraded"))
+        preds.append(int(r.outputs["logits"].argmax(1)[0]))
+    cluster.restart(part)
+    deadline = time.monotonic() + 10
+    readmitted = False
+    while time.monotonic() < deadline and not readmitted:
+        readmitted = not client.infer_result(images[:1]).parameters.get("degraded")
+        time.sleep(0.05)
+    acc = float((np.asarray(preds) == labels[: len(images)]).mean()) if labels is not None else None
+    return {"part": part, "images": len(images), "degraded": degraded, "errors": errors, "accuracy": acc,
+            "readmitted": readmitted, **latency_summary(lat)}
 
 
 def _print_table(results: dict, n: int) -> None:
