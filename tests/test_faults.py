@@ -7,22 +7,13 @@ import numpy as np
 import pytest
 
 import edgesplit
-from edgesplit.export.coded import export_coded_mlp, random_alexnet_fc
+from edgesplit.export.coded import export_coded_mlp, random_alexnet_fc, reference_forward
 from edgesplit.export.manifest import load_manifest
 from edgesplit.runtime.cluster import LocalCluster
 from edgesplit.runtime.errors import PartUnavailable
 
 K, R = 3, 1
 LAYERS = ("l1", "l2")
-
-
-def _reference(layers, x):
-    y = x.astype(np.float64)
-    for w, b, act in layers:
-        y = y @ w.T.astype(np.float64) + b
-        if act == "relu":
-            y = np.maximum(y, 0)
-    return y
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +49,7 @@ def test_manifest_describes_coded_stages(coded_export):
 
 def test_killed_worker_mid_stream_every_answer_exact(mlp, coded_export):
     xs = _xs()
-    want = _reference(mlp, xs)
+    want = reference_forward(mlp, xs)
     with LocalCluster(coded_export, groups=_groups(K + R), pin=False, timeout_ms=3000) as c, \
             edgesplit.connect(c.plan()) as client:
         futures = [client.submit(x[None]) for x in xs[:20]]
@@ -73,7 +64,7 @@ def test_killed_worker_mid_stream_every_answer_exact(mlp, coded_export):
 
 def test_frozen_worker_does_not_delay_answers(mlp, coded_export):
     xs = _xs(10)
-    want = _reference(mlp, xs)
+    want = reference_forward(mlp, xs)
     with LocalCluster(coded_export, groups=_groups(K + R), pin=False, timeout_ms=5000) as c, \
             edgesplit.connect(c.plan()) as client:
         client.infer(xs[:1])
@@ -93,7 +84,7 @@ def test_frozen_worker_does_not_delay_answers(mlp, coded_export):
                          ids=["errors", "crash"])
 def test_injected_faults_on_one_worker_are_recovered_then_it_is_readmitted(mlp, coded_export, faulty):
     xs = _xs(30)
-    want = _reference(mlp, xs)
+    want = reference_forward(mlp, xs)
     name = "l1.2,l2.2"
     with LocalCluster(coded_export, groups=_groups(K + R), pin=False, extra_args={name: faulty}, timeout_ms=3000) as c, \
             edgesplit.connect(c.plan(probe_interval_ms=100)) as client:

@@ -29,15 +29,6 @@ STRAGGLE_PROB, STRAGGLE_SLOWDOWN = 0.1, 10.0
 LAYER_NAMES = ("fc6", "fc7")
 
 
-def _reference(layers, x: np.ndarray) -> np.ndarray:
-    y = x.astype(np.float64)
-    for w, b, act in layers:
-        y = y @ w.T.astype(np.float64) + b
-        if act == "relu":
-            y = np.maximum(y, 0)
-    return y
-
-
 def _run_scenario(export_dir: Path, n_workers: int, scenario: str, xs: np.ndarray, refs: np.ndarray, timeout_ms: float) -> dict:
     import edgesplit
     from edgesplit.runtime.cluster import LocalCluster
@@ -92,11 +83,11 @@ def _run_scenario(export_dir: Path, n_workers: int, scenario: str, xs: np.ndarra
 
 def bench_faults(requests: int = 300, timeout_ms: float = 2000.0, seed: int = 0, histogram: str | None = None,
                  scenarios=("fault_free", "straggler_one", "straggler_all", "kill")) -> dict:
-    from edgesplit.export.coded import export_coded_mlp, random_alexnet_fc
+    from edgesplit.export.coded import export_coded_mlp, random_alexnet_fc, reference_forward
 
     layers = random_alexnet_fc(seed=seed)
     xs = np.maximum(np.random.default_rng(seed + 1).standard_normal((requests, layers[0][0].shape[1])), 0).astype(np.float32)
-    refs = _reference(layers, xs)
+    refs = reference_forward(layers, xs)
     results = {}
     with tempfile.TemporaryDirectory(prefix="edgesplit-faults-") as tmp:
         for label, r in (("coded", 1), ("uncoded", 0)):

@@ -87,3 +87,13 @@ def random_alexnet_fc(num_classes: int = 1000, seed: int = 0, widths: Sequence[i
         w = (rng.standard_normal((n_out, n_in), dtype=np.float32) * np.float32(np.sqrt(2.0 / n_in)))
         layers.append((w, (rng.standard_normal(n_out) * 0.01).astype(np.float32), "relu" if i < len(dims) - 2 else None))
     return layers
+
+
+def reference_forward(layers: Sequence[tuple[np.ndarray, np.ndarray, str | None]], x: np.ndarray) -> np.ndarray:
+    """The uncoded layers in float64: what every decoded answer is compared with."""
+    y = x.astype(np.float64)
+    for w, b, act in layers:
+        y = y @ w.T.astype(np.float64) + b
+        if act == "relu":
+            y = np.maximum(y, 0)
+    return y

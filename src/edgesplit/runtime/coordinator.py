@@ -129,38 +129,37 @@ class Coordinator:
         return r
 
     async def _call_part(self, stage: StageSpec, name: str, x: np.ndarray, deadline: float, rid: str) -> InferResult:
-        """The part's answer from one of its healthy replicas (retried, or hedged after ``hedge_ms``)."""
-        candidates = self._candidates(name)
-        if not candidates:
+        """The part's answer from one of its healthy replicas: the next replica is asked when the one in
+        flight fails (retry) or, with ``hedge_ms``, when it has not answered after that long (hedge)."""
+        queue = self._candidates(name)
+        if not queue:
             raise _Missing(f"{name}: every replica is marked unhealthy")
         errors: list[str] = []
         pending: set[asyncio.Task] = set()
-        queue = list(candidates)
+
+        def ask_next() -> None:
+            pending.add(asyncio.ensure_future(self._ask(queue.pop(0), stage, name, x, deadline, rid)))
+
         try:
-            while queue or pending:
-                if queue and (not pending or self._hedge_due(pending)):
-                    pending.add(asyncio.ensure_future(self._ask(queue.pop(0), stage, name, x, deadline, rid)))
+            while True:
+                if queue and not pending:
+                    ask_next()
                 wait_s = deadline - time.monotonic()
-                if self.plan.hedge_ms and queue:
-                    wait_s = min(wait_s, self.plan.hedge_ms / 1e3)
-                if wait_s <= 0:
+                if wait_s <= 0 or not pending:
                     break
-                done, pending = await asyncio.wait(pending, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                hedge = bool(self.plan.hedge_ms and queue)
+                done, pending = await asyncio.wait(pending, timeout=min(wait_s, self.plan.hedge_ms / 1e3) if hedge else wait_s,
+                                                   return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
                     if t.exception() is None:
                         return t.result()
                     errors.append(str(t.exception()))
-                if done and not pending and not queue:
-                    break
-                if not done and not self.plan.hedge_ms and not pending:
-                    break
+                if not done and hedge:
+                    ask_next()
             raise _Missing("; ".join(errors) or f"{name}: no answer within the deadline")
         finally:
             for t in pending:
                 t.cancel()
-
-    def _hedge_due(self, pending: set[asyncio.Task]) -> bool:
-        return bool(self.plan.hedge_ms) or all(t.done() for t in pending)
 
     def _failed(self, h: PeerHealth, name: str) -> None:
         h.failures += 1

@@ -3,17 +3,15 @@
 ``PartModel`` checks every request (names, shapes, datatypes, byte counts, NaN/Inf)
 before it reaches the engine, and accepts the image either as float32 (already
 normalised) or as uint8 pixels, normalised here (4x fewer bytes on the network).
-Engine runs happen on one dedicated thread, so the event loop keeps receiving.
+The engine runs on the event loop's thread: one call at a time, as the one core allows.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -35,14 +33,12 @@ class PartModel:
     """One ONNX part behind the :class:`ServedModel` interface."""
 
     def __init__(self, name: str, engine: InferenceEngine, preprocess: Preprocess | None = None,
-                 platform: str = "onnxruntime_onnx", inline: bool = bool(int(os.environ.get("EDGESPLIT_INLINE", "1")))):
+                 platform: str = "onnxruntime_onnx"):
         self.engine = engine
-        self.inline = inline
         self.preprocess = preprocess  # set for parts that take the image: enables uint8 input
         self.meta = ModelMeta(name, platform,
                               tuple(TensorMeta(t.name, t.dtype, t.shape) for t in engine.inputs),
                               tuple(TensorMeta(t.name, t.dtype, t.shape) for t in engine.outputs))
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
         self.last_compute_ms = 0.0
 
     def ready(self) -> bool:
@@ -79,10 +75,8 @@ class PartModel:
         return InferResult(outputs, {"compute_ms": compute_ms})
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:
-        feeds = self.check(inputs)
-        if self.inline:
-            return self.run(feeds)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, feeds)
+        # On the event loop itself: a one-core worker gains nothing from a thread hop per call.
+        return self.run(self.check(inputs))
 
 
 @dataclass(frozen=True)
