@@ -225,6 +225,9 @@ def _server_security(args):
 
 
 def cmd_worker(args) -> None:
+    from edgesplit.runtime.threads import limit_threads
+
+    limit_threads()  # before numpy loads
     import asyncio
 
     from edgesplit.runtime.worker import WorkerConfig, die_with_parent, serve_worker
@@ -241,6 +244,9 @@ def cmd_worker(args) -> None:
 
 
 def cmd_serve(args) -> None:
+    from edgesplit.runtime.threads import limit_threads
+
+    limit_threads()  # before numpy loads: the coordinator must not take cores from local workers
     import asyncio
 
     from edgesplit.runtime.serve import serve

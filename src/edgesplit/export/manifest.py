@@ -158,12 +158,16 @@ def load_manifest(directory: str | Path, verify: bool | list[str] = True) -> Man
     except (ValueError, KeyError, TypeError) as err:
         raise EdgesplitError(f"{path} is not a valid edgesplit manifest ({err}); re-run `edgesplit export`") from None
     if verify:
-        names = {p.name for p in manifest.parts} if verify is True else set(verify)
-        for name in names:
-            part = manifest.part(name)
-            file = manifest.path(part)
-            if not file.exists():
-                raise EdgesplitError(f"{file} listed in the manifest is missing; re-run `edgesplit export`")
-            if sha256_file(file) != part.sha256:
-                raise EdgesplitError(f"{file} does not match the sha256 in {MANIFEST_NAME} (changed or corrupted); re-run `edgesplit export`")
+        verify_parts(manifest, [p.name for p in manifest.parts] if verify is True else verify)
     return manifest
+
+
+def verify_parts(manifest: Manifest, names) -> None:
+    """Refuse if any named part's file is missing or its sha256 differs from the manifest."""
+    for name in names:
+        part = manifest.part(name)
+        file = manifest.path(part)
+        if not file.exists():
+            raise EdgesplitError(f"{file} listed in the manifest is missing; re-run `edgesplit export`")
+        if sha256_file(file) != part.sha256:
+            raise EdgesplitError(f"{file} does not match the sha256 in {MANIFEST_NAME} (changed or corrupted); re-run `edgesplit export`")

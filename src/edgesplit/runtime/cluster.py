@@ -24,13 +24,11 @@ from typing import Sequence
 from edgesplit.errors import EdgesplitError
 from edgesplit.export.manifest import load_manifest
 from edgesplit.runtime.plan import PartPlacement, Plan
+from edgesplit.runtime.threads import SINGLE_THREAD_ENV
 from edgesplit.runtime.worker import PARENT_PID_ENV, READY_LINE
 
 log = logging.getLogger(__name__)
 
-# Thread pools that busy-wait or multiply: one thread each inside a worker (measured here:
-# OpenMP/BLAS spinning threads doubled the latency of a neighbouring process).
-SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 @dataclass

@@ -31,7 +31,7 @@ from typing import Protocol
 import numpy as np
 
 from edgesplit.data.preprocess import Preprocess
-from edgesplit.export.manifest import StageSpec, load_manifest
+from edgesplit.export.manifest import StageSpec, load_manifest, verify_parts
 from edgesplit.runtime.coding import make_code, merge_blocks
 from edgesplit.runtime.engine import OnnxRuntimeEngine
 from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
@@ -64,7 +64,8 @@ class _Missing(Exception):
 class Coordinator:
     def __init__(self, plan: Plan, peers: dict[str, list[Peer]], head: OnnxRuntimeEngine | None = None):
         self.plan = plan
-        self.manifest = load_manifest(plan.export, verify=[p for s in _local_stages(plan) for p in s.parts])
+        self.manifest = load_manifest(plan.export, verify=False)
+        verify_parts(self.manifest, [p for s in self.manifest.stages if s.local for p in s.parts])  # what runs here
         validate_plan(plan, self.manifest)
         self.peers = {name: [PeerHealth(p) for p in ps] for name, ps in peers.items()}
         self.preprocess = Preprocess.from_dict(self.manifest.preprocess)
@@ -289,10 +290,6 @@ class Coordinator:
                 if h.probing:
                     h.probing.cancel()
                 await h.peer.close()
-
-
-def _local_stages(plan: Plan) -> list[StageSpec]:
-    return [s for s in load_manifest(plan.export, verify=False).stages if s.local]
 
 
 def grpc_coordinator(plan: Plan) -> Coordinator:
