@@ -43,6 +43,9 @@ def test_models_and_profile_json(tmp_path):
     (("predict", "{tmp}", "x.png"), "has no manifest.json"),
     (("train", "resnet18", "--model-arg", "width", "--out", "{tmp}/r"), "bad --model-arg"),
     (("train", "resnet18", "--model-arg", "depth=3", "--out", "{tmp}/r"), "does not take these arguments"),
+    (("train", "resnet18", "--input-size", "32", "--out", "{tmp}/r"), "bad --input-size"),
+    (("train", "resnet18", "--epochs", "0", "--out", "{tmp}/r"), "--epochs must be at least 1"),
+    (("train", "resnet18-split2", "--branch-dropout", "1.5", "--out", "{tmp}/r"), "--branch-dropout must be in"),
 ])
 def test_bad_input_one_line(tmp_path, args, pattern):
     assert_one_line_error(run(*(a.format(tmp=tmp_path) for a in args)), pattern)

@@ -99,19 +99,25 @@ def cmd_profile(args) -> None:
 
 
 # ---------------------------------------------------------------- train / eval
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise EdgesplitError(f"bad --input-size {text!r}; write it as HxW, e.g. 32x32") from None
+    return h, w
+
+
 def cmd_train(args) -> None:
     from edgesplit.training.train import TrainConfig, train
 
     cfg = TrainConfig(
         model=args.model, dataset=args.data, data_dir=args.data_dir,
-        input_size=tuple(int(v) for v in args.input_size.split("x")) if args.input_size else None,
+        input_size=_hw(args.input_size) if args.input_size else None,
         model_kwargs=_model_kwargs(args), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, branch_dropout=args.branch_dropout,
         augment_pad=args.augment_pad, val_size=args.val_size, max_train_samples=args.max_train_samples,
         seed=args.seed, threads=args.threads,
     )
-    if not 0 <= cfg.branch_dropout < 1:
-        raise EdgesplitError(f"--branch-dropout must be in [0, 1), got {cfg.branch_dropout}")
     bar = _ProgressBar(enabled=not args.quiet)
     try:
         summary = train(cfg, args.out, resume=args.resume, progress=bar.update)

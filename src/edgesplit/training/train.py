@@ -50,6 +50,17 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None  # None: all cores
 
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise EdgesplitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise EdgesplitError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.branch_dropout < 1:
+            raise EdgesplitError(f"--branch-dropout must be in [0, 1), got {self.branch_dropout}")
+        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
+            raise EdgesplitError(f"--input-size must be HxW with positive sizes, got {self.input_size}")
+
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
@@ -93,7 +104,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     elif ckpt_path.exists() and not resume:
         raise EdgesplitError(f"{out_dir} already holds a run; add --resume to continue it or choose another --out")
 
-    full = load_dataset(cfg.dataset, "train", cfg.data_dir)
+    full = load_dataset(cfg.dataset, "train", cfg.data_dir, size=cfg.input_size or (224, 224))
     train_idx, val_idx = train_val_split(len(full), cfg.val_size)
     if cfg.max_train_samples:
         train_idx = train_idx[: cfg.max_train_samples]
