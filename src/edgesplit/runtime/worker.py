@@ -39,7 +39,6 @@ class PartModel:
         self.meta = ModelMeta(name, platform,
                               tuple(TensorMeta(t.name, t.dtype, t.shape) for t in engine.inputs),
                               tuple(TensorMeta(t.name, t.dtype, t.shape) for t in engine.outputs))
-        self.last_compute_ms = 0.0
 
     def ready(self) -> bool:
         return True
@@ -71,7 +70,6 @@ class PartModel:
         t0 = time.perf_counter()
         outputs = self.engine.run(feeds)
         compute_ms = (time.perf_counter() - t0) * 1e3
-        self.last_compute_ms = compute_ms
         return InferResult(outputs, {"compute_ms": compute_ms})
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:

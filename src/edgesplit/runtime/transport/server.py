@@ -164,7 +164,7 @@ class KServeServer:
             ("grpc.so_reuseport", 0),  # a busy port is an error, not a silently shared one
         ])
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port: int | None = None
 
@@ -185,9 +185,7 @@ class KServeServer:
 
     async def _set_health(self, status) -> None:
         for name in ["", *self.servicer.models]:
-            r = self.health.set(name, status)
-            if asyncio.iscoroutine(r):
-                await r
+            await self.health.set(name, status)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         self.servicer.live = False
