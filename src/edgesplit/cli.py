@@ -327,6 +327,72 @@ def cmd_devices(args) -> None:
             print(f"{name:<18}{d.kind:<6}{'-':>6}{'-':>8}{'-':>9}{d.clock_mhz:>7.0f}{d.peak_gflops:>9.1f}{d.mem_bandwidth_gbs:>11.1f}{d.static_power_w:>8.1f}  {d.description}")
 
 
+# ---------------------------------------------------------------- hardware model
+def _accel_config(args):
+    from edgesplit.hardware.accelerator import AccelConfig
+
+    return AccelConfig(arch=args.arch, wbits=args.wbits, fbits=args.fbits, float32=args.float32, batch=args.batch,
+                       fuse=not args.no_fuse, tm=args.tm, tn=args.tn, td=args.td, tr=args.tr, tc=args.tc,
+                       mults=args.mults, clock_mhz=args.clock_mhz, dram_gbs=args.dram_gbs)
+
+
+def _fpga_and_graph(args):
+    from edgesplit.data.preprocess import parse_input_shape
+    from edgesplit.hardware.catalog import get_device
+    from edgesplit.hardware.graph import load_graph
+
+    device = get_device(args.device, args.devices_dir)
+    if device.kind != "fpga":
+        raise EdgesplitError(f"{device.name} is a {device.kind} device; estimate and tune model FPGA boards (see `edgesplit devices`)")
+    cfg = _accel_config(args)  # validate the numbers before the (slow) graph export
+    return device, load_graph(args.model, parse_input_shape(args.input) if args.input else None), cfg
+
+
+def _print_estimate(est: dict) -> None:
+    c, t, r = est["config"], est["totals"], est["resources"]
+    bits = "float32" if c["float32"] else f"W{c['wbits']}/F{c['fbits']}"
+    print(f"{est['model']} on {est['device']} ({c['arch']}, {bits}, batch {c['batch']}, "
+          f"{'fused' if c['fuse'] else 'no fusion'}, {est['clock_mhz']:.0f} MHz)")
+    print(f"{'layer':<34}{'op':<8}{'out':>15}{'MMACs':>8}{'cycles':>10}{'DRAM kB':>9}{'ms':>8}  {'bound':<8}{'GOP/s':>7}")
+    for row in est["layers"]:
+        name = row["name"] if len(row["name"]) <= 33 else "..." + row["name"][-30:]
+        shape = "x".join(str(v) for v in row["out_shape"])
+        print(f"{name:<34}{row['op']:<8}{shape:>15}{row['macs'] / 1e6:>8.2f}{row['cycles']:>10}{row['dram_bytes'] / 1e3:>9.1f}"
+              f"{row['ms']:>8.3f}  {row['bound']:<8}{row['gops']:>7.2f}")
+    u = r["utilisation"]
+    print(f"resources: DSP {r['dsp']} ({u['dsp']:.0%}), BRAM18 {r['bram18']} ({u['bram18']:.0%}), LUT {r['lut']} ({u['lut']:.0%})")
+    print(f"total: {t['macs'] / 1e6:.1f} MMACs, {t['dram_bytes_per_image'] / 1e6:.2f} MB DRAM/image, "
+          f"{t['image_ms']:.2f} ms/image, {t['fps']:.1f} FPS, latency {t['latency_ms']:.2f} ms (batch {c['batch']}), "
+          f"{t['gops']:.1f} GOP/s, {t['watts']:.2f} W, {t['images_per_joule']:.2f} images/J")
+
+
+def cmd_estimate(args) -> None:
+    from edgesplit.hardware.accelerator import estimate
+
+    device, graph, cfg = _fpga_and_graph(args)
+    est = estimate(graph, device, cfg)
+    if not est["fits"]:
+        raise EdgesplitError(f"this design does not fit {device.name}: {'; '.join(est['overflow'])}; "
+                             "lower the parallelism or bit widths, or run `edgesplit tune`")
+    if args.json:
+        return _write_json(est, args.json)
+    _print_estimate(est)
+
+
+def cmd_tune(args) -> None:
+    from edgesplit.hardware.accelerator import tune
+
+    device, graph, cfg = _fpga_and_graph(args)
+    result = tune(graph, device, cfg)
+    if args.json:
+        return _write_json(result, args.json)
+    best = result["best"]
+    c = best["config"]
+    factors = f"tm={c['tm']} tn={c['tn']} td={c['td']} tr={c['tr']} tc={c['tc']}" if c["arch"] == "bundle" else f"mults={c['mults']}"
+    print(f"searched {result['tried']} designs, {result['fitted']} fit {device.name}; best: {factors}")
+    _print_estimate(best)
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgesplit", description="Split CNNs over small edge devices: models, training, export, runtime.")
@@ -430,6 +496,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--devices-dir", help="a folder of your own device YAML files (also $EDGESPLIT_DEVICES)")
     s.add_argument("--json", nargs="?", const="-")
     s.set_defaults(func=cmd_devices)
+
+    for name, helptext, func in (("estimate", "FPGA accelerator model: per-layer resources, cycles, FPS and power", cmd_estimate),
+                                 ("tune", "search tiling and parallelism for the fastest design that fits", cmd_tune)):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("model", help="registered model name, checkpoint (file or run folder), or .onnx file")
+        s.add_argument("--device", required=True, help="an FPGA board from `edgesplit devices`")
+        s.add_argument("--devices-dir", help="a folder of your own device YAML files")
+        s.add_argument("--input", help="input CxHxW (default: the checkpoint's or ONNX file's; 3x224x224 for a model name)")
+        s.add_argument("--arch", default="bundle", help="bundle (one engine reused per layer) or pipeline (an engine per layer)")
+        s.add_argument("--wbits", type=int, default=16, help="weight bits (fixed point)")
+        s.add_argument("--fbits", type=int, default=16, help="feature-map bits (fixed point)")
+        s.add_argument("--float32", action="store_true", help="a float32 datapath instead of fixed point")
+        s.add_argument("--batch", type=int, default=1, help="images sharing each weight load")
+        s.add_argument("--no-fuse", action="store_true", help="no layer fusion: every feature map goes to DRAM")
+        for f, default, h in (("tm", 16, "output channels in parallel"), ("tn", 8, "input channels in parallel"),
+                              ("td", 16, "depth-wise channels in parallel"), ("tr", 16, "tile rows"), ("tc", 16, "tile columns"),
+                              ("mults", 128, "pipeline: multipliers in total")):
+            s.add_argument(f"--{f}", type=int, default=default, help=f"{h} (default {default})" + (" (tune searches it)" if name == "tune" else ""))
+        s.add_argument("--clock-mhz", type=float, help="override the board's clock")
+        s.add_argument("--dram-gbs", type=float, help="override the board's DRAM bandwidth (GB/s)")
+        s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")
+        s.set_defaults(func=func)
 
     s = sub.add_parser("bench", help="benchmarks that write JSON (see docs/benchmarks.md)")
     bench = s.add_subparsers(dest="bench", required=True, metavar="BENCH")
