@@ -393,6 +393,29 @@ def cmd_tune(args) -> None:
     _print_estimate(best)
 
 
+def cmd_quantize(args) -> None:
+    from edgesplit.quant.quantize import quantize_checkpoint
+
+    sweep = [int(b) for b in args.sweep.split(",")] if args.sweep else None
+    r = quantize_checkpoint(args.checkpoint, args.wbits, args.fbits, args.qat_epochs, args.calib_images, args.data_dir,
+                            args.max_test, sweep, args.qat_images)
+    if args.json:
+        return _write_json(r, args.json)
+    print(f"{r['model']} on {r['dataset']} test ({r['test_images']} images), W{r['wbits']}/F{r['fbits']} fixed point")
+    print(f"{'layer':<40}{'op':<8}{'weights':>9}{'max |w|':>9}{'w format':>10}{'out format':>11}")
+    for row in r["layers"]:
+        name = row["layer"] if len(row["layer"]) <= 39 else "..." + row["layer"][-36:]
+        print(f"{name:<40}{row['op']:<8}{row['weights']:>9}{row['weight_max_abs']:>9.3f}{row['weight_format']:>10}{row['output_format']:>11}")
+    size = r["size"]
+    print(f"model size: {size['float32_bytes'] / 1e6:.2f} MB float32 -> {size['quantized_bytes'] / 1e6:.2f} MB")
+    for row in r.get("sweep", []):
+        print(f"sweep {row['varied']:<9} W{row['wbits']}/F{row['fbits']}: top-1 {row['ptq_top1']:.4f}")
+    line = f"top-1: float {r['float_top1']:.4f}, post-training quantization {r['ptq_top1']:.4f}"
+    if "qat_top1" in r:
+        line += f", after {len(r['qat_history'])} QAT epoch(s) {r['qat_top1']:.4f}"
+    print(line)
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgesplit", description="Split CNNs over small edge devices: models, training, export, runtime.")
@@ -518,6 +541,19 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--dram-gbs", type=float, help="override the board's DRAM bandwidth (GB/s)")
         s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")
         s.set_defaults(func=func)
+
+    s = sub.add_parser("quantize", help="fixed-point quantization of a checkpoint: accuracy before/after, ranges, size")
+    s.add_argument("checkpoint", help="a checkpoint file or run folder")
+    s.add_argument("--wbits", type=int, default=8, help="weight bits, 2 to 16 (default 8)")
+    s.add_argument("--fbits", type=int, default=8, help="feature-map bits, 2 to 16 (default 8)")
+    s.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware training epochs after calibration")
+    s.add_argument("--calib-images", type=int, default=1000, help="training images for calibration (default 1000)")
+    s.add_argument("--qat-images", type=int, help="train QAT on the first N training images (default: all)")
+    s.add_argument("--sweep", help="also measure e.g. 8,6,4: each width for weights only and for feature maps only (the other at 16)")
+    s.add_argument("--max-test", type=int, help="evaluate on the first N test images only")
+    s.add_argument("--data-dir", help="dataset folder")
+    s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")
+    s.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("bench", help="benchmarks that write JSON (see docs/benchmarks.md)")
     bench = s.add_subparsers(dest="bench", required=True, metavar="BENCH")

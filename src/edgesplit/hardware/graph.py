@@ -22,11 +22,6 @@ conv's output with the residual add that consumes it.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import sys
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -247,39 +242,11 @@ def graph_from_onnx(source, name: str = "", input_shape: Sequence[int] | None = 
     return Graph(name or proto.graph.name or "onnx", tuple(int(d) for d in dims[1:]), tuple(layers))
 
 
-@contextlib.contextmanager
-def _silence_native_stderr():
-    """The TorchScript exporter prints the whole IR graph when it fails (torch 2.13); keep errors one line."""
-    sys.stdout.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    with tempfile.TemporaryFile() as sink:
-        for fd in saved:
-            os.dup2(sink.fileno(), fd)
-        try:
-            yield
-        finally:
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
-
-
 def graph_from_model(model, input_shape: Sequence[int], name: str = "") -> Graph:
     """Export a PyTorch module to ONNX in memory and read it (needs torch)."""
-    import warnings
+    from edgesplit.export.onnx_export import onnx_bytes
 
-    import torch
-
-    buf = io.BytesIO()
-    model.eval()
-    try:
-        with warnings.catch_warnings(), _silence_native_stderr():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (torch.zeros(1, *input_shape),), buf, dynamo=False, opset_version=17,
-                              input_names=["input"], output_names=["output"], do_constant_folding=False)
-    except Exception as err:  # the exporter raises many types; the first line says what failed
-        raise EdgesplitError(f"cannot export {name or type(model).__name__} at input {'x'.join(map(str, input_shape))} "
-                             f"to ONNX ({str(err).splitlines()[0][:160]}); try another --input size") from None
-    return graph_from_onnx(buf.getvalue(), name or getattr(model, "model_name", type(model).__name__), input_shape)
+    return graph_from_onnx(onnx_bytes(model, input_shape), name or getattr(model, "model_name", type(model).__name__), input_shape)
 
 
 def load_graph(spec: str, input_shape: Sequence[int] | None = None) -> Graph:

@@ -1,0 +1,123 @@
+"""Fixed-point quantization: formats, integer reference == fake-quantized PyTorch model, PTQ/QAT on real data, bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgesplit.cli import main
+from edgesplit.errors import EdgesplitError
+from edgesplit.models import create_model
+from edgesplit.quant.fixed import Fixed, divide_round, format_for, quantize, requantize, run_integer
+from edgesplit.quant.qnet import QuantNet, fake_quant, qgraph_from_model
+
+
+def test_format_for_range():
+    assert format_for(0.9, 8) == Fixed(8, 7)  # Q1.7: range [-1, 127/128]
+    assert format_for(1.0, 8) == Fixed(8, 6)  # 1.0 needs an integer bit
+    assert format_for(5.0, 8) == Fixed(8, 4)  # 3 integer bits + sign
+    assert format_for(300.0, 8) == Fixed(8, -2)  # coarser than integers: negative fraction bits
+    assert str(Fixed(8, 4)) == "Q4.4"
+
+
+def test_quantize_rounds_half_up_and_saturates():
+    fmt = Fixed(4, 1)  # steps of 0.5, integers -8..7
+    assert quantize(np.array([0.25, -0.25, 0.74, 3.5, 100.0, -100.0]), fmt).tolist() == [1, 0, 1, 7, 7, -8]
+
+
+def test_requantize_and_divide_match_real_arithmetic():
+    rng = np.random.default_rng(0)
+    q = rng.integers(-5000, 5000, 1000)
+    out = Fixed(8, 2)
+    assert np.array_equal(requantize(q, 6, out), quantize(q / 2.0 ** 6, out))
+    assert np.array_equal(requantize(q, 0, Fixed(16, 3)), quantize(q.astype(np.float64), Fixed(16, 3)))
+    for n in (3, 7, 49):
+        assert np.array_equal(divide_round(q, n, 4, out), quantize(q / 2.0 ** 4 / n, out))
+
+
+def test_fake_quant_passes_gradients_straight_through():
+    x = torch.tensor([0.3, -0.7, 2.0], requires_grad=True)
+    y = fake_quant(x, Fixed(4, 2))
+    assert y.tolist() == [0.25, -0.75, 1.75]
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 1.0]
+
+
+def _random_bn(model):
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name,shape", [("resnet18-split2", (1, 28, 28)), ("squeezenet", (3, 32, 32)),
+                                        ("bundlenet-c", (3, 16, 32)), ("resnet18", (3, 64, 64))])
+@pytest.mark.parametrize("wbits,fbits", [(8, 8), (4, 6), (16, 12)])
+def test_integer_reference_matches_fake_quantized_model_exactly(name, shape, wbits, fbits):
+    model = _random_bn(create_model(name, num_classes=10, in_chans=shape[0], input_size=shape[1:]))
+    qnet = QuantNet(qgraph_from_model(model, shape))
+    x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (qnet(x) - model(x)).abs().max() < 1e-4  # the folded float graph is the model
+        qnet.calibrate([torch.randn(16, *shape, generator=torch.Generator().manual_seed(2))], wbits, fbits)
+        fq = qnet.double()(x.double()).numpy()
+    y_int, fmt = run_integer(qnet.float().export_graph(), qnet.scheme, x.numpy())
+    assert np.array_equal(fq, y_int.reshape(len(x), -1) / 2.0 ** fmt.frac)
+
+
+def test_ptq_and_qat_on_real_data(tiny_run, tmp_path):
+    out = tmp_path / "q.json"
+    assert main(["quantize", str(tiny_run), "--wbits", "4", "--fbits", "4", "--max-test", "300", "--calib-images", "200",
+                 "--qat-epochs", "1", "--qat-images", "512", "--sweep", "6", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert 0 <= r["ptq_top1"] <= 1 and 0 <= r["qat_top1"] <= 1 and r["test_images"] == 300
+    assert r["qat_history"][0]["loss"] > 0 and r["qat_images"] == 512
+    assert {(row["varied"], row["wbits"], row["fbits"]) for row in r["sweep"]} == {("weights", 6, 16), ("features", 16, 6)}
+    assert r["size"]["quantized_bytes"] < r["size"]["float32_bytes"] / 6  # 4-bit weights
+    assert all(row["weight_format"].startswith("Q") for row in r["layers"])
+
+
+def test_qat_lowers_the_loss_of_a_quantized_model(tiny_run):
+    from edgesplit.data.datasets import load_dataset
+    from edgesplit.quant.quantize import qat
+    from edgesplit.training.checkpoint import checkpoint_preprocess, load_model
+
+    model, ckpt = load_model(tiny_run)
+    pre = checkpoint_preprocess(ckpt)
+    train = load_dataset("fashion-mnist", "train", size=pre.size, in_chans=1)
+    qnet = QuantNet(qgraph_from_model(model, (1, *pre.size)))
+    from edgesplit.data.transforms import to_tensor
+
+    qnet.calibrate([to_tensor(train.images(np.arange(256)), pre)], 4, 4)
+    history = qat(qnet, train, np.arange(512), pre, epochs=3)
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--wbits", "1"], "--wbits must be between 2 and 16"),
+    (["--fbits", "17"], "--fbits must be between 2 and 16"),
+    (["--qat-epochs", "-1"], "--qat-epochs must be 0 or more"),
+    (["--sweep", "40"], "--sweep must be between 2 and 16"),
+])
+def test_bad_input_is_one_line(tiny_run, argv, needle, capsys):
+    assert main(["quantize", str(tiny_run), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_unsupported_operator_is_named():
+    class WithSigmoid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            return torch.sigmoid(self.conv(x)).flatten(1)
+
+    with pytest.raises(EdgesplitError, match=r"no fixed-point rule for .*\(Sigmoid\)"):
+        qgraph_from_model(WithSigmoid(), (1, 8, 8))
