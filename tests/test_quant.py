@@ -121,3 +121,55 @@ def test_unsupported_operator_is_named():
 
     with pytest.raises(EdgesplitError, match=r"no fixed-point rule for .*\(Sigmoid\)"):
         qgraph_from_model(WithSigmoid(), (1, 8, 8))
+
+
+# ---------------------------------------------------------------- int8 QDQ export, served by real workers
+@pytest.fixture(scope="module")
+def int8_export_dir(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_int8")
+    assert main(["export", str(tiny_run), "--out", str(out), "--int8", "--calib-images", "64"]) == 0
+    return out
+
+
+def test_int8_export_has_qdq_parts_and_a_verified_manifest(int8_export_dir):
+    import onnx
+
+    from edgesplit.export.manifest import load_manifest
+
+    m = load_manifest(int8_export_dir)  # sha256 of every int8 part verified
+    body = json.loads((int8_export_dir / "manifest.json").read_text())
+    assert body["precision"] == "int8-qdq" and body["calibration_images"] == 64
+    ops = {n.op_type for n in onnx.load(str(m.path(m.part("branch0")))).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_int8_export_served_by_workers_agrees_with_float(tiny_run, tiny_export, int8_export_dir):
+    import edgesplit
+    from edgesplit.data.datasets import load_dataset
+    from edgesplit.runtime.cluster import LocalCluster
+    from edgesplit.runtime.local import LocalModel
+
+    ref = LocalModel(tiny_export)
+    test = load_dataset("fashion-mnist", "test", size=(28, 28), in_chans=1)
+    x = ref.prepare(test.images(np.arange(64)))
+    float_pred = ref(x).argmax(1)
+    with LocalCluster(int8_export_dir, timeout_ms=5000) as cluster, edgesplit.connect(cluster.plan()) as client:
+        int8_logits = client.infer(x)
+    assert int8_logits.shape == (64, 10)
+    assert np.array_equal(int8_logits.argmax(1), LocalModel(int8_export_dir)(x).argmax(1))  # workers == in-process
+    assert (int8_logits.argmax(1) == float_pred).mean() >= 0.8
+
+
+def test_int8_export_bad_calibration_count(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "x"), "--int8", "--calib-images", "0"]) == 2
+    assert "--calib-images must be at least 1" in capsys.readouterr().err
+
+
+def test_bench_int8_reports_both_precisions(tiny_run, tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["bench", "int8", str(tiny_run), "--calls", "3", "--rounds", "1", "--test-images", "100",
+                 "--calib-images", "32", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["parts"]) == {"branch0", "branch1", "head"}
+    assert all(p["float32_ms"] > 0 and p["int8_ms"] > 0 and p["int8_bytes"] < p["float32_bytes"] for p in r["parts"].values())
+    assert set(r["top1"]) == {"float32", "int8"} and r["test_images"] == 100

@@ -179,9 +179,22 @@ def cmd_export(args) -> None:
     from edgesplit.training.checkpoint import load_model
 
     model, ckpt = load_model(args.checkpoint)
-    body = export_model(model, ckpt, args.out)
-    print(f"exported {ckpt['model']} to {args.out}: {', '.join(p['file'] for p in body['parts'])} + manifest.json "
-          f"(max |onnxruntime - torch| = {body['parity_max_abs_diff']:.1e})")
+    if not args.int8:
+        body = export_model(model, ckpt, args.out)
+        print(f"exported {ckpt['model']} to {args.out}: {', '.join(p['file'] for p in body['parts'])} + manifest.json "
+              f"(max |onnxruntime - torch| = {body['parity_max_abs_diff']:.1e})")
+        return
+    import tempfile
+
+    from edgesplit.export.int8 import calibration_images, int8_export
+
+    if args.calib_images < 1:
+        raise EdgesplitError(f"--calib-images must be at least 1, got {args.calib_images}")
+    with tempfile.TemporaryDirectory() as tmp:
+        export_model(model, ckpt, tmp)
+        body = int8_export(tmp, args.out, calibration_images(ckpt, args.calib_images, args.data_dir))
+    print(f"exported {ckpt['model']} as int8 QDQ to {args.out}: {', '.join(p['file'] for p in body['parts'])} + manifest.json "
+          f"(calibrated on {body['calibration_images']} training images)")
 
 
 def cmd_predict(args) -> None:
@@ -306,6 +319,22 @@ def cmd_bench_faults(args) -> None:
               f"{c['degraded']:>6}{c['errors']:>5}{c['lost']:>5}{s['max_rel_error']:>12.1e}")
     for pattern, t in r["targets"].items():
         print(f"{pattern}: coded p99 = {t['p99_vs_fault_free']:.2f}x fault-free, {t['p99_vs_uncoded']:.2f}x uncoded")
+    if args.json:
+        _write_json(r, args.json)
+
+
+def cmd_bench_int8(args) -> None:
+    from edgesplit.bench_int8 import bench_int8
+    from edgesplit.data.preprocess import parse_input_shape
+
+    r = bench_int8(args.checkpoint, args.calls, args.rounds, args.test_images, args.calib_images, args.data_dir,
+                   parse_input_shape(args.input) if args.input else None)
+    print(f"{r['model']} {'x'.join(map(str, r['input_shape']))}, batch 1, 1 thread, medians of {r['rounds']} rounds of {r['calls']} calls")
+    for name, p in r["parts"].items():
+        print(f"  {name:<10} float32 {p['float32_ms']:8.3f} ms   int8 {p['int8_ms']:8.3f} ms   speedup {p['speedup']:.2f}x   "
+              f"{p['float32_bytes'] / 1e6:.2f} -> {p['int8_bytes'] / 1e6:.2f} MB")
+    if r["top1"]:
+        print(f"  top-1 on {r['test_images']} test images: float32 {r['top1']['float32']:.4f}, int8 {r['top1']['int8']:.4f}")
     if args.json:
         _write_json(r, args.json)
 
@@ -468,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="checkpoint -> ONNX part files + manifest.json")
     s.add_argument("checkpoint", help="checkpoint.pt or its run directory")
     s.add_argument("--out", required=True, help="export directory")
+    s.add_argument("--int8", action="store_true", help="int8 QDQ parts (ONNX Runtime static quantization) instead of float32")
+    s.add_argument("--calib-images", type=int, default=256, help="training images to calibrate --int8 (default 256)")
+    s.add_argument("--data-dir", help="dataset folder for the calibration images")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("predict", help="classify image files with an export, in this process")
@@ -572,6 +604,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--histogram", default="runs/bench_faults_arrivals.png", help="arrival-time histogram PNG")
     b.add_argument("--json", help="write the numbers here")
     b.set_defaults(func=cmd_bench_faults)
+
+    b = bench.add_parser("int8", help="float32 vs int8 QDQ parts in ONNX Runtime: latency per part and test accuracy")
+    b.add_argument("checkpoint", help="a checkpoint (speed and accuracy), or a model name with --input (random weights, speed only)")
+    b.add_argument("--input", help="input CxHxW for a model name")
+    b.add_argument("--calls", type=int, default=50)
+    b.add_argument("--rounds", type=int, default=3)
+    b.add_argument("--test-images", type=int, default=10000)
+    b.add_argument("--calib-images", type=int, default=256)
+    b.add_argument("--data-dir")
+    b.add_argument("--json", help="write the numbers here")
+    b.set_defaults(func=cmd_bench_int8)
 
     s = sub.add_parser("demo", help="the main job: split model over local workers vs unsplit, on the test set")
     s.add_argument("--work-dir", default="runs/demo", help="where the cached checkpoints and exports live")

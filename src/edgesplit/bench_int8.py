@@ -1,0 +1,96 @@
+"""``edgesplit bench int8``: float32 against int8 QDQ parts in ONNX Runtime, speed and accuracy, in one run.
+
+Both exports come from the same checkpoint. Speed: each part at batch 1 on one
+thread (what one worker on a small board runs), float and int8 calls interleaved
+so machine noise hits both alike, medians per round and the median of rounds.
+Accuracy: the whole split model in this process (``LocalModel``) on the test set.
+"""
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _time_parts(float_dir: Path, int8_dir: Path, calls: int, rounds: int) -> dict:
+    from edgesplit.export.manifest import load_manifest
+    from edgesplit.runtime.engine import OnnxRuntimeEngine
+
+    m = load_manifest(float_dir)
+    rng = np.random.default_rng(0)
+    out = {}
+    for part in m.parts:
+        spec = part.inputs[0]
+        x = rng.standard_normal((1, *spec.shape[1:])).astype(np.float32)
+        engines = {"float32": OnnxRuntimeEngine(float_dir / part.file, threads=1),
+                   "int8": OnnxRuntimeEngine(int8_dir / part.file, threads=1)}
+        for e in engines.values():
+            for _ in range(3):
+                e.run({spec.name: x})
+        per_round = {k: [] for k in engines}
+        for _ in range(rounds):
+            times = {k: [] for k in engines}
+            for _ in range(calls):
+                for k, e in engines.items():
+                    t0 = time.perf_counter()
+                    e.run({spec.name: x})
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+            for k in engines:
+                per_round[k].append(float(np.median(times[k])))
+        f, q = float(np.median(per_round["float32"])), float(np.median(per_round["int8"]))
+        out[part.name] = {"float32_ms": f, "int8_ms": q, "speedup": f / q, "rounds_float32_ms": per_round["float32"],
+                          "rounds_int8_ms": per_round["int8"], "float32_bytes": (float_dir / part.file).stat().st_size,
+                          "int8_bytes": (int8_dir / part.file).stat().st_size}
+    return out
+
+
+def _accuracy(export_dir: Path, ckpt: dict, n: int, data_dir: str | None) -> float:
+    from edgesplit.data.datasets import load_dataset
+    from edgesplit.runtime.local import LocalModel
+
+    model = LocalModel(export_dir, threads=1)
+    c, h, w = model.manifest.input_shape
+    test = load_dataset(ckpt.get("dataset") or "fashion-mnist", "test", data_dir, size=(h, w), in_chans=c)
+    idx = np.arange(min(n, len(test)))
+    correct = 0
+    for start in range(0, len(idx), 500):
+        b = idx[start:start + 500]
+        correct += int((model(model.prepare(test.images(b))).argmax(1) == test.labels(b)).sum())
+    return correct / len(idx)
+
+
+def bench_int8(checkpoint: str, calls: int = 50, rounds: int = 3, test_images: int = 10000, calib_images: int = 256,
+               data_dir: str | None = None, input_shape: tuple[int, int, int] | None = None) -> dict:
+    """``checkpoint``: a trained run (speed and accuracy), or a model name with ``input_shape`` (random weights: speed only)."""
+    import os
+
+    from edgesplit.export.int8 import calibration_images, int8_export
+    from edgesplit.export.onnx_export import export_model
+
+    trained = input_shape is None
+    with tempfile.TemporaryDirectory() as tmp:
+        float_dir, int8_dir = Path(tmp) / "float32", Path(tmp) / "int8"
+        if trained:
+            from edgesplit.training.checkpoint import load_model
+
+            model, ckpt = load_model(checkpoint)
+            export_model(model, ckpt, float_dir)
+            calib = calibration_images(ckpt, calib_images, data_dir)
+        else:
+            from edgesplit.bench import _export_random
+
+            _export_random(checkpoint, input_shape, 10, float_dir)
+            ckpt = {"model": checkpoint, "model_kwargs": {"in_chans": input_shape[0], "input_size": list(input_shape[1:])}}
+            calib = np.random.default_rng(0).standard_normal((calib_images, *input_shape)).astype(np.float32)
+        int8_export(float_dir, int8_dir, calib)
+        parts = _time_parts(float_dir, int8_dir, calls, rounds)
+        acc = {k: _accuracy(d, ckpt, test_images, data_dir) for k, d in (("float32", float_dir), ("int8", int8_dir))} if trained else None
+
+    return {"checkpoint": str(checkpoint), "model": ckpt["model"], "input_shape": [ckpt["model_kwargs"]["in_chans"],
+            *ckpt["model_kwargs"]["input_size"]], "calls": calls, "rounds": rounds, "threads": 1, "batch": 1,
+            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+            "parts": parts, "test_images": min(test_images, 10000) if trained else 0, "top1": acc,
+            "branch_speedup_median": float(np.median([p["speedup"] for n, p in parts.items() if n != "head"] or [0.0]))}
