@@ -215,3 +215,10 @@ def test_every_registered_model_can_be_costed():
 def test_non_positive_overrides_are_refused():
     with pytest.raises(EdgesplitError, match="--dram-gbs must be positive"):
         AccelConfig(dram_gbs=0)
+
+
+def test_estimate_a_checkpoint(tiny_run, tmp_path):
+    out = tmp_path / "est.json"
+    assert main(["estimate", str(tiny_run), "--device", "pynq-z1", "--wbits", "8", "--fbits", "8", "--json", str(out)]) == 0
+    est = json.loads(out.read_text())
+    assert est["input_shape"] == [1, 28, 28] and est["fits"] and est["totals"]["fps"] > 0
