@@ -341,10 +341,14 @@ TILE_CHOICES = (4, 7, 8, 13, 14, 16, 20, 28, 32, 40, 56)
 PAR_CHOICES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 
 
-def tune(graph: Graph, device: FpgaDevice, base: AccelConfig) -> dict:
+COARSE_PAR_CHOICES = (1, 2, 4, 8, 16, 32, 64)  # a 10x faster grid for searches that call tune many times
+COARSE_TILE_CHOICES = (7, 14, 28)
+
+
+def tune(graph: Graph, device: FpgaDevice, base: AccelConfig, par_choices=PAR_CHOICES, tile_choices=TILE_CHOICES) -> dict:
     """Search the parallelism and tiling factors of ``base.arch`` for the highest FPS that fits.
 
-    Exhaustive over a grid (``PAR_CHOICES`` x ``TILE_CHOICES``; ``mults`` in steps for the
+    Exhaustive over a grid (``par_choices`` x ``tile_choices``; ``mults`` in steps for the
     pipeline); ties go to the design with fewer DSPs. Returns the best estimate, and how
     many designs were tried and fitted.
     """
@@ -356,12 +360,12 @@ def tune(graph: Graph, device: FpgaDevice, base: AccelConfig) -> dict:
     candidates = []
     if base.arch == "bundle":
         has_dw = any(ly.is_depthwise for ly in graph.layers)
-        for tm in PAR_CHOICES:
-            for tn in PAR_CHOICES:
-                for td in (PAR_CHOICES if has_dw else (1,)):
+        for tm in par_choices:
+            for tn in par_choices:
+                for td in (par_choices if has_dw else (1,)):
                     if (tm * tn + (td * DW_KERNEL_MULTS if has_dw else 0)) * per_mult > device.dsp:
                         continue  # cannot fit: skip before costing it
-                    for t in TILE_CHOICES:
+                    for t in tile_choices:
                         candidates.append(replace(base, tm=tm, tn=tn, td=td, tr=t, tc=t))
     else:
         candidates = [replace(base, mults=m) for m in range(16, 8 * max(device.dsp, 256) + 1, 16)]

@@ -43,6 +43,12 @@ def quantized_top1(qnet: QuantNet, dataset, idx: np.ndarray, pre) -> float:
     return correct / len(idx)
 
 
+def calibration_batches(dataset, idx: np.ndarray, pre, n: int, batch_size: int = 250) -> list[torch.Tensor]:
+    """The first ``n`` images of ``idx`` as preprocessed batches, for :meth:`QuantNet.calibrate`."""
+    idx = idx[: min(n, len(idx))]
+    return [to_tensor(dataset.images(idx[b]), pre) for b in batches(len(idx), batch_size, shuffle=False)]
+
+
 def qat(qnet: QuantNet, dataset, idx: np.ndarray, pre, epochs: int, seed: int = 0, batch_size: int = 128,
         progress: Callable[[dict], None] | None = None) -> list[dict]:
     """Quantization-aware training: SGD through the fake quantizers, formats fixed."""
@@ -101,7 +107,7 @@ def quantize_checkpoint(path: str, wbits: int, fbits: int, qat_epochs: int = 0, 
     float_top1 = float((predict_logits(model, test, test_idx, pre).argmax(1) == labels).mean())
 
     qnet = QuantNet(qgraph_from_model(model, (in_chans, *pre.size)))
-    calib = [to_tensor(train.images(train_idx[b]), pre) for b in batches(min(calib_images, len(train_idx)), 250, shuffle=False)]
+    calib = calibration_batches(train, train_idx, pre, calib_images)
     report = {"checkpoint": str(path), "model": ckpt["model"], "dataset": data, "test_images": int(len(test_idx)),
               "wbits": wbits, "fbits": fbits, "calibration_images": int(min(calib_images, len(train_idx))),
               "float_top1": float_top1}

@@ -78,6 +78,16 @@ def _channels_last_safe(model: nn.Module) -> bool:
     return all(m.out_channels >= MIN_CHANNELS_LAST_WIDTH for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
+MIN_ONE_CYCLE_STEPS = 8  # below this OneCycleLR's warm-up phase has no steps (torch divides by zero)
+
+
+def _schedule(opt: torch.optim.Optimizer, lr: float, total_steps: int):
+    """One-cycle (25% warm-up, then cosine down); a constant rate for runs too short to have a cycle."""
+    if total_steps < MIN_ONE_CYCLE_STEPS:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.25)
+
+
 def _read_history(out_dir: Path) -> list:
     path = out_dir / "history.json"
     return json.loads(path.read_text()) if path.exists() else []
@@ -124,7 +134,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
 
     steps_per_epoch = (len(train_idx) + cfg.batch_size - 1) // cfg.batch_size
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.25)
+    sched = _schedule(opt, cfg.lr, cfg.epochs * steps_per_epoch)
     history = []
     if state is not None:
         model.load_state_dict(state["state_dict"])

@@ -1,0 +1,196 @@
+"""Cost and quality of one candidate: the hardware model for speed, a short real training for accuracy.
+
+Every result goes into the search journal (``search.json`` in the output folder)
+the moment it exists, so an interrupted search resumes without redoing any of it.
+Accuracy is measured on the validation split (never the test set) of the real
+dataset: the network is trained briefly (``proxy_samples`` images, ``proxy_epochs``),
+then quantized to the candidate's bit widths (post-training, per-layer formats) and
+run bit-exactly in fixed point. Training depends only on the architecture, so the
+bit-width moves of the search reuse the trained network.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgesplit.codesign.space import Candidate
+from edgesplit.errors import EdgesplitError
+from edgesplit.hardware.accelerator import COARSE_PAR_CHOICES, COARSE_TILE_CHOICES, AccelConfig, tune
+from edgesplit.hardware.cpu import estimate_cpu
+
+log = logging.getLogger(__name__)
+CALIB_IMAGES = 500  # training images that set the fixed-point formats
+
+
+@dataclass(frozen=True)
+class Targets:
+    fps: float
+    max_watts: float | None = None
+
+    def violation(self, hw: dict) -> float:
+        """0 when ``hw`` meets every target; otherwise how far off it is (relative, summed)."""
+        v = 0.0 if hw["fits"] else 1.0
+        if hw["fps"]:
+            v += max(0.0, self.fps / hw["fps"] - 1.0)
+        if self.max_watts and hw.get("watts"):
+            v += max(0.0, hw["watts"] / self.max_watts - 1.0)
+        return v
+
+
+@dataclass(frozen=True)
+class ProxyTraining:
+    samples: int = 6000  # training images for the short training
+    epochs: int = 1
+    val_images: int = 2000  # validation images for the quantized evaluation
+    batch_size: int = 64
+
+    def __post_init__(self):
+        for name in ("samples", "epochs", "val_images", "batch_size"):
+            if getattr(self, name) < 1:
+                raise EdgesplitError(f"proxy {name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+
+
+class Journal:
+    """The search state on disk (atomic JSON writes): results by candidate key, the trace, time spent."""
+
+    def __init__(self, path: Path, header: dict):
+        self.path = path
+        header = json.loads(json.dumps(header))  # tuples as lists, as they come back from disk
+        if path.exists():
+            self.data = json.loads(path.read_text())
+            if self.data.get("header") != header:
+                changed = sorted(k for k in set(header) | set(self.data.get("header", {}))
+                                 if header.get(k) != self.data.get("header", {}).get(k))
+                raise EdgesplitError(f"{path.parent} holds a search with other settings ({', '.join(changed)}); "
+                                     "use the same arguments to resume, or another --out")
+        else:
+            self.data = {"header": header, "spent_s": 0.0, "hardware": {}, "accuracy": {}, "trace": [], "phases": {}}
+        self._base_s = self.data["spent_s"]
+        self._t0 = time.monotonic()
+
+    @property
+    def spent_s(self) -> float:
+        return self._base_s + time.monotonic() - self._t0
+
+    def save(self) -> None:
+        self.data["spent_s"] = self.spent_s
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        os.replace(tmp, self.path)
+
+
+class Evaluator:
+    """Hardware estimate and proxy accuracy of candidates, cached in a :class:`Journal`."""
+
+    def __init__(self, device, targets: Targets, journal: Journal, out_dir: Path, dataset: str, data_dir: str | None,
+                 proxy: ProxyTraining = ProxyTraining(), arch: str = "bundle", seed: int = 0):
+        from edgesplit.data.datasets import load_dataset, train_val_split
+
+        self.device, self.targets, self.journal, self.out_dir = device, targets, journal, out_dir
+        self.dataset_name, self.data_dir, self.proxy, self.arch, self.seed = dataset, data_dir, proxy, arch, seed
+        self.train_set = load_dataset(dataset, "train", data_dir, size=(224, 224))
+        self.in_chans, h, w = self.train_set.image_shape
+        self.image_hw = (h, w)
+        self.num_classes = len(self.train_set.classes)
+        self.train_idx, self.val_idx = train_val_split(len(self.train_set), 5000)
+        self._qnet_cache: tuple[str, object] | None = None
+
+    # ------------------------------------------------------------ hardware
+    def build(self, c: Candidate, width_mult: float = 1.0):
+        from edgesplit.models import create_model
+
+        return create_model("bundlenet", num_classes=self.num_classes, in_chans=self.in_chans,
+                            input_size=c.input_size(self.image_hw), width_mult=width_mult, **c.model_kwargs())
+
+    def hardware(self, c: Candidate, device=None, width_mult: float = 1.0, fine: bool = False) -> dict:
+        """FPS, resources and power of ``c`` (scaled by ``width_mult``) on ``device`` (default: the target)."""
+        device = device or self.device
+        key = f"{device.name}/{c.key}/x{width_mult:g}" + ("/fine" if fine else "")
+        cached = self.journal.data["hardware"].get(key)
+        if cached is not None:
+            return cached
+        from edgesplit.hardware.graph import graph_from_model
+
+        graph = graph_from_model(self.build(c, width_mult), (self.in_chans, *c.input_size(self.image_hw)), c.key)
+        if device.kind == "cpu":
+            est = estimate_cpu(graph, device)
+            hw = {"fps": est["totals"]["fps"], "fits": True, "watts": None, "dsp": 0, "bram18": 0, "lut": 0,
+                  "macs": graph.macs}
+        else:
+            grid = {} if fine else {"par_choices": COARSE_PAR_CHOICES, "tile_choices": COARSE_TILE_CHOICES}
+            try:
+                est = tune(graph, device, AccelConfig(arch=self.arch, wbits=c.wbits, fbits=c.fbits), **grid)["best"]
+            except EdgesplitError:  # nothing fits the device
+                hw = {"fps": 0.0, "fits": False, "watts": None, "dsp": None, "bram18": None, "lut": None, "macs": graph.macs}
+            else:
+                res = est["resources"]
+                hw = {"fps": est["totals"]["fps"], "fits": est["fits"], "watts": est["totals"]["watts"], "dsp": res["dsp"],
+                      "bram18": res["bram18"], "lut": res["lut"], "macs": graph.macs,
+                      "memory_bound_layers": est["totals"]["memory_bound_layers"], "accelerator": est["config"]}
+                if fine:
+                    hw["estimate"] = est
+        self.journal.data["hardware"][key] = hw
+        self.journal.save()
+        return hw
+
+    # ------------------------------------------------------------ accuracy
+    def train_dir(self, c: Candidate) -> Path:
+        return self.out_dir / "proxy" / c.arch_key
+
+    def accuracy(self, c: Candidate) -> dict:
+        """Proxy accuracy on validation images: float and fixed point at ``c``'s bit widths."""
+        cached = self.journal.data["accuracy"].get(c.key)
+        if cached is not None:
+            return cached
+        from edgesplit.training.train import TrainConfig, train
+
+        cfg = TrainConfig(model="bundlenet", dataset=self.dataset_name, data_dir=self.data_dir,
+                          input_size=c.input_size(self.image_hw), model_kwargs=c.model_kwargs(),
+                          epochs=self.proxy.epochs, batch_size=self.proxy.batch_size,
+                          max_train_samples=self.proxy.samples, seed=self.seed)
+        summary = train(cfg, self.train_dir(c), resume=True)
+        acc = self.quantized_accuracy(self.train_dir(c), (c.wbits, c.fbits), self.val_idx[: self.proxy.val_images])
+        acc["train_s"] = summary["train_time_s"]
+        acc["train_images"] = min(self.proxy.samples, len(self.train_idx)) * self.proxy.epochs
+        self.journal.data["accuracy"][c.key] = acc
+        self.journal.save()
+        return acc
+
+    def quantized_accuracy(self, run_dir: Path, bits: tuple[int, int], idx: np.ndarray, dataset=None) -> dict:
+        """Float and fixed-point (``bits`` = weight, feature-map widths) top-1 of the network in ``run_dir`` on ``idx``."""
+        from edgesplit.quant.qnet import QuantNet, qgraph_from_model
+        from edgesplit.quant.quantize import calibration_batches, quantized_top1
+        from edgesplit.training.checkpoint import checkpoint_preprocess, load_model
+        from edgesplit.training.evaluate import predict_logits
+
+        dataset = dataset or self.train_set
+        model, ckpt = load_model(run_dir)
+        pre = checkpoint_preprocess(ckpt)
+        float_top1 = float((predict_logits(model, dataset, idx, pre).argmax(1) == dataset.labels(idx)).mean())
+        cache_key = str(run_dir)
+        if self._qnet_cache is None or self._qnet_cache[0] != cache_key:
+            qnet = QuantNet(qgraph_from_model(model, (self.in_chans, *pre.size)))
+            self._qnet_cache = (cache_key, qnet, calibration_batches(self.train_set, self.train_idx, pre, CALIB_IMAGES))
+        _, qnet, calib = self._qnet_cache
+        qnet.calibrate(calib, *bits)
+        return {"float_top1": float_top1, "ptq_top1": quantized_top1(qnet, dataset, idx, pre), "images": int(len(idx))}
+
+    # ------------------------------------------------------------ both
+    def evaluate(self, c: Candidate) -> dict:
+        """The search's view of ``c``: hardware, feasibility, and (only when feasible) accuracy; ``score`` to maximise."""
+        hw = self.hardware(c)
+        violation = self.targets.violation(hw)
+        record = {"key": c.key, "candidate": c.to_dict(), "hardware": hw, "violation": violation, "feasible": violation == 0}
+        if violation == 0:
+            acc = self.accuracy(c)
+            record["accuracy"] = acc
+            record["score"] = acc["ptq_top1"]
+        else:  # infeasible candidates rank below every feasible one, closer to the targets first
+            record["score"] = -1.0 - violation
+        return record

@@ -1,0 +1,178 @@
+"""Fleet allocation: the chosen network split into branches over a fleet of devices.
+
+For every number of branches k and every set of k devices from the fleet, the
+branch widths are balanced so that all branches reach the same rate: each device's
+FPS as a function of its branch's share of the channels comes from the hardware
+model (the accelerator model for FPGA boards, the roofline for CPUs), and the
+highest rate whose shares add up to the full width wins. The link carries one
+uint8 input per branch and the float32 features back. Options are then tried from
+the highest throughput down: the split network is trained with the finalists'
+recipe and kept when its quantized validation accuracy reaches the floor.
+
+Fleet file (YAML)::
+
+    link_mbps: 1000                       # shared link of the coordinator (optional)
+    devices:
+      - {device: pynq-z1, count: 2, addresses: ["10.0.0.11:50051", "10.0.0.12:50051"]}
+      - {device: ultra96-v2, addresses: ["10.0.0.13:50051"]}
+      - {device: raspberry-pi-4}          # addresses default to 127.0.0.1:50051, 50052, ...
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from edgesplit.codesign.space import Candidate
+from edgesplit.errors import EdgesplitError
+
+SHARE_STEPS = 16  # branch widths are searched in sixteenths of the full width
+MAX_TRAINED_OPTIONS = 2  # split networks trained before falling back to the best single device
+DEFAULT_PORT = 50051
+
+
+@dataclass(frozen=True)
+class FleetDevice:
+    device: object  # FpgaDevice | CpuDevice
+    address: str
+
+
+@dataclass(frozen=True)
+class Fleet:
+    devices: tuple[FleetDevice, ...]
+    link_mbps: float = 1000.0
+
+
+def load_fleet(path: str | Path, devices_dir: str | None = None) -> Fleet:
+    from edgesplit.hardware.catalog import get_device
+
+    path = Path(path)
+    if not path.exists():
+        raise EdgesplitError(f"fleet file {path} not found; see `edgesplit codesign --help` for its format")
+    try:
+        d = yaml.safe_load(path.read_text())
+        entries = d["devices"]
+        link = float(d.get("link_mbps", 1000.0))
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as err:
+        raise EdgesplitError(f"{path} is not a valid fleet file ({type(err).__name__}: {err}); it needs a devices: list") from None
+    out, port = [], DEFAULT_PORT
+    for i, e in enumerate(entries or []):
+        if not isinstance(e, dict) or "device" not in e:
+            raise EdgesplitError(f"{path}: devices[{i}] needs a device: name")
+        count = int(e.get("count", len(e.get("addresses", [])) or 1))
+        addresses = list(e.get("addresses", []))
+        if addresses and len(addresses) != count:
+            raise EdgesplitError(f"{path}: devices[{i}] has count {count} but {len(addresses)} addresses")
+        dev = get_device(e["device"], devices_dir)
+        if not addresses:
+            addresses = [f"127.0.0.1:{port + j}" for j in range(count)]
+            port += count
+        out.extend(FleetDevice(dev, a) for a in addresses)
+    if not out:
+        raise EdgesplitError(f"{path} lists no devices")
+    if link <= 0:
+        raise EdgesplitError(f"{path}: link_mbps must be positive")
+    return Fleet(tuple(out), link)
+
+
+def balance(rates: list[dict[float, float]]) -> tuple[float, list[float]] | None:
+    """Shares (summing to 1) that maximise the slowest device's rate; ``rates[i][share]`` is device i's FPS.
+
+    Returns (rate on the share grid, shares) or None when the devices cannot cover the full width.
+    """
+    levels = sorted({r for table in rates for r in table.values() if r > 0}, reverse=True)
+    for t in levels:  # the highest common rate whose widest affordable shares cover the network
+        shares = [max((s for s, r in table.items() if r >= t), default=0.0) for table in rates]
+        if min(shares) > 0 and sum(shares) >= 1.0 - 1e-9:
+            total = sum(shares)
+            return t, [s / total for s in shares]
+    return None
+
+
+def allocate(ev, chosen: Candidate, fleet: Fleet) -> list[dict]:
+    """The best device set and shares for each k, highest throughput first."""
+    grid = [i / SHARE_STEPS for i in range(1, SHARE_STEPS + 1)]
+    table: dict[str, dict[float, float]] = {}
+    for fd in fleet.devices:
+        if fd.device.name not in table:
+            table[fd.device.name] = {}
+            for s in grid:
+                hw = ev.hardware(chosen, device=fd.device, width_mult=s)
+                table[fd.device.name][s] = hw["fps"] if hw["fits"] else 0.0
+    in_bytes = ev.in_chans * chosen.input_size(ev.image_hw)[0] * chosen.input_size(ev.image_hw)[1]  # uint8
+    feat_bytes = 4 * chosen.channels[-1]
+    link_bytes_s = fleet.link_mbps * 1e6 / 8
+    options = []
+    for k in range(1, len(fleet.devices) + 1):
+        best = None
+        seen = set()
+        for subset in itertools.combinations(range(len(fleet.devices)), k):
+            names = tuple(sorted(fleet.devices[i].device.name for i in subset))
+            if names in seen:
+                continue
+            seen.add(names)
+            found = balance([table[fleet.devices[i].device.name] for i in subset])
+            if found is None:
+                continue
+            _, shares = found
+            fps = [ev.hardware(chosen, device=fleet.devices[i].device, width_mult=s)["fps"] for i, s in zip(subset, shares)]
+            link_fps = link_bytes_s / (k * in_bytes + feat_bytes)
+            rate = min(min(fps), link_fps)
+            if best is None or rate > best["fps"]:
+                best = {"k": k, "devices": [fleet.devices[i].device.name for i in subset],
+                        "addresses": [fleet.devices[i].address for i in subset], "shares": shares,
+                        "branch_fps": fps, "link_fps": link_fps, "fps": rate,
+                        "bits": [f"W{chosen.wbits}/F{chosen.fbits}" if fleet.devices[i].device.kind == "fpga" else "float32"
+                                 for i in subset]}
+        if best:
+            options.append(best)
+    return sorted(options, key=lambda o: -o["fps"])
+
+
+def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress) -> dict:
+    """Allocate, train the split options until one reaches the accuracy floor, export it, write plan.yaml."""
+    from edgesplit.codesign.search import train_final
+    from edgesplit.export.manifest import load_manifest
+    from edgesplit.export.onnx_export import export_model
+    from edgesplit.runtime.plan import PartPlacement, Plan, load_plan
+    from edgesplit.training.checkpoint import load_model
+
+    fleet = load_fleet(cfg.fleet, cfg.devices_dir)
+    chosen = Candidate.from_dict(chosen_final["candidate"])
+    bits = (chosen.wbits, chosen.fbits)
+    floor = cfg.accuracy_floor if cfg.accuracy_floor is not None else chosen_final["val"]["ptq_top1"] - 0.02
+    options = allocate(ev, chosen, fleet)
+    for o in options:
+        progress(f"fleet option k={o['k']}: {', '.join(o['devices'])} shares "
+                 f"{', '.join(f'{s:.2f}' for s in o['shares'])} -> {o['fps']:.1f} FPS")
+    accepted, tried = None, []
+    for o in options:
+        if o["k"] == 1:
+            o["accuracy"] = {"val": chosen_final["val"], "test": chosen_final["test"], "run_dir": chosen_final["run_dir"]}
+        elif len(tried) < MAX_TRAINED_OPTIONS:
+            kw = {**chosen.model_kwargs(), "k": o["k"], "branch_widths": o["shares"]}
+            run = out / f"split{o['k']}_e{epochs}"
+            progress(f"training the {o['k']}-branch split for {epochs} epoch(s)")
+            r = train_final(ev, "bundlenet-split", kw, chosen.input_size(ev.image_hw), epochs, run, bits, progress,
+                            cfg.final_images)
+            o["accuracy"] = {"val": r["val"], "test": r["test"], "run_dir": r["run_dir"]}
+            tried.append(o["k"])
+        else:
+            continue
+        o["meets_floor"] = o["accuracy"]["val"]["ptq_top1"] >= floor
+        progress(f"  k={o['k']}: val {o['accuracy']['val']['ptq_top1']:.4f} (floor {floor:.4f}), "
+                 f"test {o['accuracy']['test']['ptq_top1']:.4f}")
+        if o["meets_floor"]:
+            accepted = o
+            break
+    if accepted is None:
+        raise EdgesplitError(f"no fleet option reached the accuracy floor {floor:.4f}; lower --accuracy-floor")
+    model, ckpt = load_model(accepted["accuracy"]["run_dir"])
+    export_model(model, ckpt, out / "export")
+    parts = load_manifest(out / "export", verify=False).remote_parts
+    plan = Plan("export", tuple(PartPlacement(p, (addr,)) for p, addr in zip(parts, accepted["addresses"])))
+    plan.write(out / "plan.yaml")
+    load_plan(out / "plan.yaml")  # the runtime accepts it
+    return {"floor": floor, "options": options, "accepted": accepted, "plan": str(out / "plan.yaml")}

@@ -1,0 +1,330 @@
+"""`edgesplit codesign`: from speed targets on a device to a trained network, its accelerator and a fleet plan.
+
+The co-design seed's three steps, with the hardware model in the loop:
+
+1. **Bundle selection.** Each bundle of the layer pool is repeated into a prototype
+   network, costed on the device and trained briefly; the bundles on the Pareto
+   front of accuracy against FPS go on (the others are beaten on both).
+2. **Stochastic coordinate descent.** From each selected bundle's prototype, pick a
+   random knob (depth, base channels, growth, where to down-sample, weight and
+   feature-map bits, input resize), try one step up and one down, and move when the
+   score improves. The score is the quantized validation accuracy of a candidate
+   that meets the targets, and minus its distance to the targets otherwise, so the
+   walk first moves into the feasible region (hardware model only, no training),
+   then climbs in accuracy inside it.
+3. **Finalists.** The best distinct architectures are trained longer on the full
+   training set; the one with the best quantized validation accuracy is chosen, and
+   its test accuracy is reported (the test set is used only here).
+
+A fleet (``--fleet``) then gets the chosen network split over its devices
+(:mod:`edgesplit.codesign.fleet`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgesplit.codesign.evaluate import Evaluator, Journal, ProxyTraining, Targets
+from edgesplit.codesign.space import COORDINATES, Candidate, SearchSpace, neighbours, pareto_front, prototype
+from edgesplit.errors import EdgesplitError
+
+log = logging.getLogger(__name__)
+TEST_SPLIT = "test"
+
+
+@dataclass(frozen=True)
+class CodesignConfig:
+    device: str
+    target_fps: float
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    time_budget_s: float = 1800.0
+    max_watts: float | None = None
+    arch: str = "bundle"
+    bundles: tuple[str, ...] | None = None  # None: the whole layer pool
+    explore_share: float = 0.6  # of the time budget, for steps 1-2; the rest trains the finalists
+    finalists: int = 2
+    final_epochs: int | None = None  # None: as many as the remaining budget allows (at least 1, at most 10)
+    final_images: int | None = None  # None: the whole training split (a subset for quick runs and tests)
+    proxy: ProxyTraining = ProxyTraining()
+    fleet: str | None = None
+    accuracy_floor: float | None = None  # fleet: lowest quantized validation accuracy; None: chosen - 0.02
+    baselines: tuple[str, ...] = ()
+    seed: int = 0
+    devices_dir: str | None = None
+
+    def __post_init__(self):
+        if self.target_fps <= 0:
+            raise EdgesplitError(f"--target-fps must be positive, got {self.target_fps}")
+        if self.time_budget_s <= 0:
+            raise EdgesplitError(f"--time-budget must be positive, got {self.time_budget_s} s")
+        if not 0 < self.explore_share < 1:
+            raise EdgesplitError(f"explore share must be in (0, 1), got {self.explore_share}")
+        if self.finalists < 1:
+            raise EdgesplitError(f"--finalists must be at least 1, got {self.finalists}")
+        if self.final_images is not None and self.final_images < 1:
+            raise EdgesplitError(f"--final-images must be at least 1, got {self.final_images}")
+        if self.final_epochs is not None and self.final_epochs < 1:
+            raise EdgesplitError(f"--final-epochs must be at least 1, got {self.final_epochs}")
+        if self.max_watts is not None and self.max_watts <= 0:
+            raise EdgesplitError(f"--max-watts must be positive, got {self.max_watts}")
+
+    def header(self) -> dict:
+        """The settings a resumed search must share (the time budget may change)."""
+        d = asdict(self)
+        for k in ("time_budget_s", "final_epochs", "final_images", "fleet", "accuracy_floor", "baselines", "finalists"):
+            d.pop(k)
+        return d
+
+
+Progress = Callable[[str], None]
+
+
+def _fmt_time(s: float) -> str:
+    return f"{int(s // 60):d}:{int(s % 60):02d}"
+
+
+class Search:
+    """Steps 1-3 over one :class:`Evaluator`; every evaluation is appended to the journal's trace."""
+
+    def __init__(self, cfg: CodesignConfig, evaluator: Evaluator, space: SearchSpace, progress: Progress):
+        self.cfg, self.ev, self.space, self.progress = cfg, evaluator, space, progress
+        self.journal = evaluator.journal
+        self.rng = np.random.default_rng(cfg.seed)
+        self.records: dict[str, dict] = {}
+        for t in self.journal.data["trace"]:  # a resumed search knows everything evaluated before
+            self.records[t["key"]] = self.ev.evaluate(Candidate.from_dict(t["candidate"]))
+
+    def _say(self, phase: str, rec: dict, extra: str = "") -> None:
+        hw = rec["hardware"]
+        acc = rec.get("accuracy")
+        acc_s = f"val {acc['ptq_top1']:.3f} (float {acc['float_top1']:.3f})" if acc else f"off target by {rec['violation']:.2f}"
+        self.progress(f"[{_fmt_time(self.journal.spent_s)}/{_fmt_time(self.cfg.time_budget_s)}] {phase:<7} "
+                      f"{rec['key']:<40} {hw['fps']:9.1f} FPS  {acc_s}{extra}")
+
+    def evaluate(self, c: Candidate, phase: str) -> dict:
+        if c.key in self.records:
+            return self.records[c.key]
+        rec = self.ev.evaluate(c)
+        if c.key not in self.records:
+            self.records[c.key] = rec
+            trace = self.journal.data["trace"]
+            if not any(t["key"] == c.key for t in trace):
+                trace.append({"phase": phase, "key": c.key, "candidate": c.to_dict(), "spent_s": self.journal.spent_s})
+                self.journal.save()
+            self._say(phase, rec)
+        return rec
+
+    @property
+    def explore_budget_s(self) -> float:
+        return self.cfg.time_budget_s * self.cfg.explore_share
+
+    def select_bundles(self) -> list[str]:
+        bundles = self.cfg.bundles or self.space.bundles
+        unknown = [b for b in bundles if b not in self.space.bundles]
+        if unknown:
+            raise EdgesplitError(f"unknown bundle(s) {unknown}; choose from {', '.join(self.space.bundles)}")
+        recs = [self.evaluate(prototype(b), "bundle") for b in bundles]
+        # a prototype that misses the targets still ranks by its accuracy here: the descent can shrink it
+        for rec in recs:
+            if "accuracy" not in rec:
+                rec["accuracy"] = self.ev.accuracy(Candidate.from_dict(rec["candidate"]))
+        points = [(r["accuracy"]["ptq_top1"], r["hardware"]["fps"]) for r in recs]
+        front = [bundles[i] for i in pareto_front(points)]
+        self.journal.data["phases"]["bundles"] = {"evaluated": list(bundles), "pareto": front}
+        self.journal.save()
+        self.progress(f"bundles on the Pareto front (accuracy vs FPS): {', '.join(front)}")
+        return front
+
+    def descend(self, bundles: list[str]) -> None:
+        current = {b: self.records[prototype(b).key] for b in bundles}
+        stalled = {b: 0 for b in bundles}
+        step = 0
+        while self.journal.spent_s < self.explore_budget_s:
+            active = [b for b in bundles if stalled[b] < 3 * len(COORDINATES)]
+            if not active:
+                self.progress("every descent has converged (no knob improves any more)")
+                break
+            b = active[step % len(active)]
+            step += 1
+            coord = COORDINATES[self.rng.integers(len(COORDINATES))]
+            cur = current[b]
+            best = cur
+            for n in neighbours(Candidate.from_dict(cur["candidate"]), coord, self.space, self.ev.image_hw, self.rng):
+                if self.journal.spent_s >= self.explore_budget_s:
+                    break
+                rec = self.evaluate(n, "descent")
+                if rec["score"] > best["score"]:
+                    best = rec
+            if best is not cur:
+                current[b] = best
+                stalled[b] = 0
+                self.progress(f"  {b}: moved along {coord} to {best['key']} (score {best['score']:.3f})")
+            else:
+                stalled[b] += 1
+        self.journal.data["phases"]["descent"] = {"steps": step, "current": {b: r["key"] for b, r in current.items()}}
+        self.journal.save()
+
+    def finalists(self) -> list[dict]:
+        """The best feasible candidate of each of the ``cfg.finalists`` best distinct architectures."""
+        feasible = sorted((r for r in self.records.values() if r["feasible"]), key=lambda r: -r["score"])
+        chosen, archs = [], set()
+        for r in feasible:
+            arch = Candidate.from_dict(r["candidate"]).arch_key
+            if arch not in archs:
+                archs.add(arch)
+                chosen.append(r)
+            if len(chosen) == self.cfg.finalists:
+                break
+        if not chosen:
+            raise EdgesplitError(f"no candidate reached {self.cfg.target_fps:g} FPS on {self.cfg.device} within the "
+                                 "search; lower --target-fps, raise --time-budget or pick a faster device")
+        return chosen
+
+
+def final_epochs(cfg: CodesignConfig, finalists: list[dict], remaining_s: float, train_images: int) -> int:
+    """Epochs that fit ``remaining_s`` for all finalists, from their measured proxy training speed."""
+    if cfg.final_epochs:
+        return cfg.final_epochs
+    s_per_image = [r["accuracy"]["train_s"] / r["accuracy"]["train_images"] for r in finalists]
+    epoch_s = sum(s_per_image) * train_images
+    return int(max(1, min(10, math.floor(remaining_s / max(epoch_s, 1e-9)))))
+
+
+def train_final(ev: Evaluator, model: str, model_kwargs: dict, input_size, epochs: int, out_dir: Path,
+                bits: tuple[int, int], progress: Progress, max_images: int | None = None) -> dict:
+    """Full-data training (label smoothing 0.1), then quantized accuracy on validation and test images."""
+    from edgesplit.data.datasets import load_dataset
+    from edgesplit.training.train import TrainConfig, train
+
+    cfg = TrainConfig(model=model, dataset=ev.dataset_name, data_dir=ev.data_dir, input_size=tuple(input_size),
+                      model_kwargs=model_kwargs, epochs=epochs, label_smoothing=0.1, seed=ev.seed,
+                      max_train_samples=max_images)
+    last = [0]
+
+    def show(p: dict) -> None:
+        if p["step"] == p["steps"] or p["step"] - last[0] >= max(1, p["steps"] // 4):
+            last[0] = p["step"] % p["steps"]
+            progress(f"    {out_dir.name}: epoch {p['epoch']}/{p['epochs']} step {p['step']}/{p['steps']} "
+                     f"loss {p['loss']:.3f} acc {p['acc']:.3f}")
+
+    summary = train(cfg, out_dir, resume=True, progress=show)
+    val = ev.quantized_accuracy(out_dir, bits, ev.val_idx)
+    test_set = load_dataset(ev.dataset_name, TEST_SPLIT, ev.data_dir, size=(224, 224))
+    test = ev.quantized_accuracy(out_dir, bits, np.arange(len(test_set)), dataset=test_set)
+    return {"run_dir": str(out_dir), "epochs": epochs, "train_time_s": summary["train_time_s"], "wbits": bits[0],
+            "fbits": bits[1], "val": val, "test": test}
+
+
+def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
+                 progress: Progress = lambda s: None, space: SearchSpace = SearchSpace()) -> dict:
+    from edgesplit.hardware.catalog import get_device
+
+    out_dir = Path(out_dir)
+    device = get_device(cfg.device, cfg.devices_dir)
+    if device.kind != "fpga":
+        raise EdgesplitError(f"--device must be an FPGA board (the accelerator is designed for it); {device.name} is a "
+                             f"{device.kind}: put CPU devices in --fleet")
+    journal_path = out_dir / "search.json"
+    if journal_path.exists() and not resume:
+        raise EdgesplitError(f"{out_dir} already holds a search; add --resume to continue it or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    journal = Journal(journal_path, cfg.header())
+    ev = Evaluator(device, Targets(cfg.target_fps, cfg.max_watts), journal, out_dir, cfg.dataset, cfg.data_dir,
+                   cfg.proxy, cfg.arch, cfg.seed)
+    search = Search(cfg, ev, space, progress)
+    progress(f"co-design for {device.name} at >= {cfg.target_fps:g} FPS"
+             + (f" and <= {cfg.max_watts:g} W" if cfg.max_watts else "") + f"; budget {_fmt_time(cfg.time_budget_s)}")
+    front = search.select_bundles()
+    search.descend(front)
+    finalists = search.finalists()
+    remaining = cfg.time_budget_s - journal.spent_s
+    final_images = min(cfg.final_images or len(ev.train_idx), len(ev.train_idx))
+    epochs = final_epochs(cfg, finalists, remaining, final_images)
+    progress(f"training {len(finalists)} finalist(s) for {epochs} epoch(s) on {final_images} images")
+    finals = []
+    for rec in finalists:
+        c = Candidate.from_dict(rec["candidate"])
+        result = train_final(ev, "bundlenet", c.model_kwargs(), c.input_size(ev.image_hw), epochs,
+                             out_dir / "finalists" / f"{c.arch_key}_e{epochs}", (c.wbits, c.fbits), progress,
+                             cfg.final_images)
+        hw = ev.hardware(c, fine=True)
+        finals.append({"candidate": c.to_dict(), "key": c.key, "proxy": rec["accuracy"], "hardware": hw, **result})
+        progress(f"  {c.key}: val {result['val']['ptq_top1']:.4f}, test {result['test']['ptq_top1']:.4f} "
+                 f"(float {result['test']['float_top1']:.4f}), {hw['fps']:.1f} FPS")
+    journal.data["finals"] = finals
+    journal.save()
+    chosen = max(finals, key=lambda f: f["val"]["ptq_top1"])
+    result = {"device": device.name, "targets": {"fps": cfg.target_fps, "max_watts": cfg.max_watts},
+              "search_time_s": journal.spent_s, "evaluated": len(search.records),
+              "trained_proxies": len({Candidate.from_dict(r["candidate"]).arch_key for r in search.records.values()
+                                      if "accuracy" in r}),
+              "bundles": journal.data["phases"]["bundles"], "finalists": finals, "chosen": chosen}
+    _write_chosen(ev, chosen, out_dir / "chosen")
+    if cfg.baselines:
+        result["baselines"] = run_baselines(ev, cfg, chosen, epochs, out_dir / "baselines", progress)
+    if cfg.fleet:
+        from edgesplit.codesign.fleet import plan_fleet
+
+        result["fleet"] = plan_fleet(ev, cfg, chosen, epochs, out_dir / "fleet", progress)
+    result["wall_time_s"] = journal.spent_s
+    journal.data["result"] = {k: v for k, v in result.items() if k != "finalists"}
+    journal.save()
+    from edgesplit.codesign.report import write_report
+
+    write_report(result, list(search.records.values()), out_dir)
+    return result
+
+
+def _write_chosen(ev: Evaluator, chosen: dict, out: Path) -> None:
+    """The chosen network: config, checkpoint, ONNX export, accelerator configuration and estimate."""
+    import json
+
+    from edgesplit.export.onnx_export import export_model
+    from edgesplit.training.checkpoint import load_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    c = Candidate.from_dict(chosen["candidate"])
+    shutil.copyfile(Path(chosen["run_dir"]) / "checkpoint.pt", out / "checkpoint.pt")
+    model, ckpt = load_model(out / "checkpoint.pt")
+    export_model(model, ckpt, out / "export")
+    (out / "network.json").write_text(json.dumps({"model": "bundlenet", "model_kwargs": ckpt["model_kwargs"],
+                                                  "candidate": c.to_dict()}, indent=1))
+    (out / "accelerator.json").write_text(json.dumps(chosen["hardware"].get("estimate", chosen["hardware"]), indent=1))
+
+
+BASELINE_BITS = {"bundlenet-a": (16, 8), "bundlenet-b": (16, 16), "bundlenet-c": (11, 8)}  # the seed's Table 2
+SAME_NETWORK = {"bundlenet-b": "bundlenet-a"}  # DNN-B is DNN-A at other bit widths: one training serves both
+
+
+def run_baselines(ev: Evaluator, cfg: CodesignConfig, chosen: dict, epochs: int, out: Path, progress: Progress) -> list:
+    """Hand-made networks trained with the finalists' recipe, costed on the same device (at the chosen bits,
+    or the seed's bits for DNN-A/B/C)."""
+    from edgesplit.hardware.accelerator import AccelConfig, tune
+    from edgesplit.hardware.graph import graph_from_model
+    from edgesplit.models import create_model
+
+    rows = []
+    for name in cfg.baselines:
+        bits = BASELINE_BITS.get(name, (chosen["wbits"], chosen["fbits"]))
+        kw = {"num_classes": ev.num_classes, "in_chans": ev.in_chans, "input_size": ev.image_hw}
+        graph = graph_from_model(create_model(name, **kw), (ev.in_chans, *ev.image_hw), name)
+        try:
+            est = tune(graph, ev.device, AccelConfig(arch=cfg.arch, wbits=bits[0], fbits=bits[1]))["best"]
+            hw = {"fps": est["totals"]["fps"], "fits": True, "watts": est["totals"]["watts"], "dsp": est["resources"]["dsp"],
+                  "bram18": est["resources"]["bram18"], "lut": est["resources"]["lut"], "macs": graph.macs}
+        except EdgesplitError as err:
+            hw = {"fps": 0.0, "fits": False, "error": str(err), "macs": graph.macs}
+        progress(f"baseline {name}: {hw['fps']:.1f} FPS on {ev.device.name} at W{bits[0]}/F{bits[1]}; training {epochs} epoch(s)")
+        trained_as = SAME_NETWORK.get(name, name)
+        result = train_final(ev, trained_as, {}, ev.image_hw, epochs, out / f"{trained_as}_e{epochs}", bits, progress,
+                             cfg.final_images)
+        rows.append({"model": name, "hardware": hw, "meets_target": ev.targets.violation(hw) == 0, **result})
+        progress(f"  {name}: test {result['test']['ptq_top1']:.4f} (float {result['test']['float_top1']:.4f})")
+    return rows
