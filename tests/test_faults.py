@@ -118,3 +118,12 @@ def test_without_parity_a_missing_block_gives_flagged_degraded_answer(mlp, tmp_p
         with edgesplit.connect(c.plan(on_missing="fail"), wait_ready_s=0.5, require_all=False) as client:
             with pytest.raises(PartUnavailable, match="l1.1"):
                 client.infer(x)
+
+
+def test_share_of_requests_parity_cannot_shield():
+    from edgesplit.bench_faults import p_more_stragglers_than_parity
+
+    assert p_more_stragglers_than_parity(5, 1, 0.1) == pytest.approx(1 - 0.9 ** 5 - 5 * 0.1 * 0.9 ** 4)
+    rng = np.random.default_rng(0)
+    draws = (rng.random((200_000, 7)) < 0.1).sum(1)
+    assert p_more_stragglers_than_parity(7, 3, 0.1) == pytest.approx((draws > 3).mean(), abs=5e-4)

@@ -36,6 +36,9 @@ from edgesplit.errors import EdgesplitError
 
 log = logging.getLogger(__name__)
 TEST_SPLIT = "test"
+STALL_STEPS = 3 * len(COORDINATES)  # a descent has converged after this many steps without a better neighbour
+MAX_RESTARTS = 3  # then it restarts near its best (RESTART_MOVES random moves away), this many times
+RESTART_MOVES = 3
 
 
 @dataclass(frozen=True)
@@ -145,12 +148,20 @@ class Search:
     def descend(self, bundles: list[str]) -> None:
         current = {b: self.records[prototype(b).key] for b in bundles}
         stalled = {b: 0 for b in bundles}
-        step = 0
+        step, restarts = 0, 0
         while self.journal.spent_s < self.explore_budget_s:
-            active = [b for b in bundles if stalled[b] < 3 * len(COORDINATES)]
+            active = [b for b in bundles if stalled[b] < STALL_STEPS]
             if not active:
-                self.progress("every descent has converged (no knob improves any more)")
-                break
+                if restarts == MAX_RESTARTS:
+                    self.progress("every descent has converged (no knob improves any more)")
+                    break
+                restarts += 1
+                for b in bundles:  # random restart near each bundle's best: a few random moves away
+                    best_b = max((r for r in self.records.values() if r["candidate"]["bundle"] == b), key=lambda r: r["score"])
+                    current[b] = self.evaluate(self._perturb(best_b), "restart")
+                    stalled[b] = 0
+                self.progress(f"every descent converged: restart {restarts}/{MAX_RESTARTS} from perturbed bests")
+                continue
             b = active[step % len(active)]
             step += 1
             coord = COORDINATES[self.rng.integers(len(COORDINATES))]
@@ -168,8 +179,18 @@ class Search:
                 self.progress(f"  {b}: moved along {coord} to {best['key']} (score {best['score']:.3f})")
             else:
                 stalled[b] += 1
-        self.journal.data["phases"]["descent"] = {"steps": step, "current": {b: r["key"] for b, r in current.items()}}
+        best = {b: max((r for r in self.records.values() if r["candidate"]["bundle"] == b), key=lambda r: r["score"])["key"]
+                for b in bundles}
+        self.journal.data["phases"]["descent"] = {"steps": step, "restarts": restarts, "best": best}
         self.journal.save()
+
+    def _perturb(self, rec: dict) -> Candidate:
+        c = Candidate.from_dict(rec["candidate"])
+        for _ in range(RESTART_MOVES):
+            moves = neighbours(c, COORDINATES[self.rng.integers(len(COORDINATES))], self.space, self.ev.image_hw, self.rng)
+            if moves:
+                c = moves[self.rng.integers(len(moves))]
+        return c
 
     def finalists(self) -> list[dict]:
         """The best feasible candidate of each of the ``cfg.finalists`` best distinct architectures."""
