@@ -320,7 +320,9 @@ def cmd_bench_faults(args) -> None:
         print(f"{name:<26}{l['p50_ms']:>8.2f}{l['p99_ms']:>8.2f}{l['max_ms']:>8.2f}{c['exact']:>7}{c['recovered']:>7}"
               f"{c['degraded']:>6}{c['errors']:>5}{c['lost']:>5}{s['max_rel_error']:>12.1e}")
     for pattern, t in r["targets"].items():
-        print(f"{pattern}: coded p99 = {t['p99_vs_fault_free']:.2f}x fault-free, {t['p99_vs_uncoded']:.2f}x uncoded")
+        print(f"{pattern}: coded p99 = {t['p99_vs_fault_free']:.2f}x fault-free, {t['p99_vs_uncoded']:.2f}x uncoded"
+              + (f" (requests with more stragglers than parity blocks: {t['p_unshielded_request']:.2%})"
+                 if "p_unshielded_request" in t else ""))
     if args.json:
         _write_json(r, args.json)
 
