@@ -477,7 +477,12 @@ def cmd_codesign(args) -> None:
                          fleet=args.fleet, accuracy_floor=args.accuracy_floor,
                          baselines=tuple(args.baselines.split(",")) if args.baselines else (), seed=args.seed,
                          devices_dir=args.devices_dir)
-    r = run_codesign(cfg, args.out, resume=args.resume, progress=lambda line: print(line, flush=True))
+    try:
+        r = run_codesign(cfg, args.out, resume=args.resume, progress=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print(f"edgesplit: codesign interrupted; everything evaluated is kept in {args.out}/search.json: "
+              "run the same command with --resume to continue", file=sys.stderr)
+        raise
     c = r["chosen"]
     print(f"chosen: {c['key']}: {c['hardware']['fps']:.1f} FPS on {r['device']}, test top-1 {c['test']['ptq_top1']:.4f} "
           f"(fixed point W{c['wbits']}/F{c['fbits']}), float {c['test']['float_top1']:.4f}")
