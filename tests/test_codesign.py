@@ -236,3 +236,37 @@ def test_bad_arguments_one_line(tmp_path, capsys, args, message):
 def test_cpu_device_is_refused_as_the_accelerator_target(tmp_path, capsys):
     assert main(["codesign", "--device", "raspberry-pi-4", "--target-fps", "10", "--out", str(tmp_path / "o")]) == 2
     assert "put CPU devices in --fleet" in capsys.readouterr().err
+
+
+def test_interrupted_search_resumes_where_it_stopped(tmp_path):
+    """Ctrl-C in the middle of the search keeps every evaluation; --resume replays none of them."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = [*SMALL, "--out", str(out)]
+    args[args.index("conv3,dw3-pw1")] = "conv3"
+    proc = subprocess.Popen([sys.executable, "-m", "edgesplit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "search.json").exists() and json.loads((out / "search.json").read_text())["trace"]:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode == 0:
+        pytest.skip("the search finished before it could be interrupted")
+    assert proc.returncode == 130 and b"--resume" in err
+    before = json.loads((out / "search.json").read_text())
+    assert before["trace"] and "result" not in before
+    assert main([*args, "--resume"]) == 0
+    after = json.loads((out / "search.json").read_text())
+    assert after["trace"][: len(before["trace"])] == before["trace"]
+    assert after["spent_s"] >= before["spent_s"] and "result" in after

@@ -84,3 +84,12 @@ def test_eval_reports_missing_branches(tiny_run):
     assert report["n"] == 300 and 0 <= report["top1"] <= report["top5"] <= 1
     assert set(report["missing_branch_top1"]) == {"branch0", "branch1"}
     assert len(report["per_class"]) == 10
+
+
+def test_learning_rate_defaults_to_the_models(tiny_run):
+    from edgesplit.models.registry import DEFAULT_LR, default_lr
+    from edgesplit.training.checkpoint import read_checkpoint
+
+    assert read_checkpoint(tiny_run)["config"]["lr"] == DEFAULT_LR  # None resolved before it is saved
+    assert default_lr("squeezenet") == default_lr("squeezenet-split2") == 0.02  # no batch norm
+    assert default_lr("resnet18-split2") == DEFAULT_LR

@@ -522,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model argument, e.g. width_mult=0.5")
     s.add_argument("--epochs", type=int, default=5)
     s.add_argument("--batch-size", type=int, default=128)
-    s.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
+    s.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (default: the model's: 0.1, "
+                                            "0.02 for SqueezeNet, which has no batch norm)")
     s.add_argument("--weight-decay", type=float, default=5e-4)
     s.add_argument("--label-smoothing", type=float, default=0.0)
     s.add_argument("--branch-dropout", type=float, default=0.0, help="probability of zeroing a branch's features (split models)")

@@ -14,6 +14,7 @@ import torch.nn as nn
 from edgesplit.errors import EdgesplitError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+DEFAULT_LR = 0.1  # peak learning rate for models with batch norm; a factory may set ``fn.default_lr``
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -23,6 +24,11 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         raise ValueError(f"model {name!r} registered twice")
     _MODELS[name] = fn
     return fn
+
+
+def default_lr(name: str) -> float:
+    """The peak learning rate a model trains well with (``DEFAULT_LR`` unless its factory says otherwise)."""
+    return getattr(_MODELS.get(name), "default_lr", DEFAULT_LR)
 
 
 def list_models() -> list[str]:

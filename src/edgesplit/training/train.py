@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +24,7 @@ from edgesplit.data.preprocess import Preprocess
 from edgesplit.data.transforms import augment, batches, to_tensor
 from edgesplit.errors import EdgesplitError
 from edgesplit.models import SplitNet, create_model
+from edgesplit.models.registry import default_lr
 from edgesplit.training.checkpoint import read_checkpoint, save_checkpoint
 from edgesplit.training.evaluate import evaluate
 
@@ -39,7 +40,7 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)  # e.g. width_mult, head_hidden
     epochs: int = 5
     batch_size: int = 128
-    lr: float = 0.1  # peak of the one-cycle schedule
+    lr: float | None = None  # peak of the one-cycle schedule; None: the model's default (models.registry.default_lr)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
@@ -54,7 +55,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise EdgesplitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise EdgesplitError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.branch_dropout < 1:
             raise EdgesplitError(f"--branch-dropout must be in [0, 1), got {self.branch_dropout}")
@@ -96,6 +97,8 @@ def _read_history(out_dir: Path) -> list:
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
           progress: Callable[[dict], None] | None = None) -> dict:
     """Train ``cfg.model`` and write ``out_dir/checkpoint.pt`` after every epoch; returns the final summary."""
+    if cfg.lr is None:
+        cfg = replace(cfg, lr=default_lr(cfg.model))
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
