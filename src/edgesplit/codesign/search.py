@@ -265,6 +265,7 @@ def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
     front = search.select_bundles()
     search.descend(front)
     finalists = search.finalists()
+    search_time_s = journal.spent_s
     remaining = cfg.time_budget_s - journal.spent_s
     final_images = min(cfg.final_images or len(ev.train_idx), len(ev.train_idx))
     epochs = final_epochs(cfg, finalists, remaining, final_images)
@@ -283,7 +284,7 @@ def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
     journal.save()
     chosen = max(finals, key=lambda f: f["val"]["ptq_top1"])
     result = {"device": device.name, "targets": {"fps": cfg.target_fps, "max_watts": cfg.max_watts},
-              "search_time_s": journal.spent_s, "evaluated": len(search.records),
+              "search_time_s": search_time_s, "evaluated": len(search.records),
               "trained_proxies": len({Candidate.from_dict(r["candidate"]).arch_key for r in search.records.values()
                                       if "accuracy" in r}),
               "bundles": journal.data["phases"]["bundles"], "finalists": finals, "chosen": chosen}
