@@ -11,10 +11,9 @@ bit-width moves of the search reuse the trained network.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,6 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.hardware.accelerator import COARSE_PAR_CHOICES, COARSE_TILE_CHOICES, AccelConfig, tune
 from edgesplit.hardware.cpu import estimate_cpu
 
-log = logging.getLogger(__name__)
 CALIB_IMAGES = 500  # training images that set the fixed-point formats
 
 

@@ -21,10 +21,9 @@ A fleet (``--fleet``) then gets the chosen network split over its devices
 """
 from __future__ import annotations
 
-import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +33,6 @@ from edgesplit.codesign.evaluate import Evaluator, Journal, ProxyTraining, Targe
 from edgesplit.codesign.space import COORDINATES, Candidate, SearchSpace, neighbours, pareto_front, prototype
 from edgesplit.errors import EdgesplitError
 
-log = logging.getLogger(__name__)
 TEST_SPLIT = "test"
 STALL_STEPS = 3 * len(COORDINATES)  # a descent has converged after this many steps without a better neighbour
 MAX_RESTARTS = 3  # then it restarts near its best (RESTART_MOVES random moves away), this many times
@@ -114,14 +112,12 @@ class Search:
     def evaluate(self, c: Candidate, phase: str) -> dict:
         if c.key in self.records:
             return self.records[c.key]
-        rec = self.ev.evaluate(c)
-        if c.key not in self.records:
-            self.records[c.key] = rec
-            trace = self.journal.data["trace"]
-            if not any(t["key"] == c.key for t in trace):
-                trace.append({"phase": phase, "key": c.key, "candidate": c.to_dict(), "spent_s": self.journal.spent_s})
-                self.journal.save()
-            self._say(phase, rec)
+        rec = self.records[c.key] = self.ev.evaluate(c)
+        trace = self.journal.data["trace"]
+        if not any(t["key"] == c.key for t in trace):
+            trace.append({"phase": phase, "key": c.key, "candidate": c.to_dict(), "spent_s": self.journal.spent_s})
+            self.journal.save()
+        self._say(phase, rec)
         return rec
 
     @property
