@@ -97,7 +97,7 @@ class Evaluator:
         self.image_hw = (h, w)
         self.num_classes = len(self.train_set.classes)
         self.train_idx, self.val_idx = train_val_split(len(self.train_set), 5000)
-        self._qnet_cache: tuple[str, object] | None = None
+        self._qnet_cache: tuple[str, object, list] | None = None  # (run dir, QuantNet, calibration batches)
 
     # ------------------------------------------------------------ hardware
     def build(self, c: Candidate, width_mult: float = 1.0):
@@ -116,25 +116,29 @@ class Evaluator:
         from edgesplit.hardware.graph import graph_from_model
 
         graph = graph_from_model(self.build(c, width_mult), (self.in_chans, *c.input_size(self.image_hw)), c.key)
-        if device.kind == "cpu":
-            est = estimate_cpu(graph, device)
-            hw = {"fps": est["totals"]["fps"], "fits": True, "watts": None, "dsp": 0, "bram18": 0, "lut": 0,
-                  "macs": graph.macs}
-        else:
-            grid = {} if fine else {"par_choices": COARSE_PAR_CHOICES, "tile_choices": COARSE_TILE_CHOICES}
-            try:
-                est = tune(graph, device, AccelConfig(arch=self.arch, wbits=c.wbits, fbits=c.fbits), **grid)["best"]
-            except EdgesplitError:  # nothing fits the device
-                hw = {"fps": 0.0, "fits": False, "watts": None, "dsp": None, "bram18": None, "lut": None, "macs": graph.macs}
-            else:
-                res = est["resources"]
-                hw = {"fps": est["totals"]["fps"], "fits": est["fits"], "watts": est["totals"]["watts"], "dsp": res["dsp"],
-                      "bram18": res["bram18"], "lut": res["lut"], "macs": graph.macs,
-                      "memory_bound_layers": est["totals"]["memory_bound_layers"], "accelerator": est["config"]}
-                if fine:
-                    hw["estimate"] = est
+        hw = self.cost_graph(graph, device, (c.wbits, c.fbits), fine)
         self.journal.data["hardware"][key] = hw
         self.journal.save()
+        return hw
+
+    def cost_graph(self, graph, device, bits: tuple[int, int], fine: bool = False) -> dict:
+        """FPS, fit, resources and power of ``graph`` on ``device`` at ``bits`` (the tuned design on an FPGA)."""
+        if device.kind == "cpu":
+            est = estimate_cpu(graph, device)
+            return {"fps": est["totals"]["fps"], "fits": True, "watts": None, "dsp": 0, "bram18": 0, "lut": 0,
+                    "macs": graph.macs}
+        grid = {} if fine else {"par_choices": COARSE_PAR_CHOICES, "tile_choices": COARSE_TILE_CHOICES}
+        try:
+            est = tune(graph, device, AccelConfig(arch=self.arch, wbits=bits[0], fbits=bits[1]), **grid)["best"]
+        except EdgesplitError as err:  # nothing fits the device
+            return {"fps": 0.0, "fits": False, "watts": None, "dsp": None, "bram18": None, "lut": None,
+                    "macs": graph.macs, "error": str(err)}
+        res = est["resources"]
+        hw = {"fps": est["totals"]["fps"], "fits": est["fits"], "watts": est["totals"]["watts"], "dsp": res["dsp"],
+              "bram18": res["bram18"], "lut": res["lut"], "macs": graph.macs,
+              "memory_bound_layers": est["totals"]["memory_bound_layers"], "accelerator": est["config"]}
+        if fine:
+            hw["estimate"] = est
         return hw
 
     # ------------------------------------------------------------ accuracy

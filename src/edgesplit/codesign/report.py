@@ -46,8 +46,9 @@ def report_markdown(result: dict) -> str:
     t = result["targets"]
     lines = [f"# Co-design for {result['device']}", "",
              f"Targets: >= {t['fps']:g} FPS" + (f", <= {t['max_watts']:g} W" if t.get("max_watts") else "")
-             + f". Search: {result['evaluated']} candidates costed, {result['trained_proxies']} trained briefly; "
-             f"wall time {result['wall_time_s'] / 60:.1f} min.", "",
+             + f". Search: {result['evaluated']} candidates costed, {result['trained_proxies']} trained briefly in "
+             f"{result['search_time_s'] / 60:.1f} min; {result['wall_time_s'] / 60:.1f} min in all with finalists, "
+             "baselines and fleet (summed over the sessions of a resumed search).", "",
              f"Bundles on the Pareto front: {', '.join(result['bundles']['pareto'])} "
              f"(of {', '.join(result['bundles']['evaluated'])}).", "",
              "## Finalists (trained on the full training set)", "",

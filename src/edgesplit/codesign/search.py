@@ -112,11 +112,10 @@ class Search:
     def evaluate(self, c: Candidate, phase: str) -> dict:
         if c.key in self.records:
             return self.records[c.key]
-        rec = self.records[c.key] = self.ev.evaluate(c)
-        trace = self.journal.data["trace"]
-        if not any(t["key"] == c.key for t in trace):
-            trace.append({"phase": phase, "key": c.key, "candidate": c.to_dict(), "spent_s": self.journal.spent_s})
-            self.journal.save()
+        rec = self.records[c.key] = self.ev.evaluate(c)  # records mirror the trace, so c is not in it yet
+        self.journal.data["trace"].append({"phase": phase, "key": c.key, "candidate": c.to_dict(),
+                                           "spent_s": self.journal.spent_s})
+        self.journal.save()
         self._say(phase, rec)
         return rec
 
@@ -324,7 +323,6 @@ SAME_NETWORK = {"bundlenet-b": "bundlenet-a"}  # DNN-B is DNN-A at other bit wid
 def run_baselines(ev: Evaluator, cfg: CodesignConfig, chosen: dict, epochs: int, out: Path, progress: Progress) -> list:
     """Hand-made networks trained with the finalists' recipe, costed on the same device (at the chosen bits,
     or the seed's bits for DNN-A/B/C)."""
-    from edgesplit.hardware.accelerator import AccelConfig, tune
     from edgesplit.hardware.graph import graph_from_model
     from edgesplit.models import create_model
 
@@ -333,12 +331,8 @@ def run_baselines(ev: Evaluator, cfg: CodesignConfig, chosen: dict, epochs: int,
         bits = BASELINE_BITS.get(name, (chosen["wbits"], chosen["fbits"]))
         kw = {"num_classes": ev.num_classes, "in_chans": ev.in_chans, "input_size": ev.image_hw}
         graph = graph_from_model(create_model(name, **kw), (ev.in_chans, *ev.image_hw), name)
-        try:
-            est = tune(graph, ev.device, AccelConfig(arch=cfg.arch, wbits=bits[0], fbits=bits[1]))["best"]
-            hw = {"fps": est["totals"]["fps"], "fits": True, "watts": est["totals"]["watts"], "dsp": est["resources"]["dsp"],
-                  "bram18": est["resources"]["bram18"], "lut": est["resources"]["lut"], "macs": graph.macs}
-        except EdgesplitError as err:
-            hw = {"fps": 0.0, "fits": False, "error": str(err), "macs": graph.macs}
+        hw = ev.cost_graph(graph, ev.device, bits, fine=True)
+        hw.pop("estimate", None)
         progress(f"baseline {name}: {hw['fps']:.1f} FPS on {ev.device.name} at W{bits[0]}/F{bits[1]}; training {epochs} epoch(s)")
         trained_as = SAME_NETWORK.get(name, name)
         result = train_final(ev, trained_as, {}, ev.image_hw, epochs, out / f"{trained_as}_e{epochs}", bits, progress,
