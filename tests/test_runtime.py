@@ -1,4 +1,4 @@
-"""The distributed runtime with real worker processes over real gRPC on loopback."""
+"""The distributed runtime with real worker processes over real gRPC on loopback (and the local cluster's Unix sockets)."""
 import asyncio
 import json
 import os
@@ -19,6 +19,7 @@ from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailab
 from edgesplit.runtime.local import LocalModel
 from edgesplit.runtime.plan import load_plan, make_plan
 from edgesplit.runtime.transport.client import ClientSecurity, GrpcWorker
+from edgesplit.runtime.transport.ipc import UnixSocketWorker
 from edgesplit.runtime.transport.server import ServerSecurity
 
 
@@ -66,8 +67,11 @@ def _worker_call(address, model, inputs, **kw):
     return asyncio.run(go())
 
 
-def test_bad_requests_flood_then_good_ones_all_correct(tiny_export, cluster, images):
-    address = cluster.workers["branch0"].address
+@pytest.mark.parametrize("transport", ["grpc", "ipc"])
+def test_bad_requests_flood_then_good_ones_all_correct(tiny_export, cluster, images, transport):
+    """Every worker serves both transports; the same checks answer on each."""
+    worker = cluster.workers["branch0"]
+    peer, address = (GrpcWorker, worker.address) if transport == "grpc" else (UnixSocketWorker, worker.plan_address)
     local = LocalModel(tiny_export)
     good_x = local.prepare(images[:4])
     want = local.engines["branch0"].run({"input": good_x})["features"]
@@ -80,9 +84,8 @@ def test_bad_requests_flood_then_good_ones_all_correct(tiny_export, cluster, ima
     ]
 
     async def flood():
-        w = GrpcWorker(address, "branch0")
-        other = GrpcWorker(address, "branch7")
-        errors, goods = [], []
+        w, other = peer(address, "branch0"), peer(address, "branch7")
+        goods = []
         try:
             for round_ in range(20):
                 for inputs, pattern in bad:

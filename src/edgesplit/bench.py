@@ -38,21 +38,24 @@ def _export_random(model_name: str, input_shape, num_classes: int, out_dir: Path
 
 
 async def _drive_coordinator(plan, send: np.ndarray, warmup: int, in_flight: int):
-    """(a) + (b): one request at a time through the coordinator; (c): ``in_flight`` at once."""
+    """(a) + (b): one request at a time through the coordinator; (c): ``in_flight`` at once.
+    Returns end-to-end latencies, each part's timings per request (from the answer's parameters)
+    and the wall time of the pipelined run."""
     from edgesplit.runtime.client import AsyncClient
 
     client = await AsyncClient.connect(plan)
     try:
         for img in send[:warmup]:
             await client.infer(img)
-        lat, compute = [], {}
+        lat, parts = [], {}
         for img in send:
             t0 = time.perf_counter()
             r = await client.infer_result(img)
             lat.append((time.perf_counter() - t0) * 1e3)
             for k, v in r.parameters.items():
-                if k.endswith("_compute_ms"):
-                    compute.setdefault(k[: -len("_compute_ms")], []).append(v)
+                for key in PART_KEYS:
+                    if k.endswith("_" + key):
+                        parts.setdefault(k[: -len(key) - 1], {}).setdefault(key, []).append(v)
         sem = asyncio.Semaphore(in_flight)
 
         async def one(img):
@@ -62,9 +65,31 @@ async def _drive_coordinator(plan, send: np.ndarray, warmup: int, in_flight: int
         await asyncio.gather(*(one(img) for img in send[:warmup]))
         t0 = time.perf_counter()
         await asyncio.gather(*(one(img) for img in send))
-        return lat, compute, time.perf_counter() - t0
+        return lat, parts, time.perf_counter() - t0
     finally:
         await client.close()
+
+
+PART_KEYS = ("compute_ms", "server_ms", "arrival_ms")
+
+
+def breakdown(lat: list[float], parts: dict[str, dict[str, list[float]]]) -> dict:
+    """Where one request's time goes, as medians over requests (ms). Per part: ``compute`` (the engine),
+    ``handler`` (the worker's decoding, checks, uint8 normalisation, encoding), ``transport`` (from the
+    stage's start to the answer's arrival, minus the worker's handler time: serialising, the socket or
+    gRPC, waking the worker). Then ``wait_for_slowest`` (the stage ends with its last part: the slowest
+    arrival minus the median arrival of the parts) and ``coordinator`` (everything else: input checks,
+    concatenation, the head, asyncio)."""
+    arrival = np.array([parts[p]["arrival_ms"] for p in parts])  # (P, N)
+    server = np.array([parts[p]["server_ms"] for p in parts])
+    compute = np.array([parts[p]["compute_ms"] for p in parts])
+    e2e = np.asarray(lat)
+    per_part = {p: {"compute": float(np.median(compute[i])), "handler": float(np.median(server[i] - compute[i])),
+                    "transport": float(np.median(arrival[i] - server[i]))} for i, p in enumerate(parts)}
+    return {"parts": per_part,
+            "wait_for_slowest": float(np.median(arrival.max(axis=0) - np.median(arrival, axis=0))),
+            "coordinator": float(np.median(e2e - arrival.max(axis=0))),
+            "end_to_end": float(np.median(e2e))}
 
 
 def machine_info() -> dict:
@@ -91,10 +116,18 @@ def _baseline_round(engine, x_float: list[np.ndarray], warmup: int) -> tuple[lis
     return lat, time.perf_counter() - t_start
 
 
+TRANSPORTS = ("ipc", "grpc")
+
+
 def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), requests: int = 200, in_flight: int = 4,
-                num_classes: int = 1000, warmup: int = 20, input_dtype: str = "uint8", rounds: int = 3) -> dict:
-    """Each round measures the unsplit baseline, then the split model, back to back; the ratios are
-    computed per round and their medians reported (this machine is shared and noisy)."""
+                num_classes: int = 1000, warmup: int = 20, input_dtype: str = "uint8", rounds: int = 3,
+                transports: tuple[str, ...] = TRANSPORTS) -> dict:
+    """Each round measures the unsplit baseline, then the split model over each transport (``ipc``: the local
+    cluster's Unix sockets, the default; ``grpc``: loopback gRPC), back to back; ratios are computed per round
+    and their medians reported (this machine is shared and noisy). The headline figures are the first
+    transport's."""
+    from contextlib import ExitStack
+
     import edgesplit
     from edgesplit.models import create_model
     from edgesplit.runtime.cluster import LocalCluster
@@ -106,7 +139,7 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
     unsplit_name = getattr(create_model(model), "unsplit_name", None) or model
     ncores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     per_round = []
-    with tempfile.TemporaryDirectory(prefix="edgesplit-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgesplit-bench-") as tmp, ExitStack() as stack:
         split_dir = _export_random(model, input_shape, num_classes, Path(tmp) / "split")
         unsplit_dir = _export_random(unsplit_name, input_shape, num_classes, Path(tmp) / "unsplit")
         pre = LocalModel(split_dir).pre
@@ -114,43 +147,57 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
         send = images if input_dtype == "uint8" else np.stack(x_float)
         # the baseline as a user would run it: all cores, ONNX Runtime defaults (spinning thread pool)
         unsplit = OnnxRuntimeEngine(Path(unsplit_dir) / "model.onnx", threads=ncores, spin=True)
-        with LocalCluster(split_dir, input_dtype=input_dtype, timeout_ms=10_000) as cluster:
-            cpus = {p: w.cpus for p, w in cluster.workers.items()}
-            for _ in range(rounds):
-                base_lat, base_wall = _baseline_round(unsplit, x_float, warmup)  # (d)
-                lat, compute, split_wall = asyncio.run(_drive_coordinator(cluster.plan(), send, warmup, in_flight))
-                branch = {name: latency_summary(v) for name, v in compute.items()}
+        clusters = {t: stack.enter_context(LocalCluster(split_dir, input_dtype=input_dtype, timeout_ms=10_000, transport=t))
+                    for t in transports}
+        cpus = {p: w.cpus for p, w in clusters[transports[0]].workers.items()}
+        for _ in range(rounds):
+            base_lat, base_wall = _baseline_round(unsplit, x_float, warmup)  # (d)
+            base_rps = requests / base_wall
+            row = {"unsplit": {"latency": latency_summary(base_lat), "throughput_rps": base_rps}}
+            for t, cluster in clusters.items():
+                lat, parts, split_wall = asyncio.run(_drive_coordinator(cluster.plan(), send, warmup, in_flight))
+                branch = {name: latency_summary(v["compute_ms"]) for name, v in parts.items()}
                 e2e = latency_summary(lat)
-                split_rps, base_rps = requests / split_wall, requests / base_wall
-                per_round.append({
-                    "branch_compute": branch, "end_to_end": e2e, "split_throughput_rps": split_rps,
-                    "unsplit": {"latency": latency_summary(base_lat), "throughput_rps": base_rps},
-                    "overhead_ratio": e2e["p50_ms"] / max(b["p50_ms"] for b in branch.values()),
-                    "throughput_speedup": split_rps / base_rps,
-                })
-            with edgesplit.connect(cluster.plan()) as client:  # the blocking API, for reference
-                for img in send[:warmup]:
-                    client.infer(img)
-                blocking = []
-                for img in send:
-                    t0 = time.perf_counter()
-                    client.infer(img)
-                    blocking.append((time.perf_counter() - t0) * 1e3)
+                split_rps = requests / split_wall
+                row[t] = {"branch_compute": branch, "end_to_end": e2e, "split_throughput_rps": split_rps,
+                          "breakdown_ms": breakdown(lat, parts),
+                          "overhead_ratio": e2e["p50_ms"] / max(b["p50_ms"] for b in branch.values()),
+                          "throughput_speedup": split_rps / base_rps}
+            per_round.append(row)
+        with edgesplit.connect(clusters[transports[0]].plan()) as client:  # the blocking API, for reference
+            for img in send[:warmup]:
+                client.infer(img)
+            blocking = []
+            for img in send:
+                t0 = time.perf_counter()
+                client.infer(img)
+                blocking.append((time.perf_counter() - t0) * 1e3)
 
-    def med(key, sub=None):
-        vals = [r[key] if sub is None else r[key][sub] for r in per_round]
-        return float(np.median(vals))
+    def med(values) -> float:
+        return float(np.median(list(values)))
 
+    def summary(t: str) -> dict:
+        rs = [r[t] for r in per_round]
+        parts = rs[0]["branch_compute"]
+        return {
+            "overhead_ratio": med(r["overhead_ratio"] for r in rs), "throughput_speedup": med(r["throughput_speedup"] for r in rs),
+            "branch_compute_p50_ms": {n: med(r["branch_compute"][n]["p50_ms"] for r in rs) for n in parts},
+            "end_to_end_p50_ms": med(r["end_to_end"]["p50_ms"] for r in rs), "end_to_end_p99_ms": med(r["end_to_end"]["p99_ms"] for r in rs),
+            "split_throughput_rps": med(r["split_throughput_rps"] for r in rs),
+            "breakdown_ms": {
+                "parts": {n: {k: med(r["breakdown_ms"]["parts"][n][k] for r in rs) for k in ("compute", "handler", "transport")} for n in parts},
+                **{k: med(r["breakdown_ms"][k] for r in rs) for k in ("wait_for_slowest", "coordinator", "end_to_end")}},
+        }
+
+    by_transport = {t: summary(t) for t in transports}
     return {
         "benchmark": "serve", "model": model, "unsplit_model": unsplit_name, "input_shape": list(input_shape),
         "input_dtype": input_dtype, "requests": requests, "in_flight": in_flight, "rounds": rounds,
-        "machine": machine_info(), "worker_cpus": cpus, "unsplit_threads": ncores,
-        "overhead_ratio": med("overhead_ratio"), "throughput_speedup": med("throughput_speedup"),
-        "branch_compute_p50_ms": {n: float(np.median([r["branch_compute"][n]["p50_ms"] for r in per_round])) for n in per_round[0]["branch_compute"]},
-        "end_to_end_p50_ms": med("end_to_end", "p50_ms"), "end_to_end_p99_ms": med("end_to_end", "p99_ms"),
-        "split_throughput_rps": med("split_throughput_rps"),
-        "unsplit_p50_ms": float(np.median([r["unsplit"]["latency"]["p50_ms"] for r in per_round])),
-        "unsplit_throughput_rps": float(np.median([r["unsplit"]["throughput_rps"] for r in per_round])),
+        "machine": machine_info(), "worker_cpus": cpus, "unsplit_threads": ncores, "transport": transports[0],
+        **by_transport[transports[0]],
+        "unsplit_p50_ms": med(r["unsplit"]["latency"]["p50_ms"] for r in per_round),
+        "unsplit_throughput_rps": med(r["unsplit"]["throughput_rps"] for r in per_round),
         "end_to_end_blocking_client": latency_summary(blocking),
+        "transports": by_transport,
         "per_round": per_round,
     }

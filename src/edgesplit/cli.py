@@ -211,6 +211,9 @@ def cmd_predict(args) -> None:
 
 def cmd_demo(args) -> None:
     from edgesplit.demo import DemoConfig, run_demo
+    from edgesplit.runtime.tuning import keep_heap
+
+    keep_heap()  # the coordinator (and the in-process baselines) run in this process
 
     modes = ("split",) if args.split_only else ("nonsplit",) if args.nonsplit else ("in-process",) if args.in_process else None
     cfg = DemoConfig(work_dir=args.work_dir, data_dir=args.data_dir, limit=args.limit, retrain=args.retrain,
@@ -244,9 +247,9 @@ def _server_security(args):
 
 
 def cmd_worker(args) -> None:
-    from edgesplit.runtime.threads import limit_threads
+    from edgesplit.runtime.tuning import tune_runtime_process
 
-    limit_threads()  # before numpy loads
+    tune_runtime_process()  # before numpy loads
     import asyncio
 
     from edgesplit.runtime.worker import WorkerConfig, die_with_parent, serve_worker
@@ -258,14 +261,15 @@ def cmd_worker(args) -> None:
                          args.inject_error_prob, args.crash_after, args.inject_seed)
     cfg = WorkerConfig(args.source, args.part, args.host, args.port, args.threads, _cpus(args.cpus),
                        providers=tuple(args.providers.split(",")) if args.providers else None,
-                       max_message_bytes=int(args.max_message_mb * (1 << 20)), faults=faults)
+                       max_message_bytes=int(args.max_message_mb * (1 << 20)), faults=faults,
+                       unix_socket=args.unix_socket)
     asyncio.run(serve_worker(cfg, _server_security(args)))
 
 
 def cmd_serve(args) -> None:
-    from edgesplit.runtime.threads import limit_threads
+    from edgesplit.runtime.tuning import tune_runtime_process
 
-    limit_threads()  # before numpy loads: the coordinator must not take cores from local workers
+    tune_runtime_process()  # before numpy loads: the coordinator must not take cores from local workers
     import asyncio
 
     from edgesplit.runtime.serve import serve
@@ -290,19 +294,30 @@ def cmd_plan(args) -> None:
 def cmd_bench_serve(args) -> None:
     from edgesplit.bench import bench_serve
     from edgesplit.data.preprocess import parse_input_shape
+    from edgesplit.runtime.tuning import keep_heap
 
+    keep_heap()  # the coordinator and the unsplit baseline run in this process: both get the same heap settings
+
+    transports = tuple(args.transports.split(","))
+    if not transports or any(t not in ("ipc", "grpc") for t in transports):
+        raise EdgesplitError(f"--transports takes ipc and/or grpc, comma-separated; got {args.transports!r}")
     r = bench_serve(args.model, parse_input_shape(args.input), args.requests, args.in_flight,
-                    input_dtype=args.input_dtype, rounds=args.rounds)
+                    input_dtype=args.input_dtype, rounds=args.rounds, transports=transports)
     print(f"{r['model']} {args.input} on {r['machine']['cores']} cores ({r['machine']['cpu']}), "
           f"medians of {r['rounds']} rounds of {r['requests']} requests")
-    for name, p50 in r["branch_compute_p50_ms"].items():
-        print(f"  {name} compute in its worker    p50 {p50:7.3f} ms")
-    print(f"  end to end, 1 in flight        p50 {r['end_to_end_p50_ms']:7.3f} ms   p99 {r['end_to_end_p99_ms']:7.3f} ms "
-          f"(blocking client p50 {r['end_to_end_blocking_client']['p50_ms']:.3f} ms)")
-    print(f"  split, {r['in_flight']} in flight             {r['split_throughput_rps']:7.1f} req/s")
     print(f"  unsplit {r['unsplit_model']} ORT x{r['unsplit_threads']} threads  p50 {r['unsplit_p50_ms']:7.3f} ms, "
           f"{r['unsplit_throughput_rps']:.1f} req/s")
-    print(f"  overhead_ratio {r['overhead_ratio']:.3f}   throughput_speedup {r['throughput_speedup']:.3f}")
+    for t, m in r["transports"].items():
+        b = m["breakdown_ms"]
+        print(f"  split over {t}:")
+        for name, part in b["parts"].items():
+            print(f"    {name}: compute {part['compute']:6.3f} ms  worker handler {part['handler']:5.3f} ms  "
+                  f"transport {part['transport']:5.3f} ms")
+        print(f"    waiting for the slower branch {b['wait_for_slowest']:.3f} ms, coordinator {b['coordinator']:.3f} ms")
+        print(f"    end to end, 1 in flight p50 {m['end_to_end_p50_ms']:7.3f} ms   p99 {m['end_to_end_p99_ms']:7.3f} ms;  "
+              f"{r['in_flight']} in flight {m['split_throughput_rps']:6.1f} req/s")
+        print(f"    overhead_ratio {m['overhead_ratio']:.3f}   throughput_speedup {m['throughput_speedup']:.3f}")
+    print(f"  blocking client over {r['transport']}: end to end p50 {r['end_to_end_blocking_client']['p50_ms']:.3f} ms")
     if args.json:
         _write_json(r, args.json)
 
@@ -568,6 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus", help="pin to these CPUs, e.g. 0 or 2,3")
     s.add_argument("--providers", help="ONNX Runtime execution providers in order, e.g. CUDAExecutionProvider")
     s.add_argument("--max-message-mb", type=float, default=64.0, help="largest request accepted (MiB)")
+    s.add_argument("--unix-socket", metavar="PATH", help="also serve on this Unix socket (plan address ipc://PATH): "
+                   "a coordinator on the same machine skips gRPC's per-call cost")
     _security_args(s)
     f = s.add_argument_group("fault injection (tests and benchmarks)")
     f.add_argument("--inject-delay-ms", type=float, default=0.0, help="extra delay per affected call")
@@ -673,6 +690,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--in-flight", type=int, default=4)
     b.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"])
     b.add_argument("--rounds", type=int, default=3, help="repeat the measurement; medians are reported")
+    b.add_argument("--transports", default="ipc,grpc",
+                   help="how the coordinator reaches the local workers, comma-separated; the first gives the headline figures")
     b.add_argument("--json", help="write the numbers here")
     b.set_defaults(func=cmd_bench_serve)
     b = bench.add_parser("faults", help="coded vs uncoded AlexNet FC layers under stragglers and a killed worker")

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgesplit.runtime.coordinator import Coordinator, grpc_coordinator
+from edgesplit.runtime.coordinator import Coordinator, remote_coordinator
 from edgesplit.runtime.model import InferResult
 from edgesplit.runtime.plan import Plan, load_plan
 
@@ -32,8 +32,12 @@ class AsyncClient:
     @classmethod
     async def connect(cls, plan: Plan | str | Path, wait_ready_s: float = 30.0, require_all: bool = True) -> "AsyncClient":
         """``require_all=False``: start even if some workers are down (they are probed and used once ready)."""
-        coord = grpc_coordinator(_as_plan(plan))
-        await coord.wait_ready(wait_ready_s, require_all)
+        coord = remote_coordinator(_as_plan(plan))
+        try:
+            await coord.wait_ready(wait_ready_s, require_all)
+        except BaseException:
+            await coord.close()  # the connections opened while waiting
+            raise
         return cls(coord)
 
     async def infer_result(self, images: np.ndarray) -> InferResult:

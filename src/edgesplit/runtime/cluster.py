@@ -24,11 +24,13 @@ from typing import Sequence
 from edgesplit.errors import EdgesplitError
 from edgesplit.export.manifest import load_manifest
 from edgesplit.runtime.plan import PartPlacement, Plan
-from edgesplit.runtime.threads import SINGLE_THREAD_ENV
+from edgesplit.runtime.tuning import SINGLE_THREAD_ENV
+from edgesplit.runtime.transport.ipc import SCHEME as IPC_SCHEME
 from edgesplit.runtime.worker import PARENT_PID_ENV, READY_LINE
 
 log = logging.getLogger(__name__)
 
+TRANSPORTS = ("ipc", "grpc")
 
 
 @dataclass
@@ -38,10 +40,17 @@ class WorkerProcess:
     port: int
     log_path: Path
     cpus: tuple[int, ...] | None
+    unix_socket: Path | None = None
 
     @property
     def address(self) -> str:
+        """The worker's gRPC address (what a stock KServe v2 client uses)."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def plan_address(self) -> str:
+        """Where the coordinator reaches it: the Unix socket when it has one."""
+        return f"{IPC_SCHEME}{self.unix_socket}" if self.unix_socket else self.address
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -51,10 +60,16 @@ class LocalCluster:
     def __init__(self, export_dir: str | Path, parts: Sequence[str] | None = None, threads: int = 1,
                  pin: bool = True, startup_timeout_s: float = 60.0, worker_args: Sequence[str] = (),
                  log_dir: str | Path | None = None, timeout_ms: float = 2000.0, input_dtype: str = "uint8",
-                 groups: Sequence[Sequence[str]] | None = None, extra_args: dict[str, Sequence[str]] | None = None):
+                 groups: Sequence[Sequence[str]] | None = None, extra_args: dict[str, Sequence[str]] | None = None,
+                 transport: str = "ipc"):
         """``parts``: one worker each (default: every part workers serve). ``groups``: instead, one worker per
         group of parts (a device serving several FC blocks). ``extra_args``: more worker arguments by worker
-        name (the group's parts joined by commas), e.g. fault injection for one device."""
+        name (the group's parts joined by commas), e.g. fault injection for one device. ``transport``: how the
+        plan reaches the workers: ``ipc`` (a Unix socket each, the fast path) or ``grpc`` (loopback TCP);
+        every worker serves gRPC either way."""
+        if transport not in TRANSPORTS:
+            raise EdgesplitError(f"unknown transport {transport!r}; use one of {', '.join(TRANSPORTS)}")
+        self.transport = transport
         self.export_dir = Path(export_dir)
         manifest = load_manifest(self.export_dir)  # verify every file once, here
         groups = [list(g) for g in groups] if groups else [[p] for p in (parts or manifest.remote_parts)]
@@ -66,6 +81,8 @@ class LocalCluster:
         self.timeout_ms, self.input_dtype = timeout_ms, input_dtype
         self._tmp = None if log_dir else tempfile.TemporaryDirectory(prefix="edgesplit-cluster-")
         self.log_dir = Path(log_dir) if log_dir else Path(self._tmp.name)
+        # sockets in a private folder of their own: a short path (108-byte limit), mode 0700
+        self._sockets = tempfile.TemporaryDirectory(prefix="edgesplit-ipc-") if transport == "ipc" else None
         self.workers: dict[str, WorkerProcess] = {}
 
     def _cpu_plan(self) -> list[tuple[int, ...] | None]:
@@ -83,11 +100,14 @@ class LocalCluster:
                "--threads", str(self.threads), *self.worker_args, *self.extra_args.get(part, [])]
         if cpus:
             cmd += ["--cpus", ",".join(map(str, cpus))]
+        sock = Path(self._sockets.name) / f"w{list(self.groups).index(part)}.sock" if self._sockets else None
+        if sock:
+            cmd += ["--unix-socket", str(sock)]
         env = {**os.environ, **SINGLE_THREAD_ENV, "PYTHONUNBUFFERED": "1", PARENT_PID_ENV: str(os.getpid())}
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL, env=env)
         port = self._wait_ready(proc, part, log_path)
-        worker = WorkerProcess(part, proc, port, log_path, cpus)
+        worker = WorkerProcess(part, proc, port, log_path, cpus, sock)
         self.workers[part] = worker
         return worker
 
@@ -125,7 +145,7 @@ class LocalCluster:
 
     def plan(self, **settings) -> Plan:
         """A plan placing each part on its local worker; ``settings`` override Plan fields (on_missing, ...)."""
-        address = {p: self.workers[name].address for name, group in self.groups.items() for p in group}
+        address = {p: self.workers[name].plan_address for name, group in self.groups.items() for p in group}
         return Plan(str(self.export_dir), tuple(PartPlacement(p, (address[p],)) for p in self.parts),
                     **{"timeout_ms": self.timeout_ms, "input_dtype": self.input_dtype, **settings})
 
@@ -150,9 +170,10 @@ class LocalCluster:
         for w in self.workers.values():
             _stop_process(w.proc)
         self.workers.clear()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        for tmp in ("_tmp", "_sockets"):
+            if getattr(self, tmp, None) is not None:
+                getattr(self, tmp).cleanup()
+                setattr(self, tmp, None)
 
     def __enter__(self) -> "LocalCluster":
         return self.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from edgesplit.runtime.cluster import LocalCluster
-from edgesplit.runtime.coordinator import grpc_coordinator
+from edgesplit.runtime.coordinator import remote_coordinator
 from edgesplit.runtime.plan import load_plan
 from edgesplit.runtime.transport.server import KServeServer, ServerSecurity
 
@@ -19,11 +19,13 @@ async def serve(plan_path: str | None, local_export: str | None, host: str, port
     cluster = LocalCluster(local_export).start() if local_export else None
     try:
         plan = cluster.plan() if cluster else load_plan(plan_path)
-        coordinator = grpc_coordinator(plan)
-        await coordinator.wait_ready()
-        server = KServeServer([coordinator], host, port, security, max_message_bytes, server_name="edgesplit-coordinator")
-        await server.serve_until_signalled(f"{READY_LINE} model={coordinator.meta.name} port={{port}}")
-        await coordinator.close()
+        coordinator = remote_coordinator(plan)
+        try:
+            await coordinator.wait_ready()
+            server = KServeServer([coordinator], host, port, security, max_message_bytes, server_name="edgesplit-coordinator")
+            await server.serve_until_signalled(f"{READY_LINE} model={coordinator.meta.name} port={{port}}")
+        finally:
+            await coordinator.close()
     finally:
         if cluster:
             cluster.stop()

@@ -7,6 +7,7 @@ The engine runs on the event loop's thread: one call at a time, as the one core 
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -89,6 +90,7 @@ class WorkerConfig:
     providers: tuple[str, ...] | None = None
     max_message_bytes: int = 64 << 20
     faults: FaultConfig = FaultConfig()
+    unix_socket: str | None = None  # also serve on this Unix socket (the local cluster's fast path)
 
 
 def load_parts(cfg: WorkerConfig) -> list:
@@ -128,16 +130,30 @@ def pin_cpus(cpus: Sequence[int] | None) -> None:
 READY_LINE = "EDGESPLIT-WORKER-READY"
 
 
-async def serve_worker(cfg: WorkerConfig, security=None) -> None:
+async def serve_worker(cfg: WorkerConfig, security=None, grace_s: float = 5.0) -> None:
     """Serve until SIGTERM/SIGINT; then stop accepting and let calls in flight finish."""
-    from edgesplit.runtime.transport.server import KServeServer, ServerSecurity
+    from edgesplit.runtime.transport.ipc import UnixSocketServer
+    from edgesplit.runtime.transport.server import KServeServer, ServerSecurity, until_signalled
 
     pin_cpus(cfg.cpus)
     models = load_parts(cfg)
-    server = KServeServer(models, cfg.host, cfg.port, security or ServerSecurity(), cfg.max_message_bytes, server_name="edgesplit-worker")
-    # the ready line is what the local cluster waits for; it also tells a user which port was chosen
-    names = ",".join(m.meta.name for m in models)
-    await server.serve_until_signalled(f"{READY_LINE} part={names} port={{port}} pid={os.getpid()}")
+    servers = [KServeServer(models, cfg.host, cfg.port, security or ServerSecurity(), cfg.max_message_bytes, server_name="edgesplit-worker")]
+    if cfg.unix_socket:
+        servers.append(UnixSocketServer(models, cfg.unix_socket, cfg.max_message_bytes))
+    started = []
+    try:
+        port = await servers[0].start()
+        started.append(servers[0])
+        for server in servers[1:]:
+            await server.start()
+            started.append(server)
+        # the ready line is what the local cluster waits for; it also tells a user which port was chosen
+        names = ",".join(m.meta.name for m in models)
+        print(f"{READY_LINE} part={names} port={port} pid={os.getpid()}", flush=True)
+        await until_signalled()
+        log.info("stopping: finishing calls in flight")
+    finally:
+        await asyncio.gather(*(server.stop(grace_s) for server in started))
 
 
 PARENT_PID_ENV = "EDGESPLIT_PARENT_PID"

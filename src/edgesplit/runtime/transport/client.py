@@ -53,15 +53,18 @@ class GrpcWorker:
         self.address, self.model_name = address, model_name
         self._channel = make_channel(address, security)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        # ModelInfer with the request already serialised by the fast codec path (same bytes on the wire)
+        self._model_infer = self._channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
+                                                      response_deserializer=pb.ModelInferResponse.FromString, _registered_method=True)
         self._metadata = (("authorization", f"Bearer {security.token}"),) if security.token else None
 
     def __repr__(self) -> str:
         return f"GrpcWorker({self.model_name}@{self.address})"
 
     async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "") -> InferResult:
-        req = codec.encode_request(self.model_name, inputs, request_id)
+        req = codec.serialize_request(self.model_name, inputs, request_id)
         try:
-            resp = await self._stub.ModelInfer(req, timeout=timeout_s, metadata=self._metadata)
+            resp = await self._model_infer(req, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
             raise _map_error(err, self) from None
         outputs, params = codec.decode_response(resp)
@@ -95,10 +98,14 @@ class GrpcWorker:
         await self._channel.close()
 
 
-def _map_error(err: grpc.aio.AioRpcError, peer: GrpcWorker) -> Exception:
-    code, detail = err.code(), err.details()
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
+def _map_error(err: grpc.aio.AioRpcError, peer) -> Exception:
+    return status_error(err.code().name, err.details(), peer)
+
+
+def status_error(status: str, detail: str, peer) -> Exception:
+    """The runtime's exception for a call that ended with ``status`` (a gRPC status code name)."""
+    if status == "INVALID_ARGUMENT":
         return InferError(detail)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if status == "DEADLINE_EXCEEDED":
         return DeadlineExceeded(f"{peer.model_name} at {peer.address} did not answer in time")
-    return PartUnavailable(f"{peer.model_name} at {peer.address}: {code.name} ({detail})")
+    return PartUnavailable(f"{peer.model_name} at {peer.address}: {status} ({detail})")

@@ -111,7 +111,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request, context):
         m = self._model(request.name)
         if m is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, self._unknown(request.name))
+            await context.abort(grpc.StatusCode.NOT_FOUND, unknown_model(request.name, self.models))
         meta = m.meta
 
         def tensors(ts):
@@ -120,32 +120,49 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelMetadataResponse(name=meta.name, versions=list(meta.versions), platform=meta.platform,
                                         inputs=tensors(meta.inputs), outputs=tensors(meta.outputs))
 
-    def _unknown(self, name: str) -> str:
-        return f"unknown model {name!r}; this server has: {', '.join(self.models)}"
-
     async def ModelInfer(self, request, context):
-        m = self._model(request.model_name)
-        if m is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, self._unknown(request.model_name))
-        size = sum(len(b) for b in request.raw_input_contents)
-        if size > self.max_message_bytes:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"request carries {size} bytes, over the limit of {self.max_message_bytes}; send smaller batches")
-        t0 = time.perf_counter()
         try:
-            result = await m.infer(codec.decode_request(request))
-        except InferError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        except DeadlineExceeded as err:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(err))
-        except PartUnavailable as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
-        except Exception as err:  # an engine or injected failure: report it, keep serving
-            log.warning("%s failed: %s", m.meta.name, err)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{m.meta.name} failed: {err}")
-        resp = codec.encode_response(m.meta.name, request.id, result.outputs, result.parameters)
-        codec.set_parameter(resp, "server_ms", (time.perf_counter() - t0) * 1e3)  # handler time, transport excluded
-        return resp
+            return await answer_infer(self.models, self.max_message_bytes, request)
+        except CallFailed as err:
+            await context.abort(getattr(grpc.StatusCode, err.status), err.message)
+
+
+class CallFailed(Exception):
+    """A call answered with an error status (a gRPC status code name: INVALID_ARGUMENT, ...)."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status, self.message = status, message
+
+
+async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    """One ModelInfer call, whatever carried it (gRPC or the Unix socket transport): the response, or
+    :class:`CallFailed` with the status a KServe v2 client expects."""
+    m = models.get(request.model_name)
+    if m is None:
+        raise CallFailed("INVALID_ARGUMENT", unknown_model(request.model_name, models))
+    size = sum(len(b) for b in request.raw_input_contents)
+    if size > max_message_bytes:
+        raise CallFailed("INVALID_ARGUMENT", f"request carries {size} bytes, over the limit of {max_message_bytes}; send smaller batches")
+    t0 = time.perf_counter()
+    try:
+        result = await m.infer(codec.decode_request(request))
+    except InferError as err:
+        raise CallFailed("INVALID_ARGUMENT", str(err)) from None
+    except DeadlineExceeded as err:
+        raise CallFailed("DEADLINE_EXCEEDED", str(err)) from None
+    except PartUnavailable as err:
+        raise CallFailed("UNAVAILABLE", str(err)) from None
+    except Exception as err:  # an engine or injected failure: report it, keep serving
+        log.warning("%s failed: %s", m.meta.name, err)
+        raise CallFailed("INTERNAL", f"{m.meta.name} failed: {err}") from None
+    resp = codec.encode_response(m.meta.name, request.id, result.outputs, result.parameters)
+    codec.set_parameter(resp, "server_ms", (time.perf_counter() - t0) * 1e3)  # handler time, transport excluded
+    return resp
+
+
+def unknown_model(name: str, models: dict) -> str:
+    return f"unknown model {name!r}; this server has: {', '.join(models)}"
 
 
 class KServeServer:
@@ -196,11 +213,16 @@ class KServeServer:
         """Start, print ``ready_line`` (``{port}`` is filled in), serve until SIGTERM/SIGINT, then stop
         accepting and give calls in flight ``grace_s`` to finish."""
         port = await self.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         print(ready_line.format(port=port), flush=True)
-        await stop.wait()
+        await until_signalled()
         log.info("stopping: finishing calls in flight")
         await self.stop(grace_s)
+
+
+async def until_signalled() -> None:
+    """Return when this process gets SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

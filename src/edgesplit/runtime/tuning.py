@@ -1,0 +1,48 @@
+"""Process settings for runtime processes (workers, the coordinator): thread pools and the heap.
+
+Both were measured on the project's 2-core VM (docs/benchmarks.md):
+* OpenMP/BLAS threads spinning in one process doubled the latency of a neighbouring
+  worker. Workers and the coordinator run with one such thread; :func:`limit_threads`
+  must run before numpy (and its BLAS) is imported, so this module imports nothing heavy.
+* glibc returns every freed buffer over its mmap threshold (128 KiB at start) to the
+  kernel, so each request's image, normalised copy and ONNX Runtime scratch are mapped
+  afresh and page-faulted in: 0.5 to 1 ms per request here. :func:`keep_heap` serves
+  such buffers from the heap and keeps freed memory for the next request.
+"""
+import ctypes
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+# mallopt(3) parameters and the values used: buffers up to 32 MiB come from the heap, and up to
+# 64 MiB of freed memory stays with the process (a few requests' worth; a small board can afford it)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+HEAP_MMAP_THRESHOLD_BYTES = 32 << 20
+HEAP_TRIM_THRESHOLD_BYTES = 64 << 20
+
+
+def limit_threads() -> None:
+    """Apply :data:`SINGLE_THREAD_ENV` to this process (values the user set explicitly are kept)."""
+    for key, value in SINGLE_THREAD_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def keep_heap() -> bool:
+    """Tune glibc malloc as described above; False where the C library is not glibc (nothing changes)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD_BYTES) == 1 and mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD_BYTES) == 1
+    if not ok:
+        log.debug("mallopt refused the heap settings")
+    return ok
+
+
+def tune_runtime_process() -> None:
+    """Both settings, for a process that serves or coordinates (call before numpy is imported)."""
+    limit_threads()
+    keep_heap()

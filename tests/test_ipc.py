@@ -1,0 +1,172 @@
+"""The Unix socket transport (the local cluster's fast path) with real worker processes, and the fast request encoder."""
+import asyncio
+import os
+import stat
+import struct
+import time
+
+import numpy as np
+import pytest
+
+import edgesplit
+from edgesplit.data import load_dataset
+from edgesplit.errors import EdgesplitError
+from edgesplit.runtime.cluster import LocalCluster
+from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
+from edgesplit.runtime.local import LocalModel
+from edgesplit.runtime.transport import codec
+from edgesplit.runtime.transport import kserve_v2_pb2 as pb
+from edgesplit.runtime.transport.client import GrpcWorker
+from edgesplit.runtime.transport.ipc import HEADER, INFER, UnixSocketWorker, socket_path
+
+
+@pytest.fixture(scope="module")
+def images():
+    return load_dataset("fashion-mnist", "test").data[:16]  # (16, 28, 28, 1) uint8
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_export):
+    with LocalCluster(tiny_export, timeout_ms=5000) as c:  # transport="ipc" is the default
+        yield c
+
+
+def _call(worker_cls, address, model, inputs, timeout_s=10.0):
+    async def go():
+        w = worker_cls(address, model)
+        try:
+            return await w.infer(inputs, timeout_s=timeout_s)
+        finally:
+            await w.close()
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("inputs", [
+    {"input": np.arange(3 * 32 * 32, dtype=np.uint8).reshape(1, 3, 32, 32)},
+    {"a": np.random.default_rng(0).random((2, 300)).astype(np.float32)[:, ::3], "b": np.arange(5, dtype=np.int64)},
+    {"empty": np.zeros((1, 0), np.float32)},
+    {"big": np.ones((1, 3, 224, 224), np.uint8), "f64": np.zeros((2, 2), np.float64)},
+])
+def test_fast_request_encoding_is_protobufs_own(inputs):
+    fast = codec.serialize_request("m", inputs, "42")
+    assert fast == codec.encode_request("m", inputs, "42").SerializeToString()
+    back = codec.decode_request(pb.ModelInferRequest.FromString(fast))
+    assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in inputs.items())
+
+
+def test_cluster_plan_uses_unix_sockets_and_workers_still_speak_grpc(tiny_export, cluster, images):
+    plan = cluster.plan()
+    addresses = [a for p in plan.parts for a in p.replicas]
+    assert addresses and all(a.startswith("ipc:///") for a in addresses)
+    for a in addresses:
+        assert stat.S_IMODE(os.stat(socket_path(a)).st_mode) == 0o600  # only this user can connect
+    local = LocalModel(tiny_export)
+    x = local.prepare(images[:4])
+    want = local.engines["branch0"].run({"input": x})["features"]
+    w = cluster.workers["branch0"]
+    over_ipc = _call(UnixSocketWorker, w.plan_address, "branch0", {"input": x})
+    over_grpc = _call(GrpcWorker, w.address, "branch0", {"input": x})
+    assert np.abs(over_ipc.outputs["features"] - want).max() < 1e-5
+    assert np.array_equal(over_ipc.outputs["features"], over_grpc.outputs["features"])
+    assert over_ipc.parameters["compute_ms"] > 0 and over_ipc.parameters["server_ms"] >= over_ipc.parameters["compute_ms"]
+
+
+def test_grpc_transport_cluster_gives_the_same_answers(tiny_export, images):
+    local = LocalModel(tiny_export)
+    ref = local(local.prepare(images))
+    with LocalCluster(tiny_export, timeout_ms=5000, transport="grpc") as c, edgesplit.connect(c.plan()) as client:
+        assert all(not a.startswith("ipc:") for p in c.plan().parts for a in p.replicas)
+        got = client.infer(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    assert np.abs(got - ref).max() < 1e-4
+    with pytest.raises(EdgesplitError, match="unknown transport 'tcp'"):
+        LocalCluster(tiny_export, transport="tcp")
+
+
+def test_frames_that_are_not_kserve_get_invalid_argument(tiny_export, cluster, images):
+    """(Bad KServe v2 requests over either transport: test_runtime.py's flood test.)"""
+    address = cluster.workers["branch0"].plan_address
+    x = LocalModel(tiny_export).prepare(images[:2])
+
+    async def go():
+        reader, writer = await asyncio.open_unix_connection(socket_path(address))
+        writer.write(HEADER.pack(3, INFER, 7) + b"\xff\xff\xff")
+        writer.write(HEADER.pack(0, 99, 8))
+        answers = {}
+        for _ in range(2):
+            size, kind, call_id = HEADER.unpack(await reader.readexactly(HEADER.size))
+            answers[call_id] = (await reader.readexactly(size)).decode()
+        writer.close()
+        return answers, await _call_async(address, {"input": x})
+
+    answers, good = asyncio.run(go())
+    assert answers[7].startswith("INVALID_ARGUMENT\n") and "ModelInferRequest" in answers[7]
+    assert answers[8].startswith("INVALID_ARGUMENT\n") and "frame kind 99" in answers[8]
+    assert good.outputs["features"].shape == (2, 32)
+    assert cluster.dead() == []
+
+
+async def _call_async(address, inputs):
+    w = UnixSocketWorker(address, "branch0")
+    try:
+        return await w.infer(inputs, timeout_s=10)
+    finally:
+        await w.close()
+
+
+def test_message_limits_over_ipc(tiny_export):
+    with LocalCluster(tiny_export, parts=["branch0"], worker_args=["--max-message-mb", "0.01"]) as c:
+        address = c.workers["branch0"].plan_address
+
+        async def go():
+            w = UnixSocketWorker(address, "branch0")
+            try:
+                with pytest.raises(InferError, match="over the limit"):  # 25 KiB: answered, connection kept
+                    await w.infer({"input": np.zeros((8, 1, 28, 28), np.float32)}, timeout_s=10)
+                with pytest.raises(PartUnavailable, match="RESOURCE_EXHAUSTED"):  # 1.6 MiB: skipped unread
+                    await w.infer({"input": np.zeros((512, 1, 28, 28), np.float32)}, timeout_s=10)
+                return await w.infer({"input": np.zeros((1, 1, 28, 28), np.float32)}, timeout_s=10)
+            finally:
+                await w.close()
+
+        assert asyncio.run(go()).outputs["features"].shape == (1, 32)
+        assert c.dead() == []
+
+
+def test_deadline_then_killed_then_restarted_worker(tiny_export):
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    with LocalCluster(tiny_export, parts=["branch0"], worker_args=["--inject-delay-ms", "1500"]) as c:
+        address = c.workers["branch0"].plan_address
+
+        async def go():
+            w = UnixSocketWorker(address, "branch0")
+            try:
+                t0 = time.monotonic()
+                with pytest.raises(DeadlineExceeded, match="did not answer in time"):
+                    await w.infer({"input": x}, timeout_s=0.3)
+                assert time.monotonic() - t0 < 1.0
+                assert await w.ready()
+                c.kill("branch0")
+                t0 = time.monotonic()
+                with pytest.raises(PartUnavailable):
+                    await w.infer({"input": x}, timeout_s=5)
+                assert time.monotonic() - t0 < 1.0  # a dead worker is an error at once, never a hang
+                assert not await w.ready(timeout_s=0.5)
+                await asyncio.get_running_loop().run_in_executor(None, c.restart, "branch0")
+                assert c.workers["branch0"].plan_address == address  # same socket path after a restart
+                return await w.infer({"input": x}, timeout_s=5)  # the handle reconnects by itself
+            finally:
+                await w.close()
+
+        assert asyncio.run(go()).parameters["injected_delay_ms"] == pytest.approx(1500)
+
+
+def test_bad_socket_addresses(tmp_path):
+    with pytest.raises(EdgesplitError, match="ipc:///absolute/path.sock"):
+        UnixSocketWorker("ipc://relative.sock", "m")
+    with pytest.raises(PartUnavailable, match="cannot connect"):
+        _call(UnixSocketWorker, f"ipc://{tmp_path}/nobody.sock", "m", {"input": np.zeros((1, 2), np.float32)})
+    from edgesplit.runtime.transport.ipc import UnixSocketServer
+
+    (tmp_path / "file").write_text("not a socket")
+    with pytest.raises(EdgesplitError, match="not a socket"):
+        asyncio.run(UnixSocketServer([], tmp_path / "file", 1 << 20).start())
