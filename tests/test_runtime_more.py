@@ -1,5 +1,6 @@
 """TLS, graceful stop, hedged requests and the plan command, with real worker processes."""
 import asyncio
+import json
 import shutil
 import signal
 import subprocess
@@ -90,3 +91,21 @@ def test_plan_command(tiny_export, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "edgesplit", "serve", "--plan", str(tmp_path / "missing.yaml")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_serve_accounts_for_the_time(tmp_path):
+    """`edgesplit bench serve` on a small input: both transports measured, and the breakdown adds up."""
+    from edgesplit.cli import main
+
+    out = tmp_path / "serve.json"
+    assert main(["bench", "serve", "--input", "1x32x32", "--requests", "12", "--rounds", "1", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["transport"] == "ipc" and set(r["transports"]) == {"ipc", "grpc"}
+    for t, m in r["transports"].items():
+        b = m["breakdown_ms"]
+        slowest_arrival = max(p["compute"] + p["handler"] + p["transport"] for p in b["parts"].values())
+        assert m["end_to_end_p50_ms"] > max(m["branch_compute_p50_ms"].values()) > 0
+        assert slowest_arrival < b["end_to_end"] + 1e-6 and b["coordinator"] >= 0
+        assert set(m["cpu_ms_per_request"]) == {"coordinator", "branch0", "branch1"}
+        assert m["overhead_ratio"] == pytest.approx(m["end_to_end_p50_ms"] / max(m["branch_compute_p50_ms"].values()))
+    assert r["throughput_speedup"] > 0 and r["unsplit_throughput_rps"] > 0

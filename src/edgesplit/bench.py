@@ -3,7 +3,7 @@
 Measures, in one run on this machine:
 (a) each branch's compute time inside its worker (reported by the worker with every answer),
 (b) end-to-end latency through the coordinator and the local workers, one request at a time,
-(c) sustained throughput with several requests in flight,
+(c) sustained throughput with several requests in flight, and the CPU time per request each process used,
 (d) the unsplit model in ONNX Runtime with all cores, the baseline a user would otherwise pick.
 Weights are random (timing does not depend on them); the export is made in a temp folder.
 """
@@ -37,10 +37,11 @@ def _export_random(model_name: str, input_shape, num_classes: int, out_dir: Path
     return out_dir
 
 
-async def _drive_coordinator(plan, send: np.ndarray, warmup: int, in_flight: int):
+async def _drive_coordinator(plan, send: np.ndarray, warmup: int, in_flight: int, pids: dict[str, int]):
     """(a) + (b): one request at a time through the coordinator; (c): ``in_flight`` at once.
-    Returns end-to-end latencies, each part's timings per request (from the answer's parameters)
-    and the wall time of the pipelined run."""
+    Returns end-to-end latencies, each part's timings per request (from the answer's parameters),
+    the wall time of the pipelined run and the CPU time per request it took in this process (the
+    coordinator) and in each worker (``pids``)."""
     from edgesplit.runtime.client import AsyncClient
 
     client = await AsyncClient.connect(plan)
@@ -63,11 +64,24 @@ async def _drive_coordinator(plan, send: np.ndarray, warmup: int, in_flight: int
                 await client.infer(img)
 
         await asyncio.gather(*(one(img) for img in send[:warmup]))
-        t0 = time.perf_counter()
+        cpu0 = {name: process_cpu_s(pid) for name, pid in pids.items()}
+        t0, own0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(one(img) for img in send))
-        return lat, parts, time.perf_counter() - t0
+        wall, own = time.perf_counter() - t0, time.process_time() - own0
+        cpu_ms = {"coordinator": own / len(send) * 1e3,
+                  **{name: (process_cpu_s(pid) - cpu0[name]) / len(send) * 1e3 for name, pid in pids.items()}}
+        return lat, parts, wall, cpu_ms
     finally:
         await client.close()
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) another process has used so far (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 PART_KEYS = ("compute_ms", "server_ms", "arrival_ms")
@@ -155,12 +169,13 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
             base_rps = requests / base_wall
             row = {"unsplit": {"latency": latency_summary(base_lat), "throughput_rps": base_rps}}
             for t, cluster in clusters.items():
-                lat, parts, split_wall = asyncio.run(_drive_coordinator(cluster.plan(), send, warmup, in_flight))
+                pids = {name: w.proc.pid for name, w in cluster.workers.items()}
+                lat, parts, split_wall, cpu_ms = asyncio.run(_drive_coordinator(cluster.plan(), send, warmup, in_flight, pids))
                 branch = {name: latency_summary(v["compute_ms"]) for name, v in parts.items()}
                 e2e = latency_summary(lat)
                 split_rps = requests / split_wall
                 row[t] = {"branch_compute": branch, "end_to_end": e2e, "split_throughput_rps": split_rps,
-                          "breakdown_ms": breakdown(lat, parts),
+                          "breakdown_ms": breakdown(lat, parts), "cpu_ms_per_request": cpu_ms,
                           "overhead_ratio": e2e["p50_ms"] / max(b["p50_ms"] for b in branch.values()),
                           "throughput_speedup": split_rps / base_rps}
             per_round.append(row)
@@ -184,6 +199,7 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
             "branch_compute_p50_ms": {n: med(r["branch_compute"][n]["p50_ms"] for r in rs) for n in parts},
             "end_to_end_p50_ms": med(r["end_to_end"]["p50_ms"] for r in rs), "end_to_end_p99_ms": med(r["end_to_end"]["p99_ms"] for r in rs),
             "split_throughput_rps": med(r["split_throughput_rps"] for r in rs),
+            "cpu_ms_per_request": {k: med(r["cpu_ms_per_request"][k] for r in rs) for k in rs[0]["cpu_ms_per_request"]},
             "breakdown_ms": {
                 "parts": {n: {k: med(r["breakdown_ms"]["parts"][n][k] for r in rs) for k in ("compute", "handler", "transport")} for n in parts},
                 **{k: med(r["breakdown_ms"][k] for r in rs) for k in ("wait_for_slowest", "coordinator", "end_to_end")}},

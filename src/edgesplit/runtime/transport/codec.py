@@ -2,6 +2,8 @@
 typed ``contents`` fields from clients that send them are accepted too."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from edgesplit.runtime.errors import InferError
@@ -10,6 +12,7 @@ from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 NUMPY_TO_KSERVE = {"bool": "BOOL", "uint8": "UINT8", "int8": "INT8", "int32": "INT32", "int64": "INT64",
                    "float16": "FP16", "float32": "FP32", "float64": "FP64", "uint32": "UINT32", "uint64": "UINT64"}
 KSERVE_TO_NUMPY = {v: k for k, v in NUMPY_TO_KSERVE.items()}
+_DTYPES = {k: np.dtype(v) for k, v in KSERVE_TO_NUMPY.items()}
 _TYPED_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
                 "UINT8": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
                 "FP32": "fp32_contents", "FP64": "fp64_contents"}
@@ -18,11 +21,11 @@ _TYPED_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT32": "int_c
 def _tensor(name: str, datatype: str, shape, raw: bytes | None, contents) -> np.ndarray:
     if datatype not in KSERVE_TO_NUMPY:
         raise InferError(f"input {name!r}: unsupported datatype {datatype!r}; send FP32 or UINT8")
-    dtype = np.dtype(KSERVE_TO_NUMPY[datatype])
-    shape = tuple(int(d) for d in shape)
+    dtype = _DTYPES[datatype]
+    shape = tuple(shape)
     if any(d < 0 for d in shape):
         raise InferError(f"input {name!r}: negative dimension in shape {list(shape)}")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python ints: no overflow
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
             raise InferError(f"input {name!r}: {len(raw)} bytes for shape {list(shape)} {datatype} "
