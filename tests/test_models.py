@@ -4,7 +4,7 @@ import torch
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.models import SplitNet, create_model, list_models
-from edgesplit.models.splitnet import _branch_keep_mask
+from edgesplit.models.splitnet import branch_keep_mask
 from edgesplit.profile import profile_model
 
 SMALL = {"num_classes": 10, "in_chans": 1, "input_size": (28, 28)}
@@ -118,9 +118,9 @@ def test_unknown_model_is_one_line_error():
         create_model("resnet19")
 
 
-def test_branch_keep_mask_never_empty():
+def testbranch_keep_mask_never_empty():
     torch.manual_seed(0)
-    mask = _branch_keep_mask(5000, 2, 0.9, "cpu")
+    mask = branch_keep_mask(5000, 2, 0.9, "cpu")
     assert (mask.sum(1) >= 1).all()
     assert 0.3 < 1 - mask.mean().item() < 0.7  # many drops, yet never both
 

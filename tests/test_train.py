@@ -93,3 +93,29 @@ def test_learning_rate_defaults_to_the_models(tiny_run):
     assert read_checkpoint(tiny_run)["config"]["lr"] == DEFAULT_LR  # None resolved before it is saved
     assert default_lr("squeezenet") == default_lr("squeezenet-split2") == 0.02  # no batch norm
     assert default_lr("resnet18-split2") == DEFAULT_LR
+
+
+def test_retrain_head_keeps_branches_and_learns_missing_branches(tiny_run, tmp_path):
+    import torch
+
+    from edgesplit.cli import main
+    from edgesplit.training.checkpoint import load_model
+    from edgesplit.training.head import HeadConfig, retrain_head
+
+    out = tmp_path / "head"
+    r = retrain_head(tiny_run, out, HeadConfig(branch_dropout=0.5, epochs=3, lr=3e-3))
+    before, _ = load_model(tiny_run)
+    after, ckpt = load_model(out)
+    for name, p in before.state_dict().items():
+        same = torch.equal(p, after.state_dict()[name])
+        assert same == (not name.startswith("head.")), name  # branches frozen, head retrained
+    assert set(r["val_after"]) == {"all", "without_branch0", "without_branch1"}
+    assert ckpt["head_retrained"]["branch_dropout"] == 0.5 and "optimizer" not in ckpt
+    assert main(["eval", str(out), "--json", str(tmp_path / "eval.json")]) == 0  # a normal run directory for eval/export
+    with pytest.raises(EdgesplitError, match="retrain-head"):  # not a run that can be resumed
+        train(TrainConfig(model="resnet18-split2", model_kwargs={"width_mult": 0.125}, epochs=2, max_train_samples=512,
+                          val_size=256, batch_size=64, threads=1), out, resume=True)
+    with pytest.raises(EdgesplitError, match="already holds a run"):
+        retrain_head(tiny_run, out)
+    with pytest.raises(EdgesplitError, match="branch-dropout must be in"):
+        HeadConfig(branch_dropout=1.0)

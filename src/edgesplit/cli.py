@@ -174,6 +174,17 @@ def cmd_eval(args) -> None:
         print(f"  without {part}: top-1 {acc:.4f}")
 
 
+def cmd_retrain_head(args) -> None:
+    from edgesplit.training.head import HeadConfig, retrain_head
+
+    r = retrain_head(args.checkpoint, args.out, HeadConfig(args.branch_dropout, args.epochs, args.lr, seed=args.seed,
+                                                           data_dir=args.data_dir))
+    print(f"features of the frozen branches: {r['features_s']:.0f} s; head: {r['train_s']:.0f} s ({args.epochs} epochs)")
+    for label, acc in (("before", r["val_before"]), ("after", r["val_after"])):
+        print(f"  validation top-1 {label}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in acc.items()))
+    print(f"wrote {args.out}/checkpoint.pt (test accuracy: edgesplit eval {args.out})")
+
+
 def cmd_export(args) -> None:
     from edgesplit.export.onnx_export import export_model
     from edgesplit.training.checkpoint import load_model
@@ -316,6 +327,7 @@ def cmd_bench_serve(args) -> None:
         print(f"    waiting for the slower branch {b['wait_for_slowest']:.3f} ms, coordinator {b['coordinator']:.3f} ms")
         print(f"    end to end, 1 in flight p50 {m['end_to_end_p50_ms']:7.3f} ms   p99 {m['end_to_end_p99_ms']:7.3f} ms;  "
               f"{r['in_flight']} in flight {m['split_throughput_rps']:6.1f} req/s")
+        print(f"    CPU per request at {r['in_flight']} in flight: " + ", ".join(f"{k} {v:.2f} ms" for k, v in m["cpu_ms_per_request"].items()))
         print(f"    overhead_ratio {m['overhead_ratio']:.3f}   throughput_speedup {m['throughput_speedup']:.3f}")
     print(f"  blocking client over {r['transport']}: end to end p50 {r['end_to_end_blocking_client']['p50_ms']:.3f} ms")
     if args.json:
@@ -558,6 +570,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir")
     s.add_argument("--json", nargs="?", const="-")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("retrain-head", help="retrain a split model's head with branch dropout (branches frozen)")
+    s.add_argument("checkpoint", help="checkpoint.pt of a split model, or its run directory")
+    s.add_argument("--out", required=True, help="run directory for the new checkpoint")
+    s.add_argument("--branch-dropout", type=float, default=0.3, help="probability of zeroing a branch's features per sample")
+    s.add_argument("--epochs", type=int, default=15)
+    s.add_argument("--lr", type=float, default=1e-3, help="AdamW peak rate (cosine to zero)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data-dir", help="dataset folder, if not where the model was trained")
+    s.set_defaults(func=cmd_retrain_head)
 
     s = sub.add_parser("export", help="checkpoint -> ONNX part files + manifest.json")
     s.add_argument("checkpoint", help="checkpoint.pt or its run directory")

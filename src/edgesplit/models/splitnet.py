@@ -87,7 +87,7 @@ class SplitNet(nn.Module):
         features = self.forward_features(x)
         present = None
         if self.training and self.branch_dropout > 0 and self.num_branches > 1:
-            present = _branch_keep_mask(x.shape[0], self.num_branches, self.branch_dropout, x.device)
+            present = branch_keep_mask(x.shape[0], self.num_branches, self.branch_dropout, x.device)
         return self.forward_head(features, present)
 
     def parts(self) -> dict[str, nn.Module]:
@@ -97,7 +97,7 @@ class SplitNet(nn.Module):
         return named
 
 
-def _branch_keep_mask(batch: int, k: int, p_drop: float, device) -> torch.Tensor:
+def branch_keep_mask(batch: int, k: int, p_drop: float, device) -> torch.Tensor:
     """(B, k) 0/1 mask; each entry is 0 with probability p_drop, and no row is all zeros."""
     keep = (torch.rand(batch, k, device=device) >= p_drop).float()
     empty = keep.sum(dim=1) == 0

@@ -106,6 +106,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     start_epoch, state = 0, None
     if resume and ckpt_path.exists():
         state = read_checkpoint(ckpt_path)
+        if "optimizer" not in state:
+            raise EdgesplitError(f"{out_dir} holds a finished model without its optimizer state (written by retrain-head); "
+                                 f"it cannot be resumed; train into another --out")
         saved = TrainConfig(**{**state["config"], "input_size": tuple(state["config"]["input_size"]) if state["config"]["input_size"] else None})
         if saved != cfg:
             changed = [k for k in asdict(cfg) if asdict(cfg)[k] != asdict(saved)[k]]
