@@ -170,3 +170,15 @@ def test_bad_socket_addresses(tmp_path):
     (tmp_path / "file").write_text("not a socket")
     with pytest.raises(EdgesplitError, match="not a socket"):
         asyncio.run(UnixSocketServer([], tmp_path / "file", 1 << 20).start())
+
+    async def twice():
+        first = UnixSocketServer([], tmp_path / "w.sock", 1 << 20)
+        await first.start()
+        try:
+            with pytest.raises(EdgesplitError, match="another process is serving"):
+                await UnixSocketServer([], tmp_path / "w.sock", 1 << 20).start()
+        finally:
+            await first.stop()
+        assert not (tmp_path / "w.sock").exists()
+
+    asyncio.run(twice())

@@ -27,6 +27,7 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 import stat
 import struct
 from pathlib import Path
@@ -81,6 +82,8 @@ class UnixSocketServer:
         if self.path.exists() or self.path.is_symlink():
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise EdgesplitError(f"{self.path} exists and is not a socket; pick another --unix-socket path")
+            if _accepting(self.path):
+                raise EdgesplitError(f"another process is serving on {self.path}; stop it or pick another --unix-socket path")
             self.path.unlink()  # left behind by a worker that was killed: ours to replace
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
         try:
@@ -148,6 +151,15 @@ class UnixSocketServer:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _accepting(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 async def _discard(reader: asyncio.StreamReader, size: int, chunk: int = 1 << 20) -> None:
