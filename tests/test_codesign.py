@@ -1,6 +1,7 @@
 """Co-design: the search space, fleet balancing, the CPU roofline, and one small real search end to end."""
 import json
 import socket
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -90,6 +91,15 @@ def test_cpu_roofline_hand_computed():
     assert est["totals"]["image_ms"] == pytest.approx(max(compute_ms, mem_ms))
     with pytest.raises(EdgesplitError, match="CPU device"):
         estimate_cpu(Graph("g", (8, 10, 10), (conv,)), get_device("pynq-z1"))
+
+
+def test_fleet_bit_widths_and_quantizer_overrides():
+    from edgesplit.codesign.fleet import bit_options, quant_overrides
+
+    c = Candidate("conv3", wbits=10, fbits=8)
+    assert bit_options(c) == [(10, 8), (8, 8), (6, 6)]  # never wider than the searched network
+    assert bit_options(replace(c, wbits=6, fbits=6)) == [(6, 6)]
+    assert quant_overrides({"branch_bits": [[8, 8], None]}) == {"/branches.0/": (8, 8), "/branches.1/": None, "": None}
 
 
 def test_fleet_file(tmp_path):
@@ -207,6 +217,9 @@ def test_fleet_plan_serves_on_real_workers(search):
     plan = load_plan(run / "fleet" / "plan.yaml")
     accepted = result["fleet"]["accepted"]
     assert [p.replicas[0] for p in plan.parts] == accepted["addresses"]
+    for o in result["fleet"]["options"]:  # each branch at its device's widths: FPGA fixed point, CPU float32
+        for device, bits, b in zip(o["devices"], o["bits"], o["branch_bits"]):
+            assert (bits == "float32") == (b is None) == (device == "raspberry-pi-4")
     images = load_dataset("fashion-mnist", "test").data[:16]
     local = LocalModel(run / "fleet" / "export")
     ref = local(local.prepare(images))

@@ -70,6 +70,31 @@ def test_integer_reference_matches_fake_quantized_model_exactly(name, shape, wbi
     assert np.array_equal(fq, y_int.reshape(len(x), -1) / 2.0 ** fmt.frac)
 
 
+def test_per_branch_widths_and_float_parts():
+    """A fleet runs each branch at its own device's widths (or float on a CPU); the head in float."""
+    shape = (1, 28, 28)
+    model = _random_bn(create_model("resnet18-split2", num_classes=10, in_chans=1, input_size=shape[1:], width_mult=0.25))
+    qnet = QuantNet(qgraph_from_model(model, shape))
+    calib = [torch.randn(16, *shape, generator=torch.Generator().manual_seed(2))]
+    x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(1))
+    scheme = qnet.calibrate(calib, 8, 8, {"/branches.0/": (6, 5), "/branches.1/": None, "": None})
+    for op in qnet.graph.ops:
+        w, f = scheme.weights.get(op.name), scheme.features[op.output]
+        if op.name.startswith("/branches.0/"):
+            assert (w is None or w.bits == 6) and (f is None or f.bits == 5 or op.op == "flatten")
+        elif op.has_weights:
+            assert w is None
+    with torch.no_grad():
+        y_mixed = qnet(x)
+        qnet.calibrate(calib, 8, 8, {"": None})  # everything float but the input: the float model on quantized pixels
+        assert (qnet(x) - model(torch.clamp(torch.floor(x * 2.0 ** scheme.features["input"].frac + 0.5),
+                                            scheme.features["input"].qmin, scheme.features["input"].qmax)
+                                / 2.0 ** scheme.features["input"].frac)).abs().max() < 1e-4
+        assert (y_mixed - qnet(x)).abs().max() > 0  # branch0 at 6/5 bits changes the answer
+    with pytest.raises(EdgesplitError, match="fully quantized"):
+        run_integer(qnet.export_graph(), qnet.calibrate(calib, 8, 8, {"/branches.1/": None}), x.numpy())
+
+
 def test_ptq_and_qat_on_real_data(tiny_run, tmp_path):
     out = tmp_path / "q.json"
     assert main(["quantize", str(tiny_run), "--wbits", "4", "--fbits", "4", "--max-test", "300", "--calib-images", "200",

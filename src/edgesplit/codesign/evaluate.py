@@ -98,6 +98,7 @@ class Evaluator:
         self.num_classes = len(self.train_set.classes)
         self.train_idx, self.val_idx = train_val_split(len(self.train_set), 5000)
         self._qnet_cache: tuple[str, object, list] | None = None  # (run dir, QuantNet, calibration batches)
+        self._test_set = None  # loaded on first use
 
     # ------------------------------------------------------------ hardware
     def build(self, c: Candidate, width_mult: float = 1.0):
@@ -164,8 +165,19 @@ class Evaluator:
         self.journal.save()
         return acc
 
-    def quantized_accuracy(self, run_dir: Path, bits: tuple[int, int], idx: np.ndarray, dataset=None) -> dict:
-        """Float and fixed-point (``bits`` = weight, feature-map widths) top-1 of the network in ``run_dir`` on ``idx``."""
+    def val_and_test(self, run_dir: Path, bits: tuple[int, int], overrides: dict | None = None) -> dict:
+        """:meth:`quantized_accuracy` on the validation images and on the whole test set."""
+        from edgesplit.data.datasets import load_dataset
+
+        if self._test_set is None:
+            self._test_set = load_dataset(self.dataset_name, "test", self.data_dir, size=(224, 224))
+        return {"val": self.quantized_accuracy(run_dir, bits, self.val_idx, overrides=overrides),
+                "test": self.quantized_accuracy(run_dir, bits, np.arange(len(self._test_set)), self._test_set, overrides)}
+
+    def quantized_accuracy(self, run_dir: Path, bits: tuple[int, int], idx: np.ndarray, dataset=None,
+                           overrides: dict | None = None) -> dict:
+        """Float and fixed-point (``bits`` = weight, feature-map widths; ``overrides`` per part, see
+        :meth:`QuantNet.calibrate`) top-1 of the network in ``run_dir`` on ``idx``."""
         from edgesplit.quant.qnet import QuantNet, qgraph_from_model
         from edgesplit.quant.quantize import calibration_batches, quantized_top1
         from edgesplit.training.checkpoint import checkpoint_preprocess, load_model
@@ -180,7 +192,7 @@ class Evaluator:
             qnet = QuantNet(qgraph_from_model(model, (self.in_chans, *pre.size)))
             self._qnet_cache = (cache_key, qnet, calibration_batches(self.train_set, self.train_idx, pre, CALIB_IMAGES))
         _, qnet, calib = self._qnet_cache
-        qnet.calibrate(calib, *bits)
+        qnet.calibrate(calib, *bits, overrides)
         return {"float_top1": float_top1, "ptq_top1": quantized_top1(qnet, dataset, idx, pre), "images": int(len(idx))}
 
     # ------------------------------------------------------------ both

@@ -5,9 +5,11 @@ branch widths are balanced so that all branches reach the same rate: each device
 FPS as a function of its branch's share of the channels comes from the hardware
 model (the accelerator model for FPGA boards, the roofline for CPUs), and the
 highest rate whose shares add up to the full width wins. The link carries one
-uint8 input per branch and the float32 features back. Options are then tried from
-the highest throughput down: the split network is trained with the finalists'
-recipe and kept when its quantized validation accuracy reaches the floor.
+uint8 input per branch and the float32 features back. Each FPGA branch may also run
+at narrower bit widths than the searched network (faster on its board, so it takes a
+wider share); CPU branches run float32. Options are then tried from the highest
+throughput down: the split network is trained with the finalists' recipe and kept
+when its fixed-point validation accuracy, each branch at its own widths, reaches the floor.
 
 Fleet file (YAML)::
 
@@ -20,7 +22,7 @@ Fleet file (YAML)::
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -29,7 +31,10 @@ from edgesplit.codesign.space import Candidate
 from edgesplit.errors import EdgesplitError
 
 SHARE_STEPS = 16  # branch widths are searched in sixteenths of the full width
-MAX_TRAINED_OPTIONS = 2  # split networks trained before falling back to the best single device
+MAX_TRAINED_OPTIONS = 2  # split shapes trained before falling back to the best single device
+MAX_CHECKED_OPTIONS = 8  # (shape, per-branch widths) options whose fixed-point accuracy is measured
+SHOWN_OPTIONS = 10
+FPGA_BITS = ((16, 16), (16, 8), (12, 8), (10, 8), (8, 8), (6, 6))  # (weight, feature-map) widths an FPGA branch may use
 DEFAULT_PORT = 50051
 
 
@@ -91,48 +96,66 @@ def balance(rates: list[dict[float, float]]) -> tuple[float, list[float]] | None
     return None
 
 
+def bit_options(chosen: Candidate) -> list[tuple[int, int]]:
+    """Widths an FPGA branch may use: the searched network's, and the cheaper ones of :data:`FPGA_BITS`
+    (never wider: the search measured accuracy at the chosen widths)."""
+    cheaper = [(w, f) for w, f in FPGA_BITS if w <= chosen.wbits and f <= chosen.fbits]
+    return sorted({(chosen.wbits, chosen.fbits), *cheaper}, reverse=True)
+
+
 def allocate(ev, chosen: Candidate, fleet: Fleet) -> list[dict]:
-    """The best device set and shares for each k, highest throughput first."""
+    """Every device set and, per FPGA branch, bit widths, with balanced shares; highest throughput first
+    (ties: wider bits first). CPU branches run float32."""
     grid = [i / SHARE_STEPS for i in range(1, SHARE_STEPS + 1)]
-    table: dict[str, dict[float, float]] = {}
+    options_bits = bit_options(chosen)
+    table: dict[tuple[str, tuple[int, int] | None], dict[float, float]] = {}
     for fd in fleet.devices:
-        if fd.device.name not in table:
-            table[fd.device.name] = {}
-            for s in grid:
-                hw = ev.hardware(chosen, device=fd.device, width_mult=s)
-                table[fd.device.name][s] = hw["fps"] if hw["fits"] else 0.0
+        for bits in options_bits if fd.device.kind == "fpga" else [None]:
+            key = (fd.device.name, bits)
+            if key not in table:
+                c = chosen if bits is None else replace(chosen, wbits=bits[0], fbits=bits[1])
+                table[key] = {}
+                for s in grid:
+                    hw = ev.hardware(c, device=fd.device, width_mult=s)
+                    table[key][s] = hw["fps"] if hw["fits"] else 0.0
     in_bytes = ev.in_chans * chosen.input_size(ev.image_hw)[0] * chosen.input_size(ev.image_hw)[1]  # uint8
     feat_bytes = 4 * chosen.channels[-1]
     link_bytes_s = fleet.link_mbps * 1e6 / 8
-    options = []
+    options, seen = [], set()
     for k in range(1, len(fleet.devices) + 1):
-        best = None
-        seen = set()
         for subset in itertools.combinations(range(len(fleet.devices)), k):
-            names = tuple(sorted(fleet.devices[i].device.name for i in subset))
-            if names in seen:
-                continue
-            seen.add(names)
-            found = balance([table[fleet.devices[i].device.name] for i in subset])
-            if found is None:
-                continue
-            _, shares = found
-            fps = [ev.hardware(chosen, device=fleet.devices[i].device, width_mult=s)["fps"] for i, s in zip(subset, shares)]
-            link_fps = link_bytes_s / (k * in_bytes + feat_bytes)
-            rate = min(min(fps), link_fps)
-            if best is None or rate > best["fps"]:
-                best = {"k": k, "devices": [fleet.devices[i].device.name for i in subset],
-                        "addresses": [fleet.devices[i].address for i in subset], "shares": shares,
-                        "branch_fps": fps, "link_fps": link_fps, "fps": rate,
-                        "bits": [f"W{chosen.wbits}/F{chosen.fbits}" if fleet.devices[i].device.kind == "fpga" else "float32"
-                                 for i in subset]}
-        if best:
-            options.append(best)
-    return sorted(options, key=lambda o: -o["fps"])
+            devices = [fleet.devices[i] for i in subset]
+            choices = [options_bits if d.device.kind == "fpga" else [None] for d in devices]
+            for bits in itertools.product(*choices):
+                key = tuple(sorted(zip((d.device.name for d in devices), (b or (0, 0) for b in bits))))
+                if key in seen:  # the same devices and widths in another order, or another copy of a board
+                    continue
+                seen.add(key)
+                found = balance([table[(d.device.name, b)] for d, b in zip(devices, bits)])
+                if found is None:
+                    continue
+                _, shares = found
+                fps = [ev.hardware(chosen if b is None else replace(chosen, wbits=b[0], fbits=b[1]), device=d.device,
+                                   width_mult=s)["fps"] for d, b, s in zip(devices, bits, shares)]
+                link_fps = link_bytes_s / (k * in_bytes + feat_bytes)
+                options.append({"k": k, "devices": [d.device.name for d in devices], "addresses": [d.address for d in devices],
+                                "shares": shares, "branch_fps": fps, "link_fps": link_fps, "fps": min(min(fps), link_fps),
+                                "branch_bits": [list(b) if b else None for b in bits],
+                                "bits": [f"W{b[0]}/F{b[1]}" if b else "float32" for b in bits]})
+    return sorted(options, key=lambda o: (-o["fps"], -sum(b[0] + b[1] for b in o["branch_bits"] if b)))
+
+
+def quant_overrides(option: dict) -> dict[str, tuple[int, int] | None]:
+    """QuantNet overrides for a split option: each branch at its device's widths (float on a CPU); the
+    concatenation and the head, which the coordinator runs in float32, in float."""
+    per_branch = {f"/branches.{i}/": tuple(b) if b else None for i, b in enumerate(option["branch_bits"])}
+    return {**per_branch, "": None}
 
 
 def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress) -> dict:
-    """Allocate, train the split options until one reaches the accuracy floor, export it, write plan.yaml."""
+    """Allocate; then, from the highest throughput down, train each split shape (at most
+    :data:`MAX_TRAINED_OPTIONS` of them) and check its fixed-point validation accuracy at the option's
+    per-branch widths until one reaches the floor; export it and write plan.yaml."""
     from edgesplit.codesign.search import train_final
     from edgesplit.export.manifest import load_manifest
     from edgesplit.export.onnx_export import export_model
@@ -144,25 +167,34 @@ def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress) ->
     bits = (chosen.wbits, chosen.fbits)
     floor = cfg.accuracy_floor if cfg.accuracy_floor is not None else chosen_final["val"]["ptq_top1"] - 0.02
     options = allocate(ev, chosen, fleet)
-    for o in options:
-        progress(f"fleet option k={o['k']}: {', '.join(o['devices'])} shares "
+    progress(f"{len(options)} fleet options; the fastest:")
+    for o in options[:SHOWN_OPTIONS]:
+        progress(f"  k={o['k']}: {', '.join(f'{d} {b}' for d, b in zip(o['devices'], o['bits']))}, shares "
                  f"{', '.join(f'{s:.2f}' for s in o['shares'])} -> {o['fps']:.1f} FPS")
-    accepted, tried = None, []
+    accepted, trained, checked = None, {}, 0
     for o in options:
-        if o["k"] == 1:
+        if o["k"] == 1 and o["branch_bits"] == [list(bits)]:
             o["accuracy"] = {"val": chosen_final["val"], "test": chosen_final["test"], "run_dir": chosen_final["run_dir"]}
-        elif len(tried) < MAX_TRAINED_OPTIONS:
-            kw = {**chosen.model_kwargs(), "k": o["k"], "branch_widths": o["shares"]}
-            run = out / f"split{o['k']}_e{epochs}"
-            progress(f"training the {o['k']}-branch split for {epochs} epoch(s)")
-            r = train_final(ev, "bundlenet-split", kw, chosen.input_size(ev.image_hw), epochs, run, bits, progress,
-                            cfg.final_images)
-            o["accuracy"] = {"val": r["val"], "test": r["test"], "run_dir": r["run_dir"]}
-            tried.append(o["k"])
+        elif o["k"] == 1 or checked >= MAX_CHECKED_OPTIONS:
+            continue  # one device at other widths: not searched; or enough options checked
         else:
-            continue
+            shape = tuple(round(s, 4) for s in o["shares"])
+            if shape in trained:
+                r = ev.val_and_test(Path(trained[shape]), bits, quant_overrides(o))
+                r["run_dir"] = trained[shape]
+            elif len(trained) < MAX_TRAINED_OPTIONS:
+                kw = {**chosen.model_kwargs(), "k": o["k"], "branch_widths": o["shares"]}
+                run = out / f"split{o['k']}_{'-'.join(f'{s:.3f}' for s in shape)}_e{epochs}"
+                progress(f"training the {o['k']}-branch split (shares {', '.join(f'{s:.2f}' for s in shape)}) for {epochs} epoch(s)")
+                r = train_final(ev, "bundlenet-split", kw, chosen.input_size(ev.image_hw), epochs, run, bits, progress,
+                                cfg.final_images, quant_overrides(o))
+                trained[shape] = r["run_dir"]
+            else:
+                continue
+            o["accuracy"] = {"val": r["val"], "test": r["test"], "run_dir": r["run_dir"]}
+            checked += 1
         o["meets_floor"] = o["accuracy"]["val"]["ptq_top1"] >= floor
-        progress(f"  k={o['k']}: val {o['accuracy']['val']['ptq_top1']:.4f} (floor {floor:.4f}), "
+        progress(f"  k={o['k']} ({', '.join(o['bits'])}): val {o['accuracy']['val']['ptq_top1']:.4f} (floor {floor:.4f}), "
                  f"test {o['accuracy']['test']['ptq_top1']:.4f}")
         if o["meets_floor"]:
             accepted = o
@@ -175,4 +207,5 @@ def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress) ->
     plan = Plan("export", tuple(PartPlacement(p, (addr,)) for p, addr in zip(parts, accepted["addresses"])))
     plan.write(out / "plan.yaml")
     load_plan(out / "plan.yaml")  # the runtime accepts it
-    return {"floor": floor, "options": options, "accepted": accepted, "plan": str(out / "plan.yaml")}
+    return {"floor": floor, "options": [o for i, o in enumerate(options) if i < SHOWN_OPTIONS or "accuracy" in o],
+            "accepted": accepted, "plan": str(out / "plan.yaml")}

@@ -33,7 +33,6 @@ from edgesplit.codesign.evaluate import Evaluator, Journal, ProxyTraining, Targe
 from edgesplit.codesign.space import COORDINATES, Candidate, SearchSpace, neighbours, pareto_front, prototype
 from edgesplit.errors import EdgesplitError
 
-TEST_SPLIT = "test"
 STALL_STEPS = 3 * len(COORDINATES)  # a descent has converged after this many steps without a better neighbour
 MAX_RESTARTS = 3  # then it restarts near its best (RESTART_MOVES random moves away), this many times
 RESTART_MOVES = 3
@@ -214,9 +213,9 @@ def final_epochs(cfg: CodesignConfig, finalists: list[dict], remaining_s: float,
 
 
 def train_final(ev: Evaluator, model: str, model_kwargs: dict, input_size, epochs: int, out_dir: Path,
-                bits: tuple[int, int], progress: Progress, max_images: int | None = None) -> dict:
-    """Full-data training (label smoothing 0.1), then quantized accuracy on validation and test images."""
-    from edgesplit.data.datasets import load_dataset
+                bits: tuple[int, int], progress: Progress, max_images: int | None = None, overrides: dict | None = None) -> dict:
+    """Full-data training (label smoothing 0.1), then quantized accuracy on validation and test images
+    (``overrides``: per-part widths, see :meth:`QuantNet.calibrate`)."""
     from edgesplit.training.train import TrainConfig, train
 
     cfg = TrainConfig(model=model, dataset=ev.dataset_name, data_dir=ev.data_dir, input_size=tuple(input_size),
@@ -231,11 +230,8 @@ def train_final(ev: Evaluator, model: str, model_kwargs: dict, input_size, epoch
                      f"loss {p['loss']:.3f} acc {p['acc']:.3f}")
 
     summary = train(cfg, out_dir, resume=True, progress=show)
-    val = ev.quantized_accuracy(out_dir, bits, ev.val_idx)
-    test_set = load_dataset(ev.dataset_name, TEST_SPLIT, ev.data_dir, size=(224, 224))
-    test = ev.quantized_accuracy(out_dir, bits, np.arange(len(test_set)), dataset=test_set)
     return {"run_dir": str(out_dir), "epochs": epochs, "train_time_s": summary["train_time_s"], "wbits": bits[0],
-            "fbits": bits[1], "val": val, "test": test}
+            "fbits": bits[1], **ev.val_and_test(out_dir, bits, overrides)}
 
 
 def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,

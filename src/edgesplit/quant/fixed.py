@@ -107,8 +107,8 @@ class QScheme:
     """Formats per tensor (feature maps, by tensor name) and per weighted op (weights, by op name)."""
     wbits: int
     fbits: int
-    features: dict[str, Fixed]
-    weights: dict[str, Fixed]
+    features: dict[str, Fixed | None]  # None: left in float (QuantNet only; the integer reference refuses it)
+    weights: dict[str, Fixed | None]
 
     def bias_frac(self, op: QOp) -> int:
         return self.weights[op.name].frac + self.features[op.inputs[0]].frac
@@ -155,6 +155,8 @@ def conv_int(x: np.ndarray, w: np.ndarray, stride: int, pads, groups: int) -> np
 
 def run_integer(graph: QGraph, scheme: QScheme, x: np.ndarray) -> tuple[np.ndarray, Fixed]:
     """Run ``graph`` on real input ``x`` (B, C, H, W) with integers only; returns the output integers and their format."""
+    if any(f is None for f in (*scheme.features.values(), *scheme.weights.values())):
+        raise EdgesplitError("the integer reference runs fully quantized schemes only; this one leaves some ops in float")
     feats = scheme.features
     vals: dict[str, np.ndarray] = {graph.input_name: quantize(x, feats[graph.input_name])}
     for op in graph.ops:

@@ -89,6 +89,10 @@ def fake_quant(x: torch.Tensor, fmt: Fixed) -> torch.Tensor:
     return x + (q - x).detach()
 
 
+def _quant(x: torch.Tensor, fmt: Fixed | None) -> torch.Tensor:
+    return x if fmt is None else fake_quant(x, fmt)  # None: a part left in float
+
+
 class QuantNet(nn.Module):
     """A :class:`QGraph` in PyTorch; quantized when ``scheme`` is set, float otherwise (calibration)."""
 
@@ -108,16 +112,16 @@ class QuantNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, num_classes)
         s = self.scheme
         feats = s.features if s else None
-        vals = {self.graph.input_name: fake_quant(x, feats[self.graph.input_name]) if s else x}
+        vals = {self.graph.input_name: _quant(x, feats[self.graph.input_name]) if s else x}
         self._record(self.graph.input_name, x)
         for i, op in enumerate(self.graph.ops):
             a = vals[op.inputs[0]]
             if op.op in ("conv", "linear"):
                 w = self.weights[str(i)].to(a.dtype)
                 b = self.biases[str(i)].to(a.dtype) if str(i) in self.biases else None
-                if s:
+                if s and s.weights[op.name] is not None:
                     w = fake_quant(w, s.weights[op.name])
-                    if b is not None:
+                    if b is not None and feats[op.inputs[0]] is not None:  # the bias's format follows its input's
                         b = fake_quant(b, Fixed(BIAS_BITS, s.bias_frac(op)))
                 if op.op == "conv":
                     t, left, bottom, right = op.attrs["pads"]
@@ -140,7 +144,7 @@ class QuantNet(nn.Module):
                 y = a.flatten(1)
             self._record(op.output, y)
             if s and op.op not in PASS_THROUGH:
-                y = fake_quant(y, feats[op.output])
+                y = _quant(y, feats[op.output])
             vals[op.output] = y
         return vals[self.graph.output_name].flatten(1)
 
@@ -150,10 +154,19 @@ class QuantNet(nn.Module):
 
     # ------------------------------------------------------------ calibration
     @torch.no_grad()
-    def calibrate(self, batches: Iterable[torch.Tensor], wbits: int, fbits: int) -> QScheme:
-        """Post-training quantization: formats from the largest magnitudes seen on ``batches``."""
+    def calibrate(self, batches: Iterable[torch.Tensor], wbits: int, fbits: int,
+                  overrides: dict[str, tuple[int, int] | None] | None = None) -> QScheme:
+        """Post-training quantization: formats from the largest magnitudes seen on ``batches``.
+
+        ``overrides``: op-name prefix (e.g. ``/branches.1/``, one device's branch) -> its own
+        (weight, feature-map) widths, or None to leave those ops in float (a CPU branch, a head run in
+        float32 by the coordinator). The network input keeps ``fbits``."""
         check_bits("wbits", wbits)
         check_bits("fbits", fbits)
+        for w_f in (overrides or {}).values():
+            if w_f is not None:
+                check_bits("wbits", w_f[0])
+                check_bits("fbits", w_f[1])
         self.scheme, self._observe = None, {}
         try:
             for x in batches:
@@ -161,11 +174,23 @@ class QuantNet(nn.Module):
             observed = self._observe
         finally:
             self._observe = None
-        feats = {self.graph.input_name: format_for(observed[self.graph.input_name], fbits)}
-        for op in self.graph.ops:  # in order, so pass-through ops can copy their input's format
-            feats[op.output] = feats[op.inputs[0]] if op.op in PASS_THROUGH else format_for(observed[op.output], fbits)
-        weights = {op.name: format_for(float(self.weights[str(i)].abs().max()), wbits)
-                   for i, op in enumerate(self.graph.ops) if op.has_weights}
+
+        def widths(op) -> tuple[int, int] | None:
+            for prefix, w_f in (overrides or {}).items():
+                if op.name.startswith(prefix):
+                    return w_f
+            return wbits, fbits
+
+        feats: dict[str, Fixed | None] = {self.graph.input_name: format_for(observed[self.graph.input_name], fbits)}
+        weights: dict[str, Fixed | None] = {}
+        for i, op in enumerate(self.graph.ops):  # in order, so pass-through ops can copy their input's format
+            w_f = widths(op)
+            if op.op in PASS_THROUGH:
+                feats[op.output] = feats[op.inputs[0]]
+            else:
+                feats[op.output] = None if w_f is None else format_for(observed[op.output], w_f[1])
+            if op.has_weights:
+                weights[op.name] = None if w_f is None else format_for(float(self.weights[str(i)].abs().max()), w_f[0])
         self.scheme = QScheme(wbits, fbits, feats, weights)
         return self.scheme
 
