@@ -182,3 +182,33 @@ def test_bad_socket_addresses(tmp_path):
         assert not (tmp_path / "w.sock").exists()
 
     asyncio.run(twice())
+
+
+def test_a_handler_that_breaks_answers_unknown_not_silence(tmp_path):
+    """An answer the codec cannot encode (complex output) fails that call at once; the server keeps serving."""
+    from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
+    from edgesplit.runtime.transport.ipc import UnixSocketServer
+
+    class Odd:
+        meta = ModelMeta("odd", "test", (TensorMeta("x", "float32", (-1, 2)),), (TensorMeta("y", "float32", (-1, 2)),))
+
+        def ready(self):
+            return True
+
+        async def infer(self, inputs):
+            x = inputs["x"]
+            return InferResult({"y": x.astype(np.complex64) if x[0, 0] < 0 else x})
+
+    async def go():
+        server = UnixSocketServer([Odd()], tmp_path / "odd.sock", 1 << 20)
+        await server.start()
+        w = UnixSocketWorker(server.address, "odd")
+        try:
+            with pytest.raises(PartUnavailable, match="UNKNOWN"):
+                await w.infer({"x": -np.ones((1, 2), np.float32)})  # no timeout: it must not hang
+            return (await w.infer({"x": np.ones((1, 2), np.float32)}, timeout_s=5)).outputs["y"]
+        finally:
+            await w.close()
+            await server.stop()
+
+    assert np.array_equal(asyncio.run(go()), np.ones((1, 2), np.float32))

@@ -135,6 +135,9 @@ class UnixSocketServer:
             answer = _frame(FAILED, call_id, b"INVALID_ARGUMENT\nbody is not a KServe v2 ModelInferRequest")
         except CallFailed as err:
             answer = _frame(FAILED, call_id, f"{err.status}\n{err.message}".encode())
+        except Exception as err:  # never leave a caller waiting: as gRPC answers UNKNOWN for a handler that raised
+            log.exception("call %d failed", call_id)
+            answer = _frame(FAILED, call_id, f"UNKNOWN\n{type(err).__name__}: {err}".encode())
         if not writer.is_closing():
             writer.write(answer)
 
