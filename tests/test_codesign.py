@@ -196,9 +196,13 @@ def test_search_writes_every_output(search):
 
 def test_resume_redoes_nothing_and_refuses_other_settings(search, capsys):
     run, result, fleet = search
-    before = json.loads((run / "search.json").read_text())["trace"]
+    journal = json.loads((run / "search.json").read_text())
+    before, search_s = journal["trace"], journal["phases"]["search_time_s"]
     assert main([*SMALL, "--out", str(run), "--resume"]) == 0
-    assert json.loads((run / "search.json").read_text())["trace"][: len(before)] == before
+    journal = json.loads((run / "search.json").read_text())
+    assert journal["trace"][: len(before)] == before
+    assert journal["phases"]["search_time_s"] == search_s  # finalists and fleet of earlier sessions not counted as search
+    assert journal["result"]["search_time_s"] == search_s
     assert main([*SMALL, "--out", str(run)]) == 2  # without --resume
     assert "--resume" in capsys.readouterr().err
     changed = [a if a != "2000" else "500" for a in SMALL]

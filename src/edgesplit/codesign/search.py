@@ -256,8 +256,10 @@ def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
     front = search.select_bundles()
     search.descend(front)
     finalists = search.finalists()
-    search_time_s = journal.spent_s
-    remaining = cfg.time_budget_s - journal.spent_s
+    # the search phase's time, fixed when it first ends (a resumed run adds finalists, baselines and fleet to spent_s)
+    search_time_s = journal.data["phases"].setdefault("search_time_s", journal.spent_s)
+    journal.save()
+    remaining = cfg.time_budget_s - search_time_s
     final_images = min(cfg.final_images or len(ev.train_idx), len(ev.train_idx))
     epochs = final_epochs(cfg, finalists, remaining, final_images)
     progress(f"training {len(finalists)} finalist(s) for {epochs} epoch(s) on {final_images} images")
