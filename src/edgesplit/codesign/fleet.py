@@ -113,10 +113,9 @@ def allocate(ev, chosen: Candidate, fleet: Fleet) -> list[dict]:
         for bits in options_bits if fd.device.kind == "fpga" else [None]:
             key = (fd.device.name, bits)
             if key not in table:
-                c = chosen if bits is None else replace(chosen, wbits=bits[0], fbits=bits[1])
                 table[key] = {}
                 for s in grid:
-                    hw = ev.hardware(c, device=fd.device, width_mult=s)
+                    hw = ev.hardware(_at_bits(chosen, bits), device=fd.device, width_mult=s)
                     table[key][s] = hw["fps"] if hw["fits"] else 0.0
     in_bytes = ev.in_chans * chosen.input_size(ev.image_hw)[0] * chosen.input_size(ev.image_hw)[1]  # uint8
     feat_bytes = 4 * chosen.channels[-1]
@@ -135,14 +134,19 @@ def allocate(ev, chosen: Candidate, fleet: Fleet) -> list[dict]:
                 if found is None:
                     continue
                 _, shares = found
-                fps = [ev.hardware(chosen if b is None else replace(chosen, wbits=b[0], fbits=b[1]), device=d.device,
-                                   width_mult=s)["fps"] for d, b, s in zip(devices, bits, shares)]
+                fps = [ev.hardware(_at_bits(chosen, b), device=d.device, width_mult=s)["fps"]
+                       for d, b, s in zip(devices, bits, shares)]
                 link_fps = link_bytes_s / (k * in_bytes + feat_bytes)
                 options.append({"k": k, "devices": [d.device.name for d in devices], "addresses": [d.address for d in devices],
                                 "shares": shares, "branch_fps": fps, "link_fps": link_fps, "fps": min(min(fps), link_fps),
                                 "branch_bits": [list(b) if b else None for b in bits],
                                 "bits": [f"W{b[0]}/F{b[1]}" if b else "float32" for b in bits]})
     return sorted(options, key=lambda o: (-o["fps"], -sum(b[0] + b[1] for b in o["branch_bits"] if b)))
+
+
+def _at_bits(chosen: Candidate, bits: tuple[int, int] | None) -> Candidate:
+    """The network at an FPGA branch's widths (None: a CPU branch, costed as the chosen network in float)."""
+    return chosen if bits is None else replace(chosen, wbits=bits[0], fbits=bits[1])
 
 
 def quant_overrides(option: dict) -> dict[str, tuple[int, int] | None]:

@@ -6,7 +6,7 @@ Both were measured on the project's 2-core VM (docs/benchmarks.md):
   must run before numpy (and its BLAS) is imported, so this module imports nothing heavy.
 * glibc returns every freed buffer over its mmap threshold (128 KiB at start) to the
   kernel, so each request's image, normalised copy and ONNX Runtime scratch are mapped
-  afresh and page-faulted in: 0.5 to 1 ms per request here. :func:`keep_heap` serves
+  afresh and page-faulted in. :func:`keep_heap` serves
   such buffers from the heap and keeps freed memory for the next request.
 """
 import ctypes

@@ -137,23 +137,20 @@ async def serve_worker(cfg: WorkerConfig, security=None, grace_s: float = 5.0) -
 
     pin_cpus(cfg.cpus)
     models = load_parts(cfg)
-    servers = [KServeServer(models, cfg.host, cfg.port, security or ServerSecurity(), cfg.max_message_bytes, server_name="edgesplit-worker")]
-    if cfg.unix_socket:
-        servers.append(UnixSocketServer(models, cfg.unix_socket, cfg.max_message_bytes))
-    started = []
+    grpc_server = KServeServer(models, cfg.host, cfg.port, security or ServerSecurity(), cfg.max_message_bytes,
+                               server_name="edgesplit-worker")
+    ipc_server = UnixSocketServer(models, cfg.unix_socket, cfg.max_message_bytes) if cfg.unix_socket else None
+    port = await grpc_server.start()
     try:
-        port = await servers[0].start()
-        started.append(servers[0])
-        for server in servers[1:]:
-            await server.start()
-            started.append(server)
+        if ipc_server:
+            await ipc_server.start()
         # the ready line is what the local cluster waits for; it also tells a user which port was chosen
         names = ",".join(m.meta.name for m in models)
         print(f"{READY_LINE} part={names} port={port} pid={os.getpid()}", flush=True)
         await until_signalled()
         log.info("stopping: finishing calls in flight")
     finally:
-        await asyncio.gather(*(server.stop(grace_s) for server in started))
+        await asyncio.gather(grpc_server.stop(grace_s), *([ipc_server.stop(grace_s)] if ipc_server else []))
 
 
 PARENT_PID_ENV = "EDGESPLIT_PARENT_PID"

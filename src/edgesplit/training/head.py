@@ -10,7 +10,6 @@ sees a missing branch. Minutes instead of an hour on the 2-core machine.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -120,7 +119,7 @@ def retrain_head(run_dir: str | Path, out_dir: str | Path, cfg: HeadConfig = Hea
     head_s = time.perf_counter() - t0
 
     payload = {k: v for k, v in source.items() if k not in ("optimizer", "scheduler", "format")}
-    payload["state_dict"] = copy.deepcopy(model.state_dict())
+    payload["state_dict"] = model.state_dict()
     payload["head_retrained"] = {"source": str(run_dir), **asdict(cfg), "val_before": before, "val_after": history[-1]["val"],
                                  "features_s": features_s, "train_s": head_s}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,7 @@ class GrpcWorker:
         try:
             resp = await self._model_infer(req, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
-            raise _map_error(err, self) from None
+            raise status_error(err.code().name, err.details(), self) from None
         outputs, params = codec.decode_response(resp)
         return InferResult(outputs, params)
 
@@ -87,7 +87,7 @@ class GrpcWorker:
         try:
             r = await self._stub.ModelMetadata(pb.ModelMetadataRequest(name=self.model_name), timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
-            raise _map_error(err, self) from None
+            raise status_error(err.code().name, err.details(), self) from None
 
         def tensors(ts):
             return tuple(TensorMeta(t.name, codec.KSERVE_TO_NUMPY.get(t.datatype, t.datatype), tuple(t.shape)) for t in ts)
@@ -96,10 +96,6 @@ class GrpcWorker:
 
     async def close(self) -> None:
         await self._channel.close()
-
-
-def _map_error(err: grpc.aio.AioRpcError, peer) -> Exception:
-    return status_error(err.code().name, err.details(), peer)
 
 
 def status_error(status: str, detail: str, peer) -> Exception:

@@ -1,8 +1,8 @@
 """KServe v2 messages over a Unix socket: the fast path between a coordinator and workers on the same machine.
 
-Why: on the project's 2-core VM a Python gRPC round trip over loopback costs about
-1 to 1.4 ms even with a handler that does nothing (a raw socket round trip: 0.16 ms),
-and the CPU it burns is taken from the workers. The local cluster (the embedded default)
+Why: on the project's 2-core VM a Python gRPC call over loopback costs about 1 ms more
+transport per branch than this, and 1 ms more coordinator CPU per request
+(docs/benchmarks.md), CPU taken from the workers. The local cluster (the embedded default)
 therefore also serves each worker on a Unix socket and the coordinator uses it; remote
 devices and stock KServe v2 clients keep using gRPC, which every worker still serves.
 
@@ -232,8 +232,6 @@ class UnixSocketWorker:
         return f"UnixSocketWorker({self.model_name}@{self.address})"
 
     async def _connection(self) -> _Connection:
-        if self._conn is not None and not self._conn.closed:
-            return self._conn
         self._lock = self._lock or asyncio.Lock()
         async with self._lock:
             if self._conn is None or self._conn.closed:
@@ -246,7 +244,7 @@ class UnixSocketWorker:
 
     async def _call(self, kind: int, body: bytes, timeout_s: float | None) -> tuple[int, bytes]:
         conn = self._conn
-        if conn is None or conn.closed:  # (re)connect; the common case skips the extra task wait_for makes
+        if conn is None or conn.closed:  # (re)connect; an open connection skips the task wait_for makes
             try:
                 conn = await asyncio.wait_for(self._connection(), timeout_s)
             except asyncio.TimeoutError:
@@ -264,8 +262,8 @@ class UnixSocketWorker:
             if timer is not None:
                 timer.cancel()
 
-    def _late(self) -> DeadlineExceeded:
-        return DeadlineExceeded(f"{self.model_name} at {self.address} did not answer in time")
+    def _late(self) -> Exception:
+        return status_error("DEADLINE_EXCEEDED", "", self)
 
     async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "") -> InferResult:
         body = codec.serialize_request(self.model_name, inputs, request_id)

@@ -141,12 +141,13 @@ async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, r
     m = models.get(request.model_name)
     if m is None:
         raise CallFailed("INVALID_ARGUMENT", unknown_model(request.model_name, models))
-    size = sum(len(b) for b in request.raw_input_contents)
-    if size > max_message_bytes:
-        raise CallFailed("INVALID_ARGUMENT", f"request carries {size} bytes, over the limit of {max_message_bytes}; send smaller batches")
     t0 = time.perf_counter()
     try:
-        result = await m.infer(codec.decode_request(request))
+        inputs = codec.decode_request(request)  # each raw tensor copied out of the message once (upb copies on access)
+        size = sum(a.nbytes for a in inputs.values())
+        if size > max_message_bytes:
+            raise InferError(f"request carries {size} bytes, over the limit of {max_message_bytes}; send smaller batches")
+        result = await m.infer(inputs)
     except InferError as err:
         raise CallFailed("INVALID_ARGUMENT", str(err)) from None
     except DeadlineExceeded as err:
