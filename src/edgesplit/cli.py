@@ -458,10 +458,12 @@ def cmd_quantize(args) -> None:
 
     sweep = [int(b) for b in args.sweep.split(",")] if args.sweep else None
     r = quantize_checkpoint(args.checkpoint, args.wbits, args.fbits, args.qat_epochs, args.calib_images, args.data_dir,
-                            args.max_test, sweep, args.qat_images)
+                            args.max_test, sweep, args.qat_images, per_channel=args.per_channel)
     if args.json:
         return _write_json(r, args.json)
-    print(f"{r['model']} on {r['dataset']} test ({r['test_images']} images), W{r['wbits']}/F{r['fbits']} fixed point")
+    granularity = "per-channel" if r["per_channel"] else "per-tensor"
+    print(f"{r['model']} on {r['dataset']} test ({r['test_images']} images), W{r['wbits']}/F{r['fbits']} fixed point, "
+          f"{granularity} weight formats")
     print(f"{'layer':<40}{'op':<8}{'weights':>9}{'max |w|':>9}{'w format':>10}{'out format':>11}")
     for row in r["layers"]:
         name = row["layer"] if len(row["layer"]) <= 39 else "..." + row["layer"][-36:]
@@ -671,6 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calib-images", type=int, default=1000, help="training images for calibration (default 1000)")
     s.add_argument("--qat-images", type=int, help="train QAT on the first N training images (default: all)")
     s.add_argument("--sweep", help="also measure e.g. 8,6,4: each width for weights only and for feature maps only (the other at 16)")
+    s.add_argument("--per-channel", action="store_true",
+                   help="one power-of-two weight format per output channel (a per-channel shift in hardware)")
     s.add_argument("--max-test", type=int, help="evaluate on the first N test images only")
     s.add_argument("--data-dir", help="dataset folder")
     s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")

@@ -3,7 +3,9 @@
 A value ``v`` in format ``Fixed(bits, frac)`` is the signed integer
 ``q = clip(floor(v * 2**frac + 1/2), -2**(bits-1), 2**(bits-1) - 1)`` (round half up,
 saturate). Weights, biases and every feature map (each op's output) have their own
-format: per-layer widths with integer and fraction bits.
+format: per-layer widths with integer and fraction bits. A weight tensor may instead have
+one fraction-bit count per output channel (``frac`` a tuple; axis 0 of the weights): in
+hardware a per-channel shift of the accumulator before the output is rounded.
 
 ``run_integer`` executes a :class:`QGraph` with integer tensors only (int64
 accumulators, shifts with rounding, saturation). The fake-quantized PyTorch model
@@ -22,12 +24,21 @@ from edgesplit.errors import EdgesplitError
 
 MIN_BITS, MAX_BITS = 2, 16  # float64 fake quantization stays exact up to 16-bit operands
 BIAS_BITS = 32  # biases live in the accumulator's format
+MAX_FRAC = 40  # no format finer than 2**-40: every shift of the integer reference stays inside int64
 
 
 @dataclass(frozen=True)
 class Fixed:
     bits: int
-    frac: int  # fraction bits; integer bits (with sign) = bits - frac
+    frac: int | tuple[int, ...]  # fraction bits; integer bits (with sign) = bits - frac. tuple: one per output channel
+
+    @property
+    def per_channel(self) -> bool:
+        return isinstance(self.frac, tuple)
+
+    def frac_along(self, ndim: int, axis: int = 0) -> int | np.ndarray:
+        """The fraction bits shaped to broadcast over a tensor of ``ndim`` dims with channels on ``axis``."""
+        return channel_frac(self.frac, ndim, axis)
 
     @property
     def qmin(self) -> int:
@@ -38,7 +49,18 @@ class Fixed:
         return (1 << (self.bits - 1)) - 1
 
     def __str__(self) -> str:
+        if self.per_channel:
+            return f"Q{self.bits}[frac {min(self.frac)}..{max(self.frac)} per channel]"
         return f"Q{self.bits - self.frac}.{self.frac}"
+
+
+def channel_frac(frac, ndim: int, axis: int) -> int | np.ndarray:
+    """Scalar fraction bits as they are; per-channel ones (a sequence) shaped (1,..,C,..,1) with C on ``axis``."""
+    if np.ndim(frac) == 0:
+        return int(frac)
+    shape = [1] * ndim
+    shape[axis] = -1
+    return np.asarray(frac, np.int64).reshape(shape)
 
 
 def check_bits(name: str, bits: int) -> None:
@@ -46,27 +68,47 @@ def check_bits(name: str, bits: int) -> None:
         raise EdgesplitError(f"--{name} must be between {MIN_BITS} and {MAX_BITS}, got {bits}")
 
 
-def format_for(max_abs: float, bits: int) -> Fixed:
-    """The format with the most fraction bits whose range still holds ``max_abs``."""
+def int_bits(max_abs: float) -> int:
+    """Bits left of the binary point (sign excluded) that ``max_abs`` needs; negative below 1/2."""
+    return math.floor(math.log2(max_abs)) + 1 if max_abs > 0 and math.isfinite(max_abs) else 0
+
+
+def format_for(max_abs: float, bits: int, max_frac: int = MAX_FRAC) -> Fixed:
+    """The format with the most fraction bits (at most ``max_frac``) whose range still holds ``max_abs``.
+
+    Values under 1/2 get more than ``bits - 1`` fraction bits (negative integer bits): a layer whose
+    weights all lie in (-0.1, 0.1) uses its whole width instead of its lowest bits."""
     if max_abs <= 0 or not math.isfinite(max_abs):
-        return Fixed(bits, bits - 1)
-    int_bits = max(0, math.floor(math.log2(max_abs)) + 1)  # bits left of the point, sign excluded
-    return Fixed(bits, bits - 1 - int_bits)
+        return Fixed(bits, min(bits - 1, max_frac))
+    return Fixed(bits, min(bits - 1 - int_bits(max_abs), max_frac))
+
+
+def weight_frac_limit(bias_max_abs: float, input_frac: int) -> int:
+    """The most fraction bits a layer's weights may have so that its bias, in the accumulator's format
+    (weights' + input's fraction bits, :data:`BIAS_BITS` wide), does not saturate."""
+    return min(MAX_FRAC, BIAS_BITS - 1 - max(0, int_bits(bias_max_abs)) - input_frac)
+
+
+def format_per_channel(max_abs: np.ndarray, bits: int, max_frac: int | np.ndarray = MAX_FRAC) -> Fixed:
+    """:func:`format_for` for each output channel's largest magnitude: one fraction-bit count per channel."""
+    max_abs = np.asarray(max_abs, np.float64).reshape(-1)
+    limits = np.broadcast_to(np.asarray(max_frac), max_abs.shape)
+    return Fixed(bits, tuple(format_for(float(m), bits, int(f)).frac for m, f in zip(max_abs, limits)))
 
 
 def quantize(x: np.ndarray, fmt: Fixed) -> np.ndarray:
-    """Real values -> integers of ``fmt`` (int64)."""
-    q = np.floor(np.asarray(x, np.float64) * 2.0 ** fmt.frac + 0.5)
+    """Real values -> integers of ``fmt`` (int64); a per-channel format along axis 0."""
+    x = np.asarray(x, np.float64)
+    q = np.floor(x * 2.0 ** fmt.frac_along(x.ndim) + 0.5)
     return np.clip(q, fmt.qmin, fmt.qmax).astype(np.int64)
 
 
-def requantize(q: np.ndarray, frac_in: int, fmt: Fixed) -> np.ndarray:
-    """Integers with ``frac_in`` fraction bits -> ``fmt``: an arithmetic shift with round half up, then saturate."""
-    shift = frac_in - fmt.frac
-    if shift > 0:
-        q = (q + (1 << (shift - 1))) >> shift
-    elif shift < 0:
-        q = q << (-shift)
+def requantize(q: np.ndarray, frac_in: int | np.ndarray, fmt: Fixed) -> np.ndarray:
+    """Integers with ``frac_in`` fraction bits (a scalar or an array broadcasting over ``q``, one per channel)
+    -> ``fmt``: an arithmetic shift with round half up, then saturate."""
+    shift = np.asarray(frac_in - fmt.frac, np.int64)
+    right, left = np.maximum(shift, 0), np.maximum(-shift, 0)
+    q = (np.left_shift(q, left) + (np.left_shift(1, right) >> 1)) >> right  # right > 0: (q + 2**(right-1)) >> right
     return np.clip(q, fmt.qmin, fmt.qmax)
 
 
@@ -109,9 +151,12 @@ class QScheme:
     fbits: int
     features: dict[str, Fixed | None]  # None: left in float (QuantNet only; the integer reference refuses it)
     weights: dict[str, Fixed | None]
+    per_channel: bool = False  # weight formats per output channel
 
-    def bias_frac(self, op: QOp) -> int:
-        return self.weights[op.name].frac + self.features[op.inputs[0]].frac
+    def bias_frac(self, op: QOp) -> int | tuple[int, ...]:
+        """The accumulator's fraction bits (weights' + input's): one per output channel for per-channel weights."""
+        w, a = self.weights[op.name].frac, self.features[op.inputs[0]].frac
+        return tuple(f + a for f in w) if isinstance(w, tuple) else w + a
 
 
 # ---------------------------------------------------------------- integer execution
@@ -169,10 +214,10 @@ def run_integer(graph: QGraph, scheme: QScheme, x: np.ndarray) -> tuple[np.ndarr
             bq = quantize(op.bias, Fixed(BIAS_BITS, bias_frac)) if op.bias is not None else 0
             if op.op == "conv":
                 acc = conv_int(a, wq, op.attrs["stride"], op.attrs["pads"], op.attrs["groups"])
-                acc = acc + (bq[None, :, None, None] if op.bias is not None else 0)
+                acc = acc + (bq[None, :, None, None] if op.bias is not None else 0)  # (B, M, Ho, Wo)
             else:
-                acc = a.reshape(a.shape[0], -1) @ wq.T + bq
-            y = requantize(acc, bias_frac, fo)
+                acc = a.reshape(a.shape[0], -1) @ wq.T + bq  # (B, M)
+            y = requantize(acc, channel_frac(bias_frac, acc.ndim, 1), fo)
         elif op.op == "relu":
             y = requantize(np.maximum(a, 0), fa, fo)
         elif op.op == "maxpool":

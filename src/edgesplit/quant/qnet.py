@@ -8,8 +8,9 @@ same module trains (QAT). In float64 it computes exactly what the integer refere
 ``fixed.run_integer`` computes.
 
 Formats come from calibration (post-training quantization): the largest magnitude of
-each weight tensor and of each feature map over calibration images sets its integer
-bits; the rest of the width is fraction bits.
+each weight tensor (or of each of its output channels, ``per_channel``) and of each
+feature map over calibration images sets its integer bits; the rest of the width is
+fraction bits.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.quant.fixed import BIAS_BITS, Fixed, QGraph, QOp, QScheme, check_bits, format_for, pool_pads
+from edgesplit.quant.fixed import (BIAS_BITS, MAX_FRAC, Fixed, QGraph, QOp, QScheme, check_bits, format_for,
+                                  format_per_channel, pool_pads, weight_frac_limit)
 
 PASS_THROUGH = ("relu", "maxpool", "flatten")  # outputs keep their input's format: no rounding needed
 
@@ -83,8 +85,10 @@ def qgraph_from_model(model: nn.Module, input_shape: tuple[int, ...]) -> QGraph:
 
 # ---------------------------------------------------------------- fake quantization
 def fake_quant(x: torch.Tensor, fmt: Fixed) -> torch.Tensor:
-    """Round to ``fmt`` (half up, saturating); the gradient passes straight through (STE)."""
-    scale = 2.0 ** fmt.frac
+    """Round to ``fmt`` (half up, saturating; per-channel formats along axis 0); the gradient passes straight through (STE)."""
+    scale = 2.0 ** fmt.frac_along(x.dim())
+    if fmt.per_channel:
+        scale = torch.from_numpy(scale).to(x.dtype)
     q = torch.clamp(torch.floor(x * scale + 0.5), fmt.qmin, fmt.qmax) / scale
     return x + (q - x).detach()
 
@@ -155,8 +159,11 @@ class QuantNet(nn.Module):
     # ------------------------------------------------------------ calibration
     @torch.no_grad()
     def calibrate(self, batches: Iterable[torch.Tensor], wbits: int, fbits: int,
-                  overrides: dict[str, tuple[int, int] | None] | None = None) -> QScheme:
+                  overrides: dict[str, tuple[int, int] | None] | None = None, per_channel: bool = False) -> QScheme:
         """Post-training quantization: formats from the largest magnitudes seen on ``batches``.
+
+        ``per_channel``: each output channel of a weight tensor gets its own fraction bits (batch-norm
+        folding leaves the channels of one layer with very different ranges).
 
         ``overrides``: op-name prefix (e.g. ``/branches.1/``, one device's branch) -> its own
         (weight, feature-map) widths, or None to leave those ops in float (a CPU branch, a head run in
@@ -189,9 +196,19 @@ class QuantNet(nn.Module):
                 feats[op.output] = feats[op.inputs[0]]
             else:
                 feats[op.output] = None if w_f is None else format_for(observed[op.output], w_f[1])
-            if op.has_weights:
-                weights[op.name] = None if w_f is None else format_for(float(self.weights[str(i)].abs().max()), w_f[0])
-        self.scheme = QScheme(wbits, fbits, feats, weights)
+            if op.has_weights and w_f is None:
+                weights[op.name] = None
+            elif op.has_weights:  # as fine as the weights allow, but never so fine that the bias saturates
+                w = self.weights[str(i)].detach().abs().flatten(1)  # (out channels, fan-in)
+                b = self.biases[str(i)].detach().abs() if str(i) in self.biases else torch.zeros(len(w))
+                in_fmt = feats[op.inputs[0]]
+                if per_channel:
+                    limits = [weight_frac_limit(float(bc), in_fmt.frac) if in_fmt else MAX_FRAC for bc in b]
+                    weights[op.name] = format_per_channel(w.amax(1).numpy(), w_f[0], np.array(limits))
+                else:
+                    limit = weight_frac_limit(float(b.max()), in_fmt.frac) if in_fmt else MAX_FRAC
+                    weights[op.name] = format_for(float(w.max()), w_f[0], limit)
+        self.scheme = QScheme(wbits, fbits, feats, weights, per_channel)
         return self.scheme
 
     def export_graph(self) -> QGraph:

@@ -50,10 +50,10 @@ def calibration_batches(dataset, idx: np.ndarray, pre, n: int, batch_size: int =
 
 
 def qat(qnet: QuantNet, dataset, idx: np.ndarray, pre, epochs: int, seed: int = 0, batch_size: int = 128,
-        progress: Callable[[dict], None] | None = None) -> list[dict]:
-    """Quantization-aware training: SGD through the fake quantizers, formats fixed."""
+        lr: float = QAT_LR, progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """Quantization-aware training: SGD through the fake quantizers (cosine from ``lr``), formats fixed."""
     rng = np.random.default_rng(seed)
-    opt = torch.optim.SGD(qnet.parameters(), lr=QAT_LR, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(qnet.parameters(), lr=lr, momentum=0.9, nesterov=True)
     steps = epochs * math.ceil(len(idx) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     history = []
@@ -85,7 +85,7 @@ def model_bytes(qnet: QuantNet, wbits: int) -> dict:
 
 def quantize_checkpoint(path: str, wbits: int, fbits: int, qat_epochs: int = 0, calib_images: int = 1000,
                         data_dir: str | None = None, max_test: int | None = None, sweep: list[int] | None = None,
-                        qat_images: int | None = None,
+                        qat_images: int | None = None, per_channel: bool = False,
                         progress: Callable[[dict], None] | None = None) -> dict:
     check_bits("wbits", wbits)
     check_bits("fbits", fbits)
@@ -110,16 +110,16 @@ def quantize_checkpoint(path: str, wbits: int, fbits: int, qat_epochs: int = 0, 
     calib = calibration_batches(train, train_idx, pre, calib_images)
     report = {"checkpoint": str(path), "model": ckpt["model"], "dataset": data, "test_images": int(len(test_idx)),
               "wbits": wbits, "fbits": fbits, "calibration_images": int(min(calib_images, len(train_idx))),
-              "float_top1": float_top1}
+              "per_channel": per_channel, "float_top1": float_top1}
     if sweep:  # one width varied, the other kept at 16 bits: which is more sensitive?
         rows = []
         for bits in sweep:
             for varied, (wb, fb) in (("weights", (bits, 16)), ("features", (16, bits))):
-                qnet.calibrate(calib, wb, fb)
+                qnet.calibrate(calib, wb, fb, per_channel=per_channel)
                 rows.append({"varied": varied, "wbits": wb, "fbits": fb, "ptq_top1": quantized_top1(qnet, test, test_idx, pre)})
                 log.info("sweep W%d/F%d: %.4f", wb, fb, rows[-1]["ptq_top1"])
         report["sweep"] = rows
-    qnet.calibrate(calib, wbits, fbits)
+    qnet.calibrate(calib, wbits, fbits, per_channel=per_channel)
     report["ptq_top1"] = quantized_top1(qnet, test, test_idx, pre)
     report["layers"] = qnet.ranges()
     report["size"] = model_bytes(qnet, wbits)
