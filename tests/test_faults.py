@@ -80,6 +80,41 @@ def test_frozen_worker_does_not_delay_answers(mlp, coded_export):
             os.kill(pid, signal.SIGCONT)
 
 
+def test_lazy_parity_asks_parity_blocks_only_when_a_data_block_is_late_or_gone(mlp, coded_export):
+    xs = _xs(12)
+    want = reference_forward(mlp, xs)
+    # slack 20: a data block is late only at 21x the first one's time, so fault-free runs never ask the parity block
+    with LocalCluster(coded_export, groups=_groups(K + R), pin=False, timeout_ms=5000) as c, \
+            edgesplit.connect(c.plan(parity="lazy", parity_slack=20.0)) as client:
+        for x, w in zip(xs[:4], want):
+            r = client.infer_result(x[None])
+            assert "parity_asked" not in r.parameters and not r.parameters["recovered"]
+            assert _close(r.outputs["logits"][0], w)
+        pid = c.workers["l1.0,l2.0"].proc.pid
+        os.kill(pid, signal.SIGSTOP)  # a data block that never answers: late, so parity is asked
+        try:
+            for x, w in zip(xs[4:8], want[4:8]):
+                r = client.infer_result(x[None])
+                assert r.parameters["parity_asked"] == 2 and r.parameters["recovered"]  # both coded stages
+                assert _close(r.outputs["logits"][0], w)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        c.kill("l1.1,l2.1")  # a data block that fails: parity at once
+        for x, w in zip(xs[8:], want[8:]):
+            r = client.infer_result(x[None])
+            assert r.parameters["recovered"] and not r.parameters["degraded"] and _close(r.outputs["logits"][0], w)
+
+
+def test_plan_refuses_unknown_parity_policy(coded_export):
+    from edgesplit.errors import EdgesplitError
+    from edgesplit.runtime.plan import Plan, PartPlacement, validate_plan
+
+    parts = tuple(PartPlacement(p, ("127.0.0.1:1",)) for p in load_manifest(coded_export).remote_parts)
+    for bad, needle in (({"parity": "sometimes"}, "parity must be eager or lazy"), ({"parity_slack": -1}, "parity_slack")):
+        with pytest.raises(EdgesplitError, match=needle):
+            validate_plan(Plan(str(coded_export), parts, **bad), load_manifest(coded_export))
+
+
 @pytest.mark.parametrize("faulty", [["--inject-error-prob", "0.3", "--inject-seed", "4"], ["--crash-after", "10"]],
                          ids=["errors", "crash"])
 def test_injected_faults_on_one_worker_are_recovered_then_it_is_readmitted(mlp, coded_export, faulty):

@@ -1,7 +1,9 @@
 """``edgesplit bench faults``: AlexNet's FC layers over 4 data workers, with and without 1 parity worker.
 
-Scenarios, each run with coding (4 + 1 workers) and without (4 workers), one request
-at a time over loopback gRPC:
+Scenarios, each run with coding (4 + r workers, r = 1 by default) and without (4 workers),
+one request at a time through a local cluster (Unix sockets). ``parity_policy``: ``eager`` asks
+every block at once; ``lazy`` asks the parity blocks only when a data block fails or is late
+(the plan's ``parity``), so parity workers sharing the cores cost nothing while all goes well:
 * ``fault_free``;
 * ``straggler_one``: one device straggles: 10% of its calls take 10x their compute time;
 * ``straggler_all``: every device straggles independently the same way;
@@ -29,7 +31,8 @@ STRAGGLE_PROB, STRAGGLE_SLOWDOWN = 0.1, 10.0
 LAYER_NAMES = ("fc6", "fc7")
 
 
-def _run_scenario(export_dir: Path, n_workers: int, scenario: str, xs: np.ndarray, refs: np.ndarray, timeout_ms: float) -> dict:
+def _run_scenario(export_dir: Path, n_workers: int, scenario: str, xs: np.ndarray, refs: np.ndarray, timeout_ms: float,
+                  parity_policy: str = "eager") -> dict:
     import edgesplit
     from edgesplit.runtime.cluster import LocalCluster
 
@@ -42,10 +45,10 @@ def _run_scenario(export_dir: Path, n_workers: int, scenario: str, xs: np.ndarra
     elif scenario == "straggler_all":
         extra = {name: straggle + ["--inject-seed", str(i)] for i, name in enumerate(names)}
     n = len(xs)
-    counts = {"sent": n, "exact": 0, "recovered": 0, "degraded": 0, "errors": 0, "lost": 0}
+    counts = {"sent": n, "exact": 0, "recovered": 0, "degraded": 0, "errors": 0, "lost": 0, "parity_asked": 0}
     lat, decode_share, arrivals, worst_err = [], [], [], 0.0
     with LocalCluster(export_dir, groups=groups, pin=False, extra_args=extra, timeout_ms=timeout_ms) as cluster, \
-            edgesplit.connect(cluster.plan(probe_interval_ms=200)) as client:
+            edgesplit.connect(cluster.plan(probe_interval_ms=200, parity=parity_policy)) as client:
         for x in xs[:5]:
             client.infer(x[None])
         for i, x in enumerate(xs):
@@ -70,6 +73,7 @@ def _run_scenario(export_dir: Path, n_workers: int, scenario: str, xs: np.ndarra
             arrivals += [v for k, v in p.items() if k.endswith("_arrival_ms")]
             if "decode_ms" in p:
                 decode_share.append(p["decode_ms"] / ms)
+            counts["parity_asked"] += bool(p.get("parity_asked"))  # requests where lazy parity was needed
             if p.get("degraded"):
                 counts["degraded"] += 1
                 continue
@@ -94,7 +98,8 @@ def p_more_stragglers_than_parity(workers: int, parity: int, prob: float) -> flo
 
 
 def bench_faults(requests: int = 300, timeout_ms: float = 2000.0, seed: int = 0, histogram: str | None = None,
-                 scenarios=("fault_free", "straggler_one", "straggler_all", "kill"), parity: int = 1) -> dict:
+                 scenarios=("fault_free", "straggler_one", "straggler_all", "kill"), parity: int = 1,
+                 parity_policy: str = "eager") -> dict:
     from edgesplit.export.coded import export_coded_mlp, random_alexnet_fc, reference_forward
 
     layers = random_alexnet_fc(seed=seed)
@@ -106,9 +111,10 @@ def bench_faults(requests: int = 300, timeout_ms: float = 2000.0, seed: int = 0,
             export_dir = Path(tmp) / label
             export_coded_mlp(layers, export_dir, K_DATA, r, "alexnet-fc", layer_names=LAYER_NAMES)
             for scenario in scenarios:
-                results[f"{label}/{scenario}"] = _run_scenario(export_dir, K_DATA + r, scenario, xs, refs, timeout_ms)
+                results[f"{label}/{scenario}"] = _run_scenario(export_dir, K_DATA + r, scenario, xs, refs, timeout_ms,
+                                                               parity_policy)
     out = {"benchmark": "faults", "model": "alexnet FC (9216-4096-4096-1000, random weights)", "requests": requests,
-           "data_workers": K_DATA, "parity_workers": parity, "straggler": {"prob": STRAGGLE_PROB, "slowdown": STRAGGLE_SLOWDOWN},
+           "data_workers": K_DATA, "parity_workers": parity, "parity_policy": parity_policy, "straggler": {"prob": STRAGGLE_PROB, "slowdown": STRAGGLE_SLOWDOWN},
            "machine": machine_info(), "scenarios": {k: {kk: vv for kk, vv in v.items() if kk != "arrival_ms"} for k, v in results.items()}}
     ff = results.get("coded/fault_free")
     targets = {}

@@ -339,8 +339,10 @@ def cmd_bench_faults(args) -> None:
 
     if not 1 <= args.parity <= 3:
         raise EdgesplitError(f"--parity must be 1, 2 or 3, got {args.parity}")
-    r = bench_faults(args.requests, args.timeout_ms, histogram=args.histogram, parity=args.parity)
-    print(f"{r['model']}: {r['data_workers']} data workers (+{r['parity_workers']} parity), {r['requests']} requests each")
+    r = bench_faults(args.requests, args.timeout_ms, histogram=args.histogram, parity=args.parity,
+                     parity_policy=args.parity_policy)
+    print(f"{r['model']}: {r['data_workers']} data workers (+{r['parity_workers']} parity, {r['parity_policy']}), "
+          f"{r['requests']} requests each")
     print(f"{'scenario':<26}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'exact':>7}{'recov':>7}{'degr':>6}{'err':>5}{'lost':>5}{'max rel err':>12}")
     for name, s in r["scenarios"].items():
         l, c = s["latency"], s["counts"]
@@ -725,6 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--timeout-ms", type=float, default=2000.0)
     b.add_argument("--histogram", default="runs/bench_faults_arrivals.png", help="arrival-time histogram PNG")
     b.add_argument("--parity", type=int, default=1, help="parity workers of the coded run, 1-3 (default 1)")
+    b.add_argument("--parity-policy", choices=("eager", "lazy"), default="eager",
+                   help="eager: every block asked at once; lazy: parity blocks only when a data block fails or is late")
     b.add_argument("--json", help="write the numbers here")
     b.set_defaults(func=cmd_bench_faults)
 

@@ -7,6 +7,8 @@ Each stage sends its input to all its parts at once and merges the answers:
 * ``decode`` (coded FC row blocks): returns as soon as any k of the k + r parts
   answered, cancels the rest, and decodes (``recovered`` when a parity block was
   used). Fewer than k by the deadline: missing data blocks are zeros, ``degraded``.
+  With the plan's ``parity: lazy`` the parity blocks are asked only when a data block
+  fails or is late (``parity_asked`` counts the stages where they were).
 * ``single``: one part; it must answer.
 The head (a ``local`` stage) runs here in ONNX Runtime with one thread and no
 spinning, so the coordinator never takes cores from workers on the same machine.
@@ -86,6 +88,7 @@ class Coordinator:
                               (TensorMeta("logits", "float32", (-1, out_dim)),))
         self._rr = {name: itertools.count() for name in peers}
         self._ids = itertools.count()
+        self._typical_first_ms: dict[str, float] = {}  # per coded stage: moving average of the first data answer
         self._closed = False
 
     def ready(self) -> bool:
@@ -189,19 +192,44 @@ class Coordinator:
             (name,) = stage.parts
             return self.local[name].run({stage.input: x})[stage.output]  # ~10 us: cheaper inline than a thread hop
         t_stage = time.perf_counter()
-        tasks = {asyncio.ensure_future(self._call_part(stage, n, x, deadline, rid)): i for i, n in enumerate(stage.parts)}
-        need = stage.code_k if stage.merge == "decode" else len(stage.parts)
+        tasks: dict[asyncio.Future, int] = {}
+
+        def ask(indices) -> set[asyncio.Future]:
+            new = {asyncio.ensure_future(self._call_part(stage, stage.parts[i], x, deadline, rid)): i for i in indices}
+            tasks.update(new)
+            return set(new)
+
+        coded = stage.merge == "decode"
+        need = stage.code_k if coded else len(stage.parts)
+        held_back = range(stage.code_k, len(stage.parts)) if coded and self.plan.parity == "lazy" else range(0)
+        pending = ask(i for i in range(len(stage.parts)) if i not in held_back)
         answers: dict[int, np.ndarray] = {}
         errors: list[str] = []
-        pending = set(tasks)
+        first_data_ms = None  # when the first data block answered (lazy parity's yardstick)
         try:
-            while pending and len(answers) < need:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                late_in_s = None
+                if held_back:  # lazy parity: ask the parity blocks once a data block failed or is late
+                    ref_ms = first_data_ms if first_data_ms is not None else self._typical_first_ms.get(stage.name)
+                    late_in_s = None if ref_ms is None else \
+                        (1 + self.plan.parity_slack) * ref_ms / 1e3 - (time.perf_counter() - t_stage)
+                    if errors or (late_in_s is not None and late_in_s <= 0):
+                        pending |= ask(held_back)
+                        held_back, late_in_s = range(0), None
+                        flags["parity_asked"] = flags.get("parity_asked", 0) + 1
+                if not pending or len(answers) >= need:
+                    break
+                if coded and len(answers) + len(pending) + len(held_back) < need and self.plan.on_missing == "fail":
+                    break  # k can no longer be reached and a degraded answer is not wanted: stop waiting
+                done, pending = await asyncio.wait(pending, timeout=late_in_s, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
                     if t.exception() is None:
                         r = t.result()
                         answers[tasks[t]] = r.outputs[stage.output]
-                        flags.setdefault("arrival_ms", {})[stage.parts[tasks[t]]] = (time.perf_counter() - t_stage) * 1e3
+                        arrival_ms = (time.perf_counter() - t_stage) * 1e3
+                        flags.setdefault("arrival_ms", {})[stage.parts[tasks[t]]] = arrival_ms
+                        if coded and tasks[t] < stage.code_k and first_data_ms is None:
+                            first_data_ms = arrival_ms
                         for key in PART_TIMINGS:  # the worker's own account of the call, when it gives one
                             if key in r.parameters:
                                 flags.setdefault(key, {})[stage.parts[tasks[t]]] = r.parameters[key]
@@ -209,11 +237,12 @@ class Coordinator:
                         errors.append(str(t.exception()))
                     else:
                         raise t.exception()
-                if stage.merge == "decode" and len(answers) + len(pending) < need and self.plan.on_missing == "fail":
-                    break  # k can no longer be reached and a degraded answer is not wanted: stop waiting
         finally:
             for t in pending:  # no call is left running for an answer nobody will read
                 t.cancel()
+        if first_data_ms is not None:  # the yardstick for the next request, before its first data block answers
+            typical = self._typical_first_ms.get(stage.name)
+            self._typical_first_ms[stage.name] = first_data_ms if typical is None else 0.8 * typical + 0.2 * first_data_ms
         return self._merge(stage, answers, errors, flags, x.shape[0])
 
     def _merge(self, stage: StageSpec, answers: dict[int, np.ndarray], errors: list[str], flags: dict, batch: int) -> np.ndarray:
@@ -266,8 +295,9 @@ class Coordinator:
             params["missing"] = ",".join(flags["missing"])
         for key in ("arrival_ms", *PART_TIMINGS):
             params.update({f"{name}_{key}": ms for name, ms in flags.get(key, {}).items()})
-        if "decode_ms" in flags:
-            params["decode_ms"] = flags["decode_ms"]
+        for key in ("decode_ms", "parity_asked"):
+            if key in flags:
+                params[key] = flags[key]
         return InferResult({"logits": x}, params)
 
     async def wait_ready(self, timeout_s: float = 30.0, require_all: bool = True) -> None:

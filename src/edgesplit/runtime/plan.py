@@ -4,6 +4,8 @@
     timeout_ms: 2000                   # per request, all stages together
     on_missing: degrade                # a branch that cannot answer: zeros + degraded flag (or: fail)
     hedge_ms: 50                       # optional: ask a second replica when the first is this late
+    parity: eager                      # coded stages: ask parity blocks with the data blocks (eager) or only
+                                       # when a data block fails or is late (lazy; parity_slack sets "late")
     input_dtype: uint8                 # what the coordinator sends to branches: uint8 | float32
     parts:
       branch0: {replicas: ["10.0.0.11:50051"]}
@@ -56,6 +58,12 @@ class Plan:
     hedge_ms: float | None = None  # ask the next replica too when the first is this late
     unhealthy_after: int = 3  # consecutive failures before a peer is skipped and probed
     probe_interval_ms: float = 500.0
+    # Coded stages. eager: every block (data and parity) is asked at once, the first k answers decode.
+    # lazy: the data blocks first; the parity blocks only when a data block fails, or has not answered
+    # (1 + parity_slack) x as long after the stage started as the first data block took (parity devices
+    # then idle unless needed: for parity workers that share cores, or are metered).
+    parity: str = "eager"
+    parity_slack: float = 0.5
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -78,7 +86,7 @@ def load_plan(path: str | Path) -> Plan:
         plan = Plan(str((path.parent / d["export"]) if not Path(d["export"]).is_absolute() else d["export"]), parts,
                     float(d.get("timeout_ms", 2000)), d.get("input_dtype", "uint8"), PlanSecurity(**(d.get("security") or {})),
                     d.get("on_missing", "degrade"), d.get("hedge_ms"), int(d.get("unhealthy_after", 3)),
-                    float(d.get("probe_interval_ms", 500)))
+                    float(d.get("probe_interval_ms", 500)), d.get("parity", "eager"), float(d.get("parity_slack", 0.5)))
     except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
         raise EdgesplitError(f"{path} is not a valid plan ({type(err).__name__}: {err}); see `edgesplit plan --help`") from None
     validate_plan(plan, load_manifest(plan.export, verify=False))
@@ -102,6 +110,10 @@ def validate_plan(plan: Plan, manifest: Manifest) -> None:
         raise EdgesplitError("timeout_ms must be positive")
     if plan.on_missing not in ("degrade", "fail"):
         raise EdgesplitError(f"on_missing must be degrade or fail, got {plan.on_missing!r}")
+    if plan.parity not in ("eager", "lazy"):
+        raise EdgesplitError(f"parity must be eager or lazy, got {plan.parity!r}")
+    if plan.parity_slack < 0:
+        raise EdgesplitError(f"parity_slack must be 0 or more, got {plan.parity_slack}")
 
 
 def make_plan(export_dir: str, addresses: Sequence[str], speeds: Sequence[float] | None = None,
