@@ -2,7 +2,6 @@
 import asyncio
 import os
 import stat
-import struct
 import time
 
 import numpy as np

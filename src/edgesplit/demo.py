@@ -153,7 +153,7 @@ def run_demo(cfg: DemoConfig, json_path: str | None = None) -> dict:
                 unplugged = _unplug(cluster, client, images[: cfg.unplug_images], labels, manifest.branches[-1].name)
 
     if "in-process" in cfg.modes:
-        print(f"[demo] in-process: the split model in this process (1 thread)", flush=True)
+        print("[demo] in-process: the split model in this process (1 thread)", flush=True)
         infer = lambda x: split_local(split_local.pre.normalize(x))  # noqa: E731
         preds, lat = _run_sequential(infer, images)
         results["in-process"] = _mode_report("in-process", manifest.model, preds, labels, lat, 1e3 / np.mean(lat))

@@ -1,8 +1,6 @@
 """Batch transforms in torch: uint8 (B, H, W, C) -> normalised float (B, C, H, W), and augmentation."""
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F

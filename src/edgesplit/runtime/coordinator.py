@@ -39,6 +39,7 @@ from edgesplit.runtime.engine import OnnxRuntimeEngine
 from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
 from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
 from edgesplit.runtime.plan import Plan, validate_plan
+from edgesplit.runtime.shm import InputRing
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,11 @@ class _Missing(Exception):
 
 
 class Coordinator:
-    def __init__(self, plan: Plan, peers: dict[str, list[Peer]], head: OnnxRuntimeEngine | None = None):
+    def __init__(self, plan: Plan, peers: dict[str, list[Peer]], head: OnnxRuntimeEngine | None = None,
+                 ring: InputRing | None = None):
+        """``ring``: shared memory for inputs sent to several workers on this machine (closed with the coordinator)."""
         self.plan = plan
+        self.ring = ring
         self.manifest = load_manifest(plan.export, verify=False)
         verify_parts(self.manifest, [p for s in self.manifest.stages if s.local for p in s.parts])  # what runs here
         validate_plan(plan, self.manifest)
@@ -193,9 +197,11 @@ class Coordinator:
             return self.local[name].run({stage.input: x})[stage.output]  # ~10 us: cheaper inline than a thread hop
         t_stage = time.perf_counter()
         tasks: dict[asyncio.Future, int] = {}
+        shared = self.ring.put(x) if self.ring is not None and len(stage.parts) > 1 else None  # one copy for all parts
+        x_sent = shared or x
 
         def ask(indices) -> set[asyncio.Future]:
-            new = {asyncio.ensure_future(self._call_part(stage, stage.parts[i], x, deadline, rid)): i for i in indices}
+            new = {asyncio.ensure_future(self._call_part(stage, stage.parts[i], x_sent, deadline, rid)): i for i in indices}
             tasks.update(new)
             return set(new)
 
@@ -240,6 +246,8 @@ class Coordinator:
         finally:
             for t in pending:  # no call is left running for an answer nobody will read
                 t.cancel()
+            if shared is not None:  # every call that reads the slot is over: answered, failed or cancelled (a
+                self.ring.release(shared)  # cancelled worker may still read it, but its answer is never used)
         if first_data_ms is not None:  # the yardstick for the next request, before its first data block answers
             typical = self._typical_first_ms.get(stage.name)
             self._typical_first_ms[stage.name] = first_data_ms if typical is None else 0.8 * typical + 0.2 * first_data_ms
@@ -327,6 +335,8 @@ class Coordinator:
                 if h.probing:
                     h.probing.cancel()
                 await h.peer.close()
+        if self.ring is not None:
+            self.ring.close()
 
 
 def remote_coordinator(plan: Plan) -> Coordinator:
@@ -335,6 +345,7 @@ def remote_coordinator(plan: Plan) -> Coordinator:
     from pathlib import Path
 
     from edgesplit.runtime.transport.client import ClientSecurity, GrpcWorker
+    from edgesplit.runtime.shm import available as shm_available
     from edgesplit.runtime.transport.ipc import SCHEME, UnixSocketWorker
 
     s = plan.security
@@ -345,4 +356,6 @@ def remote_coordinator(plan: Plan) -> Coordinator:
         return UnixSocketWorker(address, name) if address.startswith(SCHEME) else GrpcWorker(address, name, security)
 
     peers = {p.name: [peer(addr, p.remote_name) for addr in p.replicas] for p in plan.parts}
-    return Coordinator(plan, peers)
+    local = sum(addr.startswith(SCHEME) for p in plan.parts for addr in p.replicas)
+    ring = InputRing() if local > 1 and plan.shared_memory and shm_available() else None  # the broadcast to local workers
+    return Coordinator(plan, peers, ring=ring)

@@ -7,6 +7,7 @@
     parity: eager                      # coded stages: ask parity blocks with the data blocks (eager) or only
                                        # when a data block fails or is late (lazy; parity_slack sets "late")
     input_dtype: uint8                 # what the coordinator sends to branches: uint8 | float32
+    shared_memory: true                # workers on this machine (ipc://...) read the input from shared memory
     parts:
       branch0: {replicas: ["10.0.0.11:50051"]}
       branch1: {replicas: ["10.0.0.12:50051", "10.0.0.13:50051"], model_name: split_b1}
@@ -64,6 +65,7 @@ class Plan:
     # then idle unless needed: for parity workers that share cores, or are metered).
     parity: str = "eager"
     parity_slack: float = 0.5
+    shared_memory: bool = True  # workers on this machine (ipc://) read a broadcast input from shared memory
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -86,7 +88,8 @@ def load_plan(path: str | Path) -> Plan:
         plan = Plan(str((path.parent / d["export"]) if not Path(d["export"]).is_absolute() else d["export"]), parts,
                     float(d.get("timeout_ms", 2000)), d.get("input_dtype", "uint8"), PlanSecurity(**(d.get("security") or {})),
                     d.get("on_missing", "degrade"), d.get("hedge_ms"), int(d.get("unhealthy_after", 3)),
-                    float(d.get("probe_interval_ms", 500)), d.get("parity", "eager"), float(d.get("parity_slack", 0.5)))
+                    float(d.get("probe_interval_ms", 500)), d.get("parity", "eager"), float(d.get("parity_slack", 0.5)),
+                    bool(d.get("shared_memory", True)))
     except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
         raise EdgesplitError(f"{path} is not a valid plan ({type(err).__name__}: {err}); see `edgesplit plan --help`") from None
     validate_plan(plan, load_manifest(plan.export, verify=False))

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import numpy as np
 
 from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
 from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
+from edgesplit.runtime.shm import plain
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 from edgesplit.runtime.transport import kserve_v2_pb2_grpc as pb_grpc
@@ -61,8 +61,8 @@ class GrpcWorker:
     def __repr__(self) -> str:
         return f"GrpcWorker({self.model_name}@{self.address})"
 
-    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "") -> InferResult:
-        req = codec.serialize_request(self.model_name, inputs, request_id)
+    async def infer(self, inputs: dict, timeout_s: float | None = None, request_id: str = "") -> InferResult:
+        req = codec.serialize_request(self.model_name, plain(inputs), request_id)  # a remote server: no shared memory
         try:
             resp = await self._model_infer(req, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:

@@ -11,9 +11,11 @@ The messages are the protocol's own ``ModelInferRequest`` / ``ModelInferResponse
 that answers gRPC calls (:func:`answer_infer`). A frame is a header
 ``<body bytes: u32><kind: u8><call id: u64>`` and a body:
 
-    INFER   -> RESULT | FAILED   body: ModelInferRequest -> ModelInferResponse | b"STATUS\\nmessage"
-    READY   -> READY_ANSWER      body: model name -> b"\\x01" or b"\\x00"
-    CANCEL                       the call id's handler is cancelled (the caller stopped waiting)
+    INFER    -> RESULT | FAILED    body: ModelInferRequest -> ModelInferResponse | b"STATUS\\nmessage"
+    READY    -> READY_ANSWER       body: model name -> b"\\x01" or b"\\x00"
+    CANCEL                         the call id's handler is cancelled (the caller stopped waiting)
+    REGISTER -> REGISTERED | FAILED  body: b"name\\npath\\nbyte_size": map a shared-memory region for this
+                                   connection's requests (``runtime/shm.py``: the input broadcast)
 
 A frame over twice the message limit is answered RESOURCE_EXHAUSTED and skipped unread.
 
@@ -33,12 +35,12 @@ import struct
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 from google.protobuf.message import DecodeError
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.runtime.errors import DeadlineExceeded, PartUnavailable
 from edgesplit.runtime.model import InferResult, ServedModel
+from edgesplit.runtime.shm import RegionMap, SharedRegion, SharedTensor
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 from edgesplit.runtime.transport.client import status_error
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 
 SCHEME = "ipc://"
 HEADER = struct.Struct("<IBQ")  # body bytes, kind, call id
-INFER, READY, CANCEL, RESULT, FAILED, READY_ANSWER = 1, 2, 3, 4, 5, 6
+INFER, READY, CANCEL, RESULT, FAILED, READY_ANSWER, REGISTER, REGISTERED = 1, 2, 3, 4, 5, 6, 7, 8
 
 
 def socket_path(address: str) -> str:
@@ -96,6 +98,7 @@ class UnixSocketServer:
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         calls: dict[int, asyncio.Task] = {}
+        regions = RegionMap()
         self._writers.add(writer)
         try:
             while True:
@@ -107,7 +110,7 @@ class UnixSocketServer:
                     continue
                 body = await reader.readexactly(size)
                 if kind == INFER:
-                    task = asyncio.create_task(self._infer(call_id, body, writer))
+                    task = asyncio.create_task(self._infer(call_id, body, writer, regions))
                     calls[call_id] = task
                     self._calls.add(task)
                     task.add_done_callback(lambda t, cid=call_id: (calls.pop(cid, None), self._calls.discard(t)))
@@ -117,6 +120,8 @@ class UnixSocketServer:
                 elif kind == CANCEL:
                     if call_id in calls:
                         calls[call_id].cancel()
+                elif kind == REGISTER:
+                    writer.write(_register(regions, call_id, body))
                 else:
                     writer.write(_frame(FAILED, call_id, f"INVALID_ARGUMENT\nunknown frame kind {kind}".encode()))
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -124,13 +129,15 @@ class UnixSocketServer:
         finally:
             for task in list(calls.values()):
                 task.cancel()
+            regions.close()
             self._writers.discard(writer)
             writer.close()
 
-    async def _infer(self, call_id: int, body: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _infer(self, call_id: int, body: bytes, writer: asyncio.StreamWriter, regions: RegionMap) -> None:
         try:
             request = pb.ModelInferRequest.FromString(body)
-            answer = _frame(RESULT, call_id, (await answer_infer(self.models, self.max_message_bytes, request)).SerializeToString())
+            response = await answer_infer(self.models, self.max_message_bytes, request, regions)
+            answer = _frame(RESULT, call_id, response.SerializeToString())
         except DecodeError:
             answer = _frame(FAILED, call_id, b"INVALID_ARGUMENT\nbody is not a KServe v2 ModelInferRequest")
         except CallFailed as err:
@@ -156,6 +163,17 @@ class UnixSocketServer:
             pass
 
 
+def _register(regions: RegionMap, call_id: int, body: bytes) -> bytes:
+    try:
+        name, path, size = body.decode().split("\n")
+        regions.register(name, path, int(size))
+    except (ValueError, UnicodeDecodeError) as err:
+        return _frame(FAILED, call_id, f"INVALID_ARGUMENT\n{err}".encode())
+    except OSError as err:
+        return _frame(FAILED, call_id, f"INVALID_ARGUMENT\ncannot map {body[:200]!r}: {err.strerror}".encode())
+    return _frame(REGISTERED, call_id, b"")
+
+
 def _accepting(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
@@ -178,6 +196,7 @@ class _Connection:
         self.writer, self.label = writer, label  # label: "part at address", for error messages
         self.pending: dict[int, asyncio.Future] = {}
         self.closed = False
+        self.regions: dict[str, bool] = {}  # shared-memory region name -> registered (False: the worker refused it)
         self._reading = asyncio.create_task(self._read(reader), name=f"ipc-read {label}")
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
@@ -265,7 +284,11 @@ class UnixSocketWorker:
     def _late(self) -> Exception:
         return status_error("DEADLINE_EXCEEDED", "", self)
 
-    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "") -> InferResult:
+    async def infer(self, inputs: dict, timeout_s: float | None = None, request_id: str = "") -> InferResult:
+        """``inputs``: arrays, or :class:`SharedTensor` slots of the coordinator's input ring (sent as references
+        once the worker has mapped the ring; inline if it cannot)."""
+        if any(isinstance(v, SharedTensor) for v in inputs.values()):
+            inputs = await self._shareable(inputs, timeout_s)
         body = codec.serialize_request(self.model_name, inputs, request_id)
         kind, answer = await self._call(INFER, body, timeout_s)
         if kind == FAILED:
@@ -273,6 +296,26 @@ class UnixSocketWorker:
             raise status_error(status, detail, self)
         outputs, params = codec.decode_response(pb.ModelInferResponse.FromString(answer))
         return InferResult(outputs, params)
+
+    async def _shareable(self, inputs: dict, timeout_s: float | None) -> dict:
+        """``inputs`` with each shared tensor kept as a reference if this connection has its region mapped
+        (registering it first if need be), else replaced by its array."""
+        conn = self._conn if self._conn is not None and not self._conn.closed else await self._connection()
+        out = {}
+        for name, value in inputs.items():
+            if isinstance(value, SharedTensor):
+                region: SharedRegion = value.region
+                if region.name not in conn.regions:
+                    kind, answer = await self._call(REGISTER, f"{region.name}\n{region.path}\n{region.byte_size}".encode(),
+                                                    timeout_s)
+                    conn.regions[region.name] = kind == REGISTERED
+                    if kind != REGISTERED:
+                        log.warning("%s refused shared memory (%s); sending inputs inline",
+                                    self, answer.decode(errors="replace").replace("\n", ": "))
+                if not conn.regions[region.name]:
+                    value = value.array
+            out[name] = value
+        return out
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         try:

@@ -135,15 +135,17 @@ class CallFailed(Exception):
         self.status, self.message = status, message
 
 
-async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest,
+                       regions=None) -> pb.ModelInferResponse:
     """One ModelInfer call, whatever carried it (gRPC or the Unix socket transport): the response, or
-    :class:`CallFailed` with the status a KServe v2 client expects."""
+    :class:`CallFailed` with the status a KServe v2 client expects. ``regions``: the shared-memory regions the
+    caller registered (Unix socket transport only)."""
     m = models.get(request.model_name)
     if m is None:
         raise CallFailed("INVALID_ARGUMENT", unknown_model(request.model_name, models))
     t0 = time.perf_counter()
     try:
-        inputs = codec.decode_request(request)  # each raw tensor copied out of the message once (upb copies on access)
+        inputs = codec.decode_request(request, regions)  # each raw tensor copied out of the message once (upb copies on access)
         size = sum(a.nbytes for a in inputs.values())
         if size > max_message_bytes:
             raise InferError(f"request carries {size} bytes, over the limit of {max_message_bytes}; send smaller batches")
