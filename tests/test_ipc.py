@@ -211,3 +211,24 @@ def test_a_handler_that_breaks_answers_unknown_not_silence(tmp_path):
             await server.stop()
 
     assert np.array_equal(asyncio.run(go()), np.ones((1, 2), np.float32))
+
+
+def test_polling_worker_answers_and_stops_polling_when_idle(tiny_export, images):
+    from edgesplit.bench import process_cpu_s
+
+    local = LocalModel(tiny_export)
+    x = local.prepare(images[:4])
+    want = local(x)
+    with LocalCluster(tiny_export, timeout_ms=5000, worker_args=["--poll-ms", "200"]) as c, \
+            edgesplit.connect(c.plan()) as client:
+        got = np.concatenate([client.infer(xi[None]) for xi in x])
+        pids = [w.proc.pid for w in c.workers.values()]
+        busy0 = [process_cpu_s(p) for p in pids]
+        time.sleep(0.15)  # inside the polling window: the workers spin (yielding), so they use CPU
+        busy = [process_cpu_s(p) - b for p, b in zip(pids, busy0)]
+        time.sleep(0.3)
+        idle0 = [process_cpu_s(p) for p in pids]
+        time.sleep(0.5)  # past the window: asleep again
+        idle = [process_cpu_s(p) - b for p, b in zip(pids, idle0)]
+    assert np.allclose(got, want, atol=1e-4)
+    assert min(busy) >= 0.05 and max(idle) <= 0.03, (busy, idle)

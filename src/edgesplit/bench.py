@@ -135,11 +135,11 @@ TRANSPORTS = ("ipc", "grpc")
 
 def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), requests: int = 200, in_flight: int = 4,
                 num_classes: int = 1000, warmup: int = 20, input_dtype: str = "uint8", rounds: int = 3,
-                transports: tuple[str, ...] = TRANSPORTS) -> dict:
+                transports: tuple[str, ...] = TRANSPORTS, poll_ms: float = 0.0) -> dict:
     """Each round measures the unsplit baseline, then the split model over each transport (``ipc``: the local
     cluster's Unix sockets, the default; ``grpc``: loopback gRPC), back to back; ratios are computed per round
     and their medians reported (this machine is shared and noisy). The headline figures are the first
-    transport's."""
+    transport's. ``poll_ms``: the workers' ``--poll-ms`` (Unix socket only)."""
     from contextlib import ExitStack
 
     import edgesplit
@@ -161,7 +161,9 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
         send = images if input_dtype == "uint8" else np.stack(x_float)
         # the baseline as a user would run it: all cores, ONNX Runtime defaults (spinning thread pool)
         unsplit = OnnxRuntimeEngine(Path(unsplit_dir) / "model.onnx", threads=ncores, spin=True)
-        clusters = {t: stack.enter_context(LocalCluster(split_dir, input_dtype=input_dtype, timeout_ms=10_000, transport=t))
+        poll = ["--poll-ms", str(poll_ms)] if poll_ms else []
+        clusters = {t: stack.enter_context(LocalCluster(split_dir, input_dtype=input_dtype, timeout_ms=10_000, transport=t,
+                                                        worker_args=poll if t == "ipc" else []))
                     for t in transports}
         cpus = {p: w.cpus for p, w in clusters[transports[0]].workers.items()}
         for _ in range(rounds):
@@ -208,7 +210,7 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
     by_transport = {t: summary(t) for t in transports}
     return {
         "benchmark": "serve", "model": model, "unsplit_model": unsplit_name, "input_shape": list(input_shape),
-        "input_dtype": input_dtype, "requests": requests, "in_flight": in_flight, "rounds": rounds,
+        "input_dtype": input_dtype, "requests": requests, "in_flight": in_flight, "rounds": rounds, "worker_poll_ms": poll_ms,
         "machine": machine_info(), "worker_cpus": cpus, "unsplit_threads": ncores, "transport": transports[0],
         **by_transport[transports[0]],
         "unsplit_p50_ms": med(r["unsplit"]["latency"]["p50_ms"] for r in per_round),

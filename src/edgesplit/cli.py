@@ -273,7 +273,7 @@ def cmd_worker(args) -> None:
     cfg = WorkerConfig(args.source, args.part, args.host, args.port, args.threads, _cpus(args.cpus),
                        providers=tuple(args.providers.split(",")) if args.providers else None,
                        max_message_bytes=int(args.max_message_mb * (1 << 20)), faults=faults,
-                       unix_socket=args.unix_socket)
+                       unix_socket=args.unix_socket, poll_ms=args.poll_ms)
     asyncio.run(serve_worker(cfg, _server_security(args)))
 
 
@@ -312,8 +312,10 @@ def cmd_bench_serve(args) -> None:
     transports = tuple(args.transports.split(","))
     if not transports or any(t not in ("ipc", "grpc") for t in transports):
         raise EdgesplitError(f"--transports takes ipc and/or grpc, comma-separated; got {args.transports!r}")
+    if args.poll_ms < 0:
+        raise EdgesplitError(f"--poll-ms must be 0 or more, got {args.poll_ms}")
     r = bench_serve(args.model, parse_input_shape(args.input), args.requests, args.in_flight,
-                    input_dtype=args.input_dtype, rounds=args.rounds, transports=transports)
+                    input_dtype=args.input_dtype, rounds=args.rounds, transports=transports, poll_ms=args.poll_ms)
     print(f"{r['model']} {args.input} on {r['machine']['cores']} cores ({r['machine']['cpu']}), "
           f"medians of {r['rounds']} rounds of {r['requests']} requests")
     print(f"  unsplit {r['unsplit_model']} ORT x{r['unsplit_threads']} threads  p50 {r['unsplit_p50_ms']:7.3f} ms, "
@@ -611,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-message-mb", type=float, default=64.0, help="largest request accepted (MiB)")
     s.add_argument("--unix-socket", metavar="PATH", help="also serve on this Unix socket (plan address ipc://PATH): "
                    "a coordinator on the same machine skips gRPC's per-call cost")
+    s.add_argument("--poll-ms", type=float, default=0.0,
+                   help="with --unix-socket: after each answer, poll for the next request this long (ms) instead of "
+                        "sleeping, yielding the core to other processes; saves the wake-up of an idle core (default 0)")
     _security_args(s)
     f = s.add_argument_group("fault injection (tests and benchmarks)")
     f.add_argument("--inject-delay-ms", type=float, default=0.0, help="extra delay per affected call")
@@ -721,6 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--transports", default="ipc,grpc",
                    help="how the coordinator reaches the local workers, comma-separated; the first gives the headline figures")
     b.add_argument("--json", help="write the numbers here")
+    b.add_argument("--poll-ms", type=float, default=0.0,
+                   help="workers poll their Unix socket this long after each answer (worker --poll-ms; default 0)")
     b.set_defaults(func=cmd_bench_serve)
     b = bench.add_parser("faults", help="coded vs uncoded AlexNet FC layers under stragglers and a killed worker")
     b.add_argument("--requests", type=int, default=300)

@@ -91,6 +91,7 @@ class WorkerConfig:
     max_message_bytes: int = 64 << 20
     faults: FaultConfig = FaultConfig()
     unix_socket: str | None = None  # also serve on this Unix socket (the local cluster's fast path)
+    poll_ms: float = 0.0  # Unix socket: poll this long after each answer instead of sleeping (see ipc.UnixSocketServer)
 
 
 def load_parts(cfg: WorkerConfig) -> list:
@@ -139,7 +140,7 @@ async def serve_worker(cfg: WorkerConfig, security=None, grace_s: float = 5.0) -
     models = load_parts(cfg)
     grpc_server = KServeServer(models, cfg.host, cfg.port, security or ServerSecurity(), cfg.max_message_bytes,
                                server_name="edgesplit-worker")
-    ipc_server = UnixSocketServer(models, cfg.unix_socket, cfg.max_message_bytes) if cfg.unix_socket else None
+    ipc_server = UnixSocketServer(models, cfg.unix_socket, cfg.max_message_bytes, cfg.poll_ms) if cfg.unix_socket else None
     port = await grpc_server.start()
     try:
         if ipc_server:
