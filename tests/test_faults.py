@@ -162,3 +162,67 @@ def test_share_of_requests_parity_cannot_shield():
     rng = np.random.default_rng(0)
     draws = (rng.random((200_000, 7)) < 0.1).sum(1)
     assert p_more_stragglers_than_parity(7, 3, 0.1) == pytest.approx((draws > 3).mean(), abs=5e-4)
+
+
+@pytest.fixture(scope="module")
+def coded_head_export(tmp_path_factory):
+    """A tiny split model whose head has a hidden layer, exported with that layer over 3 data + 1 parity blocks."""
+    import torch
+
+    from edgesplit.export.onnx_export import export_model
+    from edgesplit.models import create_model
+
+    torch.manual_seed(0)
+    kw = {"num_classes": 10, "in_chans": 1, "input_size": [28, 28], "width_mult": 0.125, "head_hidden": 40}
+    model = create_model("resnet18-split2", **kw).eval()
+    ckpt = {"model": "resnet18-split2", "model_kwargs": kw, "classes": [str(i) for i in range(10)],
+            "preprocess": {"size": [28, 28], "mean": [0.5], "std": [0.25]}}
+    out = tmp_path_factory.mktemp("coded_head")
+    export_model(model, ckpt, out, code_head=(3, 1))
+    return model, out
+
+
+def test_split_model_with_coded_head_runs_as_stages_and_survives_a_lost_block(coded_head_export):
+    import torch
+
+    from edgesplit.runtime.local import LocalModel
+
+    model, export = coded_head_export
+    m = load_manifest(export)
+    assert [(s.name, s.merge, s.local) for s in m.stages] == [("branches", "concat", False), ("head_fc", "decode", False),
+                                                              ("head", "single", True)]
+    assert m.stages[1].parts == ("head_fc.0", "head_fc.1", "head_fc.2", "head_fc.3") and m.stages[1].activation == "relu"
+    x = np.random.default_rng(2).standard_normal((6, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    assert np.abs(LocalModel(export)(x) - want).max() < 1e-4  # the data blocks alone give the head
+    groups = [["branch0", "head_fc.0"], ["branch1", "head_fc.1"], ["head_fc.2"], ["head_fc.3"]]
+    with LocalCluster(export, groups=groups, pin=False, timeout_ms=5000, input_dtype="float32") as c, \
+            edgesplit.connect(c.plan()) as client:
+        for xi, w in zip(x[:3], want):
+            r = client.infer_result(xi[None])
+            assert not r.parameters["degraded"] and _close(r.outputs["logits"][0], w)
+        c.kill("head_fc.2")  # a data block of the head's hidden layer: the parity block stands in
+        for xi, w in zip(x[3:], want[3:]):
+            r = client.infer_result(xi[None])
+            assert r.parameters["recovered"] and not r.parameters["degraded"] and _close(r.outputs["logits"][0], w)
+
+
+def test_code_head_needs_a_hidden_layer(tiny_run, tmp_path, capsys):
+    from edgesplit.cli import main
+
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "x"), "--code-head", "3,1"]) == 2
+    assert "head_hidden" in capsys.readouterr().err
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "y"), "--code-head", "9,1"]) == 2
+    assert "1 <= K <= 8" in capsys.readouterr().err
+
+
+def test_plan_spreads_coded_blocks_one_per_device(coded_head_export):
+    from edgesplit.runtime.plan import make_plan, parts_by_address
+
+    _, export = coded_head_export
+    plan = make_plan(str(export), ["a:1", "b:1", "c:1", "d:1"], speeds=[1, 1, 2, 2])
+    where = {p.name: p.replicas for p in plan.parts}
+    assert {where["branch0"][0], where["branch1"][0]} == {"c:1", "d:1"}  # branches on the fastest devices
+    assert sorted(where[f"head_fc.{j}"][0] for j in range(4)) == ["a:1", "b:1", "c:1", "d:1"]  # one block each
+    assert sorted(n for names in parts_by_address(plan).values() for n in names) == sorted(where)

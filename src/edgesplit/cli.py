@@ -189,9 +189,20 @@ def cmd_export(args) -> None:
     from edgesplit.export.onnx_export import export_model
     from edgesplit.training.checkpoint import load_model
 
+    code_head = None
+    if args.code_head:
+        try:
+            code_head = tuple(int(v) for v in args.code_head.split(","))
+        except ValueError:
+            code_head = ()
+        if len(code_head) != 2 or not (1 <= code_head[0] <= 8 and 0 <= code_head[1] <= 3):
+            raise EdgesplitError(f"--code-head takes K,R with 1 <= K <= 8 data blocks and 0 <= R <= 3 parity blocks, "
+                                 f"got {args.code_head!r}")
+        if args.int8:
+            raise EdgesplitError("--code-head and --int8 cannot be combined; export the coded head in float32")
     model, ckpt = load_model(args.checkpoint)
     if not args.int8:
-        body = export_model(model, ckpt, args.out)
+        body = export_model(model, ckpt, args.out, code_head=code_head)
         print(f"exported {ckpt['model']} to {args.out}: {', '.join(p['file'] for p in body['parts'])} + manifest.json "
               f"(max |onnxruntime - torch| = {body['parity_max_abs_diff']:.1e})")
         return
@@ -292,13 +303,15 @@ def cmd_serve(args) -> None:
 
 
 def cmd_plan(args) -> None:
-    from edgesplit.runtime.plan import make_plan
+    from edgesplit.runtime.plan import make_plan, parts_by_address
 
     speeds = [float(v) for v in args.speeds.split(",")] if args.speeds else None
     plan = make_plan(args.export_dir, args.workers, speeds, args.timeout_ms, args.input_dtype)
     plan.write(args.out)
     for p in plan.parts:
         print(f"{p.name}: {', '.join(p.replicas)}")
+    for address, names in parts_by_address(plan).items():
+        print(f"worker at {address}: --part {','.join(names)}")
     print(f"wrote {args.out}")
 
 
@@ -593,6 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--int8", action="store_true", help="int8 QDQ parts (ONNX Runtime static quantization) instead of float32")
     s.add_argument("--calib-images", type=int, default=256, help="training images to calibrate --int8 (default 256)")
     s.add_argument("--data-dir", help="dataset folder for the calibration images")
+    s.add_argument("--code-head", metavar="K,R",
+                   help="spread the head's hidden FC layer over K data + R parity workers (coded; any K answers decode); "
+                        "needs a head trained with --model-arg head_hidden=N")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("predict", help="classify image files with an export, in this process")

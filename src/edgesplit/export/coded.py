@@ -38,6 +38,33 @@ def _linear_onnx(weight: np.ndarray, bias: np.ndarray, path: Path, input_name: s
     onnx.save(model, str(path))
 
 
+def coded_layer(weight: np.ndarray, bias: np.ndarray, activation: str | None, name: str, out_dir: Path, k: int, r: int,
+                code) -> tuple[list[dict], dict]:
+    """One FC layer as ``k`` data and ``r`` parity row blocks (ONNX files in ``out_dir``): their part entries
+    and the ``decode`` stage that gathers any ``k`` of them (manifest dicts)."""
+    parts, block_names = [], []
+    for j, (w, b) in enumerate(split_linear(weight, bias, k, code)):
+        part = f"{name}.{j}"
+        path = out_dir / f"{part}.onnx"
+        _linear_onnx(w, b, path, "x", "y")
+        role = "fc_block" if j < k else "fc_parity"
+        parts.append(PartSpec(part, role, path.name, sha256_file(path), (TensorSpec("x", (-1, weight.shape[1]), "float32"),),
+                              (TensorSpec("y", (-1, w.shape[0]), "float32"),)).to_dict())
+        block_names.append(part)
+    stage = StageSpec(name, tuple(block_names), "decode", "x", "y", code_k=k, code_r=r, code_kind=code.kind,
+                      out_features=weight.shape[0], activation=activation).to_dict()
+    return parts, stage
+
+
+def local_linear(weight: np.ndarray, bias: np.ndarray, out_dir: Path, name: str = "head") -> tuple[dict, dict]:
+    """The last FC layer as a part the coordinator runs itself: its part entry and ``single`` local stage."""
+    path = out_dir / f"{name}.onnx"
+    _linear_onnx(weight, bias, path, "x", "logits")
+    part = PartSpec(name, "head", path.name, sha256_file(path), (TensorSpec("x", (-1, weight.shape[1]), "float32"),),
+                    (TensorSpec("logits", (-1, weight.shape[0]), "float32"),)).to_dict()
+    return part, StageSpec(name, (name,), "single", "x", "logits", local=True).to_dict()
+
+
 def export_coded_mlp(layers: Sequence[tuple[np.ndarray, np.ndarray, str | None]], out_dir: str | Path, k: int, r: int,
                      model_name: str = "mlp", classes: Sequence[str] | None = None, code_kind: str = "auto",
                      layer_names: Sequence[str] | None = None) -> dict:
@@ -48,31 +75,24 @@ def export_coded_mlp(layers: Sequence[tuple[np.ndarray, np.ndarray, str | None]]
     names = list(layer_names or [f"fc{i}" for i in range(len(layers))])
     parts, stages = [], []
     for (weight, bias, act), name in zip(layers[:-1], names):
-        block_names = []
-        for j, (w, b) in enumerate(split_linear(weight, bias, k, code)):
-            part = f"{name}.{j}"
-            path = out_dir / f"{part}.onnx"
-            _linear_onnx(w, b, path, "x", "y")
-            role = "fc_block" if j < k else "fc_parity"
-            parts.append(PartSpec(part, role, path.name, sha256_file(path), (TensorSpec("x", (-1, weight.shape[1]), "float32"),),
-                                  (TensorSpec("y", (-1, w.shape[0]), "float32"),)).to_dict())
-            block_names.append(part)
-        stages.append(StageSpec(name, tuple(block_names), "decode", "x", "y", code_k=k, code_r=r, code_kind=code.kind,
-                                out_features=weight.shape[0], activation=act).to_dict())
+        layer_parts, stage = coded_layer(weight, bias, act, name, out_dir, k, r, code)
+        parts += layer_parts
+        stages.append(stage)
     weight, bias, _ = layers[-1]
-    path = out_dir / "head.onnx"
-    _linear_onnx(weight, bias, path, "x", "logits")
-    parts.append(PartSpec("head", "head", path.name, sha256_file(path), (TensorSpec("x", (-1, weight.shape[1]), "float32"),),
-                          (TensorSpec("logits", (-1, weight.shape[0]), "float32"),)).to_dict())
-    stages.append(StageSpec("head", ("head",), "single", "x", "logits", local=True).to_dict())
+    part, stage = local_linear(weight, bias, out_dir)
+    parts.append(part)
+    stages.append(stage)
     in_features = layers[0][0].shape[1]
     body = {"model": model_name, "model_kwargs": {}, "input_shape": [in_features],
             "preprocess": {"size": [], "mean": [], "std": []},
             "classes": list(classes or [str(i) for i in range(weight.shape[0])]), "feature_dims": [],
-            "parts": parts, "stages": stages, "opset": OPSET, "code": {"k": k, "r": r, "kind": code.kind,
-                                                                       "worst_condition": code.worst_condition}}
+            "parts": parts, "stages": stages, "opset": OPSET, "code": code_info(code)}
     write_manifest(out_dir, body)
     return body
+
+
+def code_info(code) -> dict:
+    return {"k": code.k, "r": code.r, "kind": code.kind, "worst_condition": code.worst_condition}
 
 
 ALEXNET_FC = (9216, 4096, 4096)  # AlexNet's classifier: 9216 -> 4096 -> 4096 -> classes

@@ -5,6 +5,10 @@ A split model gives ``branch{i}.onnx`` (image -> pooled features) and ``head.onn
 has a dynamic batch dimension. After writing, each part is run in ONNX Runtime on a
 random batch and compared with PyTorch; the largest difference is recorded in the
 manifest and an export that differs by more than ``PARITY_TOL`` is refused.
+
+``code_head=(k, r)`` (a split model whose head has a hidden layer): the head's first FC layer
+is spread over ``k`` data and ``r`` parity row blocks (``head_fc.{j}.onnx``, a ``decode`` stage:
+any ``k`` answers give it), and only its last layer stays in the coordinator.
 """
 from __future__ import annotations
 
@@ -84,8 +88,13 @@ def _parity(module: nn.Module, path: Path, x: torch.Tensor) -> float:
     return float(np.abs(got - ref).max())
 
 
-def export_model(model: nn.Module, ckpt: dict, out_dir: str | Path, seed: int = 0) -> dict:
+def export_model(model: nn.Module, ckpt: dict, out_dir: str | Path, seed: int = 0,
+                 code_head: tuple[int, int] | None = None) -> dict:
     """Export ``model`` (rebuilt from ``ckpt``) into ``out_dir``; returns the manifest body."""
+    hidden_head = isinstance(model, SplitNet) and isinstance(model.head.fc, nn.Sequential)
+    if code_head and not hidden_head:
+        raise EdgesplitError("--code-head needs a split model whose head has a hidden layer; train one with "
+                             "--model-arg head_hidden=N (e.g. 1024)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -102,8 +111,9 @@ def export_model(model: nn.Module, ckpt: dict, out_dir: str | Path, seed: int = 
         for i, (branch, f) in enumerate(zip(model.branches, feats)):
             pieces.append((f"branch{i}", "branch", branch, x, image, TensorSpec("features", (-1, f.shape[1]), "float32")))
         fcat = torch.cat(feats, 1)
-        pieces.append(("head", "head", model.head, fcat, TensorSpec("features", (-1, fcat.shape[1]), "float32"),
-                       TensorSpec("logits", (-1, model.num_classes), "float32")))
+        if not code_head:
+            pieces.append(("head", "head", model.head, fcat, TensorSpec("features", (-1, fcat.shape[1]), "float32"),
+                           TensorSpec("logits", (-1, model.num_classes), "float32")))
         feature_dims = list(model.feature_dims)
     else:
         pieces.append(("model", "model", model, x, image, TensorSpec("logits", (-1, kw["num_classes"]), "float32")))
@@ -123,5 +133,41 @@ def export_model(model: nn.Module, ckpt: dict, out_dir: str | Path, seed: int = 
     body = {"model": ckpt["model"], "model_kwargs": kw, "input_shape": list(input_shape), "preprocess": ckpt["preprocess"],
             "classes": list(ckpt["classes"]), "feature_dims": feature_dims, "parts": parts, "opset": OPSET,
             "parity_max_abs_diff": max_diff, "dataset": ckpt.get("dataset"), "trained_epochs": ckpt.get("epoch")}
+    if code_head:
+        body.update(_coded_head(model, out_dir, *code_head, parts))
+        write_manifest(out_dir, body)
+        body["parity_max_abs_diff"] = max(max_diff, _pipeline_parity(model, out_dir, x))  # the decoded pipeline too
     write_manifest(out_dir, body)
     return body
+
+
+def _coded_head(model: SplitNet, out_dir: Path, k: int, r: int, parts: list[dict]) -> dict:
+    """The head's hidden FC layer as coded row blocks, its classifier local: parts added, stages and code returned."""
+    from edgesplit.export.coded import code_info, coded_layer, local_linear
+    from edgesplit.export.manifest import StageSpec
+    from edgesplit.runtime.coding import make_code
+
+    code = make_code(k, r)
+    hidden, _, classifier = model.head.fc
+
+    def arrays(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
+        return layer.weight.detach().numpy().astype(np.float32), layer.bias.detach().numpy().astype(np.float32)
+
+    block_parts, coded_stage = coded_layer(*arrays(hidden), "relu", "head_fc", out_dir, k, r, code)
+    head_part, head_stage = local_linear(*arrays(classifier), out_dir)
+    parts += [*block_parts, head_part]
+    branches = tuple(p["name"] for p in parts if p["role"] == "branch")
+    stages = [StageSpec("branches", branches, "concat", "input", "features").to_dict(), coded_stage, head_stage]
+    return {"stages": stages, "code": code_info(code)}
+
+
+def _pipeline_parity(model: nn.Module, out_dir: Path, x: torch.Tensor) -> float:
+    """|in-process run of the exported stages - torch|: checks that the blocks decode to the model's head."""
+    from edgesplit.runtime.local import LocalModel
+
+    with torch.no_grad():
+        want = model(x).numpy()
+    diff = float(np.abs(LocalModel(out_dir)(x.numpy()) - want).max())
+    if diff > PARITY_TOL * max(1.0, float(np.abs(want).max())):
+        raise EdgesplitError(f"the coded head decodes to {diff:.2e} off the model's output; export refused")
+    return diff

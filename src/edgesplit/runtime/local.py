@@ -1,4 +1,4 @@
-"""An exported model run in this process with ONNX Runtime: branches one after another, then the head.
+"""An exported model run in this process with ONNX Runtime: its stages in order, parts one after another.
 
 The reference the distributed runtime is checked against, and the ``--in-process``
 mode of the demo (the seed's ``--cpu``).
@@ -11,6 +11,7 @@ import numpy as np
 
 from edgesplit.data.preprocess import Preprocess, nhwc_to_nchw
 from edgesplit.export.manifest import load_manifest
+from edgesplit.runtime.coding import merge_blocks
 from edgesplit.runtime.engine import OnnxRuntimeEngine
 
 
@@ -26,12 +27,19 @@ class LocalModel:
         self.engines = {p.name: OnnxRuntimeEngine(self.manifest.path(p), threads=threads) for p in self.manifest.parts}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """(B, C, H, W) float32, already normalised -> logits (B, num_classes)."""
-        m = self.manifest
-        if not m.is_split:
-            return self.engines["model"].run({"input": x})["logits"]
-        feats = [self.engines[b.name].run({"input": x})["features"] for b in m.branches]
-        return self.engines["head"].run({"features": np.concatenate(feats, axis=1)})["logits"]
+        """(B, C, H, W) float32, already normalised -> logits (B, num_classes). Runs the manifest's stages in
+        order; a coded stage from its data blocks alone (the code is systematic)."""
+        for stage in self.manifest.stages:
+            if stage.merge == "concat":
+                x = np.concatenate([self.engines[p].run({stage.input: x})[stage.output] for p in stage.parts], axis=1)
+            elif stage.merge == "decode":
+                blocks = np.stack([self.engines[p].run({stage.input: x})[stage.output] for p in stage.parts[:stage.code_k]])
+                x = merge_blocks(blocks, stage.out_features)
+                x = np.maximum(x, 0) if stage.activation == "relu" else x
+            else:
+                (part,) = stage.parts
+                x = self.engines[part].run({stage.input: x})[stage.output]
+        return x
 
     def prepare(self, images: np.ndarray) -> np.ndarray:
         """(B, H, W, C) uint8 at the model's size -> normalised (B, C, H, W) float32."""

@@ -121,16 +121,20 @@ def validate_plan(plan: Plan, manifest: Manifest) -> None:
 
 def make_plan(export_dir: str, addresses: Sequence[str], speeds: Sequence[float] | None = None,
               timeout_ms: float = 2000.0, input_dtype: str = "uint8") -> Plan:
-    """Assign the export's branches to ``addresses`` so that branches finish together.
+    """Assign the export's parts to ``addresses`` so that branches finish together.
 
     Branch cost is its feature width as a proxy when the export has unequal widths
     (the manifest's ``feature_dims``; MACs scale with width squared), else equal. The
     heaviest branch goes to the fastest device. Devices beyond the number of branches
     become extra replicas of the branches whose devices are slowest relative to their work.
+    Coded FC blocks (a ``decode`` stage) are spread over the devices in turn, one block of a
+    stage per device while there are devices enough, so that one lost device costs one block.
     """
     manifest = load_manifest(export_dir, verify=False)
-    parts = manifest.remote_parts
-    if len(addresses) < len(parts):
+    coded = [s for s in manifest.stages if s.merge == "decode"]
+    blocks = {p for s in coded for p in s.parts}
+    parts = [p for p in manifest.remote_parts if p not in blocks]
+    if len(addresses) < max(len(parts), 1):
         raise EdgesplitError(f"{len(parts)} parts need at least {len(parts)} worker addresses, got {len(addresses)}")
     speeds = list(speeds) if speeds else [1.0] * len(addresses)
     if len(speeds) != len(addresses) or min(speeds) <= 0:
@@ -139,8 +143,20 @@ def make_plan(export_dir: str, addresses: Sequence[str], speeds: Sequence[float]
     by_work = sorted(range(len(parts)), key=lambda i: -work[i])
     by_speed = sorted(range(len(addresses)), key=lambda j: -speeds[j])
     replicas: dict[int, list[int]] = {i: [by_speed[r]] for r, i in enumerate(by_work)}
-    for j in by_speed[len(parts):]:  # spare devices: add capacity where finish time is worst
-        worst = max(replicas, key=lambda i: work[i] / sum(speeds[d] for d in replicas[i]))
-        replicas[worst].append(j)
-    placements = tuple(PartPlacement(parts[i], tuple(addresses[j] for j in replicas[i])) for i in range(len(parts)))
-    return Plan(str(export_dir), placements, timeout_ms=timeout_ms, input_dtype=input_dtype)
+    if not coded:
+        for j in by_speed[len(parts):]:  # spare devices: add capacity where finish time is worst
+            worst = max(replicas, key=lambda i: work[i] / sum(speeds[d] for d in replicas[i]))
+            replicas[worst].append(j)
+    placements = [PartPlacement(parts[i], tuple(addresses[j] for j in replicas[i])) for i in range(len(parts))]
+    for stage in coded:  # block j of every coded stage on device j (mod the number of devices)
+        placements += [PartPlacement(p, (addresses[by_speed[j % len(addresses)]],)) for j, p in enumerate(stage.parts)]
+    return Plan(str(export_dir), tuple(placements), timeout_ms=timeout_ms, input_dtype=input_dtype)
+
+
+def parts_by_address(plan: Plan) -> dict[str, list[str]]:
+    """What each worker must serve (its ``--part`` list)."""
+    out: dict[str, list[str]] = {}
+    for p in plan.parts:
+        for address in p.replicas:
+            out.setdefault(address, []).append(p.remote_name)
+    return out
