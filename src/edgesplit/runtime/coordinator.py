@@ -214,15 +214,11 @@ class Coordinator:
         first_data_ms = None  # when the first data block answered (lazy parity's yardstick)
         try:
             while True:
-                late_in_s = None
-                if held_back:  # lazy parity: ask the parity blocks once a data block failed or is late
-                    ref_ms = first_data_ms if first_data_ms is not None else self._typical_first_ms.get(stage.name)
-                    late_in_s = None if ref_ms is None else \
-                        (1 + self.plan.parity_slack) * ref_ms / 1e3 - (time.perf_counter() - t_stage)
-                    if errors or (late_in_s is not None and late_in_s <= 0):
-                        pending |= ask(held_back)
-                        held_back, late_in_s = range(0), None
-                        flags["parity_asked"] = flags.get("parity_asked", 0) + 1
+                late_in_s = self._late_in_s(stage, t_stage, first_data_ms) if held_back else None
+                if held_back and (errors or (late_in_s is not None and late_in_s <= 0)):
+                    pending |= ask(held_back)  # lazy parity: a data block failed or is late
+                    held_back, late_in_s = range(0), None
+                    flags["parity_asked"] = flags.get("parity_asked", 0) + 1
                 if not pending or len(answers) >= need:
                     break
                 if coded and len(answers) + len(pending) + len(held_back) < need and self.plan.on_missing == "fail":
@@ -252,6 +248,14 @@ class Coordinator:
             typical = self._typical_first_ms.get(stage.name)
             self._typical_first_ms[stage.name] = first_data_ms if typical is None else 0.8 * typical + 0.2 * first_data_ms
         return self._merge(stage, answers, errors, flags, x.shape[0])
+
+    def _late_in_s(self, stage: StageSpec, t_stage: float, first_data_ms: float | None) -> float | None:
+        """Lazy parity: seconds until the data blocks count as late, (1 + parity_slack) x the first data block's
+        time (before it answers: the typical one of earlier requests; None before any request had one)."""
+        ref_ms = first_data_ms if first_data_ms is not None else self._typical_first_ms.get(stage.name)
+        if ref_ms is None:
+            return None
+        return (1 + self.plan.parity_slack) * ref_ms / 1e3 - (time.perf_counter() - t_stage)
 
     def _merge(self, stage: StageSpec, answers: dict[int, np.ndarray], errors: list[str], flags: dict, batch: int) -> np.ndarray:
         missing = [stage.parts[i] for i in range(len(stage.parts)) if i not in answers]
