@@ -221,9 +221,9 @@ def _print_table(results: dict, n: int) -> None:
         print(f"{mode:<12}{r['model']:<17}{acc:>9}{r['mean_ms']:>9.3f}{r['std_ms']:>7.3f}{r['p50_ms']:>7.3f}"
               f"{r['p95_ms']:>7.3f}{r['p99_ms']:>7.3f}{r['throughput_rps']:>8.0f}")
     if "split" in results and len(results) > 1:
-        print("Each split request costs a gRPC round trip to every worker (about 1 ms on loopback here), more than a\n"
-              "28x28 branch computes; splitting pays off when branch compute dominates, as at 224x224 on devices\n"
-              "(`edgesplit bench serve`, docs/benchmarks.md).")
+        print("Each split request costs a round trip to every worker (a Unix socket between local processes: about\n"
+              "1 ms with the coordinator's work), more than a 28x28 branch computes; splitting pays off when branch\n"
+              "compute dominates, as at 224x224 on devices (`edgesplit bench serve`, docs/benchmarks.md).")
 
 
 def _histogram(results: dict, path: Path) -> Path:
