@@ -46,6 +46,8 @@ def test_models_and_profile_json(tmp_path):
     (("train", "resnet18", "--input-size", "32", "--out", "{tmp}/r"), "bad --input-size"),
     (("train", "resnet18", "--epochs", "0", "--out", "{tmp}/r"), "--epochs must be at least 1"),
     (("train", "resnet18-split2", "--branch-dropout", "1.5", "--out", "{tmp}/r"), "--branch-dropout must be in"),
+    (("serve", "--plan", "{tmp}/plan.yaml", "--poll-ms", "2"), "only goes with --local"),
+    (("bench", "serve", "--poll-ms", "-1"), "--poll-ms must be 0 or more"),
 ])
 def test_bad_input_one_line(tmp_path, args, pattern):
     assert_one_line_error(run(*(a.format(tmp=tmp_path) for a in args)), pattern)

@@ -301,8 +301,8 @@ def test_worker_cli_refuses_busy_port_and_public_bind(tiny_export):
 
 
 def test_serve_local_endpoint_serves_whole_model(tiny_export, images):
-    proc = subprocess.Popen([sys.executable, "-m", "edgesplit", "serve", "--local", str(tiny_export), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "edgesplit", "serve", "--local", str(tiny_export), "--port", "0",
+                             "--poll-ms", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith("EDGESPLIT-SERVE-READY"), proc.stderr.read() if proc.poll() is not None else line
@@ -314,6 +314,7 @@ def test_serve_local_endpoint_serves_whole_model(tiny_export, images):
             _worker_call(f"127.0.0.1:{port}", "resnet18-split2", {"input": np.zeros((1, 3, 28, 28), np.uint8)})
         children = _children(proc.pid)
         assert len(children) == 2  # one worker per branch
+        assert all(b"--poll-ms\x001" in open(f"/proc/{c}/cmdline", "rb").read() for c in children)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

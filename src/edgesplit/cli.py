@@ -298,8 +298,11 @@ def cmd_serve(args) -> None:
 
     if bool(args.plan) == bool(args.local):
         raise EdgesplitError("pass either --plan plan.yaml or --local EXPORT_DIR")
+    if args.poll_ms < 0 or (args.poll_ms and not args.local):
+        raise EdgesplitError("--poll-ms takes 0 or more milliseconds and only goes with --local (for remote workers, "
+                             "pass it to `edgesplit worker`)")
     asyncio.run(serve(args.plan, args.local, args.host, args.port, _server_security(args),
-                      int(args.max_message_mb * (1 << 20))))
+                      int(args.max_message_mb * (1 << 20)), args.poll_ms))
 
 
 def cmd_plan(args) -> None:
@@ -649,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8001)
     s.add_argument("--max-message-mb", type=float, default=64.0)
+    s.add_argument("--poll-ms", type=float, default=0.0,
+                   help="with --local: the workers' --poll-ms (poll for the next request this long after each answer)")
     _security_args(s)
     s.set_defaults(func=cmd_serve)
 
