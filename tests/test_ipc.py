@@ -224,7 +224,7 @@ def test_polling_worker_answers_and_stops_polling_when_idle(tiny_export, images)
     local = LocalModel(tiny_export)
     x = local.prepare(images[:4])
     want = local(x)
-    with LocalCluster(tiny_export, timeout_ms=5000, worker_args=["--poll-ms", "300"]) as c, \
+    with LocalCluster(tiny_export, timeout_ms=5000, poll_ms=300) as c, \
             edgesplit.connect(c.plan()) as client:
         got = np.concatenate([client.infer(xi[None]) for xi in x])
         pid = c.workers["branch0"].proc.pid

@@ -161,9 +161,8 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
         send = images if input_dtype == "uint8" else np.stack(x_float)
         # the baseline as a user would run it: all cores, ONNX Runtime defaults (spinning thread pool)
         unsplit = OnnxRuntimeEngine(Path(unsplit_dir) / "model.onnx", threads=ncores, spin=True)
-        poll = ["--poll-ms", str(poll_ms)] if poll_ms else []
         clusters = {t: stack.enter_context(LocalCluster(split_dir, input_dtype=input_dtype, timeout_ms=10_000, transport=t,
-                                                        worker_args=poll if t == "ipc" else []))
+                                                        poll_ms=poll_ms))
                     for t in transports}
         cpus = {p: w.cpus for p, w in clusters[transports[0]].workers.items()}
         for _ in range(rounds):

@@ -150,8 +150,7 @@ class QScheme:
     wbits: int
     fbits: int
     features: dict[str, Fixed | None]  # None: left in float (QuantNet only; the integer reference refuses it)
-    weights: dict[str, Fixed | None]
-    per_channel: bool = False  # weight formats per output channel
+    weights: dict[str, Fixed | None]  # a per-channel Fixed for per-channel weight formats
 
     def bias_frac(self, op: QOp) -> int | tuple[int, ...]:
         """The accumulator's fraction bits (weights' + input's): one per output channel for per-channel weights."""

@@ -208,7 +208,7 @@ class QuantNet(nn.Module):
                 else:
                     limit = weight_frac_limit(float(b.max()), in_fmt.frac) if in_fmt else MAX_FRAC
                     weights[op.name] = format_for(float(w.max()), w_f[0], limit)
-        self.scheme = QScheme(wbits, fbits, feats, weights, per_channel)
+        self.scheme = QScheme(wbits, fbits, feats, weights)
         return self.scheme
 
     def export_graph(self) -> QGraph:

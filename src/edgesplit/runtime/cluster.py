@@ -61,12 +61,12 @@ class LocalCluster:
                  pin: bool = True, startup_timeout_s: float = 60.0, worker_args: Sequence[str] = (),
                  log_dir: str | Path | None = None, timeout_ms: float = 2000.0, input_dtype: str = "uint8",
                  groups: Sequence[Sequence[str]] | None = None, extra_args: dict[str, Sequence[str]] | None = None,
-                 transport: str = "ipc"):
+                 transport: str = "ipc", poll_ms: float = 0.0):
         """``parts``: one worker each (default: every part workers serve). ``groups``: instead, one worker per
         group of parts (a device serving several FC blocks). ``extra_args``: more worker arguments by worker
         name (the group's parts joined by commas), e.g. fault injection for one device. ``transport``: how the
         plan reaches the workers: ``ipc`` (a Unix socket each, the fast path) or ``grpc`` (loopback TCP);
-        every worker serves gRPC either way."""
+        every worker serves gRPC either way. ``poll_ms``: the workers' ``--poll-ms`` (Unix sockets only)."""
         if transport not in TRANSPORTS:
             raise EdgesplitError(f"unknown transport {transport!r}; use one of {', '.join(TRANSPORTS)}")
         self.transport = transport
@@ -77,6 +77,7 @@ class LocalCluster:
         self.parts = [p for g in groups for p in g]
         self.threads, self.pin, self.startup_timeout_s = threads, pin, startup_timeout_s
         self.worker_args = list(worker_args)
+        self.poll_ms = poll_ms
         self.extra_args = {k: list(v) for k, v in (extra_args or {}).items()}
         self.timeout_ms, self.input_dtype = timeout_ms, input_dtype
         self._tmp = None if log_dir else tempfile.TemporaryDirectory(prefix="edgesplit-cluster-")
@@ -102,7 +103,7 @@ class LocalCluster:
             cmd += ["--cpus", ",".join(map(str, cpus))]
         sock = Path(self._sockets.name) / f"w{list(self.groups).index(part)}.sock" if self._sockets else None
         if sock:
-            cmd += ["--unix-socket", str(sock)]
+            cmd += ["--unix-socket", str(sock)] + (["--poll-ms", str(self.poll_ms)] if self.poll_ms else [])
         env = {**os.environ, **SINGLE_THREAD_ENV, "PYTHONUNBUFFERED": "1", PARENT_PID_ENV: str(os.getpid())}
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL, env=env)

@@ -85,11 +85,12 @@ def load_plan(path: str | Path) -> Plan:
     try:
         d = yaml.safe_load(path.read_text())
         parts = tuple(PartPlacement(name, tuple(spec["replicas"]), spec.get("model_name")) for name, spec in d["parts"].items())
-        plan = Plan(str((path.parent / d["export"]) if not Path(d["export"]).is_absolute() else d["export"]), parts,
-                    float(d.get("timeout_ms", 2000)), d.get("input_dtype", "uint8"), PlanSecurity(**(d.get("security") or {})),
-                    d.get("on_missing", "degrade"), d.get("hedge_ms"), int(d.get("unhealthy_after", 3)),
-                    float(d.get("probe_interval_ms", 500)), d.get("parity", "eager"), float(d.get("parity_slack", 0.5)),
-                    bool(d.get("shared_memory", True)))
+        export = (path.parent / d["export"]) if not Path(d["export"]).is_absolute() else d["export"]
+        plan = Plan(str(export), parts, timeout_ms=float(d.get("timeout_ms", 2000)), input_dtype=d.get("input_dtype", "uint8"),
+                    security=PlanSecurity(**(d.get("security") or {})), on_missing=d.get("on_missing", "degrade"),
+                    hedge_ms=d.get("hedge_ms"), unhealthy_after=int(d.get("unhealthy_after", 3)),
+                    probe_interval_ms=float(d.get("probe_interval_ms", 500)), parity=d.get("parity", "eager"),
+                    parity_slack=float(d.get("parity_slack", 0.5)), shared_memory=bool(d.get("shared_memory", True)))
     except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
         raise EdgesplitError(f"{path} is not a valid plan ({type(err).__name__}: {err}); see `edgesplit plan --help`") from None
     validate_plan(plan, load_manifest(plan.export, verify=False))

@@ -17,8 +17,7 @@ async def serve(plan_path: str | None, local_export: str | None, host: str, port
                 max_message_bytes: int, worker_poll_ms: float = 0.0) -> None:
     """``worker_poll_ms``: the local workers' ``--poll-ms`` (``local_export`` only)."""
     security.check_bind(host)
-    poll = ["--poll-ms", str(worker_poll_ms)] if worker_poll_ms else []
-    cluster = LocalCluster(local_export, worker_args=poll).start() if local_export else None
+    cluster = LocalCluster(local_export, poll_ms=worker_poll_ms).start() if local_export else None
     try:
         plan = cluster.plan() if cluster else load_plan(plan_path)
         coordinator = remote_coordinator(plan)
