@@ -16,7 +16,10 @@ from edgesplit.runtime.local import LocalModel
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 from edgesplit.runtime.transport.client import GrpcWorker
-from edgesplit.runtime.transport.ipc import HEADER, INFER, UnixSocketWorker, socket_path
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgesplit.runtime.transport.ipc import HEADER, INFER, FrameReader, UnixSocketWorker, _frame, socket_path
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +82,21 @@ def test_grpc_transport_cluster_gives_the_same_answers(tiny_export, images):
     assert np.abs(got - ref).max() < 1e-4
     with pytest.raises(EdgesplitError, match="unknown transport 'tcp'"):
         LocalCluster(tiny_export, transport="tcp")
+
+
+@settings(max_examples=200, deadline=None)
+@given(bodies=st.lists(st.binary(max_size=40), min_size=1, max_size=6), cuts=st.lists(st.integers(0, 400), max_size=8),
+       limit=st.sampled_from([None, 0, 8, 20]))
+def test_frame_reader_cuts_any_chunking_into_the_frames_sent(bodies, cuts, limit):
+    """Frames come back whole and in order however the stream is chunked; a frame over the limit is reported
+    with no body and its bytes never reach the next frame."""
+    stream = b"".join(_frame(INFER, i, body) for i, body in enumerate(bodies))
+    edges = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+    reader = FrameReader(limit)
+    got = [f for a, b in zip(edges, edges[1:]) for f in reader.feed(stream[a:b])]
+    over = limit is not None
+    assert got == [(INFER, i, len(body), None if over and len(body) > limit else body) for i, body in enumerate(bodies)]
+    assert reader.feed(b"") == [] and not reader._buf and not reader._skip
 
 
 def test_frames_that_are_not_kserve_get_invalid_argument(tiny_export, cluster, images):

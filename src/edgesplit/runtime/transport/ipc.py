@@ -64,6 +64,41 @@ def _frame(kind: int, call_id: int, body: bytes) -> bytes:
     return HEADER.pack(len(body), kind, call_id) + body
 
 
+class FrameReader:
+    """Cuts a byte stream into frames as it arrives. A frame whose body is over ``limit`` bytes is reported with
+    body ``None`` and its bytes are dropped as they come, never held."""
+
+    def __init__(self, limit: int | None = None):
+        self.limit = limit
+        self._buf = bytearray()
+        self._skip = 0  # bytes of an oversized frame still to drop
+
+    def feed(self, data: bytes) -> list[tuple[int, int, int, bytes | None]]:
+        """The frames completed by ``data``, as (kind, call id, body bytes, body or None)."""
+        if self._skip:
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            data = data[dropped:]
+        buf = self._buf
+        buf += data
+        frames, offset, end = [], 0, len(buf)
+        with memoryview(buf) as view:
+            while end - offset >= HEADER.size:
+                size, kind, call_id = HEADER.unpack_from(view, offset)
+                if self.limit is not None and size > self.limit:
+                    frames.append((kind, call_id, size, None))
+                    dropped = min(size, end - offset - HEADER.size)
+                    self._skip = size - dropped
+                    offset += HEADER.size + dropped
+                    continue
+                if end - offset - HEADER.size < size:
+                    break
+                frames.append((kind, call_id, size, bytes(view[offset + HEADER.size:offset + HEADER.size + size])))
+                offset += HEADER.size + size
+        del buf[:offset]
+        return frames
+
+
 class UnixSocketServer:
     """Serves ``models`` on a Unix socket next to a worker's gRPC server. Start with :meth:`start`;
     :meth:`stop` stops accepting and gives calls in flight ``grace_s`` to finish."""
@@ -80,7 +115,7 @@ class UnixSocketServer:
         self.frame_limit = 2 * max_message_bytes + (1 << 20)  # as gRPC's hard limit: refused without being held
         self._server: asyncio.AbstractServer | None = None
         self._calls: set[asyncio.Task] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[_ServerConnection] = set()
 
     @property
     def address(self) -> str:
@@ -95,54 +130,18 @@ class UnixSocketServer:
             self.path.unlink()  # left behind by a worker that was killed: ours to replace
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
         try:
-            self._server = await asyncio.start_unix_server(self._serve_connection, path=str(self.path))
+            self._server = await asyncio.get_running_loop().create_unix_server(lambda: _ServerConnection(self),
+                                                                               path=str(self.path))
         except OSError as err:
             raise EdgesplitError(f"cannot listen on Unix socket {self.path}: {err.strerror}; pick another --unix-socket path") from None
         finally:
             os.umask(old_umask)
         log.info("serving %s on %s", ", ".join(self.models), self.address)
 
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        calls: dict[int, asyncio.Task] = {}
-        regions = RegionMap()
-        self._writers.add(writer)
-        try:
-            while True:
-                size, kind, call_id = HEADER.unpack(await reader.readexactly(HEADER.size))
-                if size > self.frame_limit:
-                    writer.write(_frame(FAILED, call_id, f"RESOURCE_EXHAUSTED\nmessage of {size} bytes is over the "
-                                                         f"limit of {self.frame_limit}; send smaller batches".encode()))
-                    await _discard(reader, size)  # never held in memory; the connection stays in step
-                    continue
-                body = await reader.readexactly(size)
-                if kind == INFER:
-                    task = asyncio.create_task(self._infer(call_id, body, writer, regions))
-                    calls[call_id] = task
-                    self._calls.add(task)
-                    task.add_done_callback(lambda t, cid=call_id: (calls.pop(cid, None), self._calls.discard(t)))
-                elif kind == READY:
-                    m = self.models.get(body.decode(errors="replace"))
-                    writer.write(_frame(READY_ANSWER, call_id, b"\x01" if m is not None and m.ready() else b"\x00"))
-                elif kind == CANCEL:
-                    if call_id in calls:
-                        calls[call_id].cancel()
-                elif kind == REGISTER:
-                    writer.write(_register(regions, call_id, body))
-                else:
-                    writer.write(_frame(FAILED, call_id, f"INVALID_ARGUMENT\nunknown frame kind {kind}".encode()))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the client went away
-        finally:
-            for task in list(calls.values()):
-                task.cancel()
-            regions.close()
-            self._writers.discard(writer)
-            writer.close()
-
-    async def _infer(self, call_id: int, body: bytes, writer: asyncio.StreamWriter, regions: RegionMap) -> None:
+    async def _infer(self, call_id: int, body: bytes, conn: "_ServerConnection") -> None:
         try:
             request = pb.ModelInferRequest.FromString(body)
-            response = await answer_infer(self.models, self.max_message_bytes, request, regions)
+            response = await answer_infer(self.models, self.max_message_bytes, request, conn.regions)
             answer = _frame(RESULT, call_id, response.SerializeToString())
         except DecodeError:
             answer = _frame(FAILED, call_id, b"INVALID_ARGUMENT\nbody is not a KServe v2 ModelInferRequest")
@@ -151,8 +150,7 @@ class UnixSocketServer:
         except Exception as err:  # never leave a caller waiting: as gRPC answers UNKNOWN for a handler that raised
             log.exception("call %d failed", call_id)
             answer = _frame(FAILED, call_id, f"UNKNOWN\n{type(err).__name__}: {err}".encode())
-        if not writer.is_closing():
-            writer.write(answer)
+        conn.write(answer)
         if self.poll_ms > 0:
             self._poll_until = time.perf_counter() + self.poll_ms / 1e3
             if self._poller is None:
@@ -172,13 +170,61 @@ class UnixSocketServer:
         self._server.close()
         if self._calls:
             await asyncio.wait(set(self._calls), timeout=grace_s)
-        for writer in list(self._writers):
-            writer.close()
+        for conn in list(self._connections):
+            conn.transport.close()
         self._server = None
         try:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+class _ServerConnection(asyncio.Protocol):
+    """One client's connection to a :class:`UnixSocketServer`: frames are handled as they arrive (an INFER
+    becomes a task, answered whenever it finishes), with no reader task between the socket and the handler."""
+
+    def __init__(self, server: UnixSocketServer):
+        self.server = server
+        self.frames = FrameReader(server.frame_limit)
+        self.calls: dict[int, asyncio.Task] = {}
+        self.regions = RegionMap()  # shared memory this client registered
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.server._connections.add(self)
+
+    def write(self, frame: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(frame)
+
+    def data_received(self, data: bytes) -> None:
+        server = self.server
+        for kind, call_id, size, body in self.frames.feed(data):
+            if body is None:  # never held in memory; the stream stays in step
+                self.write(_frame(FAILED, call_id, f"RESOURCE_EXHAUSTED\nmessage of {size} bytes is over the "
+                                                   f"limit of {server.frame_limit}; send smaller batches".encode()))
+            elif kind == INFER:
+                task = asyncio.get_running_loop().create_task(server._infer(call_id, body, self))
+                self.calls[call_id] = task
+                server._calls.add(task)
+                task.add_done_callback(lambda t, cid=call_id: (self.calls.pop(cid, None), server._calls.discard(t)))
+            elif kind == READY:
+                m = server.models.get(body.decode(errors="replace"))
+                self.write(_frame(READY_ANSWER, call_id, b"\x01" if m is not None and m.ready() else b"\x00"))
+            elif kind == CANCEL:
+                if call_id in self.calls:
+                    self.calls[call_id].cancel()
+            elif kind == REGISTER:
+                self.write(_register(self.regions, call_id, body))
+            else:
+                self.write(_frame(FAILED, call_id, f"INVALID_ARGUMENT\nunknown frame kind {kind}".encode()))
+
+    def connection_lost(self, exc) -> None:  # the client went away, or the server stopped
+        for task in list(self.calls.values()):
+            task.cancel()
+        self.regions.close()
+        self.server._connections.discard(self)
 
 
 def _register(regions: RegionMap, call_id: int, body: bytes) -> bytes:
@@ -201,57 +247,49 @@ def _accepting(path: Path) -> bool:
     return True
 
 
-async def _discard(reader: asyncio.StreamReader, size: int, chunk: int = 1 << 20) -> None:
-    while size > 0:
-        got = len(await reader.readexactly(min(size, chunk)))
-        size -= got
+class _Connection(asyncio.Protocol):
+    """One open stream to a server and the calls waiting on it; an answer resolves its call's future as soon as
+    its frame is complete."""
 
-
-class _Connection:
-    """One open stream to a server and the calls waiting on it."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str):
-        self.writer, self.label = writer, label  # label: "part at address", for error messages
+    def __init__(self, label: str):
+        self.label = label  # "part at address", for error messages
         self.pending: dict[int, asyncio.Future] = {}
         self.closed = False
         self.regions: dict[str, bool] = {}  # shared-memory region name -> registered (False: the worker refused it)
-        self._reading = asyncio.create_task(self._read(reader), name=f"ipc-read {label}")
+        self.frames = FrameReader()
+        self.transport: asyncio.Transport | None = None
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        error: Exception = PartUnavailable(f"{self.label}: connection closed by the worker")
-        try:
-            while True:
-                size, kind, call_id = HEADER.unpack(await reader.readexactly(HEADER.size))
-                body = await reader.readexactly(size)
-                fut = self.pending.pop(call_id, None)
-                if fut is not None and not fut.done():
-                    fut.set_result((kind, body))
-        except (asyncio.IncompleteReadError, ConnectionError) as err:
-            error = PartUnavailable(f"{self.label}: connection lost ({type(err).__name__})")
-        finally:
-            self.closed = True
-            for fut in self.pending.values():
-                if not fut.done():
-                    fut.set_exception(error)
-            self.pending.clear()
-            self.writer.close()
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for kind, call_id, _, body in self.frames.feed(data):
+            fut = self.pending.pop(call_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result((kind, body))
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        error = PartUnavailable(f"{self.label}: connection closed by the worker" if exc is None else
+                                f"{self.label}: connection lost ({type(exc).__name__})")
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self.pending.clear()
 
     def send(self, kind: int, call_id: int, body: bytes) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
         self.pending[call_id] = fut
-        self.writer.write(_frame(kind, call_id, body))
+        self.transport.write(_frame(kind, call_id, body))
         return fut
 
     def forget(self, call_id: int) -> None:
         if self.pending.pop(call_id, None) is not None and not self.closed:
-            self.writer.write(_frame(CANCEL, call_id, b""))
+            self.transport.write(_frame(CANCEL, call_id, b""))
 
     async def close(self) -> None:
-        self._reading.cancel()
-        try:
-            await self._reading
-        except asyncio.CancelledError:
-            pass
+        self.closed = True
+        self.transport.close()
 
 
 class UnixSocketWorker:
@@ -272,11 +310,12 @@ class UnixSocketWorker:
         self._lock = self._lock or asyncio.Lock()
         async with self._lock:
             if self._conn is None or self._conn.closed:
+                label = f"{self.model_name} at {self.address}"
                 try:
-                    reader, writer = await asyncio.open_unix_connection(self.path)
+                    _, self._conn = await asyncio.get_running_loop().create_unix_connection(lambda: _Connection(label),
+                                                                                            self.path)
                 except OSError as err:
-                    raise PartUnavailable(f"{self.model_name} at {self.address}: cannot connect ({err.strerror})") from None
-                self._conn = _Connection(reader, writer, f"{self.model_name} at {self.address}")
+                    raise PartUnavailable(f"{label}: cannot connect ({err.strerror})") from None
         return self._conn
 
     async def _call(self, kind: int, body: bytes, timeout_s: float | None) -> tuple[int, bytes]:
