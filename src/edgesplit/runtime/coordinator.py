@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 class Peer(Protocol):
     address: str
 
+    def start(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "") -> asyncio.Future:
+        """``infer`` begun now (the request written before this returns where the transport can): a future of
+        the :class:`InferResult`; cancelling it cancels the call."""
+        ...
+
     async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "") -> InferResult: ...
     async def ready(self, timeout_s: float = 1.0) -> bool: ...
     async def close(self) -> None: ...
@@ -123,31 +128,47 @@ class Coordinator:
         healthy = [h for h in ordered if h.healthy]
         return healthy  # an unhealthy peer is not asked until its probe re-admits it
 
+    def _start_on(self, h: PeerHealth, stage: StageSpec, name: str, x: np.ndarray, timeout_s: float, rid: str) -> asyncio.Future:
+        """The call to one replica, begun now; its outcome updates the replica's health."""
+        def settle(f: asyncio.Future) -> None:
+            if f.cancelled():
+                return
+            if f.exception() is None:
+                h.failures = 0
+            else:
+                self._failed(h, name)
+
+        fut = h.peer.start({stage.input: x}, timeout_s=timeout_s, request_id=rid)
+        fut.add_done_callback(settle)
+        return fut
+
+    def _start_part(self, stage: StageSpec, name: str, x: np.ndarray, deadline: float, rid: str) -> asyncio.Future:
+        """The part's answer as a future. With one healthy replica (the usual case) the request leaves before this
+        returns, with no task in between; otherwise a task retries or hedges over the replicas."""
+        queue = self._candidates(name)
+        remaining = deadline - time.monotonic()
+        if len(queue) == 1 and remaining > 0:
+            return self._start_on(queue[0], stage, name, x, remaining, rid)
+        return asyncio.ensure_future(self._call_part(stage, name, x, deadline, rid, queue))
+
     async def _ask(self, h: PeerHealth, stage: StageSpec, name: str, x: np.ndarray, deadline: float, rid: str) -> InferResult:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Missing(f"{name}: deadline passed")
         try:
-            r = await h.peer.infer({stage.input: x}, timeout_s=remaining, request_id=rid)
-        except PartUnavailable as err:
-            self._failed(h, name)
-            raise _Missing(str(err)) from None
+            return await self._start_on(h, stage, name, x, remaining, rid)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # DeadlineExceeded and transport surprises: a missing answer, never a hang
-            self._failed(h, name)
-            raise _Missing(f"{name} at {h.peer.address}: {err}") from None
-        h.failures = 0
-        return r
+            raise _Missing(_missing(name, h.peer, err)) from None
 
-    async def _call_part(self, stage: StageSpec, name: str, x: np.ndarray, deadline: float, rid: str) -> InferResult:
-        """The part's answer from one of its healthy replicas: the next replica is asked when the one in
-        flight fails (retry) or, with ``hedge_ms``, when it has not answered after that long (hedge)."""
-        queue = self._candidates(name)
+    async def _call_part(self, stage: StageSpec, name: str, x: np.ndarray, deadline: float, rid: str,
+                         queue: list[PeerHealth]) -> InferResult:
+        """The part's answer from one of its healthy replicas (``queue``, in the order to ask them): the next
+        replica is asked when the one in flight fails (retry) or, with ``hedge_ms``, when it has not answered
+        after that long (hedge)."""
         if not queue:
             raise _Missing(f"{name}: every replica is marked unhealthy")
-        if len(queue) == 1:  # nothing to retry on or hedge with: no extra task (~0.1 ms a part on a small board)
-            return await self._ask(queue[0], stage, name, x, deadline, rid)
         errors: list[str] = []
         pending: set[asyncio.Task] = set()
 
@@ -201,7 +222,7 @@ class Coordinator:
         x_sent = shared or x
 
         def ask(indices) -> set[asyncio.Future]:
-            new = {asyncio.ensure_future(self._call_part(stage, stage.parts[i], x_sent, deadline, rid)): i for i in indices}
+            new = {self._start_part(stage, stage.parts[i], x_sent, deadline, rid): i for i in indices}
             tasks.update(new)
             return set(new)
 
@@ -225,7 +246,8 @@ class Coordinator:
                     break  # k can no longer be reached and a degraded answer is not wanted: stop waiting
                 done, pending = await asyncio.wait(pending, timeout=late_in_s, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
-                    if t.exception() is None:
+                    err = t.exception()
+                    if err is None:
                         r = t.result()
                         answers[tasks[t]] = r.outputs[stage.output]
                         arrival_ms = (time.perf_counter() - t_stage) * 1e3
@@ -235,10 +257,12 @@ class Coordinator:
                         for key in PART_TIMINGS:  # the worker's own account of the call, when it gives one
                             if key in r.parameters:
                                 flags.setdefault(key, {})[stage.parts[tasks[t]]] = r.parameters[key]
-                    elif isinstance(t.exception(), _Missing):
-                        errors.append(str(t.exception()))
+                    elif isinstance(err, _Missing):
+                        errors.append(str(err))
+                    elif isinstance(err, Exception):  # from a call started directly: a missing answer, never a hang
+                        errors.append(_missing(stage.parts[tasks[t]], None, err))
                     else:
-                        raise t.exception()
+                        raise err
         finally:
             for t in pending:  # no call is left running for an answer nobody will read
                 t.cancel()
@@ -341,6 +365,13 @@ class Coordinator:
                 await h.peer.close()
         if self.ring is not None:
             self.ring.close()
+
+
+def _missing(name: str, peer: Peer | None, err: Exception) -> str:
+    """Why a part's answer is missing, naming the part and its address once."""
+    if isinstance(err, (PartUnavailable, DeadlineExceeded)):
+        return str(err)  # these already say "part at address"
+    return f"{name} at {peer.address}: {err}" if peer is not None else f"{name}: {err}"
 
 
 def remote_coordinator(plan: Plan) -> Coordinator:

@@ -6,6 +6,7 @@ anything else (UNAVAILABLE, a crashed peer...) -> PartUnavailable.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,10 @@ class GrpcWorker:
             raise status_error(err.code().name, err.details(), self) from None
         outputs, params = codec.decode_response(resp)
         return InferResult(outputs, params)
+
+    def start(self, inputs: dict, timeout_s: float | None = None, request_id: str = "") -> asyncio.Future:
+        """:meth:`infer` as a task (a gRPC call starts on the loop's next turn whatever its caller does)."""
+        return asyncio.ensure_future(self.infer(inputs, timeout_s, request_id))
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         try:

@@ -34,7 +34,7 @@ import stat
 import struct
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from google.protobuf.message import DecodeError
 
@@ -247,13 +247,17 @@ def _accepting(path: Path) -> bool:
     return True
 
 
+def _raw(kind: int, body: bytes) -> tuple[int, bytes]:
+    return kind, body
+
+
 class _Connection(asyncio.Protocol):
-    """One open stream to a server and the calls waiting on it; an answer resolves its call's future as soon as
-    its frame is complete."""
+    """One open stream to a server and the calls waiting on it. Each call has a future and a function that
+    turns its answer frame into the future's result, applied as soon as the frame is complete."""
 
     def __init__(self, label: str):
         self.label = label  # "part at address", for error messages
-        self.pending: dict[int, asyncio.Future] = {}
+        self.pending: dict[int, tuple[asyncio.Future, Callable[[int, bytes], object]]] = {}
         self.closed = False
         self.regions: dict[str, bool] = {}  # shared-memory region name -> registered (False: the worker refused it)
         self.frames = FrameReader()
@@ -264,22 +268,26 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for kind, call_id, _, body in self.frames.feed(data):
-            fut = self.pending.pop(call_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result((kind, body))
+            fut, decode = self.pending.pop(call_id, (None, None))
+            if fut is None or fut.done():
+                continue
+            try:
+                fut.set_result(decode(kind, body))
+            except Exception as err:  # an error answer, or one that does not parse
+                fut.set_exception(err)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
         error = PartUnavailable(f"{self.label}: connection closed by the worker" if exc is None else
                                 f"{self.label}: connection lost ({type(exc).__name__})")
-        for fut in self.pending.values():
+        for fut, _ in self.pending.values():
             if not fut.done():
                 fut.set_exception(error)
         self.pending.clear()
 
-    def send(self, kind: int, call_id: int, body: bytes) -> asyncio.Future:
+    def send(self, kind: int, call_id: int, body: bytes, decode: Callable[[int, bytes], object] = _raw) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
-        self.pending[call_id] = fut
+        self.pending[call_id] = (fut, decode)
         self.transport.write(_frame(kind, call_id, body))
         return fut
 
@@ -318,61 +326,74 @@ class UnixSocketWorker:
                     raise PartUnavailable(f"{label}: cannot connect ({err.strerror})") from None
         return self._conn
 
-    async def _call(self, kind: int, body: bytes, timeout_s: float | None) -> tuple[int, bytes]:
-        conn = self._conn
-        if conn is None or conn.closed:  # (re)connect; an open connection skips the task wait_for makes
-            try:
-                conn = await asyncio.wait_for(self._connection(), timeout_s)
-            except asyncio.TimeoutError:
-                raise self._late() from None
+    async def _open(self, timeout_s: float | None) -> _Connection:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        try:
+            return await asyncio.wait_for(self._connection(), timeout_s)
+        except asyncio.TimeoutError:
+            raise self._late() from None
+
+    def _begin(self, conn: _Connection, kind: int, body: bytes, timeout_s: float | None,
+               decode: Callable[[int, bytes], object] = _raw) -> asyncio.Future:
+        """Send one call now; its future fails with DeadlineExceeded after ``timeout_s``. A call that is late or
+        cancelled (the caller stopped waiting) is cancelled on the worker too."""
         call_id = next(self._ids)
-        fut = conn.send(kind, call_id, body)
+        fut = conn.send(kind, call_id, body, decode)
         timer = None if timeout_s is None else asyncio.get_running_loop().call_later(
             timeout_s, lambda: fut.done() or fut.set_exception(self._late()))
-        try:
-            return await fut
-        except (DeadlineExceeded, asyncio.CancelledError):
-            conn.forget(call_id)  # the caller stopped waiting: tell the worker to stop too
-            raise
-        finally:
+
+        def done(f: asyncio.Future) -> None:
             if timer is not None:
                 timer.cancel()
+            if f.cancelled() or isinstance(f.exception(), DeadlineExceeded):
+                conn.forget(call_id)
+
+        fut.add_done_callback(done)
+        return fut
+
+    async def _call(self, kind: int, body: bytes, timeout_s: float | None) -> tuple[int, bytes]:
+        return await self._begin(await self._open(timeout_s), kind, body, timeout_s)
 
     def _late(self) -> Exception:
         return status_error("DEADLINE_EXCEEDED", "", self)
 
+    def _result(self, kind: int, body: bytes) -> InferResult:
+        if kind == FAILED:
+            status, _, detail = body.decode(errors="replace").partition("\n")
+            raise status_error(status, detail, self)
+        outputs, params = codec.decode_response(pb.ModelInferResponse.FromString(body))
+        return InferResult(outputs, params)
+
+    def start(self, inputs: dict, timeout_s: float | None = None, request_id: str = "") -> asyncio.Future:
+        """The call to ``infer``, begun now: with the connection open and every shared input's region already
+        registered (every call after the first), the request is written before this returns and the answer
+        frame resolves the future directly; otherwise a task connects and registers first."""
+        conn = self._conn
+        if conn is None or conn.closed or any(isinstance(v, SharedTensor) and v.region.name not in conn.regions
+                                              for v in inputs.values()):
+            return asyncio.ensure_future(self.infer(inputs, timeout_s, request_id))
+        inputs = {k: v.array if isinstance(v, SharedTensor) and not conn.regions[v.region.name] else v
+                  for k, v in inputs.items()}
+        body = codec.serialize_request(self.model_name, inputs, request_id)
+        return self._begin(conn, INFER, body, timeout_s, self._result)
+
     async def infer(self, inputs: dict, timeout_s: float | None = None, request_id: str = "") -> InferResult:
         """``inputs``: arrays, or :class:`SharedTensor` slots of the coordinator's input ring (sent as references
         once the worker has mapped the ring; inline if it cannot)."""
-        if any(isinstance(v, SharedTensor) for v in inputs.values()):
-            inputs = await self._shareable(inputs, timeout_s)
-        body = codec.serialize_request(self.model_name, inputs, request_id)
-        kind, answer = await self._call(INFER, body, timeout_s)
-        if kind == FAILED:
-            status, _, detail = answer.decode(errors="replace").partition("\n")
-            raise status_error(status, detail, self)
-        outputs, params = codec.decode_response(pb.ModelInferResponse.FromString(answer))
-        return InferResult(outputs, params)
+        conn = await self._open(timeout_s)
+        for value in inputs.values():
+            if isinstance(value, SharedTensor) and value.region.name not in conn.regions:
+                await self._register(conn, value.region, timeout_s)
+        return await self.start(inputs, timeout_s, request_id)  # ready now: sent at once
 
-    async def _shareable(self, inputs: dict, timeout_s: float | None) -> dict:
-        """``inputs`` with each shared tensor kept as a reference if this connection has its region mapped
-        (registering it first if need be), else replaced by its array."""
-        conn = self._conn if self._conn is not None and not self._conn.closed else await self._connection()
-        out = {}
-        for name, value in inputs.items():
-            if isinstance(value, SharedTensor):
-                region: SharedRegion = value.region
-                if region.name not in conn.regions:
-                    kind, answer = await self._call(REGISTER, f"{region.name}\n{region.path}\n{region.byte_size}".encode(),
-                                                    timeout_s)
-                    conn.regions[region.name] = kind == REGISTERED
-                    if kind != REGISTERED:
-                        log.warning("%s refused shared memory (%s); sending inputs inline",
-                                    self, answer.decode(errors="replace").replace("\n", ": "))
-                if not conn.regions[region.name]:
-                    value = value.array
-            out[name] = value
-        return out
+    async def _register(self, conn: _Connection, region: SharedRegion, timeout_s: float | None) -> None:
+        """Ask the worker to map ``region`` for this connection's requests; a refusal means inline inputs."""
+        kind, answer = await self._begin(conn, REGISTER, f"{region.name}\n{region.path}\n{region.byte_size}".encode(), timeout_s)
+        conn.regions[region.name] = kind == REGISTERED
+        if kind != REGISTERED:
+            log.warning("%s refused shared memory (%s); sending inputs inline",
+                        self, answer.decode(errors="replace").replace("\n", ": "))
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         try:
