@@ -139,3 +139,22 @@ def test_ring_left_by_a_dead_process_is_removed(tmp_path):
     ring.put(np.zeros(8, np.uint8))
     assert not stale.exists() and Path(ring.region.path).exists() and oct(os.stat(ring.region.path).st_mode)[-3:] == "600"
     ring.close()
+
+
+def test_fast_encoding_of_shared_inputs_is_protobufs_own():
+    """serialize_request caches a request's metadata: the bytes stay protobuf's own for every id and slot."""
+    ring = InputRing(slots=2, min_bytes=0)
+    x = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
+    b = np.arange(4, dtype=np.int64)
+    for rid in ("1", "", "12345", "1"):
+        ref = ring.put(x)
+        want = pb.ModelInferRequest(model_name="branch0", id=rid)
+        t = want.inputs.add(name="input", datatype="UINT8", shape=x.shape)
+        t.parameters[codec.SHM_REGION].string_param = ring.region.name
+        t.parameters[codec.SHM_OFFSET].int64_param = ref.offset
+        t.parameters[codec.SHM_BYTES].int64_param = x.nbytes
+        want.inputs.add(name="b", datatype="INT64", shape=b.shape)
+        want.raw_input_contents.append(b.tobytes())
+        assert codec.serialize_request("branch0", {"input": ref, "b": b}, rid) == want.SerializeToString()
+        ring.release(ref)
+    ring.close()
