@@ -79,9 +79,34 @@ def test_grpc_transport_cluster_gives_the_same_answers(tiny_export, images):
     with LocalCluster(tiny_export, timeout_ms=5000, transport="grpc") as c, edgesplit.connect(c.plan()) as client:
         assert all(not a.startswith("ipc:") for p in c.plan().parts for a in p.replicas)
         got = client.infer(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        _check_trace(client, images)
     assert np.abs(got - ref).max() < 1e-4
     with pytest.raises(EdgesplitError, match="unknown transport 'tcp'"):
         LocalCluster(tiny_export, transport="tcp")
+
+
+def _check_trace(client, images):
+    """With Coordinator.trace every answer says, per part, when its call was sent, received by the worker,
+    answered and decoded, in that order and within the request; untraced answers say nothing of it."""
+    x = np.ascontiguousarray(images[:2].transpose(0, 3, 1, 2))
+    assert not any(k.endswith("_sent_ms") for k in client.infer_result(x).parameters)
+    client.coordinator.trace = True
+    try:
+        for _ in range(3):
+            t0 = time.perf_counter()
+            p = client.infer_result(x).parameters
+            e2e_ms = (time.perf_counter() - t0) * 1e3
+            for part in ("branch0", "branch1"):
+                hops = [p[f"{part}_{k}"] for k in ("sent_ms", "received_ms", "answered_ms", "decoded_ms")]
+                assert 0 <= hops[0] <= hops[1] <= hops[2] <= hops[3] <= e2e_ms, hops
+                assert hops[2] - hops[1] >= p[f"{part}_server_ms"] >= p[f"{part}_compute_ms"] > 0
+    finally:
+        client.coordinator.trace = False
+
+
+def test_traced_requests_over_unix_sockets(cluster, images):
+    with edgesplit.connect(cluster.plan()) as client:
+        _check_trace(client, images)
 
 
 @settings(max_examples=200, deadline=None)

@@ -108,4 +108,9 @@ def test_bench_serve_accounts_for_the_time(tmp_path):
         assert slowest_arrival < b["end_to_end"] + 1e-6 and b["coordinator"] >= 0
         assert set(m["cpu_ms_per_request"]) == {"coordinator", "branch0", "branch1"}
         assert m["overhead_ratio"] == pytest.approx(m["end_to_end_p50_ms"] / max(m["branch_compute_p50_ms"].values()))
+        hops = b["hops"]  # the traced split of each part's transport
+        assert set(hops["parts"]) == set(b["parts"]) and hops["after_last_answer"] >= 0
+        for name, h in hops["parts"].items():
+            assert min(h.values()) >= 0, h
+            assert sum(h.values()) <= b["parts"][name]["transport"] + 1.0  # medians of parts of the same interval
     assert r["throughput_speedup"] > 0 and r["unsplit_throughput_rps"] > 0

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgesplit.runtime.coordinator import TRACE_HOPS
 from edgesplit.runtime.stats import latency_summary
 
 
@@ -48,6 +49,7 @@ async def _drive_coordinator(plan, send: np.ndarray, warmup: int, in_flight: int
     try:
         for img in send[:warmup]:
             await client.infer(img)
+        client.coordinator.trace = True  # per-hop times for the breakdown (this run only: one request at a time)
         lat, parts = [], {}
         for img in send:
             t0 = time.perf_counter()
@@ -57,6 +59,7 @@ async def _drive_coordinator(plan, send: np.ndarray, warmup: int, in_flight: int
                 for key in PART_KEYS:
                     if k.endswith("_" + key):
                         parts.setdefault(k[: -len(key) - 1], {}).setdefault(key, []).append(v)
+        client.coordinator.trace = False
         sem = asyncio.Semaphore(in_flight)
 
         async def one(img):
@@ -84,7 +87,7 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-PART_KEYS = ("compute_ms", "server_ms", "arrival_ms")
+PART_KEYS = ("compute_ms", "server_ms", "arrival_ms", *TRACE_HOPS)
 
 
 def breakdown(lat: list[float], parts: dict[str, dict[str, list[float]]]) -> dict:
@@ -93,17 +96,34 @@ def breakdown(lat: list[float], parts: dict[str, dict[str, list[float]]]) -> dic
     stage's start to the answer's arrival, minus the worker's handler time: serialising, the socket or
     gRPC, waking the worker). Then ``wait_for_slowest`` (the stage ends with its last part: the slowest
     arrival minus the median arrival of the parts) and ``coordinator`` (everything else: input checks,
-    concatenation, the head, asyncio)."""
+    concatenation, the head, asyncio).
+
+    ``hops`` splits each part's transport by the traced times (``Coordinator.trace``; ms, medians):
+    ``before_send`` (request start to the call written: input checks, the shared-memory copy, encoding, the
+    write; the later part includes the earlier one's), ``to_worker`` (until the worker had it: the socket,
+    waking the worker), ``worker_dispatch`` (the worker's time around its handler: reading the frame,
+    scheduling, parsing), ``back`` (answer ready to decoded here: encoding, the socket, waking the
+    coordinator, decoding); and ``after_last_answer`` (the last decoded answer to the end: the stage's
+    bookkeeping, concatenation, the head, returning)."""
     arrival = np.array([parts[p]["arrival_ms"] for p in parts])  # (P, N)
     server = np.array([parts[p]["server_ms"] for p in parts])
     compute = np.array([parts[p]["compute_ms"] for p in parts])
     e2e = np.asarray(lat)
     per_part = {p: {"compute": float(np.median(compute[i])), "handler": float(np.median(server[i] - compute[i])),
                     "transport": float(np.median(arrival[i] - server[i]))} for i, p in enumerate(parts)}
-    return {"parts": per_part,
-            "wait_for_slowest": float(np.median(arrival.max(axis=0) - np.median(arrival, axis=0))),
-            "coordinator": float(np.median(e2e - arrival.max(axis=0))),
-            "end_to_end": float(np.median(e2e))}
+    out = {"parts": per_part,
+           "wait_for_slowest": float(np.median(arrival.max(axis=0) - np.median(arrival, axis=0))),
+           "coordinator": float(np.median(e2e - arrival.max(axis=0))),
+           "end_to_end": float(np.median(e2e))}
+    if all(len(parts[p].get(k, ())) == len(e2e) for p in parts for k in TRACE_HOPS):
+        hop = {k: np.array([parts[p][k] for p in parts]) for k in TRACE_HOPS}  # (P, N) each
+        out["hops"] = {"parts": {p: {"before_send": float(np.median(hop["sent_ms"][i])),
+                                     "to_worker": float(np.median(hop["received_ms"][i] - hop["sent_ms"][i])),
+                                     "worker_dispatch": float(np.median(hop["answered_ms"][i] - hop["received_ms"][i] - server[i])),
+                                     "back": float(np.median(hop["decoded_ms"][i] - hop["answered_ms"][i]))}
+                                 for i, p in enumerate(parts)},
+                       "after_last_answer": float(np.median(e2e - hop["decoded_ms"].max(axis=0)))}
+    return out
 
 
 def machine_info() -> dict:
@@ -203,7 +223,11 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
             "cpu_ms_per_request": {k: med(r["cpu_ms_per_request"][k] for r in rs) for k in rs[0]["cpu_ms_per_request"]},
             "breakdown_ms": {
                 "parts": {n: {k: med(r["breakdown_ms"]["parts"][n][k] for r in rs) for k in ("compute", "handler", "transport")} for n in parts},
-                **{k: med(r["breakdown_ms"][k] for r in rs) for k in ("wait_for_slowest", "coordinator", "end_to_end")}},
+                **{k: med(r["breakdown_ms"][k] for r in rs) for k in ("wait_for_slowest", "coordinator", "end_to_end")},
+                **({"hops": {"parts": {n: {k: med(r["breakdown_ms"]["hops"]["parts"][n][k] for r in rs)
+                                           for k in rs[0]["breakdown_ms"]["hops"]["parts"][n]} for n in parts},
+                             "after_last_answer": med(r["breakdown_ms"]["hops"]["after_last_answer"] for r in rs)}}
+                   if all("hops" in r["breakdown_ms"] for r in rs) else {})},
         }
 
     by_transport = {t: summary(t) for t in transports}

@@ -343,6 +343,11 @@ def cmd_bench_serve(args) -> None:
             print(f"    {name}: compute {part['compute']:6.3f} ms  worker handler {part['handler']:5.3f} ms  "
                   f"transport {part['transport']:5.3f} ms")
         print(f"    waiting for the slower branch {b['wait_for_slowest']:.3f} ms, coordinator {b['coordinator']:.3f} ms")
+        if "hops" in b:
+            for name, h in b["hops"]["parts"].items():
+                print(f"    {name} transport, traced: before send {h['before_send']:.3f}  to worker {h['to_worker']:.3f}  "
+                      f"worker dispatch {h['worker_dispatch']:.3f}  back {h['back']:.3f} ms")
+            print(f"    after the last answer (concatenation, head, return) {b['hops']['after_last_answer']:.3f} ms")
         print(f"    end to end, 1 in flight p50 {m['end_to_end_p50_ms']:7.3f} ms   p99 {m['end_to_end_p99_ms']:7.3f} ms;  "
               f"{r['in_flight']} in flight {m['split_throughput_rps']:6.1f} req/s")
         print(f"    CPU per request at {r['in_flight']} in flight: " + ", ".join(f"{k} {v:.2f} ms" for k, v in m["cpu_ms_per_request"].items()))

@@ -37,7 +37,8 @@ from edgesplit.export.manifest import StageSpec, load_manifest, verify_parts
 from edgesplit.runtime.coding import make_code, merge_blocks
 from edgesplit.runtime.engine import OnnxRuntimeEngine
 from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
-from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
+from edgesplit.runtime.model import (TRACE, TRACE_ANSWERED, TRACE_DECODED, TRACE_RECEIVED, TRACE_SENT, InferResult,
+                                     ModelMeta, TensorMeta)
 from edgesplit.runtime.plan import Plan, validate_plan
 from edgesplit.runtime.shm import InputRing
 
@@ -47,12 +48,14 @@ log = logging.getLogger(__name__)
 class Peer(Protocol):
     address: str
 
-    def start(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "") -> asyncio.Future:
+    def start(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "",
+              parameters: dict | None = None) -> asyncio.Future:
         """``infer`` begun now (the request written before this returns where the transport can): a future of
-        the :class:`InferResult`; cancelling it cancels the call."""
+        the :class:`InferResult`; cancelling it cancels the call. ``parameters``: the request's KServe v2 ones."""
         ...
 
-    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "") -> InferResult: ...
+    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "",
+                    parameters: dict | None = None) -> InferResult: ...
     async def ready(self, timeout_s: float = 1.0) -> bool: ...
     async def close(self) -> None: ...
 
@@ -67,6 +70,9 @@ class PeerHealth:
 
 # what an edgesplit worker reports with each answer: engine time, and time in its request handler
 PART_TIMINGS = ("compute_ms", "server_ms")
+# with Coordinator.trace, per part, ms after the request reached the coordinator: the request was sent, the
+# worker received it, its answer was ready, the answer was decoded here
+TRACE_HOPS = {"sent_ms": TRACE_SENT, "received_ms": TRACE_RECEIVED, "answered_ms": TRACE_ANSWERED, "decoded_ms": TRACE_DECODED}
 
 
 class _Missing(Exception):
@@ -99,6 +105,7 @@ class Coordinator:
         self._ids = itertools.count()
         self._typical_first_ms: dict[str, float] = {}  # per coded stage: moving average of the first data answer
         self._closed = False
+        self.trace = False  # True: every answer's parameters carry TRACE_HOPS per part (workers on this machine)
 
     def ready(self) -> bool:
         return True
@@ -138,7 +145,7 @@ class Coordinator:
             else:
                 self._failed(h, name)
 
-        fut = h.peer.start({stage.input: x}, timeout_s=timeout_s, request_id=rid)
+        fut = h.peer.start({stage.input: x}, timeout_s=timeout_s, request_id=rid, parameters={TRACE: True} if self.trace else None)
         fut.add_done_callback(settle)
         return fut
 
@@ -257,6 +264,8 @@ class Coordinator:
                         for key in PART_TIMINGS:  # the worker's own account of the call, when it gives one
                             if key in r.parameters:
                                 flags.setdefault(key, {})[stage.parts[tasks[t]]] = r.parameters[key]
+                        if "trace_t0" in flags:
+                            _trace(flags, stage.parts[tasks[t]], r.parameters)
                     elif isinstance(err, _Missing):
                         errors.append(str(err))
                     elif isinstance(err, Exception):  # from a call started directly: a missing answer, never a hang
@@ -323,13 +332,13 @@ class Coordinator:
         x = self._check_input(inputs)
         deadline = time.monotonic() + self.plan.timeout_ms / 1e3
         rid = str(next(self._ids))
-        flags: dict = {}
+        flags: dict = {"trace_t0": time.monotonic()} if self.trace else {}
         for stage in self.stages:
             x = await self._run_stage(stage, x, deadline, rid, flags)
         params = {"degraded": bool(flags.get("degraded")), "recovered": bool(flags.get("recovered"))}
         if flags.get("missing"):
             params["missing"] = ",".join(flags["missing"])
-        for key in ("arrival_ms", *PART_TIMINGS):
+        for key in ("arrival_ms", *PART_TIMINGS, *TRACE_HOPS):
             params.update({f"{name}_{key}": ms for name, ms in flags.get(key, {}).items()})
         for key in ("decode_ms", "parity_asked"):
             if key in flags:
@@ -365,6 +374,13 @@ class Coordinator:
                 await h.peer.close()
         if self.ring is not None:
             self.ring.close()
+
+
+def _trace(flags: dict, part: str, params: dict) -> None:
+    """Record a traced part's hops (TRACE_HOPS) in ``flags``, in ms after the request's start."""
+    for key, at in TRACE_HOPS.items():
+        if at in params:
+            flags.setdefault(key, {})[part] = (params[at] - flags["trace_t0"]) * 1e3
 
 
 def _missing(name: str, peer: Peer | None, err: Exception) -> str:

@@ -28,6 +28,15 @@ class ModelMeta:
     versions: tuple[str, ...] = ("1",)
 
 
+# Tracing a call (for benchmarks on one machine): a request whose parameters hold TRACE = True is answered
+# with the times, on the machine's monotonic clock (time.monotonic(), seconds, the same in every process on
+# Linux), when the server received it and when its answer was ready; the caller's peer handle adds when it
+# sent the request and when the decoded answer was in its hands. The coordinator turns them into per-hop
+# times (Coordinator.trace).
+TRACE = "edgesplit_trace"
+TRACE_SENT, TRACE_RECEIVED, TRACE_ANSWERED, TRACE_DECODED = "sent_at_s", "received_at_s", "answered_at_s", "decoded_at_s"
+
+
 @dataclass
 class InferResult:
     outputs: dict[str, np.ndarray]

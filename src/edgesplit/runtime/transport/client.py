@@ -7,13 +7,14 @@ anything else (UNAVAILABLE, a crashed peer...) -> PartUnavailable.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
-from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
+from edgesplit.runtime.model import TRACE_DECODED, TRACE_RECEIVED, TRACE_SENT, InferResult, ModelMeta, TensorMeta
 from edgesplit.runtime.shm import plain
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
@@ -62,18 +63,24 @@ class GrpcWorker:
     def __repr__(self) -> str:
         return f"GrpcWorker({self.model_name}@{self.address})"
 
-    async def infer(self, inputs: dict, timeout_s: float | None = None, request_id: str = "") -> InferResult:
-        req = codec.serialize_request(self.model_name, plain(inputs), request_id)  # a remote server: no shared memory
+    async def infer(self, inputs: dict, timeout_s: float | None = None, request_id: str = "",
+                    parameters: dict | None = None) -> InferResult:
+        """``parameters``: the request's KServe v2 parameters."""
+        req = codec.serialize_request(self.model_name, plain(inputs), request_id, parameters)  # remote: no shared memory
+        sent_at = time.monotonic()
         try:
             resp = await self._model_infer(req, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
             raise status_error(err.code().name, err.details(), self) from None
         outputs, params = codec.decode_response(resp)
+        if TRACE_RECEIVED in params:  # a traced call: when it was sent and its answer was in hand here
+            params[TRACE_SENT], params[TRACE_DECODED] = sent_at, time.monotonic()
         return InferResult(outputs, params)
 
-    def start(self, inputs: dict, timeout_s: float | None = None, request_id: str = "") -> asyncio.Future:
+    def start(self, inputs: dict, timeout_s: float | None = None, request_id: str = "",
+              parameters: dict | None = None) -> asyncio.Future:
         """:meth:`infer` as a task (a gRPC call starts on the loop's next turn whatever its caller does)."""
-        return asyncio.ensure_future(self.infer(inputs, timeout_s, request_id))
+        return asyncio.ensure_future(self.infer(inputs, timeout_s, request_id, parameters))
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         try:

@@ -75,15 +75,18 @@ def _shared_bytes(t, regions) -> memoryview:
     return buf[offset:offset + size]
 
 
-def encode_request(model_name: str, inputs: dict[str, np.ndarray], request_id: str = "") -> pb.ModelInferRequest:
+def encode_request(model_name: str, inputs: dict[str, np.ndarray], request_id: str = "",
+                   parameters: dict[str, object] | None = None) -> pb.ModelInferRequest:
     req = pb.ModelInferRequest(model_name=model_name, id=request_id)
+    for key, value in (parameters or {}).items():
+        _set_param(req.parameters[key], value)
     for name, arr in inputs.items():
         req.inputs.add(name=name, datatype=NUMPY_TO_KSERVE[arr.dtype.name], shape=arr.shape)
         req.raw_input_contents.append(np.ascontiguousarray(arr).tobytes())
     return req
 
 
-def serialize_request(model_name: str, inputs: dict, request_id: str = "") -> bytes:
+def serialize_request(model_name: str, inputs: dict, request_id: str = "", parameters: dict[str, object] | None = None) -> bytes:
     """``encode_request(...).SerializeToString()``, the same bytes on the wire, several times faster.
 
     upb serialises a large ``bytes`` field many times slower than a copy of it, so each raw tensor is
@@ -102,17 +105,21 @@ def serialize_request(model_name: str, inputs: dict, request_id: str = "") -> by
         key.append((name, arr.dtype.name, arr.shape, None))
         raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)  # no copy
         raws += [_RAW_INPUT_TAG, _varint(raw.nbytes), raw]
-    name_field, tensors_field = _request_metadata(model_name, tuple(key))
+    params = tuple(parameters.items()) if parameters else ()
+    name_field, tensors_field = _request_metadata(model_name, tuple(key), params)
     rid = request_id.encode()
     id_field = _ID_TAG + _varint(len(rid)) + rid if rid else b""  # as protobuf writes it (the empty string: not at all)
     return b"".join([name_field, id_field, tensors_field, *raws])
 
 
 @lru_cache(maxsize=256)
-def _request_metadata(model_name: str, tensors: tuple) -> tuple[bytes, bytes]:
-    """The encodings of a request's ``model_name`` field and of its ``inputs`` fields (shared-memory parameters
-    included), for ``tensors`` = ((name, dtype, shape, (region, offset, byte size) or None), ...)."""
+def _request_metadata(model_name: str, tensors: tuple, parameters: tuple) -> tuple[bytes, bytes]:
+    """The encodings of a request's ``model_name`` field and of its ``parameters`` and ``inputs`` fields
+    (shared-memory parameters included), for ``tensors`` = ((name, dtype, shape, (region, offset, byte size)
+    or None), ...) and ``parameters`` = ((key, value), ...)."""
     req = pb.ModelInferRequest()
+    for key, value in parameters:
+        _set_param(req.parameters[key], value)
     for name, dtype, shape, shared in tensors:
         t = req.inputs.add(name=name, datatype=NUMPY_TO_KSERVE[dtype], shape=shape)
         if shared is not None:

@@ -40,7 +40,7 @@ from google.protobuf.message import DecodeError
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.runtime.errors import DeadlineExceeded, PartUnavailable
-from edgesplit.runtime.model import InferResult, ServedModel
+from edgesplit.runtime.model import TRACE_DECODED, TRACE_RECEIVED, TRACE_SENT, InferResult, ServedModel
 from edgesplit.runtime.shm import RegionMap, SharedRegion, SharedTensor
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
@@ -138,10 +138,10 @@ class UnixSocketServer:
             os.umask(old_umask)
         log.info("serving %s on %s", ", ".join(self.models), self.address)
 
-    async def _infer(self, call_id: int, body: bytes, conn: "_ServerConnection") -> None:
+    async def _infer(self, call_id: int, body: bytes, conn: "_ServerConnection", received_at: float) -> None:
         try:
             request = pb.ModelInferRequest.FromString(body)
-            response = await answer_infer(self.models, self.max_message_bytes, request, conn.regions)
+            response = await answer_infer(self.models, self.max_message_bytes, request, conn.regions, received_at)
             answer = _frame(RESULT, call_id, response.SerializeToString())
         except DecodeError:
             answer = _frame(FAILED, call_id, b"INVALID_ARGUMENT\nbody is not a KServe v2 ModelInferRequest")
@@ -200,12 +200,13 @@ class _ServerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         server = self.server
+        received_at = time.monotonic()
         for kind, call_id, size, body in self.frames.feed(data):
             if body is None:  # never held in memory; the stream stays in step
                 self.write(_frame(FAILED, call_id, f"RESOURCE_EXHAUSTED\nmessage of {size} bytes is over the "
                                                    f"limit of {server.frame_limit}; send smaller batches".encode()))
             elif kind == INFER:
-                task = asyncio.get_running_loop().create_task(server._infer(call_id, body, self))
+                task = asyncio.get_running_loop().create_task(server._infer(call_id, body, self, received_at))
                 self.calls[call_id] = task
                 server._calls.add(task)
                 task.add_done_callback(lambda t, cid=call_id: (self.calls.pop(cid, None), server._calls.discard(t)))
@@ -358,34 +359,40 @@ class UnixSocketWorker:
     def _late(self) -> Exception:
         return status_error("DEADLINE_EXCEEDED", "", self)
 
-    def _result(self, kind: int, body: bytes) -> InferResult:
+    def _result(self, kind: int, body: bytes, sent_at: float) -> InferResult:
         if kind == FAILED:
             status, _, detail = body.decode(errors="replace").partition("\n")
             raise status_error(status, detail, self)
         outputs, params = codec.decode_response(pb.ModelInferResponse.FromString(body))
+        if TRACE_RECEIVED in params:  # a traced call: when it was sent and its answer was in hand here
+            params[TRACE_SENT], params[TRACE_DECODED] = sent_at, time.monotonic()
         return InferResult(outputs, params)
 
-    def start(self, inputs: dict, timeout_s: float | None = None, request_id: str = "") -> asyncio.Future:
+    def start(self, inputs: dict, timeout_s: float | None = None, request_id: str = "",
+              parameters: dict | None = None) -> asyncio.Future:
         """The call to ``infer``, begun now: with the connection open and every shared input's region already
         registered (every call after the first), the request is written before this returns and the answer
         frame resolves the future directly; otherwise a task connects and registers first."""
         conn = self._conn
         if conn is None or conn.closed or any(isinstance(v, SharedTensor) and v.region.name not in conn.regions
                                               for v in inputs.values()):
-            return asyncio.ensure_future(self.infer(inputs, timeout_s, request_id))
+            return asyncio.ensure_future(self.infer(inputs, timeout_s, request_id, parameters))
         inputs = {k: v.array if isinstance(v, SharedTensor) and not conn.regions[v.region.name] else v
                   for k, v in inputs.items()}
-        body = codec.serialize_request(self.model_name, inputs, request_id)
-        return self._begin(conn, INFER, body, timeout_s, self._result)
+        body = codec.serialize_request(self.model_name, inputs, request_id, parameters)
+        sent_at = time.monotonic()
+        return self._begin(conn, INFER, body, timeout_s, lambda kind, answer: self._result(kind, answer, sent_at))
 
-    async def infer(self, inputs: dict, timeout_s: float | None = None, request_id: str = "") -> InferResult:
+    async def infer(self, inputs: dict, timeout_s: float | None = None, request_id: str = "",
+                    parameters: dict | None = None) -> InferResult:
         """``inputs``: arrays, or :class:`SharedTensor` slots of the coordinator's input ring (sent as references
-        once the worker has mapped the ring; inline if it cannot)."""
+        once the worker has mapped the ring; inline if it cannot). ``parameters``: the request's KServe v2
+        parameters (e.g. ``{TRACE: True}``)."""
         conn = await self._open(timeout_s)
         for value in inputs.values():
             if isinstance(value, SharedTensor) and value.region.name not in conn.regions:
                 await self._register(conn, value.region, timeout_s)
-        return await self.start(inputs, timeout_s, request_id)  # ready now: sent at once
+        return await self.start(inputs, timeout_s, request_id, parameters)  # ready now: sent at once
 
     async def _register(self, conn: _Connection, region: SharedRegion, timeout_s: float | None) -> None:
         """Ask the worker to map ``region`` for this connection's requests; a refusal means inline inputs."""

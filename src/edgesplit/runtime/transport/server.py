@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from edgesplit import __version__
 from edgesplit.errors import EdgesplitError
 from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
-from edgesplit.runtime.model import ServedModel
+from edgesplit.runtime.model import TRACE, TRACE_ANSWERED, TRACE_RECEIVED, ServedModel
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 from edgesplit.runtime.transport import kserve_v2_pb2_grpc as pb_grpc
@@ -121,8 +121,9 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
                                         inputs=tensors(meta.inputs), outputs=tensors(meta.outputs))
 
     async def ModelInfer(self, request, context):
+        received_at = time.monotonic()
         try:
-            return await answer_infer(self.models, self.max_message_bytes, request)
+            return await answer_infer(self.models, self.max_message_bytes, request, received_at=received_at)
         except CallFailed as err:
             await context.abort(getattr(grpc.StatusCode, err.status), err.message)
 
@@ -136,10 +137,11 @@ class CallFailed(Exception):
 
 
 async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest,
-                       regions=None) -> pb.ModelInferResponse:
+                       regions=None, received_at: float | None = None) -> pb.ModelInferResponse:
     """One ModelInfer call, whatever carried it (gRPC or the Unix socket transport): the response, or
     :class:`CallFailed` with the status a KServe v2 client expects. ``regions``: the shared-memory regions the
-    caller registered (Unix socket transport only)."""
+    caller registered (Unix socket transport only). ``received_at``: when the transport had the request
+    (``time.monotonic()``), reported back when the request asks for a trace (``model.TRACE``)."""
     m = models.get(request.model_name)
     if m is None:
         raise CallFailed("INVALID_ARGUMENT", unknown_model(request.model_name, models))
@@ -161,6 +163,9 @@ async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, r
         raise CallFailed("INTERNAL", f"{m.meta.name} failed: {err}") from None
     resp = codec.encode_response(m.meta.name, request.id, result.outputs, result.parameters)
     codec.set_parameter(resp, "server_ms", (time.perf_counter() - t0) * 1e3)  # handler time, transport excluded
+    if received_at is not None and TRACE in request.parameters and request.parameters[TRACE].bool_param:
+        codec.set_parameter(resp, TRACE_RECEIVED, received_at)
+        codec.set_parameter(resp, TRACE_ANSWERED, time.monotonic())
     return resp
 
 
