@@ -74,7 +74,7 @@ class FrameReader:
         self._skip = 0  # bytes of an oversized frame still to drop
 
     def feed(self, data: bytes) -> list[tuple[int, int, int, bytes | None]]:
-        """The frames completed by ``data``, as (kind, call id, body bytes, body or None)."""
+        """The frames completed by ``data``, as (kind, call id, body size in bytes, body or None)."""
         if self._skip:
             dropped = min(self._skip, len(data))
             self._skip -= dropped
