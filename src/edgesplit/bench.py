@@ -99,8 +99,8 @@ def breakdown(lat: list[float], parts: dict[str, dict[str, list[float]]]) -> dic
     concatenation, the head, asyncio).
 
     ``hops`` splits each part's transport by the traced times (``Coordinator.trace``; ms, medians):
-    ``before_send`` (request start to the call written: input checks, the shared-memory copy, encoding, the
-    write; the later part includes the earlier one's), ``to_worker`` (until the worker had it: the socket,
+    ``before_send`` (request start to the request handed to the transport: input checks, the shared-memory
+    copy, encoding; the later part's includes the earlier one's send), ``to_worker`` (until the worker had it: the socket,
     waking the worker), ``worker_dispatch`` (the worker's time around its handler: reading the frame,
     scheduling, parsing), ``back`` (answer ready to decoded here: encoding, the socket, waking the
     coordinator, decoding); and ``after_last_answer`` (the last decoded answer to the end: the stage's

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
-from edgesplit.runtime.model import TRACE_DECODED, TRACE_RECEIVED, TRACE_SENT, InferResult, ModelMeta, TensorMeta
+from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
 from edgesplit.runtime.shm import plain
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
@@ -72,10 +72,7 @@ class GrpcWorker:
             resp = await self._model_infer(req, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
             raise status_error(err.code().name, err.details(), self) from None
-        outputs, params = codec.decode_response(resp)
-        if TRACE_RECEIVED in params:  # a traced call: when it was sent and its answer was in hand here
-            params[TRACE_SENT], params[TRACE_DECODED] = sent_at, time.monotonic()
-        return InferResult(outputs, params)
+        return InferResult(*codec.decode_response(resp, sent_at))
 
     def start(self, inputs: dict, timeout_s: float | None = None, request_id: str = "",
               parameters: dict | None = None) -> asyncio.Future:

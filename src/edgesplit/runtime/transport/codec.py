@@ -3,11 +3,13 @@ typed ``contents`` fields from clients that send them are accepted too."""
 from __future__ import annotations
 
 import math
+import time
 from functools import lru_cache
 
 import numpy as np
 
 from edgesplit.runtime.errors import InferError
+from edgesplit.runtime.model import TRACE_DECODED, TRACE_RECEIVED, TRACE_SENT
 from edgesplit.runtime.shm import SharedTensor
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 
@@ -92,8 +94,8 @@ def serialize_request(model_name: str, inputs: dict, request_id: str = "", param
     upb serialises a large ``bytes`` field many times slower than a copy of it, so each raw tensor is
     appended as its own length-delimited ``raw_input_contents`` field: concatenated protobuf encodings are
     one valid message, and a repeated field's values keep their order. The metadata (the model name, and
-    the ``inputs`` tensors' names, types and shapes) is the same request after request, so its encoding is
-    cached and only the id is encoded each time, between the two in field order as protobuf writes them.
+    the ``inputs`` tensors' names, types and shapes, and the request's ``parameters``) is the same request after
+    request, so its encoding is cached and only the id is encoded each time, between the two in field order as protobuf writes them.
     An input given as a :class:`~edgesplit.runtime.shm.SharedTensor` is sent as a reference to its
     shared-memory slot instead (the receiver must have the region registered); a ring has few slots, so
     those references are cached too."""
@@ -160,10 +162,14 @@ def set_parameter(resp: pb.ModelInferResponse, key: str, value) -> None:
     _set_param(resp.parameters[key], value)
 
 
-def decode_response(resp: pb.ModelInferResponse) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+def decode_response(resp: pb.ModelInferResponse, sent_at: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """The answer's outputs and parameters. A traced answer (``model.TRACE``) also gets when its request was sent
+    (``sent_at``, ``time.monotonic()``) and when it was decoded, here."""
     raw = list(resp.raw_output_contents)
     outputs = {t.name: _tensor(t.name, t.datatype, t.shape, raw[i] if raw else None, t.contents) for i, t in enumerate(resp.outputs)}
     params = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in resp.parameters.items() if v.WhichOneof("parameter_choice")}
+    if TRACE_RECEIVED in params:
+        params[TRACE_SENT], params[TRACE_DECODED] = sent_at, time.monotonic()
     return outputs, params
 
 

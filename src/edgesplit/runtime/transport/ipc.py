@@ -40,7 +40,7 @@ from google.protobuf.message import DecodeError
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.runtime.errors import DeadlineExceeded, PartUnavailable
-from edgesplit.runtime.model import TRACE_DECODED, TRACE_RECEIVED, TRACE_SENT, InferResult, ServedModel
+from edgesplit.runtime.model import InferResult, ServedModel
 from edgesplit.runtime.shm import RegionMap, SharedRegion, SharedTensor
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
@@ -363,10 +363,7 @@ class UnixSocketWorker:
         if kind == FAILED:
             status, _, detail = body.decode(errors="replace").partition("\n")
             raise status_error(status, detail, self)
-        outputs, params = codec.decode_response(pb.ModelInferResponse.FromString(body))
-        if TRACE_RECEIVED in params:  # a traced call: when it was sent and its answer was in hand here
-            params[TRACE_SENT], params[TRACE_DECODED] = sent_at, time.monotonic()
-        return InferResult(outputs, params)
+        return InferResult(*codec.decode_response(pb.ModelInferResponse.FromString(body), sent_at))
 
     def start(self, inputs: dict, timeout_s: float | None = None, request_id: str = "",
               parameters: dict | None = None) -> asyncio.Future:
