@@ -39,6 +39,7 @@ data:
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src src/edgesplit/runtime/transport/kserve_v2.proto
+	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src src/edgesplit/runtime/onnx_subset.proto
 
 clean:
 	rm -rf $(VENV) runs/demo .pytest_cache

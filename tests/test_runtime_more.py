@@ -105,7 +105,8 @@ def test_bench_serve_accounts_for_the_time(tmp_path):
         b = m["breakdown_ms"]
         slowest_arrival = max(p["compute"] + p["handler"] + p["transport"] for p in b["parts"].values())
         assert m["end_to_end_p50_ms"] > max(m["branch_compute_p50_ms"].values()) > 0
-        assert slowest_arrival < b["end_to_end"] + 1e-6 and b["coordinator"] >= 0
+        # medians of the parts of one interval, not of the interval itself: they add up only roughly
+        assert slowest_arrival < b["end_to_end"] + 0.5 and b["coordinator"] >= 0
         assert set(m["cpu_ms_per_request"]) == {"coordinator", "branch0", "branch1"}
         assert m["overhead_ratio"] == pytest.approx(m["end_to_end_p50_ms"] / max(m["branch_compute_p50_ms"].values()))
         hops = b["hops"]  # the traced split of each part's transport

@@ -73,10 +73,23 @@ class OnnxRuntimeEngine:
         return dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
 
 
-ENGINES = ("onnxruntime",)
+ENGINES = ("onnxruntime", "numpy", "auto")
 
 
 def create_engine(kind: str, path: str | Path, **kwargs) -> InferenceEngine:
+    """``onnxruntime``; ``numpy`` (graphs of fully connected layers only: :mod:`~edgesplit.runtime.numpy_engine`);
+    ``auto``: numpy where it can run the graph (faster for the small heads a coordinator runs), else ONNX Runtime.
+    ``kwargs`` are ONNX Runtime's (threads, providers); numpy runs on the calling thread."""
     if kind == "onnxruntime":
         return OnnxRuntimeEngine(path, **kwargs)
+    if kind in ("numpy", "auto"):
+        from edgesplit.runtime.numpy_engine import NumpyEngine, UnsupportedGraph
+
+        try:
+            return NumpyEngine(path)
+        except UnsupportedGraph as err:
+            if kind == "numpy":
+                raise
+            log.debug("%s", err)
+            return OnnxRuntimeEngine(path, **kwargs)
     raise EdgesplitError(f"unknown engine {kind!r}; available: {', '.join(ENGINES)}")

@@ -1,0 +1,79 @@
+"""NumpyEngine against ONNX Runtime on every ONNX graph of fully connected layers the exports produce."""
+import numpy as np
+import pytest
+import torch
+
+from edgesplit.export.coded import export_coded_mlp, random_alexnet_fc
+from edgesplit.export.manifest import load_manifest
+from edgesplit.export.onnx_export import export_model
+from edgesplit.models import SplitNet, create_model, list_models
+from edgesplit.runtime.engine import OnnxRuntimeEngine, create_engine
+from edgesplit.runtime.numpy_engine import NumpyEngine, UnsupportedGraph
+
+SPLIT_MODELS = [n for n in list_models() if isinstance(create_model(n, num_classes=10, in_chans=1, input_size=[32, 32]), SplitNet)]
+
+
+def _export(name, out, **kw):
+    kw = {"num_classes": 10, "in_chans": 1, "input_size": [32, 32], **kw}
+    torch.manual_seed(0)
+    model = create_model(name, **kw).eval()
+    ckpt = {"model": name, "model_kwargs": kw, "classes": [str(i) for i in range(10)],
+            "preprocess": {"size": [32, 32], "mean": [0.5], "std": [0.25]}}
+    export_model(model, ckpt, out)
+    return load_manifest(out, verify=False)
+
+
+def _same_as_ort(path, rng, batch=3):
+    fast, ort = NumpyEngine(path), OnnxRuntimeEngine(path)
+    assert [(t.name, t.dtype) for t in fast.inputs] == [(t.name, t.dtype) for t in ort.inputs]
+    assert [t.name for t in fast.outputs] == [t.name for t in ort.outputs]
+    spec = fast.inputs[0]
+    x = rng.standard_normal((batch, *[d for d in spec.shape[1:]])).astype(np.float32)
+    got, want = fast.run({spec.name: x}), ort.run({spec.name: x})
+    for name in want:
+        assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", SPLIT_MODELS)
+def test_every_split_models_head_runs_in_numpy_as_in_onnxruntime(name, tmp_path, rng):
+    manifest = _export(name, tmp_path)
+    heads = [p for s in manifest.stages if s.local for p in s.parts]
+    assert heads
+    for part in heads:
+        path = manifest.path(manifest.part(part))
+        _same_as_ort(path, rng)
+        assert type(create_engine("auto", path)).__name__ == "NumpyEngine"
+
+
+def test_a_head_with_a_hidden_layer(tmp_path, rng):
+    manifest = _export("resnet18-split2", tmp_path, width_mult=0.125, head_hidden=32)
+    (head,) = [p for s in manifest.stages if s.local for p in s.parts]
+    _same_as_ort(manifest.path(manifest.part(head)), rng)
+
+
+def test_coded_fc_blocks(tmp_path, rng):
+    layers = random_alexnet_fc(num_classes=10, seed=1, widths=(64, 32, 32))
+    export_coded_mlp(layers, tmp_path, 2, 1, "mlp")
+    manifest = load_manifest(tmp_path, verify=False)
+    for part in manifest.parts:
+        _same_as_ort(manifest.path(part), rng)
+
+
+def test_a_graph_with_other_ops_is_refused_with_the_list_and_auto_falls_back(tmp_path):
+    manifest = _export("resnet18-split2", tmp_path, width_mult=0.125)
+    branch = manifest.path(manifest.part("branch0"))
+    with pytest.raises(UnsupportedGraph) as err:
+        NumpyEngine(branch)
+    assert "op Conv" in err.value.unsupported
+    assert "op Conv" in str(err.value) and "onnxruntime" in str(err.value)
+    assert isinstance(create_engine("auto", branch), OnnxRuntimeEngine)
+    with pytest.raises(UnsupportedGraph):
+        create_engine("numpy", branch)
+
+
+def test_a_file_that_is_not_onnx_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\xff\xfe not a model")
+    with pytest.raises(Exception, match="cannot read .*bad.onnx as an ONNX model"):
+        NumpyEngine(bad)
