@@ -56,6 +56,21 @@ def test_fast_request_encoding_is_protobufs_own(inputs):
     assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in inputs.items())
 
 
+@pytest.mark.parametrize("outputs,params", [
+    ({"features": np.random.default_rng(0).random((1, 256)).astype(np.float32)}, {"compute_ms": 13.25, "server_ms": 0.4}),
+    ({"a": np.arange(6, dtype=np.int64).reshape(2, 3)[:, ::2], "b": np.zeros((1, 0), np.float32)},
+     {"flag": True, "off": False, "n": 7, "neg": -3, "big": 2**62, "text": "héllo", "t": 1e-300}),
+    ({"logits": np.ones((4, 1000), np.float32)}, {}),
+])
+@pytest.mark.parametrize("rid", ["", "1", "x" * 200])
+def test_fast_response_encoding_is_the_same_message(outputs, params, rid):
+    fast = pb.ModelInferResponse.FromString(codec.serialize_response("branch0", rid, outputs, params))
+    assert fast == codec.encode_response("branch0", rid, outputs, params)
+    got, got_params = codec.decode_response(fast)
+    assert all(np.array_equal(got[k], v) and got[k].dtype == v.dtype for k, v in outputs.items())
+    assert got_params == params and all(type(got_params[k]) is type(v) for k, v in params.items())
+
+
 def test_cluster_plan_uses_unix_sockets_and_workers_still_speak_grpc(tiny_export, cluster, images):
     plan = cluster.plan()
     addresses = [a for p in plan.parts for a in p.replicas]

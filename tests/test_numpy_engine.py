@@ -44,12 +44,34 @@ def test_every_split_models_head_runs_in_numpy_as_in_onnxruntime(name, tmp_path,
         path = manifest.path(manifest.part(part))
         _same_as_ort(path, rng)
         assert type(create_engine("auto", path)).__name__ == "NumpyEngine"
+        _blockwise_is_the_whole_head(NumpyEngine(path), manifest.feature_dims, rng)
+
+
+def _blockwise_is_the_whole_head(engine, widths, rng):
+    """The head finished from per-branch products equals the head on the concatenated features, and a branch
+    left out counts as zeros (a degraded answer)."""
+    blockwise = engine.blockwise(widths)
+    assert blockwise is not None
+    assert engine.blockwise([*widths[:-1], widths[-1] + 1]) is None  # widths that do not add up: no split
+    feats = [rng.standard_normal((2, w)).astype(np.float32) for w in widths]
+    (name,) = [t.name for t in engine.inputs]
+    (out,) = [t.name for t in engine.outputs]
+    whole = engine.run({name: np.concatenate(feats, axis=1)})[out]
+    total = sum(blockwise.partial(i, f) for i, f in enumerate(feats))
+    np.testing.assert_allclose(blockwise.finish(total)[out], whole, rtol=1e-5, atol=1e-5)
+    if len(widths) == 1:
+        return
+    feats[0] = np.zeros_like(feats[0])
+    without_first = engine.run({name: np.concatenate(feats, axis=1)})[out]
+    total = sum(blockwise.partial(i, f) for i, f in enumerate(feats) if i > 0)
+    np.testing.assert_allclose(blockwise.finish(total)[out], without_first, rtol=1e-5, atol=1e-5)
 
 
 def test_a_head_with_a_hidden_layer(tmp_path, rng):
     manifest = _export("resnet18-split2", tmp_path, width_mult=0.125, head_hidden=32)
     (head,) = [p for s in manifest.stages if s.local for p in s.parts]
     _same_as_ort(manifest.path(manifest.part(head)), rng)
+    _blockwise_is_the_whole_head(NumpyEngine(manifest.path(manifest.part(head))), manifest.feature_dims, rng)
 
 
 def test_coded_fc_blocks(tmp_path, rng):
@@ -58,6 +80,8 @@ def test_coded_fc_blocks(tmp_path, rng):
     manifest = load_manifest(tmp_path, verify=False)
     for part in manifest.parts:
         _same_as_ort(manifest.path(part), rng)
+    last = NumpyEngine(manifest.path(manifest.parts[-1]))  # a Gemm, then nothing: split if asked
+    assert last.blockwise([last.inputs[0].shape[1]]) is not None
 
 
 def test_a_graph_with_other_ops_is_refused_with_the_list_and_auto_falls_back(tmp_path):

@@ -179,6 +179,7 @@ def test_killed_worker_degrades_then_restarted_worker_is_used_again(tiny_export,
             edgesplit.connect(c.plan(on_missing="degrade", probe_interval_ms=100)) as client:
         x = nchw(images[:1])
         ref = client.infer(x)
+        assert client.coordinator._blockwise  # the head runs per branch as branches answer
         c.kill("branch1")
         results = [client.infer_result(x) for _ in range(10)]
         for r in results:  # each answer is flagged: branch1's features were zeros

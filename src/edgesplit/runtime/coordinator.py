@@ -96,6 +96,7 @@ class Coordinator:
                           create_engine("auto", self.manifest.path(self.manifest.part(p)), threads=1))
                       for s in self.stages if s.local for p in s.parts}
         self.codes = {s.name: make_code(s.code_k, s.code_r, s.code_kind) for s in self.stages if s.merge == "decode"}
+        self._blockwise = self._find_blockwise()
         first = self.stages[0]
         in_spec = self.manifest.part(first.parts[0]).inputs[0]
         out_dim = len(self.manifest.classes)
@@ -110,6 +111,21 @@ class Coordinator:
 
     def ready(self) -> bool:
         return True
+
+    def _find_blockwise(self) -> dict:
+        """Concat stages whose next stage is a local head that starts with a fully connected layer: there, each
+        branch's block of that layer is multiplied as the branch answers (while the others compute), and the
+        head is finished from their sum when the last one is in: {concat stage name: (BlockwiseGemm, head stage)}."""
+        out = {}
+        dims = self.manifest.feature_dims
+        for stage, nxt in zip(self.stages, self.stages[1:]):
+            if stage.merge != "concat" or stage.local or not nxt.local or len(nxt.parts) != 1 or len(dims) != len(stage.parts):
+                continue
+            split = getattr(self.local[nxt.parts[0]], "blockwise", None)  # NumpyEngine's; None for other engines
+            blockwise = split(dims) if split is not None else None
+            if blockwise is not None:
+                out[stage.name] = (blockwise, nxt)
+        return out
 
     # ------------------------------------------------------------------ input
     def _check_input(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -239,6 +255,8 @@ class Coordinator:
         held_back = range(stage.code_k, len(stage.parts)) if coded and self.plan.parity == "lazy" else range(0)
         pending = ask(i for i in range(len(stage.parts)) if i not in held_back)
         answers: dict[int, np.ndarray] = {}
+        blockwise = self._blockwise.get(stage.name)
+        head_sum = None  # with ``blockwise``: the sum of the head's products with the answers so far
         errors: list[str] = []
         first_data_ms = None  # when the first data block answered (lazy parity's yardstick)
         try:
@@ -258,6 +276,9 @@ class Coordinator:
                     if err is None:
                         r = t.result()
                         answers[tasks[t]] = r.outputs[stage.output]
+                        if blockwise is not None:
+                            product = blockwise[0].partial(tasks[t], answers[tasks[t]])
+                            head_sum = product if head_sum is None else head_sum + product
                         arrival_ms = (time.perf_counter() - t_stage) * 1e3
                         flags.setdefault("arrival_ms", {})[stage.parts[tasks[t]]] = arrival_ms
                         if coded and tasks[t] < stage.code_k and first_data_ms is None:
@@ -281,7 +302,10 @@ class Coordinator:
         if first_data_ms is not None:  # the yardstick for the next request, before its first data block answers
             typical = self._typical_first_ms.get(stage.name)
             self._typical_first_ms[stage.name] = first_data_ms if typical is None else 0.8 * typical + 0.2 * first_data_ms
-        return self._merge(stage, answers, errors, flags, x.shape[0])
+        merged = self._merge(stage, answers, errors, flags, x.shape[0], concat=blockwise is None)
+        if blockwise is not None:  # the head, finished from its blocks' products (missing branches count as zeros)
+            return blockwise[0].finish(head_sum)[blockwise[1].output]
+        return merged
 
     def _late_in_s(self, stage: StageSpec, t_stage: float, first_data_ms: float | None) -> float | None:
         """Lazy parity: seconds until the data blocks count as late, (1 + parity_slack) x the first data block's
@@ -291,7 +315,9 @@ class Coordinator:
             return None
         return (1 + self.plan.parity_slack) * ref_ms / 1e3 - (time.perf_counter() - t_stage)
 
-    def _merge(self, stage: StageSpec, answers: dict[int, np.ndarray], errors: list[str], flags: dict, batch: int) -> np.ndarray:
+    def _merge(self, stage: StageSpec, answers: dict[int, np.ndarray], errors: list[str], flags: dict, batch: int,
+               concat: bool = True) -> np.ndarray | None:
+        """The stage's output; for a concat stage with ``concat=False`` only the checks and flags (None)."""
         missing = [stage.parts[i] for i in range(len(stage.parts)) if i not in answers]
         if stage.merge == "single":
             if not answers:
@@ -303,6 +329,8 @@ class Coordinator:
             if missing:
                 flags["degraded"] = True
                 flags.setdefault("missing", []).extend(missing)
+            if not concat:
+                return None
             dims = self.manifest.feature_dims
             return np.concatenate([answers[i] if i in answers else np.zeros((batch, dims[i]), np.float32)
                                    for i in range(len(stage.parts))], axis=1)
@@ -334,8 +362,11 @@ class Coordinator:
         deadline = time.monotonic() + self.plan.timeout_ms / 1e3
         rid = str(next(self._ids))
         flags: dict = {"trace_t0": time.monotonic()} if self.trace else {}
-        for stage in self.stages:
+        stages = iter(self.stages)
+        for stage in stages:
             x = await self._run_stage(stage, x, deadline, rid, flags)
+            if stage.name in self._blockwise:
+                next(stages)  # the head ran blockwise within that stage
         params = {"degraded": bool(flags.get("degraded")), "recovered": bool(flags.get("recovered"))}
         if flags.get("missing"):
             params["missing"] = ",".join(flags["missing"])

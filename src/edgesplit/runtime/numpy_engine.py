@@ -10,8 +10,9 @@ so neither onnx nor torch is needed.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -51,7 +52,20 @@ def _array(t) -> np.ndarray:
 # Each op: (node, attributes, constants {name: array}) -> a function of its input arrays, or None when the
 # node's attributes are outside what is supported. Weights are prepared once here (e.g. Gemm's B transposed
 # to the layout numpy reads fastest), not per call.
-def _gemm(node, attrs, consts) -> Callable | None:
+class _Gemm:
+    """``a @ w + c`` with ``w`` (K, N) and ``c`` (N,) or None: ONNX Gemm with alpha and beta folded in."""
+
+    def __init__(self, w: np.ndarray, c: np.ndarray | None):
+        self.w, self.c = w, c
+
+    def __call__(self, a, *_):  # (B, K) -> (B, N)
+        y = a @ self.w
+        if self.c is not None:
+            y += self.c
+        return y
+
+
+def _gemm(node, attrs, consts) -> _Gemm | None:
     alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
     trans_a, trans_b = attrs.get("transA", 0), attrs.get("transB", 0)
     b_name = node.input[1]
@@ -64,14 +78,12 @@ def _gemm(node, attrs, consts) -> Callable | None:
         if node.input[2] not in consts:
             return None
         c = consts[node.input[2]] * beta if beta != 1.0 else consts[node.input[2]]
+    return _Gemm(w, c)
 
-    def gemm(a, *_):  # (B, K) @ (K, N) + (N,)
-        y = a @ w
-        if c is not None:
-            y += c
-        return y
 
-    return gemm
+def _matmul(node, attrs, consts) -> Callable:
+    w = consts.get(node.input[1])
+    return _Gemm(np.ascontiguousarray(w), None) if w is not None and w.ndim == 2 else np.matmul
 
 
 def _flatten(node, attrs, consts) -> Callable | None:
@@ -81,7 +93,7 @@ def _flatten(node, attrs, consts) -> Callable | None:
 
 OPS: dict[str, Callable] = {
     "Gemm": _gemm,
-    "MatMul": lambda node, attrs, consts: np.matmul,
+    "MatMul": _matmul,
     "Add": lambda node, attrs, consts: np.add,
     "Sub": lambda node, attrs, consts: np.subtract,
     "Mul": lambda node, attrs, consts: np.multiply,
@@ -121,8 +133,8 @@ class NumpyEngine:
                 unsupported.append(f"op {node.op_type} with {len(node.output)} outputs")
                 continue
             args = [i for i in node.input if i]
-            if node.op_type == "Gemm":
-                args = args[:1]  # B and C are folded into the step
+            if isinstance(fn, _Gemm):
+                args = args[:1]  # the constant weights are in the step
             self._steps.append((fn, args, node.output[0]))
         if unsupported:
             raise UnsupportedGraph(path, unsupported)
@@ -133,8 +145,44 @@ class NumpyEngine:
         self.providers = ["numpy"]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = dict(self._consts)
-        values.update(feeds)
-        for fn, args, out in self._steps:
+        return self._run_steps(self._steps, feeds)
+
+    def _run_steps(self, steps, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = {**self._consts, **values}
+        for fn, args, out in steps:
             values[out] = fn(*(values[a] for a in args))
         return {t.name: values[t.name] for t in self.outputs}
+
+    def blockwise(self, widths: Sequence[int]) -> "BlockwiseGemm | None":
+        """When the graph begins with a Gemm that alone reads the (only) input: that Gemm as one product per
+        block of ``widths`` input columns (split-network branches' features, side by side), so a caller can
+        multiply each branch's block as it arrives. None for any other graph."""
+        if len(self.inputs) != 1 or not self._steps:
+            return None
+        name = self.inputs[0].name
+        (first, args, out), rest = self._steps[0], self._steps[1:]
+        if not isinstance(first, _Gemm) or args != [name] or any(name in a for _, a, _ in rest):
+            return None
+        if sum(widths) != first.w.shape[0] or min(widths, default=0) <= 0:
+            return None
+        bounds = np.cumsum([0, *widths])
+        blocks = tuple(np.ascontiguousarray(first.w[a:b]) for a, b in zip(bounds, bounds[1:]))
+        return BlockwiseGemm(blocks, first.c, lambda y: self._run_steps(rest, {out: y}))
+
+
+@dataclass(frozen=True)
+class BlockwiseGemm:
+    """A graph's first Gemm split by input blocks: ``finish(sum of partial(i, x_i))`` is the graph's output
+    for the input ``concatenate(x_0, x_1, ...)``, and a block left out counts as zeros."""
+
+    blocks: tuple[np.ndarray, ...]  # (K_i, N) each
+    bias: np.ndarray | None  # (N,)
+    rest: Callable[[np.ndarray], dict[str, np.ndarray]]  # the graph's other steps, from the Gemm's output
+
+    def partial(self, i: int, x: np.ndarray) -> np.ndarray:
+        return x @ self.blocks[i]  # (B, K_i) @ (K_i, N) -> (B, N)
+
+    def finish(self, total: np.ndarray) -> dict[str, np.ndarray]:
+        if self.bias is not None:
+            total = total + self.bias
+        return self.rest(total)

@@ -3,6 +3,7 @@ typed ``contents`` fields from clients that send them are accepted too."""
 from __future__ import annotations
 
 import math
+import struct
 import time
 from functools import lru_cache
 
@@ -158,8 +159,63 @@ def encode_response(model_name: str, request_id: str, outputs: dict[str, np.ndar
     return resp
 
 
-def set_parameter(resp: pb.ModelInferResponse, key: str, value) -> None:
-    _set_param(resp.parameters[key], value)
+def serialize_response(model_name: str, request_id: str, outputs: dict[str, np.ndarray],
+                       parameters: dict[str, object] | None = None) -> bytes:
+    """``encode_response(...).SerializeToString()`` parsed back, the same message, written without building it.
+
+    A worker writes this right after its engine returns, with its caches cold: building a response
+    object there cost several times a string join (docs/benchmarks.md). The metadata (model name,
+    output names, types and shapes) is the same answer after answer, so its encoding is cached; the id,
+    the parameters and the raw outputs are encoded here, in field-number order as protobuf writes them."""
+    key = tuple((name, arr.dtype.name, arr.shape) for name, arr in outputs.items())
+    name_field, outputs_field = _response_metadata(model_name, key)
+    rid = request_id.encode()
+    parts = [name_field, _ID_TAG + _varint(len(rid)) + rid if rid else b""]
+    for k, value in (parameters or {}).items():
+        entry = _param_key(k) + _param_value(value)
+        parts += [_PARAMS_TAG, _varint(len(entry)), entry]
+    parts.append(outputs_field)
+    for arr in outputs.values():
+        raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+        parts += [_RAW_OUTPUT_TAG, _varint(raw.nbytes), raw]
+    return b"".join(parts)
+
+
+@lru_cache(maxsize=256)
+def _response_metadata(model_name: str, outputs: tuple) -> tuple[bytes, bytes]:
+    """The encodings of a response's ``model_name`` field and of its ``outputs`` fields, for ``outputs`` =
+    ((name, dtype, shape), ...)."""
+    resp = pb.ModelInferResponse()
+    for name, dtype, shape in outputs:
+        resp.outputs.add(name=name, datatype=NUMPY_TO_KSERVE[dtype], shape=shape)
+    return pb.ModelInferResponse(model_name=model_name).SerializeToString(), resp.SerializeToString()
+
+
+@lru_cache(maxsize=64)
+def _param_key(key: str) -> bytes:
+    """A parameters map entry's key field (field 1, wire type 2)."""
+    k = key.encode()
+    return b"\x0a" + _varint(len(k)) + k
+
+
+def _param_value(value) -> bytes:
+    """A parameters map entry's value field (field 2: an ``InferParameter``, one of its fields set)."""
+    if isinstance(value, bool):
+        body = b"\x08" + (b"\x01" if value else b"\x00")  # bool_param = 1, varint
+    elif isinstance(value, int):
+        body = b"\x10" + _varint(value & 0xFFFFFFFFFFFFFFFF)  # int64_param = 2, varint (two's complement)
+    elif isinstance(value, float):
+        body = _DOUBLE_TAG + _DOUBLE.pack(value)  # double_param = 4, fixed64
+    else:
+        text = str(value).encode()
+        body = b"\x1a" + _varint(len(text)) + text  # string_param = 3
+    return b"\x12" + _varint(len(body)) + body
+
+
+_PARAMS_TAG = bytes([pb.ModelInferResponse.DESCRIPTOR.fields_by_name["parameters"].number << 3 | 2])
+_RAW_OUTPUT_TAG = bytes([pb.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number << 3 | 2])
+_DOUBLE_TAG = bytes([pb.InferParameter.DESCRIPTOR.fields_by_name["double_param"].number << 3 | 1])
+_DOUBLE = struct.Struct("<d")
 
 
 def decode_response(resp: pb.ModelInferResponse, sent_at: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, object]]:

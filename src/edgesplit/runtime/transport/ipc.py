@@ -141,8 +141,9 @@ class UnixSocketServer:
     async def _infer(self, call_id: int, body: bytes, conn: "_ServerConnection", received_at: float) -> None:
         try:
             request = pb.ModelInferRequest.FromString(body)
-            response = await answer_infer(self.models, self.max_message_bytes, request, conn.regions, received_at)
-            answer = _frame(RESULT, call_id, response.SerializeToString())
+            response = await answer_infer(self.models, self.max_message_bytes, request, conn.regions, received_at,
+                                          encode=codec.serialize_response)
+            answer = _frame(RESULT, call_id, response)
         except DecodeError:
             answer = _frame(FAILED, call_id, b"INVALID_ARGUMENT\nbody is not a KServe v2 ModelInferRequest")
         except CallFailed as err:

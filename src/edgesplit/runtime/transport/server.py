@@ -137,11 +137,14 @@ class CallFailed(Exception):
 
 
 async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest,
-                       regions=None, received_at: float | None = None) -> pb.ModelInferResponse:
+                       regions=None, received_at: float | None = None, encode=codec.encode_response):
     """One ModelInfer call, whatever carried it (gRPC or the Unix socket transport): the response, or
     :class:`CallFailed` with the status a KServe v2 client expects. ``regions``: the shared-memory regions the
     caller registered (Unix socket transport only). ``received_at``: when the transport had the request
-    (``time.monotonic()``), reported back when the request asks for a trace (``model.TRACE``)."""
+    (``time.monotonic()``), reported back when the request asks for a trace (``model.TRACE``). ``encode``:
+    ``(model name, request id, outputs, parameters)`` -> the response: a ``ModelInferResponse`` for gRPC, its
+    bytes for the Unix socket (``codec.serialize_response``). The handler time it reports (``server_ms``)
+    ends where encoding starts."""
     m = models.get(request.model_name)
     if m is None:
         raise CallFailed("INVALID_ARGUMENT", unknown_model(request.model_name, models))
@@ -161,12 +164,10 @@ async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, r
     except Exception as err:  # an engine or injected failure: report it, keep serving
         log.warning("%s failed: %s", m.meta.name, err)
         raise CallFailed("INTERNAL", f"{m.meta.name} failed: {err}") from None
-    resp = codec.encode_response(m.meta.name, request.id, result.outputs, result.parameters)
-    codec.set_parameter(resp, "server_ms", (time.perf_counter() - t0) * 1e3)  # handler time, transport excluded
+    params = {**result.parameters, "server_ms": (time.perf_counter() - t0) * 1e3}  # handler time, transport excluded
     if received_at is not None and TRACE in request.parameters and request.parameters[TRACE].bool_param:
-        codec.set_parameter(resp, TRACE_RECEIVED, received_at)
-        codec.set_parameter(resp, TRACE_ANSWERED, time.monotonic())
-    return resp
+        params[TRACE_RECEIVED], params[TRACE_ANSWERED] = received_at, time.monotonic()
+    return encode(m.meta.name, request.id, result.outputs, params)
 
 
 def unknown_model(name: str, models: dict) -> str:
