@@ -76,6 +76,9 @@ PART_TIMINGS = ("compute_ms", "server_ms")
 TRACE_HOPS = {"sent_ms": TRACE_SENT, "received_ms": TRACE_RECEIVED, "answered_ms": TRACE_ANSWERED, "decoded_ms": TRACE_DECODED}
 
 
+_UINT8, _FLOAT32 = np.dtype(np.uint8), np.dtype(np.float32)  # dtype objects: compared without a conversion
+
+
 class _Missing(Exception):
     """A part gave no answer in time (internal: the stage decides what that means)."""
 
@@ -135,12 +138,12 @@ class Coordinator:
         want = self.input_shape
         if x.ndim != len(want) + 1 or x.shape[1:] != want or x.shape[0] == 0:
             raise InferError(f"input shape {'x'.join(map(str, x.shape))}, expected Bx{'x'.join(map(str, want))}")
-        if x.dtype == np.float32:
+        if x.dtype == _FLOAT32:
             if not np.isfinite(x).all():
                 raise InferError("input contains NaN or Inf")
-        elif x.dtype != np.uint8 or len(want) != 3:
+        elif x.dtype != _UINT8 or len(want) != 3:
             raise InferError(f"input datatype {x.dtype.name}, expected float32" + (" or uint8 pixels" if len(want) == 3 else ""))
-        if x.dtype == np.uint8 and self.plan.input_dtype == "float32":
+        if x.dtype == _UINT8 and self.plan.input_dtype == "float32":
             x = self.preprocess.normalize(x)  # the workers were told to expect floats
         return x
 

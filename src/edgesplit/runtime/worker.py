@@ -30,6 +30,9 @@ from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
 log = logging.getLogger(__name__)
 
 
+_UINT8, _FLOAT32 = np.dtype(np.uint8), np.dtype(np.float32)
+
+
 class PartModel:
     """One ONNX part behind the :class:`ServedModel` interface."""
 
@@ -40,26 +43,28 @@ class PartModel:
         self.meta = ModelMeta(name, platform,
                               tuple(TensorMeta(t.name, t.dtype, t.shape) for t in engine.inputs),
                               tuple(TensorMeta(t.name, t.dtype, t.shape) for t in engine.outputs))
+        # per input: its spec and dtype object (numpy's dtype.name is slow with cold caches: never asked per call)
+        self._specs = {t.name: (t, np.dtype(t.datatype)) for t in self.meta.inputs}
 
     def ready(self) -> bool:
         return True
 
     def check(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Validated feeds for the engine, or :class:`InferError` saying what is wrong."""
-        expected = {t.name: t for t in self.meta.inputs}
-        if set(inputs) != set(expected):
+        expected = self._specs
+        if inputs.keys() != expected.keys():
             raise InferError(f"model {self.meta.name!r} takes inputs {sorted(expected)}, got {sorted(inputs)}")
         feeds = {}
         for name, arr in inputs.items():
-            spec = expected[name]
+            spec, dtype = expected[name]
             if arr.ndim != len(spec.shape) or any(s not in (-1, d) for s, d in zip(spec.shape, arr.shape)):
                 want = "x".join("B" if s == -1 else str(s) for s in spec.shape)
                 raise InferError(f"input {name!r}: shape {'x'.join(map(str, arr.shape))}, expected {want}")
             if arr.shape[0] == 0:
                 raise InferError(f"input {name!r}: empty batch")
-            if arr.dtype == np.uint8 and spec.datatype == "float32" and self.preprocess is not None:
+            if arr.dtype == _UINT8 and dtype == _FLOAT32 and self.preprocess is not None:
                 arr = self.preprocess.normalize(arr)
-            elif arr.dtype.name != spec.datatype:
+            elif arr.dtype != dtype:
                 allowed = f"{spec.datatype}" + (" or uint8 pixels" if self.preprocess is not None else "")
                 raise InferError(f"input {name!r}: datatype {arr.dtype.name}, expected {allowed}")
             elif arr.dtype.kind == "f" and not np.isfinite(arr).all():
