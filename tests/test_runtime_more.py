@@ -115,3 +115,15 @@ def test_bench_serve_accounts_for_the_time(tmp_path):
             assert min(h.values()) >= 0, h
             assert sum(h.values()) <= b["parts"][name]["transport"] + 1.0  # medians of parts of the same interval
     assert r["throughput_speedup"] > 0 and r["unsplit_throughput_rps"] > 0
+
+
+def test_the_part_that_usually_answers_last_is_asked_first(tiny_export, images_u8):
+    """branch1's worker takes 30 ms more per call (a slower device): after its first answers the coordinator
+    sends it each request before branch0, whose answer would otherwise not be waited for anyway."""
+    with LocalCluster(tiny_export, extra_args={"branch1": ["--inject-delay-ms", "30"]}) as c, \
+            edgesplit.connect(c.plan()) as client:
+        client.infer(images_u8)  # branch0 first: nothing is known yet
+        client.coordinator.trace = True
+        first = client.infer_result(images_u8).parameters
+        assert first["branch1_sent_ms"] < first["branch0_sent_ms"]
+        assert client.coordinator._typical_ms["branch1"] > client.coordinator._typical_ms["branch0"] + 20

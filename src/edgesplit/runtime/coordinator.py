@@ -109,6 +109,7 @@ class Coordinator:
         self._rr = {name: itertools.count() for name in peers}
         self._ids = itertools.count()
         self._typical_first_ms: dict[str, float] = {}  # per coded stage: moving average of the first data answer
+        self._typical_ms: dict[str, float] = {}  # per part: moving average of its answer's time after its send
         self._closed = False
         self.trace = False  # True: every answer's parameters carry TRACE_HOPS per part (workers on this machine)
 
@@ -248,8 +249,16 @@ class Coordinator:
         shared = self.ring.put(x) if self.ring is not None and len(stage.parts) > 1 else None  # one copy for all parts
         x_sent = shared or x
 
+        sent_at: dict[int, float] = {}
+
         def ask(indices) -> set[asyncio.Future]:
-            new = {self._start_part(stage, stage.parts[i], x_sent, deadline, rid): i for i in indices}
+            # the part that usually takes longest is asked first: on a fleet of unequal devices the slowest one
+            # starts earliest, and the stage, which ends with its last answer, ends sooner
+            typical = self._typical_ms
+            new = {}
+            for i in sorted(indices, key=lambda i: -typical.get(stage.parts[i], 0.0)):
+                new[self._start_part(stage, stage.parts[i], x_sent, deadline, rid)] = i
+                sent_at[i] = time.perf_counter()
             tasks.update(new)
             return set(new)
 
@@ -282,8 +291,12 @@ class Coordinator:
                         if blockwise is not None:
                             product = blockwise[0].partial(tasks[t], answers[tasks[t]])
                             head_sum = product if head_sum is None else head_sum + product
-                        arrival_ms = (time.perf_counter() - t_stage) * 1e3
-                        flags.setdefault("arrival_ms", {})[stage.parts[tasks[t]]] = arrival_ms
+                        now = time.perf_counter()
+                        arrival_ms = (now - t_stage) * 1e3
+                        part = stage.parts[tasks[t]]
+                        flags.setdefault("arrival_ms", {})[part] = arrival_ms
+                        took_ms = (now - sent_at[tasks[t]]) * 1e3
+                        self._typical_ms[part] = 0.8 * self._typical_ms.get(part, took_ms) + 0.2 * took_ms
                         if coded and tasks[t] < stage.code_k and first_data_ms is None:
                             first_data_ms = arrival_ms
                         for key in PART_TIMINGS:  # the worker's own account of the call, when it gives one
