@@ -14,7 +14,7 @@ from edgesplit.runtime.errors import InferError
 from edgesplit.runtime.shm import SHM_DIR, InputRing, RegionMap, SharedTensor
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
-from edgesplit.runtime.transport.ipc import HEADER, REGISTER
+from edgesplit.runtime.transport.ipc import HEADER, INFER, REGISTER, RESULT
 
 pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="needs /dev/shm")
 
@@ -157,4 +157,79 @@ def test_fast_encoding_of_shared_inputs_is_protobufs_own():
         want.raw_input_contents.append(b.tobytes())
         assert codec.serialize_request("branch0", {"input": ref, "b": b}, rid) == want.SerializeToString()
         ring.release(ref)
+    ring.close()
+
+
+def test_requests_that_differ_only_by_id_are_answered_with_their_own_id_and_image(cluster, tiny_export, images):
+    """A worker keeps what it decoded of a request that names a shared-memory slot; the next request for the same
+    slot, with another id and another image in the slot, gets its own id and its own image's features."""
+    from edgesplit.runtime.local import LocalModel
+
+    local = LocalModel(tiny_export)
+    ring = InputRing(slots=1, min_bytes=0)
+    path = cluster.workers["branch0"].plan_address[len("ipc://"):]
+    ids = ["7", "", "x" * 300, "8", "7"]
+
+    async def go():
+        reader, writer = await asyncio.open_unix_connection(path)
+
+        async def send(kind, body, call_id):
+            writer.write(HEADER.pack(len(body), kind, call_id) + body)
+            size, akind, _ = HEADER.unpack(await reader.readexactly(HEADER.size))
+            return akind, await reader.readexactly(size)
+
+        answers = []
+        for i, rid in enumerate(ids):
+            ref = ring.put(np.ascontiguousarray(images[i:i + 1]))
+            if i == 0:
+                region = f"{ring.region.name}\n{ring.region.path}\n{ring.region.byte_size}".encode()
+                assert (await send(REGISTER, region, 100))[0] == 8
+            answers.append(await send(INFER, codec.serialize_request("branch0", {"input": ref}, rid), i + 1))
+            ring.release(ref)  # the one slot again, with the next image
+        writer.close()
+        return answers
+
+    answers = asyncio.run(go())
+    for i, (rid, (kind, body)) in enumerate(zip(ids, answers)):
+        assert kind == RESULT
+        resp = pb.ModelInferResponse.FromString(body)
+        outputs, _ = codec.decode_response(resp)
+        want = local.engines["branch0"].run({"input": local.pre.normalize(images[i:i + 1])})["features"]
+        assert resp.id == rid and np.abs(outputs["features"] - want).max() < 1e-5
+    ring.close()
+
+
+def test_split_request_id():
+    ring = InputRing(slots=1, min_bytes=0)
+    ref = ring.put(np.zeros((1, 3, 4, 4), np.uint8))
+    keys = set()
+    for rid in ["", "1", "x" * 200, "é"]:
+        body = codec.serialize_request("branch0", {"input": ref}, rid)
+        key, got = codec.split_request_id(body)
+        assert got == rid and pb.ModelInferRequest.FromString(key) == pb.ModelInferRequest.FromString(
+            codec.serialize_request("branch0", {"input": ref}, ""))
+        keys.add(key)
+    assert len(keys) == 1
+    other = pb.ModelInferRequest(model_name="m", model_version="2", id="9").SerializeToString()  # another layout
+    assert codec.split_request_id(other) == (other, "")  # the id stays in the key: never shared
+    assert codec.split_request_id(pb.ModelInferRequest(id="9").SerializeToString()) is None
+    assert codec.split_request_id(b"\x0a\xff") is None  # truncated
+    ring.close()
+
+
+def test_a_worker_decodes_a_repeated_request_once(tiny_export, tmp_path):
+    from edgesplit.runtime.worker import WorkerConfig, load_parts
+    from edgesplit.runtime.transport.ipc import UnixSocketServer, _ServerConnection
+
+    server = UnixSocketServer(load_parts(WorkerConfig(str(tiny_export), part="branch0")), tmp_path / "w.sock", 1 << 20)
+    conn = _ServerConnection(server)
+    ring = InputRing(slots=1, min_bytes=0)
+    ref = ring.put(np.zeros((1, 1, 28, 28), np.uint8))
+    conn.regions.register(ring.region.name, ring.region.path, ring.region.byte_size)
+    first = conn.decode(codec.serialize_request("branch0", {"input": ref}, "1"), server)
+    again = conn.decode(codec.serialize_request("branch0", {"input": ref}, "2"), server)
+    assert (first.request_id, again.request_id) == ("1", "2") and again.inputs is first.inputs  # not decoded again
+    traced = conn.decode(codec.serialize_request("branch0", {"input": ref}, "3", {"edgesplit_trace": True}), server)
+    assert traced.traced and not again.traced and traced.inputs is not first.inputs
+    conn.regions.close()
     ring.close()

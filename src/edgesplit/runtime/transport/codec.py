@@ -118,6 +118,35 @@ def serialize_request(model_name: str, inputs: dict, request_id: str = "", param
     return b"".join([name_field, id_field, tensors_field, *raws])
 
 
+def split_request_id(body: bytes) -> tuple[bytes, str] | None:
+    """For a serialised request that starts as :func:`serialize_request` writes one (``model_name``, then ``id``,
+    if any): the request's bytes without its id field, and its id. Requests that differ only by id give the same
+    bytes, so a receiver can keep what it decoded of them. None for any other layout."""
+    try:
+        if body[:1] != b"\x0a":  # model_name: field 1, wire type 2
+            return None
+        size, at = _read_varint(body, 1)
+        end = at + size
+        if body[end:end + 1] != _ID_TAG:
+            return body, ""
+        size, at = _read_varint(body, end + 1)
+        return body[:end] + body[at + size:], body[at:at + size].decode()
+    except (IndexError, UnicodeDecodeError):
+        return None
+
+
+def _read_varint(buf: bytes, at: int) -> tuple[int, int]:
+    """The varint at ``buf[at:]`` and the offset after it."""
+    value = shift = 0
+    while True:
+        byte = buf[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
 @lru_cache(maxsize=256)
 def _request_metadata(model_name: str, tensors: tuple, parameters: tuple) -> tuple[bytes, bytes]:
     """The encodings of a request's ``model_name`` field and of its ``parameters`` and ``inputs`` fields

@@ -136,25 +136,45 @@ class CallFailed(Exception):
         self.status, self.message = status, message
 
 
-async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest,
-                       regions=None, received_at: float | None = None, encode=codec.encode_response):
-    """One ModelInfer call, whatever carried it (gRPC or the Unix socket transport): the response, or
-    :class:`CallFailed` with the status a KServe v2 client expects. ``regions``: the shared-memory regions the
-    caller registered (Unix socket transport only). ``received_at``: when the transport had the request
-    (``time.monotonic()``), reported back when the request asks for a trace (``model.TRACE``). ``encode``:
-    ``(model name, request id, outputs, parameters)`` -> the response: a ``ModelInferResponse`` for gRPC, its
-    bytes for the Unix socket (``codec.serialize_response``). The handler time it reports (``server_ms``)
-    ends where encoding starts."""
+@dataclass(frozen=True)
+class Call:
+    """A decoded ModelInfer request: what :func:`answer_call` needs of it."""
+
+    model: ServedModel
+    request_id: str
+    inputs: dict  # name -> np.ndarray
+    traced: bool  # the request asked for a trace (``model.TRACE``)
+
+
+def decode_call(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest,
+                regions=None) -> Call:
+    """The request's model and inputs, or :class:`CallFailed` (INVALID_ARGUMENT) saying what is wrong. ``regions``:
+    the shared-memory regions the caller registered (Unix socket transport only)."""
     m = models.get(request.model_name)
     if m is None:
         raise CallFailed("INVALID_ARGUMENT", unknown_model(request.model_name, models))
-    t0 = time.perf_counter()
     try:
         inputs = codec.decode_request(request, regions)  # each raw tensor copied out of the message once (upb copies on access)
-        size = sum(a.nbytes for a in inputs.values())
-        if size > max_message_bytes:
-            raise InferError(f"request carries {size} bytes, over the limit of {max_message_bytes}; send smaller batches")
-        result = await m.infer(inputs)
+    except InferError as err:
+        raise CallFailed("INVALID_ARGUMENT", str(err)) from None
+    size = sum(a.nbytes for a in inputs.values())
+    if size > max_message_bytes:
+        raise CallFailed("INVALID_ARGUMENT", f"request carries {size} bytes, over the limit of {max_message_bytes}; "
+                                             "send smaller batches")
+    return Call(m, request.id, inputs, TRACE in request.parameters and request.parameters[TRACE].bool_param)
+
+
+async def answer_call(call: Call, received_at: float | None = None, encode=codec.encode_response,
+                      started_at: float | None = None):
+    """Run one decoded call: the response, or :class:`CallFailed` with the status a KServe v2 client expects.
+    ``received_at``: when the transport had the request (``time.monotonic()``), reported back when it asked for a
+    trace. ``encode``: ``(model name, request id, outputs, parameters)`` -> the response: a ``ModelInferResponse``
+    for gRPC, its bytes for the Unix socket (``codec.serialize_response``). The handler time reported
+    (``server_ms``) runs from ``started_at`` (``time.perf_counter()``; default: now) to where encoding starts."""
+    m = call.model
+    t0 = time.perf_counter() if started_at is None else started_at
+    try:
+        result = await m.infer(call.inputs)
     except InferError as err:
         raise CallFailed("INVALID_ARGUMENT", str(err)) from None
     except DeadlineExceeded as err:
@@ -165,9 +185,16 @@ async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, r
         log.warning("%s failed: %s", m.meta.name, err)
         raise CallFailed("INTERNAL", f"{m.meta.name} failed: {err}") from None
     params = {**result.parameters, "server_ms": (time.perf_counter() - t0) * 1e3}  # handler time, transport excluded
-    if received_at is not None and TRACE in request.parameters and request.parameters[TRACE].bool_param:
+    if received_at is not None and call.traced:
         params[TRACE_RECEIVED], params[TRACE_ANSWERED] = received_at, time.monotonic()
-    return encode(m.meta.name, request.id, result.outputs, params)
+    return encode(m.meta.name, call.request_id, result.outputs, params)
+
+
+async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest,
+                       regions=None, received_at: float | None = None, encode=codec.encode_response):
+    """One ModelInfer call, whatever carried it: :func:`decode_call`, then :func:`answer_call`."""
+    t0 = time.perf_counter()
+    return await answer_call(decode_call(models, max_message_bytes, request, regions), received_at, encode, t0)
 
 
 def unknown_model(name: str, models: dict) -> str:
