@@ -291,3 +291,57 @@ def test_polling_worker_answers_and_stops_polling_when_idle(tiny_export, images)
         idle = states(pid)  # past the window
     assert np.allclose(got, want, atol=1e-4)
     assert "R" in polling and set(idle) == {"S"}, (polling, idle)
+
+
+def test_an_idle_worker_answers_a_synchronous_model_without_a_task(tmp_path):
+    """A model with ``infer_now`` is answered inside the read when nothing else is running; a model without it
+    (or with calls in flight) goes through a task. Both give the same answers, including errors."""
+    from edgesplit.runtime.errors import InferError
+    from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
+    from edgesplit.runtime.transport.ipc import UnixSocketServer
+
+    calls = []
+
+    class AsyncOnly:
+        def __init__(self, name):
+            self.meta = ModelMeta(name, "test", (TensorMeta("x", "float32", (-1, 2)),), (TensorMeta("y", "float32", (-1, 2)),))
+
+        def ready(self):
+            return True
+
+        async def infer(self, inputs):
+            calls.append((self.meta.name, "task", asyncio.current_task()))
+            await asyncio.sleep(0.01)
+            return InferResult({"y": inputs["x"] * 2})
+
+    class Double(AsyncOnly):
+        def infer_now(self, inputs):
+            calls.append((self.meta.name, "now", asyncio.current_task()))
+            if inputs["x"][0, 0] < 0:
+                raise InferError("negative input; send positive numbers")
+            return InferResult({"y": inputs["x"] * 2})
+
+    async def go():
+        now, later = Double("now"), AsyncOnly("later")
+        server = UnixSocketServer([now, later], tmp_path / "m.sock", 1 << 20)
+        await server.start()
+        a, b = UnixSocketWorker(server.address, "now"), UnixSocketWorker(server.address, "later")
+        try:
+            x = np.ones((1, 2), np.float32)
+            y_now = (await a.infer({"x": x}, timeout_s=5)).outputs["y"]
+            y_task = (await b.infer({"x": x}, timeout_s=5)).outputs["y"]
+            with pytest.raises(InferError, match="negative input"):
+                await a.infer({"x": -x}, timeout_s=5)
+            both = await asyncio.gather(b.infer({"x": x}, timeout_s=5), a.infer({"x": x}, timeout_s=5))  # one in flight
+            return y_now, y_task, both
+        finally:
+            await a.close()
+            await b.close()
+            await server.stop()
+
+    y_now, y_task, both = asyncio.run(go())
+    assert np.array_equal(y_now, 2 * np.ones((1, 2))) and np.array_equal(y_task, y_now)
+    assert all(np.array_equal(r.outputs["y"], y_now) for r in both)
+    assert calls[0] == ("now", "now", None) and calls[1][:2] == ("later", "task") and calls[1][2] is not None
+    assert calls[2][:2] == ("now", "now")
+    assert calls[-1][:2] == ("now", "task")  # while "later" was in flight: queued behind it as a task

@@ -44,6 +44,9 @@ class InferResult:
 
 
 class ServedModel(Protocol):
+    """What a server serves. A model whose work is synchronous may also have ``infer_now(inputs) -> InferResult``,
+    which the Unix socket server calls directly when it is idle (a worker's :class:`PartModel` does)."""
+
     meta: ModelMeta
 
     def ready(self) -> bool: ...

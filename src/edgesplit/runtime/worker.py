@@ -78,9 +78,13 @@ class PartModel:
         compute_ms = (time.perf_counter() - t0) * 1e3
         return InferResult(outputs, {"compute_ms": compute_ms})
 
+    def infer_now(self, inputs: dict[str, np.ndarray]) -> InferResult:
+        """The call, synchronously (a transport with nothing else to do calls this without a task)."""
+        return self.run(self.check(inputs))
+
     async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:
         # On the event loop itself: a one-core worker gains nothing from a thread hop per call.
-        return self.run(self.check(inputs))
+        return self.infer_now(inputs)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from edgesplit.runtime.shm import RegionMap, SharedRegion, SharedTensor
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 from edgesplit.runtime.transport.client import status_error
-from edgesplit.runtime.transport.server import Call, CallFailed, answer_call, decode_call
+from edgesplit.runtime.transport.server import Call, CallFailed, answer_call, answer_call_now, decode_call
 
 log = logging.getLogger(__name__)
 
@@ -139,19 +139,22 @@ class UnixSocketServer:
             os.umask(old_umask)
         log.info("serving %s on %s", ", ".join(self.models), self.address)
 
-    async def _infer(self, call_id: int, body: bytes, conn: "_ServerConnection", received_at: float) -> None:
+    def _infer_now(self, call_id: int, call: Call, conn: "_ServerConnection", received_at: float, t0: float) -> None:
+        """Answer a call of a synchronous model at once (the worker is idle: no task, no event-loop turn)."""
         try:
-            t0 = time.perf_counter()
-            call = conn.decode(body, self)
-            response = await answer_call(call, received_at, codec.serialize_response, t0)
-            answer = _frame(RESULT, call_id, response)
-        except DecodeError:
-            answer = _frame(FAILED, call_id, b"INVALID_ARGUMENT\nbody is not a KServe v2 ModelInferRequest")
-        except CallFailed as err:
-            answer = _frame(FAILED, call_id, f"{err.status}\n{err.message}".encode())
-        except Exception as err:  # never leave a caller waiting: as gRPC answers UNKNOWN for a handler that raised
-            log.exception("call %d failed", call_id)
-            answer = _frame(FAILED, call_id, f"UNKNOWN\n{type(err).__name__}: {err}".encode())
+            answer = _frame(RESULT, call_id, answer_call_now(call, received_at, codec.serialize_response, t0))
+        except Exception as err:
+            answer = _failure(call_id, err)
+        self._answered(conn, answer)
+
+    async def _infer(self, call_id: int, call: Call, conn: "_ServerConnection", received_at: float, t0: float) -> None:
+        try:
+            answer = _frame(RESULT, call_id, await answer_call(call, received_at, codec.serialize_response, t0))
+        except Exception as err:
+            answer = _failure(call_id, err)
+        self._answered(conn, answer)
+
+    def _answered(self, conn: "_ServerConnection", answer: bytes) -> None:
         conn.write(answer)
         if self.poll_ms > 0:
             self._poll_until = time.perf_counter() + self.poll_ms / 1e3
@@ -222,12 +225,23 @@ class _ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         server = self.server
         received_at = time.monotonic()
-        for kind, call_id, size, body in self.frames.feed(data):
+        frames = self.frames.feed(data)
+        for i, (kind, call_id, size, body) in enumerate(frames):
             if body is None:  # never held in memory; the stream stays in step
                 self.write(_frame(FAILED, call_id, f"RESOURCE_EXHAUSTED\nmessage of {size} bytes is over the "
                                                    f"limit of {server.frame_limit}; send smaller batches".encode()))
             elif kind == INFER:
-                task = asyncio.get_running_loop().create_task(server._infer(call_id, body, self, received_at))
+                t0 = time.perf_counter()
+                try:
+                    call = self.decode(body, server)
+                except Exception as err:  # not a request, an unknown model, a bad tensor: answered at once
+                    self.write(_failure(call_id, err))
+                    continue
+                if not server._calls and hasattr(call.model, "infer_now") and i == len(frames) - 1:
+                    # idle, and nothing behind it to read (a CANCEL, say): answered now, without a task's event-loop turn
+                    server._infer_now(call_id, call, self, received_at, t0)
+                    continue
+                task = asyncio.get_running_loop().create_task(server._infer(call_id, call, self, received_at, t0))
                 self.calls[call_id] = task
                 server._calls.add(task)
                 task.add_done_callback(lambda t, cid=call_id: (self.calls.pop(cid, None), server._calls.discard(t)))
@@ -248,6 +262,17 @@ class _ServerConnection(asyncio.Protocol):
             task.cancel()
         self.regions.close()
         self.server._connections.discard(self)
+
+
+def _failure(call_id: int, err: Exception) -> bytes:
+    """The FAILED frame for a call that raised ``err``."""
+    if isinstance(err, DecodeError):
+        return _frame(FAILED, call_id, b"INVALID_ARGUMENT\nbody is not a KServe v2 ModelInferRequest")
+    if isinstance(err, CallFailed):
+        return _frame(FAILED, call_id, f"{err.status}\n{err.message}".encode())
+    # never leave a caller waiting: as gRPC answers UNKNOWN for a handler that raised
+    log.error("call %d failed", call_id, exc_info=err)
+    return _frame(FAILED, call_id, f"UNKNOWN\n{type(err).__name__}: {err}".encode())
 
 
 def _register(regions: RegionMap, call_id: int, body: bytes) -> bytes:

@@ -171,23 +171,42 @@ async def answer_call(call: Call, received_at: float | None = None, encode=codec
     trace. ``encode``: ``(model name, request id, outputs, parameters)`` -> the response: a ``ModelInferResponse``
     for gRPC, its bytes for the Unix socket (``codec.serialize_response``). The handler time reported
     (``server_ms``) runs from ``started_at`` (``time.perf_counter()``; default: now) to where encoding starts."""
-    m = call.model
     t0 = time.perf_counter() if started_at is None else started_at
     try:
-        result = await m.infer(call.inputs)
-    except InferError as err:
-        raise CallFailed("INVALID_ARGUMENT", str(err)) from None
-    except DeadlineExceeded as err:
-        raise CallFailed("DEADLINE_EXCEEDED", str(err)) from None
-    except PartUnavailable as err:
-        raise CallFailed("UNAVAILABLE", str(err)) from None
-    except Exception as err:  # an engine or injected failure: report it, keep serving
-        log.warning("%s failed: %s", m.meta.name, err)
-        raise CallFailed("INTERNAL", f"{m.meta.name} failed: {err}") from None
+        result = await call.model.infer(call.inputs)
+    except Exception as err:
+        raise _call_failed(call, err) from None
+    return _answer(call, result, t0, received_at, encode)
+
+
+def answer_call_now(call: Call, received_at: float | None = None, encode=codec.encode_response,
+                    started_at: float | None = None):
+    """:func:`answer_call` for a model that runs synchronously (``infer_now``), without a task or an event-loop turn."""
+    t0 = time.perf_counter() if started_at is None else started_at
+    try:
+        result = call.model.infer_now(call.inputs)
+    except Exception as err:
+        raise _call_failed(call, err) from None
+    return _answer(call, result, t0, received_at, encode)
+
+
+def _answer(call: Call, result, t0: float, received_at: float | None, encode):
     params = {**result.parameters, "server_ms": (time.perf_counter() - t0) * 1e3}  # handler time, transport excluded
     if received_at is not None and call.traced:
         params[TRACE_RECEIVED], params[TRACE_ANSWERED] = received_at, time.monotonic()
-    return encode(m.meta.name, call.request_id, result.outputs, params)
+    return encode(call.model.meta.name, call.request_id, result.outputs, params)
+
+
+def _call_failed(call: Call, err: Exception) -> CallFailed:
+    """The status a failed call is answered with."""
+    if isinstance(err, InferError):
+        return CallFailed("INVALID_ARGUMENT", str(err))
+    if isinstance(err, DeadlineExceeded):
+        return CallFailed("DEADLINE_EXCEEDED", str(err))
+    if isinstance(err, PartUnavailable):
+        return CallFailed("UNAVAILABLE", str(err))
+    log.warning("%s failed: %s", call.model.meta.name, err)  # an engine or injected failure: report it, keep serving
+    return CallFailed("INTERNAL", f"{call.model.meta.name} failed: {err}")
 
 
 async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest,
