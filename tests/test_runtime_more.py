@@ -98,7 +98,8 @@ def test_bench_serve_accounts_for_the_time(tmp_path):
     from edgesplit.cli import main
 
     out = tmp_path / "serve.json"
-    assert main(["bench", "serve", "--input", "1x32x32", "--requests", "12", "--rounds", "1", "--json", str(out)]) == 0
+    assert main(["bench", "serve", "--input", "1x32x32", "--requests", "12", "--rounds", "1", "--block", "5",
+                 "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["transport"] == "ipc" and set(r["transports"]) == {"ipc", "grpc"}
     for t, m in r["transports"].items():
@@ -108,6 +109,9 @@ def test_bench_serve_accounts_for_the_time(tmp_path):
         # medians of the parts of one interval, not of the interval itself: they add up only roughly
         assert slowest_arrival < b["end_to_end"] + 0.5 and b["coordinator"] >= 0
         assert set(m["cpu_ms_per_request"]) == {"coordinator", "branch0", "branch1"}
+        assert m["throughput_speedup"] == pytest.approx(m["split_throughput_rps"] / m["unsplit_throughput_rps"])
+        round_ = r["per_round"][0][t]
+        assert round_["unsplit"]["latency"]["n"] == 12 and round_["branch_compute"]["branch0"]["n"] == 12
         assert m["overhead_ratio"] == pytest.approx(m["end_to_end_p50_ms"] / max(m["branch_compute_p50_ms"].values()))
         hops = b["hops"]  # the traced split of each part's transport
         assert set(hops["parts"]) == set(b["parts"]) and hops["after_last_answer"] >= 0

@@ -38,11 +38,14 @@ def _export_random(model_name: str, input_shape, num_classes: int, out_dir: Path
     return out_dir
 
 
-async def _drive_coordinator(plan, send: np.ndarray, warmup: int, in_flight: int, pids: dict[str, int]):
-    """(a) + (b): one request at a time through the coordinator; (c): ``in_flight`` at once.
-    Returns end-to-end latencies, each part's timings per request (from the answer's parameters),
-    the wall time of the pipelined run and the CPU time per request it took in this process (the
-    coordinator) and in each worker (``pids``)."""
+async def _drive_coordinator(plan, send: np.ndarray, warmup: int, in_flight: int, pids: dict[str, int],
+                             unsplit, x_float: list[np.ndarray], block: int):
+    """(a) + (b): one request at a time through the coordinator, traced; then (c) and (d) in alternating blocks of
+    ``block`` images: the split model with ``in_flight`` requests at once, and the unsplit engine (``unsplit``) one
+    image at a time, so that both throughputs are measured under the same conditions of this shared machine.
+    Returns end-to-end latencies, each part's timings per request (from the answer's parameters), the split and
+    unsplit wall times of the throughput blocks, the unsplit latencies, and the CPU time per request the split blocks
+    took in this process (the coordinator) and in each worker (``pids``)."""
     from edgesplit.runtime.client import AsyncClient
 
     client = await AsyncClient.connect(plan)
@@ -67,13 +70,31 @@ async def _drive_coordinator(plan, send: np.ndarray, warmup: int, in_flight: int
                 await client.infer(img)
 
         await asyncio.gather(*(one(img) for img in send[:warmup]))
-        cpu0 = {name: process_cpu_s(pid) for name, pid in pids.items()}
-        t0, own0 = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(one(img) for img in send))
-        wall, own = time.perf_counter() - t0, time.process_time() - own0
-        cpu_ms = {"coordinator": own / len(send) * 1e3,
-                  **{name: (process_cpu_s(pid) - cpu0[name]) / len(send) * 1e3 for name, pid in pids.items()}}
-        return lat, parts, wall, cpu_ms
+        for x in x_float[:warmup]:
+            unsplit.run({"input": x})
+        split_wall = unsplit_wall = own = 0.0
+        cpu = dict.fromkeys(pids, 0.0)
+        unsplit_lat = []
+        for i, start in enumerate(range(0, len(send), block)):
+            for phase in (("unsplit", "split") if i % 2 == 0 else ("split", "unsplit")):
+                await asyncio.sleep(SETTLE_S)  # the unsplit engine's spinning thread pool has stopped spinning
+                if phase == "unsplit":
+                    t_block = time.perf_counter()
+                    for x in x_float[start:start + block]:
+                        t0 = time.perf_counter()
+                        unsplit.run({"input": x})
+                        unsplit_lat.append((time.perf_counter() - t0) * 1e3)
+                    unsplit_wall += time.perf_counter() - t_block
+                    continue
+                cpu0 = {name: process_cpu_s(pid) for name, pid in pids.items()}
+                t0, own0 = time.perf_counter(), time.process_time()
+                await asyncio.gather(*(one(img) for img in send[start:start + block]))
+                split_wall += time.perf_counter() - t0
+                own += time.process_time() - own0
+                for name, pid in pids.items():
+                    cpu[name] += process_cpu_s(pid) - cpu0[name]
+        cpu_ms = {"coordinator": own / len(send) * 1e3, **{name: c / len(send) * 1e3 for name, c in cpu.items()}}
+        return lat, parts, split_wall, cpu_ms, unsplit_lat, unsplit_wall
     finally:
         await client.close()
 
@@ -86,6 +107,10 @@ def process_cpu_s(pid: int) -> float:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
+
+# ONNX Runtime's spinning thread pool (the unsplit baseline's) burns CPU for ~60 ms after its last run, measured
+# here; throughput blocks start this long after the previous one, so that neither model pays for the other
+SETTLE_S = 0.15
 
 PART_KEYS = ("compute_ms", "server_ms", "arrival_ms", *TRACE_HOPS)
 
@@ -138,28 +163,18 @@ def machine_info() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
-def _baseline_round(engine, x_float: list[np.ndarray], warmup: int) -> tuple[list[float], float]:
-    for x in x_float[:warmup]:
-        engine.run({"input": x})
-    lat = []
-    t_start = time.perf_counter()
-    for x in x_float:
-        t0 = time.perf_counter()
-        engine.run({"input": x})
-        lat.append((time.perf_counter() - t0) * 1e3)
-    return lat, time.perf_counter() - t_start
-
-
 TRANSPORTS = ("ipc", "grpc")
 
 
 def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), requests: int = 200, in_flight: int = 4,
                 num_classes: int = 1000, warmup: int = 20, input_dtype: str = "uint8", rounds: int = 3,
-                transports: tuple[str, ...] = TRANSPORTS, poll_ms: float = 0.0) -> dict:
-    """Each round measures the unsplit baseline, then the split model over each transport (``ipc``: the local
-    cluster's Unix sockets, the default; ``grpc``: loopback gRPC), back to back; ratios are computed per round
-    and their medians reported (this machine is shared and noisy). The headline figures are the first
-    transport's. ``poll_ms``: the workers' ``--poll-ms`` (Unix socket only)."""
+                transports: tuple[str, ...] = TRANSPORTS, poll_ms: float = 0.0, block: int = 50) -> dict:
+    """Each round measures the split model over each transport (``ipc``: the local cluster's Unix sockets, the
+    default; ``grpc``: loopback gRPC) in turn: its latencies one request at a time, then its throughput in blocks
+    of ``block`` images alternating with blocks of the unsplit baseline, so that each speedup compares two
+    throughputs measured under the same conditions. Ratios are computed per round and their medians reported (this
+    machine is shared and noisy). The headline figures are the first transport's. ``poll_ms``: the workers'
+    ``--poll-ms`` (Unix socket only)."""
     from contextlib import ExitStack
 
     import edgesplit
@@ -186,19 +201,20 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
                     for t in transports}
         cpus = {p: w.cpus for p, w in clusters[transports[0]].workers.items()}
         for _ in range(rounds):
-            base_lat, base_wall = _baseline_round(unsplit, x_float, warmup)  # (d)
-            base_rps = requests / base_wall
-            row = {"unsplit": {"latency": latency_summary(base_lat), "throughput_rps": base_rps}}
+            row = {}
             for t, cluster in clusters.items():
                 pids = {name: w.proc.pid for name, w in cluster.workers.items()}
-                lat, parts, split_wall, cpu_ms = asyncio.run(_drive_coordinator(cluster.plan(), send, warmup, in_flight, pids))
+                lat, parts, split_wall, cpu_ms, base_lat, base_wall = asyncio.run(
+                    _drive_coordinator(cluster.plan(), send, warmup, in_flight, pids, unsplit, x_float, block))
                 branch = {name: latency_summary(v["compute_ms"]) for name, v in parts.items()}
                 e2e = latency_summary(lat)
-                split_rps = requests / split_wall
+                split_rps, base_rps = requests / split_wall, requests / base_wall
                 row[t] = {"branch_compute": branch, "end_to_end": e2e, "split_throughput_rps": split_rps,
+                          "unsplit": {"latency": latency_summary(base_lat), "throughput_rps": base_rps},
                           "breakdown_ms": breakdown(lat, parts), "cpu_ms_per_request": cpu_ms,
                           "overhead_ratio": e2e["p50_ms"] / max(b["p50_ms"] for b in branch.values()),
                           "throughput_speedup": split_rps / base_rps}
+            row["unsplit"] = row[transports[0]]["unsplit"]  # the headline baseline: measured beside the first transport
             per_round.append(row)
         with edgesplit.connect(clusters[transports[0]].plan()) as client:  # the blocking API, for reference
             for img in send[:warmup]:
@@ -220,6 +236,7 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
             "branch_compute_p50_ms": {n: med(r["branch_compute"][n]["p50_ms"] for r in rs) for n in parts},
             "end_to_end_p50_ms": med(r["end_to_end"]["p50_ms"] for r in rs), "end_to_end_p99_ms": med(r["end_to_end"]["p99_ms"] for r in rs),
             "split_throughput_rps": med(r["split_throughput_rps"] for r in rs),
+            "unsplit_throughput_rps": med(r["unsplit"]["throughput_rps"] for r in rs),  # in the blocks beside the split ones
             "cpu_ms_per_request": {k: med(r["cpu_ms_per_request"][k] for r in rs) for k in rs[0]["cpu_ms_per_request"]},
             "breakdown_ms": {
                 "parts": {n: {k: med(r["breakdown_ms"]["parts"][n][k] for r in rs) for k in ("compute", "handler", "transport")} for n in parts},
@@ -234,6 +251,7 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
     return {
         "benchmark": "serve", "model": model, "unsplit_model": unsplit_name, "input_shape": list(input_shape),
         "input_dtype": input_dtype, "requests": requests, "in_flight": in_flight, "rounds": rounds, "worker_poll_ms": poll_ms,
+        "throughput_block": block,
         "machine": machine_info(), "worker_cpus": cpus, "unsplit_threads": ncores, "transport": transports[0],
         **by_transport[transports[0]],
         "unsplit_p50_ms": med(r["unsplit"]["latency"]["p50_ms"] for r in per_round),

@@ -330,8 +330,11 @@ def cmd_bench_serve(args) -> None:
         raise EdgesplitError(f"--transports takes ipc and/or grpc, comma-separated; got {args.transports!r}")
     if args.poll_ms < 0:
         raise EdgesplitError(f"--poll-ms must be 0 or more, got {args.poll_ms}")
+    if args.block < 1:
+        raise EdgesplitError(f"--block must be 1 or more images, got {args.block}")
     r = bench_serve(args.model, parse_input_shape(args.input), args.requests, args.in_flight,
-                    input_dtype=args.input_dtype, rounds=args.rounds, transports=transports, poll_ms=args.poll_ms)
+                    input_dtype=args.input_dtype, rounds=args.rounds, transports=transports, poll_ms=args.poll_ms,
+                    block=args.block)
     print(f"{r['model']} {args.input} on {r['machine']['cores']} cores ({r['machine']['cpu']}), "
           f"medians of {r['rounds']} rounds of {r['requests']} requests")
     print(f"  unsplit {r['unsplit_model']} ORT x{r['unsplit_threads']} threads  p50 {r['unsplit_p50_ms']:7.3f} ms, "
@@ -349,7 +352,8 @@ def cmd_bench_serve(args) -> None:
                       f"worker dispatch {h['worker_dispatch']:.3f}  back {h['back']:.3f} ms")
             print(f"    after the last answer (concatenation, head, return) {b['hops']['after_last_answer']:.3f} ms")
         print(f"    end to end, 1 in flight p50 {m['end_to_end_p50_ms']:7.3f} ms   p99 {m['end_to_end_p99_ms']:7.3f} ms;  "
-              f"{r['in_flight']} in flight {m['split_throughput_rps']:6.1f} req/s")
+              f"{r['in_flight']} in flight {m['split_throughput_rps']:6.1f} req/s "
+              f"(unsplit in the blocks between: {m['unsplit_throughput_rps']:.1f} req/s)")
         print(f"    CPU per request at {r['in_flight']} in flight: " + ", ".join(f"{k} {v:.2f} ms" for k, v in m["cpu_ms_per_request"].items()))
         print(f"    overhead_ratio {m['overhead_ratio']:.3f}   throughput_speedup {m['throughput_speedup']:.3f}")
     print(f"  blocking client over {r['transport']}: end to end p50 {r['end_to_end_blocking_client']['p50_ms']:.3f} ms")
@@ -749,6 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--in-flight", type=int, default=4)
     b.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"])
     b.add_argument("--rounds", type=int, default=3, help="repeat the measurement; medians are reported")
+    b.add_argument("--block", type=int, default=50,
+                   help="throughput is measured in blocks of this many images, split and unsplit alternating")
     b.add_argument("--transports", default="ipc,grpc",
                    help="how the coordinator reaches the local workers, comma-separated; the first gives the headline figures")
     b.add_argument("--json", help="write the numbers here")
