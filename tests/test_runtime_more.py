@@ -121,9 +121,12 @@ def test_bench_serve_accounts_for_the_time(tmp_path):
     assert r["throughput_speedup"] > 0 and r["unsplit_throughput_rps"] > 0
 
 
-def test_the_part_that_usually_answers_last_is_asked_first(tiny_export, images_u8):
+def test_the_part_that_usually_answers_last_is_asked_first(tiny_export, images_u8, monkeypatch):
     """branch1's worker takes 30 ms more per call (a slower device): after its first answers the coordinator
     sends it each request before branch0, whose answer would otherwise not be waited for anyway."""
+    import edgesplit.runtime.coordinator as coordinator_module
+
+    monkeypatch.setattr(coordinator_module, "_current_cpu", lambda: None)  # the order by core is another test's
     with LocalCluster(tiny_export, extra_args={"branch1": ["--inject-delay-ms", "30"]}) as c, \
             edgesplit.connect(c.plan()) as client:
         client.infer(images_u8)  # branch0 first: nothing is known yet
@@ -131,3 +134,24 @@ def test_the_part_that_usually_answers_last_is_asked_first(tiny_export, images_u
         first = client.infer_result(images_u8).parameters
         assert first["branch1_sent_ms"] < first["branch0_sent_ms"]
         assert client.coordinator._typical_ms["branch1"] > client.coordinator._typical_ms["branch0"] + 20
+
+
+def test_a_worker_pinned_to_the_coordinators_core_is_asked_last(tiny_export, images_u8, monkeypatch):
+    """Unix socket peers learn their worker's CPUs from the socket; a stage asks the worker pinned to the core the
+    coordinator runs on after the others (woken first, it would take that core before the other requests leave)."""
+    import os
+
+    import edgesplit.runtime.coordinator as coordinator_module
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores to pin 2 workers")
+    with LocalCluster(tiny_export) as c, edgesplit.connect(c.plan()) as client:
+        client.infer(images_u8)  # connects
+        peers = {name: hs[0].peer for name, hs in client.coordinator.peers.items()}
+        assert {name: p.cpus for name, p in peers.items()} == {name: frozenset(w.cpus) for name, w in c.workers.items()}
+        client.coordinator.trace = True
+        for name, w in c.workers.items():
+            monkeypatch.setattr(coordinator_module, "_current_cpu", lambda cpu=w.cpus[0]: cpu)
+            p = client.infer_result(images_u8).parameters
+            other = next(n for n in c.workers if n != name)
+            assert p[f"{name}_sent_ms"] > p[f"{other}_sent_ms"], name

@@ -224,6 +224,11 @@ class Coordinator:
             for t in pending:
                 t.cancel()
 
+    def _pinned_to(self, name: str) -> frozenset[int] | None:
+        """The CPUs of the part's worker when it is one local process (Unix socket peers know theirs), else None."""
+        replicas = self.peers[name]
+        return getattr(replicas[0].peer, "cpus", None) if len(replicas) == 1 else None
+
     def _failed(self, h: PeerHealth, name: str) -> None:
         h.failures += 1
         if h.healthy and h.failures >= self.plan.unhealthy_after and not self._closed:
@@ -253,10 +258,12 @@ class Coordinator:
 
         def ask(indices) -> set[asyncio.Future]:
             # the part that usually takes longest is asked first: on a fleet of unequal devices the slowest one
-            # starts earliest, and the stage, which ends with its last answer, ends sooner
-            typical = self._typical_ms
+            # starts earliest, and the stage, which ends with its last answer, ends sooner. A local worker pinned to
+            # the core this coordinator runs on is asked last: woken, it takes the core (for its whole compute if the
+            # other core is busy) before the requests after it are sent
+            typical, here = self._typical_ms, _current_cpu()
             new = {}
-            for i in sorted(indices, key=lambda i: -typical.get(stage.parts[i], 0.0)):
+            for i in sorted(indices, key=lambda i: (self._pinned_to(stage.parts[i]) == {here}, -typical.get(stage.parts[i], 0.0))):
                 new[self._start_part(stage, stage.parts[i], x_sent, deadline, rid)] = i
                 sent_at[i] = time.perf_counter()
             tasks.update(new)
@@ -422,6 +429,25 @@ class Coordinator:
                 await h.peer.close()
         if self.ring is not None:
             self.ring.close()
+
+
+def _load_sched_getcpu():
+    try:
+        import ctypes
+
+        getcpu = ctypes.CDLL(None, use_errno=True).sched_getcpu
+        getcpu.restype = ctypes.c_int
+        return getcpu if getcpu() >= 0 else None
+    except (OSError, AttributeError):
+        return None
+
+
+_SCHED_GETCPU = _load_sched_getcpu()
+
+
+def _current_cpu() -> int | None:
+    """The CPU this thread runs on now (Linux/glibc), else None."""
+    return _SCHED_GETCPU() if _SCHED_GETCPU is not None else None
 
 
 def _trace(flags: dict, part: str, params: dict) -> None:

@@ -286,6 +286,15 @@ def _register(regions: RegionMap, call_id: int, body: bytes) -> bytes:
     return _frame(REGISTERED, call_id, b"")
 
 
+def _peer_cpus(sock) -> frozenset[int] | None:
+    """The CPUs the process at the other end of a Unix socket may run on (Linux: its pid from SO_PEERCRED)."""
+    try:
+        pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        return frozenset(os.sched_getaffinity(pid))
+    except (AttributeError, OSError):
+        return None
+
+
 def _accepting(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
@@ -355,6 +364,7 @@ class UnixSocketWorker:
     def __init__(self, address: str, model_name: str):
         self.address, self.model_name = address, model_name
         self.path = socket_path(address)
+        self.cpus: frozenset[int] | None = None  # the CPUs the worker process may run on (None: not known)
         self._conn: _Connection | None = None
         self._ids = itertools.count(1)
         self._lock: asyncio.Lock | None = None
@@ -368,10 +378,11 @@ class UnixSocketWorker:
             if self._conn is None or self._conn.closed:
                 label = f"{self.model_name} at {self.address}"
                 try:
-                    _, self._conn = await asyncio.get_running_loop().create_unix_connection(lambda: _Connection(label),
-                                                                                            self.path)
+                    transport, self._conn = await asyncio.get_running_loop().create_unix_connection(
+                        lambda: _Connection(label), self.path)
                 except OSError as err:
                     raise PartUnavailable(f"{label}: cannot connect ({err.strerror})") from None
+                self.cpus = _peer_cpus(transport.get_extra_info("socket"))
         return self._conn
 
     async def _open(self, timeout_s: float | None) -> _Connection:
