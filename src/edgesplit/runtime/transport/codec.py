@@ -267,6 +267,102 @@ def decode_response(resp: pb.ModelInferResponse, sent_at: float | None = None) -
     return outputs, params
 
 
+def parse_response(body: bytes, sent_at: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """``decode_response(ModelInferResponse.FromString(body), sent_at)``, read straight from the wire format.
+
+    A coordinator decodes every branch's answer with its caches cold; protobuf's accessors cost ~0.15 ms per
+    answer there, a walk over the message's few fields a fraction of it. Outputs whose metadata encodes the same
+    (answer after answer) are described once. Anything this walk does not expect (typed contents instead of raw
+    ones, a field it does not know) is left to protobuf: the result is the same either way (tested)."""
+    try:
+        outputs, params = _walk_response(body)
+    except (_Unusual, IndexError, ValueError, UnicodeDecodeError, struct.error):
+        return decode_response(pb.ModelInferResponse.FromString(body), sent_at)
+    if TRACE_RECEIVED in params:
+        params[TRACE_SENT], params[TRACE_DECODED] = sent_at, time.monotonic()
+    return outputs, params
+
+
+class _Unusual(Exception):
+    """A response :func:`parse_response` leaves to protobuf."""
+
+
+def _walk_response(body: bytes) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    metas, raws, params = [], [], {}
+    at, end = 0, len(body)
+    while at < end:
+        tag = body[at]  # every field of ModelInferResponse is length-delimited, numbered under 16: a one-byte tag
+        if tag & 0x87 != 2:
+            raise _Unusual
+        size, at = _read_varint(body, at + 1)
+        if at + size > end:
+            raise _Unusual
+        field = tag >> 3
+        if field == 4:  # parameters: a map entry
+            key, value = _param_entry(body[at:at + size])
+            params[key] = value
+        elif field == 5:  # outputs
+            metas.append(_output_meta(body[at:at + size]))
+        elif field == 6:  # raw_output_contents
+            raws.append(body[at:at + size])
+        elif field not in (1, 2, 3):  # model_name, model_version, id: not needed here
+            raise _Unusual
+        at += size
+    if len(raws) != len(metas):
+        raise _Unusual  # typed contents
+    outputs = {}
+    for (name, dtype, shape, nbytes), raw in zip(metas, raws):
+        if len(raw) != nbytes:
+            raise InferError(f"output {name!r}: {len(raw)} bytes for shape {list(shape)} (expected {nbytes})")
+        outputs[name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return outputs, params
+
+
+@lru_cache(maxsize=256)
+def _output_meta(encoded: bytes) -> tuple[str, np.dtype, tuple[int, ...], int]:
+    """An ``outputs`` entry's (name, dtype, shape, byte count), checked once per distinct encoding."""
+    t = pb.ModelInferResponse.InferOutputTensor.FromString(encoded)
+    if t.HasField("contents") or t.datatype not in KSERVE_TO_NUMPY or any(d < 0 for d in t.shape):
+        raise _Unusual  # protobuf's path says what is wrong, or reads the typed contents
+    shape = tuple(t.shape)
+    return t.name, _DTYPES[t.datatype], shape, math.prod(shape) * _DTYPES[t.datatype].itemsize
+
+
+def _param_entry(entry: bytes) -> tuple[str, object]:
+    """A parameters map entry: its key, and the value of the one field of its ``InferParameter`` that is set."""
+    if entry[0] != 0x0A:
+        raise _Unusual
+    size, at = _read_varint(entry, 1)
+    key = entry[at:at + size].decode()
+    at += size
+    if at == len(entry):
+        raise _Unusual  # no value: protobuf's path leaves it out
+    if entry[at] != 0x12:
+        raise _Unusual
+    size, at = _read_varint(entry, at + 1)
+    value = entry[at:at + size]
+    if at + size != len(entry) or not value:
+        raise _Unusual
+    kind = value[0]
+    if kind == 0x21 and len(value) == 9:  # double_param (4), fixed64
+        return key, _DOUBLE.unpack_from(value, 1)[0]
+    if kind in (0x08, 0x10, 0x28):  # bool_param (1), int64_param (2), uint64_param (5): varints
+        number, after = _read_varint(value, 1)
+        if after != len(value):
+            raise _Unusual
+        if kind == 0x08:
+            return key, bool(number)
+        if kind == 0x10 and number >= 1 << 63:
+            number -= 1 << 64  # two's complement
+        return key, number
+    if kind == 0x1A:  # string_param (3)
+        size, after = _read_varint(value, 1)
+        if after + size != len(value):
+            raise _Unusual
+        return key, value[after:].decode()
+    raise _Unusual
+
+
 def _set_param(p: pb.InferParameter, value) -> None:
     if isinstance(value, bool):
         p.bool_param = value

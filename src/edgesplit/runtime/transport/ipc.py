@@ -421,7 +421,7 @@ class UnixSocketWorker:
         if kind == FAILED:
             status, _, detail = body.decode(errors="replace").partition("\n")
             raise status_error(status, detail, self)
-        return InferResult(*codec.decode_response(pb.ModelInferResponse.FromString(body), sent_at))
+        return InferResult(*codec.parse_response(body, sent_at))
 
     def start(self, inputs: dict, timeout_s: float | None = None, request_id: str = "",
               parameters: dict | None = None) -> asyncio.Future:
