@@ -108,8 +108,8 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-# ONNX Runtime's spinning thread pool (the unsplit baseline's) burns CPU for ~60 ms after its last run, measured
-# here; throughput blocks start this long after the previous one, so that neither model pays for the other
+# ONNX Runtime's spinning thread pool (the unsplit baseline's) keeps burning CPU for tens of ms after its last run;
+# throughput blocks start this long after the previous one, so that neither model pays for the other
 SETTLE_S = 0.15
 
 PART_KEYS = ("compute_ms", "server_ms", "arrival_ms", *TRACE_HOPS)
