@@ -101,3 +101,25 @@ def test_a_file_that_is_not_onnx_is_a_clear_error(tmp_path):
     bad.write_bytes(b"\xff\xfe not a model")
     with pytest.raises(Exception, match="cannot read .*bad.onnx as an ONNX model"):
         NumpyEngine(bad)
+
+
+def _gemm_model(path, dtype=np.float32, trans_a=0):
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    elem = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}[dtype]
+    w = numpy_helper.from_array(np.ones((4, 3), dtype), "w")
+    node = helper.make_node("Gemm", ["x", "w"], ["y"], transA=trans_a, name="fc")
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", elem, [None, 4])],
+                          [helper.make_tensor_value_info("y", elem, [None, 3])], [w])
+    save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_what_numpy_does_not_run_is_listed_never_run_wrong(tmp_path):
+    with pytest.raises(UnsupportedGraph) as err:
+        NumpyEngine(_gemm_model(tmp_path / "half.onnx", np.float16))
+    assert any("data type 10" in u for u in err.value.unsupported)  # FLOAT16: the initializer and the tensors
+    with pytest.raises(UnsupportedGraph, match="op Gemm .fc: transA"):
+        NumpyEngine(_gemm_model(tmp_path / "ta.onnx", trans_a=1))
+    ok = NumpyEngine(_gemm_model(tmp_path / "ok.onnx"))
+    assert ok.run({"x": np.ones((2, 4), np.float32)})["y"].tolist() == [[4.0] * 3] * 2

@@ -261,9 +261,14 @@ class Coordinator:
             # starts earliest, and the stage, which ends with its last answer, ends sooner. A local worker pinned to
             # the core this coordinator runs on is asked last: woken, it takes the core (for its whole compute if the
             # other core is busy) before the requests after it are sent
-            typical, here = self._typical_ms, _current_cpu()
+            here = _current_cpu()
+
+            def order(i: int) -> tuple[bool, float]:
+                name = stage.parts[i]
+                return self._pinned_to(name) == {here}, -self._typical_ms.get(name, 0.0)
+
             new = {}
-            for i in sorted(indices, key=lambda i: (self._pinned_to(stage.parts[i]) == {here}, -typical.get(stage.parts[i], 0.0))):
+            for i in sorted(indices, key=order):
                 new[self._start_part(stage, stage.parts[i], x_sent, deadline, rid)] = i
                 sent_at[i] = time.perf_counter()
             tasks.update(new)

@@ -106,7 +106,7 @@ OPS: dict[str, Callable] = {
 def _tensor_info(v) -> EngineTensor:
     t = v.type.tensor_type
     shape = tuple(d.dim_value if d.WhichOneof("value") == "dim_value" else -1 for d in t.shape.dim)
-    return EngineTensor(v.name, shape, np.dtype(ONNX_DTYPES.get(t.elem_type, np.float32)).name)
+    return EngineTensor(v.name, shape, np.dtype(ONNX_DTYPES[t.elem_type]).name)
 
 
 class NumpyEngine:
@@ -127,7 +127,8 @@ class NumpyEngine:
             make = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
             fn = make(node, _attrs(node), consts) if make else None
             if fn is None:
-                unsupported.append(f"op {node.op_type}" + (" with these attributes" if make else ""))
+                unsupported.append(f"op {node.op_type}" + (f" ({node.name}: transA, or weights that are not constants)"
+                                                           if make else ""))
                 continue
             if len(node.output) != 1:
                 unsupported.append(f"op {node.op_type} with {len(node.output)} outputs")
@@ -136,6 +137,8 @@ class NumpyEngine:
             if isinstance(fn, _Gemm):
                 args = args[:1]  # the constant weights are in the step
             self._steps.append((fn, args, node.output[0]))
+        unsupported += [f"{v.name} of data type {v.type.tensor_type.elem_type}" for v in [*g.input, *g.output]
+                        if v.name not in consts and v.type.tensor_type.elem_type not in ONNX_DTYPES]
         if unsupported:
             raise UnsupportedGraph(path, unsupported)
         inits = set(consts)

@@ -18,7 +18,7 @@ NUMPY_TO_KSERVE = {"bool": "BOOL", "uint8": "UINT8", "int8": "INT8", "int32": "I
                    "float16": "FP16", "float32": "FP32", "float64": "FP64", "uint32": "UINT32", "uint64": "UINT64"}
 KSERVE_TO_NUMPY = {v: k for k, v in NUMPY_TO_KSERVE.items()}
 _DTYPES = {k: np.dtype(v) for k, v in KSERVE_TO_NUMPY.items()}
-# keyed by dtype objects: numpy's ``dtype.name`` is computed in Python, ~0.1 ms with cold caches (as a worker's are
+# keyed by dtype objects: numpy's ``dtype.name`` is computed in Python, slow with cold caches (as a worker's are
 # right after its engine ran): hot paths never ask for it
 KSERVE_OF_DTYPE = {np.dtype(k): v for k, v in NUMPY_TO_KSERVE.items()}
 _TYPED_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
@@ -270,8 +270,8 @@ def decode_response(resp: pb.ModelInferResponse, sent_at: float | None = None) -
 def parse_response(body: bytes, sent_at: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     """``decode_response(ModelInferResponse.FromString(body), sent_at)``, read straight from the wire format.
 
-    A coordinator decodes every branch's answer with its caches cold; protobuf's accessors cost ~0.15 ms per
-    answer there, a walk over the message's few fields a fraction of it. Outputs whose metadata encodes the same
+    A coordinator decodes every branch's answer with its caches cold, where protobuf's accessors cost several
+    times a walk over the message's few fields. Outputs whose metadata encodes the same
     (answer after answer) are described once. Anything this walk does not expect (typed contents instead of raw
     ones, a field it does not know) is left to protobuf: the result is the same either way (tested)."""
     try:

@@ -199,7 +199,8 @@ class _ServerConnection(asyncio.Protocol):
     def decode(self, body: bytes, server: UnixSocketServer) -> Call:
         """The call a request body asks for. A coordinator sends the same request again and again but for its id
         (the image is in a shared-memory slot): what was decoded of it is kept, so that a request is answered
-        without parsing it (cold-cache protobuf accessors cost ~0.15 ms per request here, docs/benchmarks.md)."""
+        without parsing it (with the caches cold after the engine ran, protobuf's accessors were most of the
+        worker's handler time: docs/benchmarks.md)."""
         split = codec.split_request_id(body) if len(body) <= _SMALL_REQUEST_BYTES else None
         if split is not None:
             known = self.decoded.get(split[0])
