@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
 from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
@@ -55,9 +56,10 @@ class GrpcWorker:
         self.address, self.model_name = address, model_name
         self._channel = make_channel(address, security)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
-        # ModelInfer with the request already serialised by the fast codec path (same bytes on the wire)
+        # ModelInfer with bytes both ways: the request serialised by the fast codec path, the response read by
+        # codec.parse_response (the same messages on the wire; other servers' layouts are read by protobuf)
         self._model_infer = self._channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
-                                                      response_deserializer=pb.ModelInferResponse.FromString, _registered_method=True)
+                                                      response_deserializer=None, _registered_method=True)
         self._metadata = (("authorization", f"Bearer {security.token}"),) if security.token else None
 
     def __repr__(self) -> str:
@@ -72,7 +74,10 @@ class GrpcWorker:
             resp = await self._model_infer(req, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
             raise status_error(err.code().name, err.details(), self) from None
-        return InferResult(*codec.decode_response(resp, sent_at))
+        try:
+            return InferResult(*codec.parse_response(resp, sent_at))
+        except DecodeError:
+            raise PartUnavailable(f"{self.model_name} at {self.address}: the answer is not a KServe v2 ModelInferResponse") from None
 
     def start(self, inputs: dict, timeout_s: float | None = None, request_id: str = "",
               parameters: dict | None = None) -> asyncio.Future:
