@@ -72,31 +72,39 @@ async def _drive_coordinator(plan, send: np.ndarray, warmup: int, in_flight: int
         await asyncio.gather(*(one(img) for img in send[:warmup]))
         for x in x_float[:warmup]:
             unsplit.run({"input": x})
-        split_wall = unsplit_wall = own = 0.0
-        cpu = dict.fromkeys(pids, 0.0)
-        unsplit_lat = []
-        for i, start in enumerate(range(0, len(send), block)):
-            for phase in (("unsplit", "split") if i % 2 == 0 else ("split", "unsplit")):
-                await asyncio.sleep(SETTLE_S)  # the unsplit engine's spinning thread pool has stopped spinning
-                if phase == "unsplit":
-                    t_block = time.perf_counter()
-                    for x in x_float[start:start + block]:
-                        t0 = time.perf_counter()
-                        unsplit.run({"input": x})
-                        unsplit_lat.append((time.perf_counter() - t0) * 1e3)
-                    unsplit_wall += time.perf_counter() - t_block
-                    continue
-                cpu0 = {name: process_cpu_s(pid) for name, pid in pids.items()}
-                t0, own0 = time.perf_counter(), time.process_time()
-                await asyncio.gather(*(one(img) for img in send[start:start + block]))
-                split_wall += time.perf_counter() - t0
-                own += time.process_time() - own0
-                for name, pid in pids.items():
-                    cpu[name] += process_cpu_s(pid) - cpu0[name]
-        cpu_ms = {"coordinator": own / len(send) * 1e3, **{name: c / len(send) * 1e3 for name, c in cpu.items()}}
-        return lat, parts, split_wall, cpu_ms, unsplit_lat, unsplit_wall
+        return (lat, parts, *await _throughput_blocks(one, send, pids, unsplit, x_float, block))
     finally:
         await client.close()
+
+
+async def _throughput_blocks(one, send: np.ndarray, pids: dict[str, int], unsplit, x_float: list[np.ndarray],
+                             block: int) -> tuple[float, dict[str, float], list[float], float]:
+    """(c) and (d): blocks of ``block`` images, alternately through the split model (``one(image)``, as many in
+    flight as it allows) and the unsplit engine (one at a time). Returns the split blocks' wall time and CPU per
+    request (this process, the coordinator, and each worker of ``pids``), the unsplit latencies and wall time."""
+    split_wall = unsplit_wall = own = 0.0
+    cpu = dict.fromkeys(pids, 0.0)
+    unsplit_lat = []
+    for i, start in enumerate(range(0, len(send), block)):
+        for phase in (("unsplit", "split") if i % 2 == 0 else ("split", "unsplit")):
+            await asyncio.sleep(SETTLE_S)  # the unsplit engine's spinning thread pool has stopped spinning
+            if phase == "unsplit":
+                t_block = time.perf_counter()
+                for x in x_float[start:start + block]:
+                    t0 = time.perf_counter()
+                    unsplit.run({"input": x})
+                    unsplit_lat.append((time.perf_counter() - t0) * 1e3)
+                unsplit_wall += time.perf_counter() - t_block
+                continue
+            cpu0 = {name: process_cpu_s(pid) for name, pid in pids.items()}
+            t0, own0 = time.perf_counter(), time.process_time()
+            await asyncio.gather(*(one(img) for img in send[start:start + block]))
+            split_wall += time.perf_counter() - t0
+            own += time.process_time() - own0
+            for name, pid in pids.items():
+                cpu[name] += process_cpu_s(pid) - cpu0[name]
+    cpu_ms = {"coordinator": own / len(send) * 1e3, **{name: c / len(send) * 1e3 for name, c in cpu.items()}}
+    return split_wall, cpu_ms, unsplit_lat, unsplit_wall
 
 
 def process_cpu_s(pid: int) -> float:
@@ -214,7 +222,6 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
                           "breakdown_ms": breakdown(lat, parts), "cpu_ms_per_request": cpu_ms,
                           "overhead_ratio": e2e["p50_ms"] / max(b["p50_ms"] for b in branch.values()),
                           "throughput_speedup": split_rps / base_rps}
-            row["unsplit"] = row[transports[0]]["unsplit"]  # the headline baseline: measured beside the first transport
             per_round.append(row)
         with edgesplit.connect(clusters[transports[0]].plan()) as client:  # the blocking API, for reference
             for img in send[:warmup]:
@@ -236,7 +243,8 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
             "branch_compute_p50_ms": {n: med(r["branch_compute"][n]["p50_ms"] for r in rs) for n in parts},
             "end_to_end_p50_ms": med(r["end_to_end"]["p50_ms"] for r in rs), "end_to_end_p99_ms": med(r["end_to_end"]["p99_ms"] for r in rs),
             "split_throughput_rps": med(r["split_throughput_rps"] for r in rs),
-            "unsplit_throughput_rps": med(r["unsplit"]["throughput_rps"] for r in rs),  # in the blocks beside the split ones
+            "unsplit_p50_ms": med(r["unsplit"]["latency"]["p50_ms"] for r in rs),  # in the blocks beside the split ones
+            "unsplit_throughput_rps": med(r["unsplit"]["throughput_rps"] for r in rs),
             "cpu_ms_per_request": {k: med(r["cpu_ms_per_request"][k] for r in rs) for k in rs[0]["cpu_ms_per_request"]},
             "breakdown_ms": {
                 "parts": {n: {k: med(r["breakdown_ms"]["parts"][n][k] for r in rs) for k in ("compute", "handler", "transport")} for n in parts},
@@ -253,9 +261,7 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
         "input_dtype": input_dtype, "requests": requests, "in_flight": in_flight, "rounds": rounds, "worker_poll_ms": poll_ms,
         "throughput_block": block,
         "machine": machine_info(), "worker_cpus": cpus, "unsplit_threads": ncores, "transport": transports[0],
-        **by_transport[transports[0]],
-        "unsplit_p50_ms": med(r["unsplit"]["latency"]["p50_ms"] for r in per_round),
-        "unsplit_throughput_rps": med(r["unsplit"]["throughput_rps"] for r in per_round),
+        **by_transport[transports[0]],  # the headline figures, unsplit ones included (measured beside this transport)
         "end_to_end_blocking_client": latency_summary(blocking),
         "transports": by_transport,
         "per_round": per_round,

@@ -223,10 +223,15 @@ def _response_metadata(model_name: str, outputs: tuple) -> tuple[bytes, bytes]:
     return pb.ModelInferResponse(model_name=model_name).SerializeToString(), resp.SerializeToString()
 
 
+# wire tags (field number << 3 | wire type) of a parameters map entry and of InferParameter's fields
+_ENTRY_KEY, _ENTRY_VALUE = 0x0A, 0x12  # key = 1, value = 2: length-delimited
+_BOOL, _INT64, _STRING, _DOUBLE_TAG, _UINT64 = 0x08, 0x10, 0x1A, 0x21, 0x28  # 1-3, 5: varint or bytes; 4: fixed64
+
+
 def _param_field(key: str, value) -> bytes:
     """One entry of a response's ``parameters`` map, as a field of the response."""
     k = key.encode()
-    entry = b"\x0a" + _varint(len(k)) + k + _param_value(value)  # key = 1, value = 2
+    entry = bytes([_ENTRY_KEY]) + _varint(len(k)) + k + _param_value(value)
     return _PARAMS_TAG + _varint(len(entry)) + entry
 
 
@@ -239,20 +244,19 @@ def _double_field_prefix(key: str) -> bytes:
 def _param_value(value) -> bytes:
     """A parameters map entry's value field (field 2: an ``InferParameter``, one of its fields set)."""
     if isinstance(value, bool):
-        body = b"\x08" + (b"\x01" if value else b"\x00")  # bool_param = 1, varint
+        body = bytes([_BOOL, value])
     elif isinstance(value, int):
-        body = b"\x10" + _varint(value & 0xFFFFFFFFFFFFFFFF)  # int64_param = 2, varint (two's complement)
+        body = bytes([_INT64]) + _varint(value & 0xFFFFFFFFFFFFFFFF)  # two's complement
     elif isinstance(value, float):
-        body = _DOUBLE_TAG + _DOUBLE.pack(value)  # double_param = 4, fixed64
+        body = bytes([_DOUBLE_TAG]) + _DOUBLE.pack(value)
     else:
         text = str(value).encode()
-        body = b"\x1a" + _varint(len(text)) + text  # string_param = 3
-    return b"\x12" + _varint(len(body)) + body
+        body = bytes([_STRING]) + _varint(len(text)) + text
+    return bytes([_ENTRY_VALUE]) + _varint(len(body)) + body
 
 
 _PARAMS_TAG = bytes([pb.ModelInferResponse.DESCRIPTOR.fields_by_name["parameters"].number << 3 | 2])
 _RAW_OUTPUT_TAG = bytes([pb.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number << 3 | 2])
-_DOUBLE_TAG = bytes([pb.InferParameter.DESCRIPTOR.fields_by_name["double_param"].number << 3 | 1])
 _DOUBLE = struct.Struct("<d")
 
 
@@ -262,9 +266,14 @@ def decode_response(resp: pb.ModelInferResponse, sent_at: float | None = None) -
     raw = list(resp.raw_output_contents)
     outputs = {t.name: _tensor(t.name, t.datatype, t.shape, raw[i] if raw else None, t.contents) for i, t in enumerate(resp.outputs)}
     params = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in resp.parameters.items() if v.WhichOneof("parameter_choice")}
+    return outputs, _stamped(params, sent_at)
+
+
+def _stamped(params: dict, sent_at: float | None) -> dict:
+    """A traced answer's parameters get when its request was sent and when it was decoded (now)."""
     if TRACE_RECEIVED in params:
         params[TRACE_SENT], params[TRACE_DECODED] = sent_at, time.monotonic()
-    return outputs, params
+    return params
 
 
 def parse_response(body: bytes, sent_at: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, object]]:
@@ -278,9 +287,7 @@ def parse_response(body: bytes, sent_at: float | None = None) -> tuple[dict[str,
         outputs, params = _walk_response(body)
     except (_Unusual, IndexError, ValueError, UnicodeDecodeError, struct.error):
         return decode_response(pb.ModelInferResponse.FromString(body), sent_at)
-    if TRACE_RECEIVED in params:
-        params[TRACE_SENT], params[TRACE_DECODED] = sent_at, time.monotonic()
-    return outputs, params
+    return outputs, _stamped(params, sent_at)
 
 
 class _Unusual(Exception):
@@ -330,32 +337,32 @@ def _output_meta(encoded: bytes) -> tuple[str, np.dtype, tuple[int, ...], int]:
 
 def _param_entry(entry: bytes) -> tuple[str, object]:
     """A parameters map entry: its key, and the value of the one field of its ``InferParameter`` that is set."""
-    if entry[0] != 0x0A:
+    if entry[0] != _ENTRY_KEY:
         raise _Unusual
     size, at = _read_varint(entry, 1)
     key = entry[at:at + size].decode()
     at += size
     if at == len(entry):
         raise _Unusual  # no value: protobuf's path leaves it out
-    if entry[at] != 0x12:
+    if entry[at] != _ENTRY_VALUE:
         raise _Unusual
     size, at = _read_varint(entry, at + 1)
     value = entry[at:at + size]
     if at + size != len(entry) or not value:
         raise _Unusual
     kind = value[0]
-    if kind == 0x21 and len(value) == 9:  # double_param (4), fixed64
+    if kind == _DOUBLE_TAG and len(value) == 1 + _DOUBLE.size:
         return key, _DOUBLE.unpack_from(value, 1)[0]
-    if kind in (0x08, 0x10, 0x28):  # bool_param (1), int64_param (2), uint64_param (5): varints
+    if kind in (_BOOL, _INT64, _UINT64):
         number, after = _read_varint(value, 1)
         if after != len(value):
             raise _Unusual
-        if kind == 0x08:
+        if kind == _BOOL:
             return key, bool(number)
-        if kind == 0x10 and number >= 1 << 63:
+        if kind == _INT64 and number >= 1 << 63:
             number -= 1 << 64  # two's complement
         return key, number
-    if kind == 0x1A:  # string_param (3)
+    if kind == _STRING:
         size, after = _read_varint(value, 1)
         if after + size != len(value):
             raise _Unusual
