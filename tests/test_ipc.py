@@ -385,3 +385,104 @@ def test_an_idle_worker_answers_a_synchronous_model_without_a_task(tmp_path):
     assert calls[0] == ("now", "now", None) and calls[1][:2] == ("later", "task") and calls[1][2] is not None
     assert calls[2][:2] == ("now", "now")
     assert calls[-1][:2] == ("now", "task")  # while "later" was in flight: queued behind it as a task
+
+
+class _AsyncScaled:
+    """A served model for in-process servers: y = 2x, answered after as many seconds as the input's first value
+    (calls run as concurrent tasks)."""
+
+    def __init__(self, name="m"):
+        from edgesplit.runtime.model import ModelMeta, TensorMeta
+
+        self.meta = ModelMeta(name, "test", (TensorMeta("x", "float32", (-1, 2)),), (TensorMeta("y", "float32", (-1, 2)),))
+
+    def ready(self):
+        return True
+
+    async def infer(self, inputs):
+        from edgesplit.runtime.model import InferResult
+
+        await asyncio.sleep(float(inputs["x"][0, 0]))
+        return InferResult({"y": inputs["x"] * 2})
+
+
+class _Scaled(_AsyncScaled):
+    """The same model, synchronous (``infer_now``); ``log`` records (the input's second value, the task it ran in)."""
+
+    def __init__(self, name="m", log=None):
+        super().__init__(name)
+        self.log = log if log is not None else []
+
+    def infer_now(self, inputs):
+        from edgesplit.runtime.model import InferResult
+
+        self.log.append((float(inputs["x"][0, 1]), asyncio.current_task()))
+        return InferResult({"y": inputs["x"] * 2})
+
+
+def test_each_call_fails_at_its_own_deadline_on_a_shared_connection(tmp_path):
+    """One timer serves every call's deadline on a connection: a call with an earlier deadline than the calls
+    already pending fails on time, the others still get their answers, and a later call's deadline works too."""
+    from edgesplit.runtime.transport.ipc import UnixSocketServer
+
+    async def go():
+        server = UnixSocketServer([_AsyncScaled()], tmp_path / "d.sock", 1 << 20)
+        await server.start()
+        w = UnixSocketWorker(server.address, "m")
+        slow = np.array([[0.6, 1.0]], np.float32)  # answers after 0.6 s
+        try:
+            await w.infer({"x": np.zeros((1, 2), np.float32)}, timeout_s=5)  # connected
+            t0 = time.monotonic()
+            a = w.start({"x": slow}, timeout_s=3.0)
+            b = w.start({"x": slow}, timeout_s=0.15)  # earlier than a's deadline: re-arms the timer
+            c = w.start({"x": np.zeros((1, 2), np.float32)}, timeout_s=3.0)
+            with pytest.raises(DeadlineExceeded, match="did not answer in time"):
+                await b
+            b_s = time.monotonic() - t0
+            ra, rc = await a, await c
+            t1 = time.monotonic()
+            with pytest.raises(DeadlineExceeded):  # after the timer fired and found nothing left to watch
+                await w.infer({"x": slow}, timeout_s=0.1)
+            d_s = time.monotonic() - t1
+            return b_s, d_s, ra, rc, w._conn.pending
+        finally:
+            await w.close()
+            await server.stop()
+
+    b_s, d_s, ra, rc, pending = asyncio.run(go())
+    assert 0.14 <= b_s < 0.45 and 0.09 <= d_s < 0.4, (b_s, d_s)
+    assert np.array_equal(ra.outputs["y"], np.float32([[1.2, 2.0]])) and np.array_equal(rc.outputs["y"], [[0.0, 0.0]])
+    assert pending == {}  # answered, failed or forgotten: nothing kept
+
+
+def test_requests_read_together_are_answered_in_turn_without_tasks_and_cancelled_ones_skipped(tmp_path):
+    """Several requests in one read, to a synchronous model with nothing else running, are answered in order
+    inside the read; a request cancelled in the same read is not run and gets no answer."""
+    from edgesplit.runtime.transport.ipc import CANCEL, RESULT, UnixSocketServer
+
+    log = []
+
+    async def go():
+        server = UnixSocketServer([_Scaled(log=log)], tmp_path / "b.sock", 1 << 20)
+        await server.start()
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "b.sock"))
+        try:
+            x = {i: np.array([[0.0, float(i)]], np.float32) for i in (1, 2, 3)}
+            writer.write(b"".join([_frame(INFER, 1, codec.serialize_request("m", {"x": x[1]}, "1")),
+                                   _frame(INFER, 2, codec.serialize_request("m", {"x": x[2]}, "2")),
+                                   _frame(CANCEL, 2, b""),
+                                   _frame(INFER, 3, codec.serialize_request("m", {"x": x[3]}, "3"))]))
+            answers = []
+            for _ in range(2):
+                size, kind, call_id = HEADER.unpack(await reader.readexactly(HEADER.size))
+                outputs, _ = codec.parse_response(await reader.readexactly(size))
+                answers.append((kind, call_id, outputs["y"]))
+            return answers
+        finally:
+            writer.close()
+            await server.stop()
+
+    answers = asyncio.run(go())
+    assert [(k, i) for k, i, _ in answers] == [(RESULT, 1), (RESULT, 3)]
+    assert np.array_equal(answers[1][2], [[0.0, 6.0]])
+    assert log == [(1.0, None), (3.0, None)]  # in order, outside any task; the cancelled call never ran

@@ -277,53 +277,78 @@ class Coordinator:
         coded = stage.merge == "decode"
         need = stage.code_k if coded else len(stage.parts)
         held_back = range(stage.code_k, len(stage.parts)) if coded and self.plan.parity == "lazy" else range(0)
-        pending = ask(i for i in range(len(stage.parts)) if i not in held_back)
         answers: dict[int, np.ndarray] = {}
         blockwise = self._blockwise.get(stage.name)
         head_sum = None  # with ``blockwise``: the sum of the head's products with the answers so far
         errors: list[str] = []
+        fatal: list[BaseException] = []
         first_data_ms = None  # when the first data block answered (lazy parity's yardstick)
+        wake: asyncio.Future | None = None  # set when the loop below has something to decide
+
+        def arrived(t: asyncio.Future) -> None:
+            """A part's future is done: its answer is taken in here, in the event loop's callback (a branch's block
+            of the head is multiplied while the others compute), and the stage's task is woken only when there is
+            something to decide: every answer needed is in, nothing is pending, a part failed, or (lazy parity)
+            the yardstick for lateness changed."""
+            nonlocal head_sum, first_data_ms
+            pending.discard(t)
+            if t.cancelled():  # by the stage itself, which no longer waits
+                return
+            i, err = tasks[t], t.exception()
+            if err is None:
+                r = t.result()
+                answers[i] = r.outputs[stage.output]
+                if blockwise is not None:
+                    product = blockwise[0].partial(i, answers[i])
+                    head_sum = product if head_sum is None else head_sum + product
+                now = time.perf_counter()
+                arrival_ms = (now - t_stage) * 1e3
+                part = stage.parts[i]
+                flags.setdefault("arrival_ms", {})[part] = arrival_ms
+                took_ms = (now - sent_at[i]) * 1e3
+                self._typical_ms[part] = 0.8 * self._typical_ms.get(part, took_ms) + 0.2 * took_ms
+                if coded and i < stage.code_k and first_data_ms is None:
+                    first_data_ms = arrival_ms
+                for key in PART_TIMINGS:  # the worker's own account of the call, when it gives one
+                    if key in r.parameters:
+                        flags.setdefault(key, {})[part] = r.parameters[key]
+                if "trace_t0" in flags:
+                    _trace(flags, part, r.parameters)
+            elif isinstance(err, _Missing):
+                errors.append(str(err))
+            elif isinstance(err, Exception):  # from a call started directly: a missing answer, never a hang
+                errors.append(_missing(stage.parts[i], None, err))
+            else:
+                fatal.append(err)
+            if wake is not None and not wake.done() and (
+                    len(answers) >= need or not pending or err is not None or held_back):
+                wake.set_result(None)
+
+        pending = ask(i for i in range(len(stage.parts)) if i not in held_back)
+        for t in pending:
+            t.add_done_callback(arrived)
         try:
             while True:
+                if fatal:
+                    raise fatal[0]
                 late_in_s = self._late_in_s(stage, t_stage, first_data_ms) if held_back else None
                 if held_back and (errors or (late_in_s is not None and late_in_s <= 0)):
-                    pending |= ask(held_back)  # lazy parity: a data block failed or is late
+                    for t in ask(held_back):  # lazy parity: a data block failed or is late
+                        pending.add(t)
+                        t.add_done_callback(arrived)
                     held_back, late_in_s = range(0), None
                     flags["parity_asked"] = flags.get("parity_asked", 0) + 1
                 if not pending or len(answers) >= need:
                     break
                 if coded and len(answers) + len(pending) + len(held_back) < need and self.plan.on_missing == "fail":
                     break  # k can no longer be reached and a degraded answer is not wanted: stop waiting
-                done, pending = await asyncio.wait(pending, timeout=late_in_s, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    err = t.exception()
-                    if err is None:
-                        r = t.result()
-                        answers[tasks[t]] = r.outputs[stage.output]
-                        if blockwise is not None:
-                            product = blockwise[0].partial(tasks[t], answers[tasks[t]])
-                            head_sum = product if head_sum is None else head_sum + product
-                        now = time.perf_counter()
-                        arrival_ms = (now - t_stage) * 1e3
-                        part = stage.parts[tasks[t]]
-                        flags.setdefault("arrival_ms", {})[part] = arrival_ms
-                        took_ms = (now - sent_at[tasks[t]]) * 1e3
-                        self._typical_ms[part] = 0.8 * self._typical_ms.get(part, took_ms) + 0.2 * took_ms
-                        if coded and tasks[t] < stage.code_k and first_data_ms is None:
-                            first_data_ms = arrival_ms
-                        for key in PART_TIMINGS:  # the worker's own account of the call, when it gives one
-                            if key in r.parameters:
-                                flags.setdefault(key, {})[stage.parts[tasks[t]]] = r.parameters[key]
-                        if "trace_t0" in flags:
-                            _trace(flags, stage.parts[tasks[t]], r.parameters)
-                    elif isinstance(err, _Missing):
-                        errors.append(str(err))
-                    elif isinstance(err, Exception):  # from a call started directly: a missing answer, never a hang
-                        errors.append(_missing(stage.parts[tasks[t]], None, err))
-                    else:
-                        raise err
+                wake = asyncio.get_running_loop().create_future()
+                if late_in_s is None:
+                    await wake
+                else:
+                    await asyncio.wait((wake,), timeout=late_in_s)
         finally:
-            for t in pending:  # no call is left running for an answer nobody will read
+            for t in list(pending):  # no call is left running for an answer nobody will read
                 t.cancel()
             if shared is not None:  # every call that reads the slot is over: answered, failed or cancelled (a
                 self.ring.release(shared)  # cancelled worker may still read it, but its answer is never used)

@@ -185,8 +185,10 @@ class UnixSocketServer:
 
 
 class _ServerConnection(asyncio.Protocol):
-    """One client's connection to a :class:`UnixSocketServer`: frames are handled as they arrive (an INFER
-    becomes a task, answered whenever it finishes), with no reader task between the socket and the handler."""
+    """One client's connection to a :class:`UnixSocketServer`: frames are handled as they arrive, with no reader
+    task between the socket and the handler. An INFER for a synchronous model (``infer_now``) while nothing else
+    runs is answered inside the read (several read at once in turn); otherwise it becomes a task, answered
+    whenever it finishes."""
 
     def __init__(self, server: UnixSocketServer):
         self.server = server
@@ -227,19 +229,24 @@ class _ServerConnection(asyncio.Protocol):
         server = self.server
         received_at = time.monotonic()
         frames = self.frames.feed(data)
-        for i, (kind, call_id, size, body) in enumerate(frames):
+        # calls cancelled in the same read as they were asked (the caller stopped waiting) are not run at all
+        cancelled = {call_id for kind, call_id, _, _ in frames if kind == CANCEL} if len(frames) > 1 else ()
+        for kind, call_id, size, body in frames:
             if body is None:  # never held in memory; the stream stays in step
                 self.write(_frame(FAILED, call_id, f"RESOURCE_EXHAUSTED\nmessage of {size} bytes is over the "
                                                    f"limit of {server.frame_limit}; send smaller batches".encode()))
             elif kind == INFER:
+                if call_id in cancelled:
+                    continue
                 t0 = time.perf_counter()
                 try:
                     call = self.decode(body, server)
                 except Exception as err:  # not a request, an unknown model, a bad tensor: answered at once
                     self.write(_failure(call_id, err))
                     continue
-                if not server._calls and hasattr(call.model, "infer_now") and i == len(frames) - 1:
-                    # idle, and nothing behind it to read (a CANCEL, say): answered now, without a task's event-loop turn
+                if not server._calls and hasattr(call.model, "infer_now"):
+                    # nothing else running: answered now, without a task's event-loop turn (several requests read
+                    # at once are answered in turn, as tasks would run them on this one-core worker)
                     server._infer_now(call_id, call, self, received_at, t0)
                     continue
                 task = asyncio.get_running_loop().create_task(server._infer(call_id, call, self, received_at, t0))
@@ -310,23 +317,27 @@ def _raw(kind: int, body: bytes) -> tuple[int, bytes]:
 
 
 class _Connection(asyncio.Protocol):
-    """One open stream to a server and the calls waiting on it. Each call has a future and a function that
-    turns its answer frame into the future's result, applied as soon as the frame is complete."""
+    """One open stream to a server and the calls waiting on it. Each call has a future, a function that turns
+    its answer frame into the future's result (applied as soon as the frame is complete) and a deadline. One
+    timer serves every deadline: it is armed for the earliest, and when it fires the calls past theirs fail
+    with ``late()`` and it is armed for the next (no timer to create and cancel per call)."""
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, late: Callable[[], Exception]):
         self.label = label  # "part at address", for error messages
-        self.pending: dict[int, tuple[asyncio.Future, Callable[[int, bytes], object]]] = {}
+        self.late = late
+        self.pending: dict[int, tuple[asyncio.Future, Callable[[int, bytes], object], float | None]] = {}
         self.closed = False
         self.regions: dict[str, bool] = {}  # shared-memory region name -> registered (False: the worker refused it)
         self.frames = FrameReader()
         self.transport: asyncio.Transport | None = None
+        self._expiry: asyncio.TimerHandle | None = None  # fires at the earliest deadline of the calls pending
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         for kind, call_id, _, body in self.frames.feed(data):
-            fut, decode = self.pending.pop(call_id, (None, None))
+            fut, decode, _ = self.pending.pop(call_id, (None, None, None))
             if fut is None or fut.done():
                 continue
             try:
@@ -336,18 +347,44 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
         error = PartUnavailable(f"{self.label}: connection closed by the worker" if exc is None else
                                 f"{self.label}: connection lost ({type(exc).__name__})")
-        for fut, _ in self.pending.values():
+        for fut, _, _ in self.pending.values():
             if not fut.done():
                 fut.set_exception(error)
         self.pending.clear()
 
-    def send(self, kind: int, call_id: int, body: bytes, decode: Callable[[int, bytes], object] = _raw) -> asyncio.Future:
-        fut = asyncio.get_running_loop().create_future()
-        self.pending[call_id] = (fut, decode)
+    def send(self, kind: int, call_id: int, body: bytes, decode: Callable[[int, bytes], object] = _raw,
+             timeout_s: float | None = None) -> asyncio.Future:
+        """The call's future; it fails with ``late()`` when no answer came within ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        self.pending[call_id] = (fut, decode, deadline)
         self.transport.write(_frame(kind, call_id, body))
+        if deadline is not None and (self._expiry is None or deadline < self._expiry.when()):
+            self._arm(deadline)
         return fut
+
+    def _arm(self, when: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = asyncio.get_running_loop().call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        now, earliest = asyncio.get_running_loop().time(), None
+        for fut, _, deadline in list(self.pending.values()):
+            if deadline is None or fut.done():
+                continue
+            if deadline <= now:
+                fut.set_exception(self.late())  # its done callback forgets the call (and cancels it on the worker)
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        if earliest is not None and not self.closed:
+            self._arm(earliest)
 
     def forget(self, call_id: int) -> None:
         if self.pending.pop(call_id, None) is not None and not self.closed:
@@ -355,6 +392,8 @@ class _Connection(asyncio.Protocol):
 
     async def close(self) -> None:
         self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
         self.transport.close()
 
 
@@ -380,7 +419,7 @@ class UnixSocketWorker:
                 label = f"{self.model_name} at {self.address}"
                 try:
                     transport, self._conn = await asyncio.get_running_loop().create_unix_connection(
-                        lambda: _Connection(label), self.path)
+                        lambda: _Connection(label, self._late), self.path)
                 except OSError as err:
                     raise PartUnavailable(f"{label}: cannot connect ({err.strerror})") from None
                 self.cpus = _peer_cpus(transport.get_extra_info("socket"))
@@ -399,13 +438,9 @@ class UnixSocketWorker:
         """Send one call now; its future fails with DeadlineExceeded after ``timeout_s``. A call that is late or
         cancelled (the caller stopped waiting) is cancelled on the worker too."""
         call_id = next(self._ids)
-        fut = conn.send(kind, call_id, body, decode)
-        timer = None if timeout_s is None else asyncio.get_running_loop().call_later(
-            timeout_s, lambda: fut.done() or fut.set_exception(self._late()))
+        fut = conn.send(kind, call_id, body, decode, timeout_s)
 
         def done(f: asyncio.Future) -> None:
-            if timer is not None:
-                timer.cancel()
             if f.cancelled() or isinstance(f.exception(), DeadlineExceeded):
                 conn.forget(call_id)
 
