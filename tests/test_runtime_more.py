@@ -155,3 +155,35 @@ def test_a_worker_pinned_to_the_coordinators_core_is_asked_last(tiny_export, ima
             p = client.infer_result(images_u8).parameters
             other = next(n for n in c.workers if n != name)
             assert p[f"{name}_sent_ms"] > p[f"{other}_sent_ms"], name
+
+
+def test_the_coordinators_thread_defers_to_local_workers(tiny_export, images_u8):
+    """With workers on this machine the blocking client's coordinator thread runs under SCHED_BATCH (it waits for a
+    worker's time slice instead of cutting it); a thread's policy is restored after ``deferring_to_workers``; a
+    plan only reaching other machines is not local."""
+    import os
+
+    from edgesplit.runtime.plan import PartPlacement, Plan, has_local_workers
+    from edgesplit.runtime.tuning import deferring_to_workers
+
+    if not hasattr(os, "SCHED_BATCH"):
+        pytest.skip("no SCHED_BATCH on this OS")
+    with LocalCluster(tiny_export) as c, edgesplit.connect(c.plan()) as client:
+        assert has_local_workers(c.plan())
+        client.infer(images_u8)
+        assert os.sched_getscheduler(client._thread.native_id) == os.SCHED_BATCH
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's thread is left alone
+    seen = []
+
+    def in_a_thread():
+        with deferring_to_workers() as applied:
+            seen.append((applied, os.sched_getscheduler(0)))
+        seen.append(os.sched_getscheduler(0))
+
+    t = threading.Thread(target=in_a_thread)
+    t.start()
+    t.join()
+    assert seen == [(True, os.SCHED_BATCH), os.SCHED_OTHER]
+    remote = Plan(str(tiny_export), (PartPlacement("branch0", ("10.0.0.11:50051",)), PartPlacement("branch1", ("jetson.lan:50051",))))
+    assert not has_local_workers(remote)
+    assert has_local_workers(replace(remote, parts=(*remote.parts[:1], PartPlacement("branch1", ("localhost:50052",)))))

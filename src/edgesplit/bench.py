@@ -20,6 +20,7 @@ import numpy as np
 
 from edgesplit.runtime.coordinator import TRACE_HOPS
 from edgesplit.runtime.stats import latency_summary
+from edgesplit.runtime.tuning import deferring_to_workers
 
 
 def _export_random(model_name: str, input_shape, num_classes: int, out_dir: Path) -> Path:
@@ -50,26 +51,27 @@ async def _drive_coordinator(plan, send: np.ndarray, warmup: int, in_flight: int
 
     client = await AsyncClient.connect(plan)
     try:
-        for img in send[:warmup]:
-            await client.infer(img)
-        client.coordinator.trace = True  # per-hop times for the breakdown (this run only: one request at a time)
-        lat, parts = [], {}
-        for img in send:
-            t0 = time.perf_counter()
-            r = await client.infer_result(img)
-            lat.append((time.perf_counter() - t0) * 1e3)
-            for k, v in r.parameters.items():
-                for key in PART_KEYS:
-                    if k.endswith("_" + key):
-                        parts.setdefault(k[: -len(key) - 1], {}).setdefault(key, []).append(v)
-        client.coordinator.trace = False
-        sem = asyncio.Semaphore(in_flight)
-
-        async def one(img):
-            async with sem:
+        with deferring_to_workers():  # the coordinator's thread, as Client and edgesplit serve run it beside local workers
+            for img in send[:warmup]:
                 await client.infer(img)
+            client.coordinator.trace = True  # per-hop times for the breakdown (this run only: one request at a time)
+            lat, parts = [], {}
+            for img in send:
+                t0 = time.perf_counter()
+                r = await client.infer_result(img)
+                lat.append((time.perf_counter() - t0) * 1e3)
+                for k, v in r.parameters.items():
+                    for key in PART_KEYS:
+                        if k.endswith("_" + key):
+                            parts.setdefault(k[: -len(key) - 1], {}).setdefault(key, []).append(v)
+            client.coordinator.trace = False
+            sem = asyncio.Semaphore(in_flight)
 
-        await asyncio.gather(*(one(img) for img in send[:warmup]))
+            async def one(img):
+                async with sem:
+                    await client.infer(img)
+
+            await asyncio.gather(*(one(img) for img in send[:warmup]))
         for x in x_float[:warmup]:
             unsplit.run({"input": x})
         return (lat, parts, *await _throughput_blocks(one, send, pids, unsplit, x_float, block))
@@ -98,7 +100,8 @@ async def _throughput_blocks(one, send: np.ndarray, pids: dict[str, int], unspli
                 continue
             cpu0 = {name: process_cpu_s(pid) for name, pid in pids.items()}
             t0, own0 = time.perf_counter(), time.process_time()
-            await asyncio.gather(*(one(img) for img in send[start:start + block]))
+            with deferring_to_workers():  # the unsplit baseline runs with the default policy
+                await asyncio.gather(*(one(img) for img in send[start:start + block]))
             split_wall += time.perf_counter() - t0
             own += time.process_time() - own0
             for name, pid in pids.items():

@@ -5,6 +5,9 @@
 
 The blocking client runs the asyncio coordinator on a background thread, so many
 ``infer`` calls can be in flight at once from several threads (``infer_many`` does that).
+With workers on this machine that thread defers to them (``tuning.defer_to_workers``); an
+application running :class:`AsyncClient` on its own event loop next to local workers can call
+that function on its loop's thread too.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import numpy as np
 
 from edgesplit.runtime.coordinator import Coordinator, remote_coordinator
 from edgesplit.runtime.model import InferResult
-from edgesplit.runtime.plan import Plan, load_plan
+from edgesplit.runtime.plan import Plan, has_local_workers, load_plan
+from edgesplit.runtime.tuning import defer_to_workers
 
 
 def _as_plan(plan: Plan | str | Path) -> Plan:
@@ -52,10 +56,13 @@ class AsyncClient:
 
 class Client:
     def __init__(self, plan: Plan | str | Path, wait_ready_s: float = 30.0, require_all: bool = True):
+        plan = _as_plan(plan)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="edgesplit-client", daemon=True)
         self._thread.start()
         try:
+            if has_local_workers(plan):  # the coordinator's thread shares this machine's cores with workers
+                self._loop.call_soon_threadsafe(defer_to_workers)  # runs before the connection below
             self._async = self._run(AsyncClient.connect(plan, wait_ready_s, require_all))
         except BaseException:
             self._shutdown_loop()

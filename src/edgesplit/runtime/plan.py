@@ -154,6 +154,15 @@ def make_plan(export_dir: str, addresses: Sequence[str], speeds: Sequence[float]
     return Plan(str(export_dir), tuple(placements), timeout_ms=timeout_ms, input_dtype=input_dtype)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def has_local_workers(plan: Plan) -> bool:
+    """Whether any worker of ``plan`` runs on this machine (a Unix socket or a loopback address): its coordinator
+    then shares cores with workers."""
+    return any(a.startswith("ipc://") or a.rsplit(":", 1)[0] in LOOPBACK_HOSTS for p in plan.parts for a in p.replicas)
+
+
 def parts_by_address(plan: Plan) -> dict[str, list[str]]:
     """What each worker must serve (its ``--part`` list)."""
     out: dict[str, list[str]] = {}

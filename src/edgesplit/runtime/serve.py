@@ -5,7 +5,8 @@ import logging
 
 from edgesplit.runtime.cluster import LocalCluster
 from edgesplit.runtime.coordinator import remote_coordinator
-from edgesplit.runtime.plan import load_plan
+from edgesplit.runtime.plan import has_local_workers, load_plan
+from edgesplit.runtime.tuning import defer_to_workers
 from edgesplit.runtime.transport.server import KServeServer, ServerSecurity
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,8 @@ async def serve(plan_path: str | None, local_export: str | None, host: str, port
     cluster = LocalCluster(local_export, poll_ms=worker_poll_ms).start() if local_export else None
     try:
         plan = cluster.plan() if cluster else load_plan(plan_path)
+        if has_local_workers(plan):
+            defer_to_workers()  # this thread runs the coordinator (gRPC's own threads are left as they are)
         coordinator = remote_coordinator(plan)
         try:
             await coordinator.wait_ready()

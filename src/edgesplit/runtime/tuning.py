@@ -1,6 +1,7 @@
-"""Process settings for runtime processes (workers, the coordinator): thread pools and the heap.
+"""Process settings for runtime processes (workers, the coordinator): thread pools, the heap, and how the
+coordinator's thread is scheduled beside workers on the same cores.
 
-Both were measured on the project's 2-core VM (docs/benchmarks.md):
+All were measured on the project's 2-core VM (docs/benchmarks.md):
 * OpenMP/BLAS threads spinning in one process doubled the latency of a neighbouring
   worker. Workers and the coordinator run with one such thread; :func:`limit_threads`
   must run before numpy (and its BLAS) is imported, so this module imports nothing heavy.
@@ -8,10 +9,17 @@ Both were measured on the project's 2-core VM (docs/benchmarks.md):
   kernel, so each request's image, normalised copy and ONNX Runtime scratch are mapped
   afresh and page-faulted in. :func:`keep_heap` serves
   such buffers from the heap and keeps freed memory for the next request.
+* A coordinator woken by an answer took the core from the worker computing there at once (Linux
+  preempts on wakeup), in many short turns per request, each leaving that worker's caches cold.
+  :func:`defer_to_workers` runs the coordinator's thread under ``SCHED_BATCH``: it still runs at
+  once on an idle core, and keeps its fair share of a busy one, but waits for the running worker's
+  time slice instead of cutting it, and then handles all the answers that arrived meanwhile.
 """
 import ctypes
 import logging
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +54,30 @@ def tune_runtime_process() -> None:
     """Both settings, for a process that serves or coordinates (call before numpy is imported)."""
     limit_threads()
     keep_heap()
+
+
+def defer_to_workers(enable: bool = True) -> bool:
+    """Schedule the calling thread under ``SCHED_BATCH`` (``enable``) or ``SCHED_OTHER`` (see above). For the
+    thread that runs a coordinator's event loop next to local workers; ``Client`` and ``edgesplit serve`` do it
+    for theirs. False where the OS has no such policies (nothing changes)."""
+    policy = getattr(os, "SCHED_BATCH" if enable else "SCHED_OTHER", None)
+    if policy is None or not hasattr(os, "sched_setscheduler"):
+        return False
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))  # 0: the calling thread (Linux schedules threads)
+    except OSError as err:
+        log.debug("cannot change the scheduling policy: %s", err)
+        return False
+    return True
+
+
+@contextmanager
+def deferring_to_workers() -> Iterator[bool]:
+    """:func:`defer_to_workers` for the duration of a block; the thread's policy before it is restored."""
+    before = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
+    applied = defer_to_workers()
+    try:
+        yield applied
+    finally:
+        if applied and before is not None:
+            os.sched_setscheduler(0, before, os.sched_param(0))
