@@ -250,123 +250,22 @@ class Coordinator:
             (name,) = stage.parts
             return self.local[name].run({stage.input: x})[stage.output]  # ~10 us: cheaper inline than a thread hop
         t_stage = time.perf_counter()
-        tasks: dict[asyncio.Future, int] = {}
         shared = self.ring.put(x) if self.ring is not None and len(stage.parts) > 1 else None  # one copy for all parts
-        x_sent = shared or x
-
-        sent_at: dict[int, float] = {}
-
-        def ask(indices) -> set[asyncio.Future]:
-            # the part that usually takes longest is asked first: on a fleet of unequal devices the slowest one
-            # starts earliest, and the stage, which ends with its last answer, ends sooner. A local worker pinned to
-            # the core this coordinator runs on is asked last: woken, it takes the core (for its whole compute if the
-            # other core is busy) before the requests after it are sent
-            here = _current_cpu()
-
-            def order(i: int) -> tuple[bool, float]:
-                name = stage.parts[i]
-                return self._pinned_to(name) == {here}, -self._typical_ms.get(name, 0.0)
-
-            new = {}
-            for i in sorted(indices, key=order):
-                new[self._start_part(stage, stage.parts[i], x_sent, deadline, rid)] = i
-                sent_at[i] = time.perf_counter()
-            tasks.update(new)
-            return set(new)
-
-        coded = stage.merge == "decode"
-        need = stage.code_k if coded else len(stage.parts)
-        held_back = range(stage.code_k, len(stage.parts)) if coded and self.plan.parity == "lazy" else range(0)
-        answers: dict[int, np.ndarray] = {}
-        blockwise = self._blockwise.get(stage.name)
-        head_sum = None  # with ``blockwise``: the sum of the head's products with the answers so far
-        errors: list[str] = []
-        fatal: list[BaseException] = []
-        first_data_ms = None  # when the first data block answered (lazy parity's yardstick)
-        wake: asyncio.Future | None = None  # set when the loop below has something to decide
-
-        def arrived(t: asyncio.Future) -> None:
-            """A part's future is done: its answer is taken in here, in the event loop's callback (a branch's block
-            of the head is multiplied while the others compute), and the stage's task is woken only when there is
-            something to decide: every answer needed is in, nothing is pending, a part failed, or (lazy parity)
-            the yardstick for lateness changed."""
-            nonlocal head_sum, first_data_ms
-            pending.discard(t)
-            if t.cancelled():  # by the stage itself, which no longer waits
-                return
-            i, err = tasks[t], t.exception()
-            if err is None:
-                r = t.result()
-                answers[i] = r.outputs[stage.output]
-                if blockwise is not None:
-                    product = blockwise[0].partial(i, answers[i])
-                    head_sum = product if head_sum is None else head_sum + product
-                now = time.perf_counter()
-                arrival_ms = (now - t_stage) * 1e3
-                part = stage.parts[i]
-                flags.setdefault("arrival_ms", {})[part] = arrival_ms
-                took_ms = (now - sent_at[i]) * 1e3
-                self._typical_ms[part] = 0.8 * self._typical_ms.get(part, took_ms) + 0.2 * took_ms
-                if coded and i < stage.code_k and first_data_ms is None:
-                    first_data_ms = arrival_ms
-                for key in PART_TIMINGS:  # the worker's own account of the call, when it gives one
-                    if key in r.parameters:
-                        flags.setdefault(key, {})[part] = r.parameters[key]
-                if "trace_t0" in flags:
-                    _trace(flags, part, r.parameters)
-            elif isinstance(err, _Missing):
-                errors.append(str(err))
-            elif isinstance(err, Exception):  # from a call started directly: a missing answer, never a hang
-                errors.append(_missing(stage.parts[i], None, err))
-            else:
-                fatal.append(err)
-            if wake is not None and not wake.done() and (
-                    len(answers) >= need or not pending or err is not None or held_back):
-                wake.set_result(None)
-
-        pending = ask(i for i in range(len(stage.parts)) if i not in held_back)
-        for t in pending:
-            t.add_done_callback(arrived)
+        run = _StageRun(self, stage, shared or x, deadline, rid, flags, t_stage)
         try:
-            while True:
-                if fatal:
-                    raise fatal[0]
-                late_in_s = self._late_in_s(stage, t_stage, first_data_ms) if held_back else None
-                if held_back and (errors or (late_in_s is not None and late_in_s <= 0)):
-                    for t in ask(held_back):  # lazy parity: a data block failed or is late
-                        pending.add(t)
-                        t.add_done_callback(arrived)
-                    held_back, late_in_s = range(0), None
-                    flags["parity_asked"] = flags.get("parity_asked", 0) + 1
-                if not pending or len(answers) >= need:
-                    break
-                if coded and len(answers) + len(pending) + len(held_back) < need and self.plan.on_missing == "fail":
-                    break  # k can no longer be reached and a degraded answer is not wanted: stop waiting
-                wake = asyncio.get_running_loop().create_future()
-                if late_in_s is None:
-                    await wake
-                else:
-                    await asyncio.wait((wake,), timeout=late_in_s)
+            run.ask(i for i in range(len(stage.parts)) if i not in run.held_back)
+            await run.wait()
         finally:
-            for t in list(pending):  # no call is left running for an answer nobody will read
-                t.cancel()
+            run.cancel_pending()  # no call is left running for an answer nobody will read
             if shared is not None:  # every call that reads the slot is over: answered, failed or cancelled (a
                 self.ring.release(shared)  # cancelled worker may still read it, but its answer is never used)
-        if first_data_ms is not None:  # the yardstick for the next request, before its first data block answers
+        if run.first_data_ms is not None:  # the yardstick for the next request, before its first data block answers
             typical = self._typical_first_ms.get(stage.name)
-            self._typical_first_ms[stage.name] = first_data_ms if typical is None else 0.8 * typical + 0.2 * first_data_ms
-        merged = self._merge(stage, answers, errors, flags, x.shape[0], concat=blockwise is None)
-        if blockwise is not None:  # the head, finished from its blocks' products (missing branches count as zeros)
-            return blockwise[0].finish(head_sum)[blockwise[1].output]
+            self._typical_first_ms[stage.name] = run.first_data_ms if typical is None else 0.8 * typical + 0.2 * run.first_data_ms
+        merged = self._merge(stage, run.answers, run.errors, flags, x.shape[0], concat=run.blockwise is None)
+        if run.blockwise is not None:  # the head, finished from its blocks' products (missing branches count as zeros)
+            return run.blockwise[0].finish(run.head_sum)[run.blockwise[1].output]
         return merged
-
-    def _late_in_s(self, stage: StageSpec, t_stage: float, first_data_ms: float | None) -> float | None:
-        """Lazy parity: seconds until the data blocks count as late, (1 + parity_slack) x the first data block's
-        time (before it answers: the typical one of earlier requests; None before any request had one)."""
-        ref_ms = first_data_ms if first_data_ms is not None else self._typical_first_ms.get(stage.name)
-        if ref_ms is None:
-            return None
-        return (1 + self.plan.parity_slack) * ref_ms / 1e3 - (time.perf_counter() - t_stage)
 
     def _merge(self, stage: StageSpec, answers: dict[int, np.ndarray], errors: list[str], flags: dict, batch: int,
                concat: bool = True) -> np.ndarray | None:
@@ -460,6 +359,124 @@ class Coordinator:
         if self.ring is not None:
             self.ring.close()
 
+
+
+class _StageRun:
+    """One stage of one request: the parts asked, their answers as they arrive, and when the request's task must
+    decide. Each answer is taken in by its future's callback (:meth:`arrived`; for a split model the branch's
+    block of the head is multiplied there, while the other branches still compute); :meth:`wait` returns when
+    every answer needed is in, nothing is pending, or k can no longer be reached, and asks the lazy parity
+    blocks when a data block fails or is late."""
+
+    def __init__(self, coord: Coordinator, stage: StageSpec, x_sent, deadline: float, rid: str, flags: dict,
+                 t_stage: float):
+        self.coord, self.stage, self.x_sent, self.deadline, self.rid, self.flags = coord, stage, x_sent, deadline, rid, flags
+        self.t_stage = t_stage  # perf_counter() at the stage's start
+        self.coded = stage.merge == "decode"
+        self.need = stage.code_k if self.coded else len(stage.parts)
+        self.held_back = range(stage.code_k, len(stage.parts)) if self.coded and coord.plan.parity == "lazy" else range(0)
+        self.part_of: dict[asyncio.Future, int] = {}  # each call's future -> the index of its part
+        self.sent_at: dict[int, float] = {}  # perf_counter() per part index
+        self.pending: set[asyncio.Future] = set()
+        self.answers: dict[int, np.ndarray] = {}
+        self.errors: list[str] = []
+        self.fatal: list[BaseException] = []  # not an Exception: re-raised by the task
+        self.blockwise = coord._blockwise.get(stage.name)
+        self.head_sum = None  # with ``blockwise``: the sum of the head's products with the answers so far
+        self.first_data_ms: float | None = None  # when the first data block answered (lazy parity's yardstick)
+        self.wake: asyncio.Future | None = None  # resolved when :meth:`wait` has something to decide
+
+    def ask(self, indices) -> None:
+        """Start the parts ``indices``. The part that usually takes longest is asked first: on a fleet of unequal
+        devices the slowest one starts earliest, and the stage, which ends with its last answer, ends sooner. A
+        local worker pinned to the core this coordinator runs on is asked last: woken, it takes the core (for its
+        whole compute if the other core is busy) before the requests after it are sent."""
+        coord, parts = self.coord, self.stage.parts
+        here = _current_cpu()
+
+        def order(i: int) -> tuple[bool, float]:
+            return coord._pinned_to(parts[i]) == {here}, -coord._typical_ms.get(parts[i], 0.0)
+
+        for i in sorted(indices, key=order):
+            fut = coord._start_part(self.stage, parts[i], self.x_sent, self.deadline, self.rid)
+            self.sent_at[i] = time.perf_counter()
+            self.part_of[fut] = i
+            self.pending.add(fut)
+            fut.add_done_callback(self.arrived)
+
+    def arrived(self, t: asyncio.Future) -> None:
+        """A part's call is done: its answer or error is taken in, and the task is woken when there is something
+        to decide (every answer needed is in, nothing is pending, a part failed; with lazy parity, always: the
+        yardstick for lateness may have changed)."""
+        self.pending.discard(t)
+        if t.cancelled():  # by the stage itself, which no longer waits
+            return
+        i, err = self.part_of[t], t.exception()
+        part = self.stage.parts[i]
+        if err is None:
+            self._take(i, part, t.result())
+        elif isinstance(err, _Missing):
+            self.errors.append(str(err))
+        elif isinstance(err, Exception):  # from a call started directly: a missing answer, never a hang
+            self.errors.append(_missing(part, None, err))
+        else:
+            self.fatal.append(err)
+        wake = self.wake
+        if wake is not None and not wake.done() and (
+                len(self.answers) >= self.need or not self.pending or err is not None or self.held_back):
+            wake.set_result(None)
+
+    def _take(self, i: int, part: str, r: InferResult) -> None:
+        """Part ``i``'s answer: kept, its block of the head multiplied (blockwise), its timings recorded."""
+        flags, coord = self.flags, self.coord
+        self.answers[i] = r.outputs[self.stage.output]
+        if self.blockwise is not None:
+            product = self.blockwise[0].partial(i, self.answers[i])
+            self.head_sum = product if self.head_sum is None else self.head_sum + product
+        now = time.perf_counter()
+        arrival_ms = (now - self.t_stage) * 1e3
+        flags.setdefault("arrival_ms", {})[part] = arrival_ms
+        took_ms = (now - self.sent_at[i]) * 1e3
+        coord._typical_ms[part] = 0.8 * coord._typical_ms.get(part, took_ms) + 0.2 * took_ms
+        if self.coded and i < self.stage.code_k and self.first_data_ms is None:
+            self.first_data_ms = arrival_ms
+        for key in PART_TIMINGS:  # the worker's own account of the call, when it gives one
+            if key in r.parameters:
+                flags.setdefault(key, {})[part] = r.parameters[key]
+        if "trace_t0" in flags:
+            _trace(flags, part, r.parameters)
+
+    async def wait(self) -> None:
+        while True:
+            if self.fatal:
+                raise self.fatal[0]
+            late_in_s = self._late_in_s() if self.held_back else None
+            if self.held_back and (self.errors or (late_in_s is not None and late_in_s <= 0)):
+                held_back, self.held_back, late_in_s = self.held_back, range(0), None
+                self.ask(held_back)  # lazy parity: a data block failed or is late
+                self.flags["parity_asked"] = self.flags.get("parity_asked", 0) + 1
+            if not self.pending or len(self.answers) >= self.need:
+                return
+            if (self.coded and len(self.answers) + len(self.pending) + len(self.held_back) < self.need
+                    and self.coord.plan.on_missing == "fail"):
+                return  # k can no longer be reached and a degraded answer is not wanted: stop waiting
+            self.wake = asyncio.get_running_loop().create_future()
+            if late_in_s is None:
+                await self.wake
+            else:
+                await asyncio.wait((self.wake,), timeout=late_in_s)
+
+    def _late_in_s(self) -> float | None:
+        """Lazy parity: seconds until the data blocks count as late, (1 + parity_slack) x the first data block's
+        time (before it answers: the typical one of earlier requests; None before any request had one)."""
+        ref_ms = self.first_data_ms if self.first_data_ms is not None else self.coord._typical_first_ms.get(self.stage.name)
+        if ref_ms is None:
+            return None
+        return (1 + self.coord.plan.parity_slack) * ref_ms / 1e3 - (time.perf_counter() - self.t_stage)
+
+    def cancel_pending(self) -> None:
+        for t in list(self.pending):  # cancelling runs arrived() later, which discards from the set
+            t.cancel()
 
 def _load_sched_getcpu():
     try:
