@@ -14,7 +14,7 @@ from edgesplit.runtime.errors import InferError
 from edgesplit.runtime.shm import SHM_DIR, InputRing, RegionMap, SharedTensor
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
-from edgesplit.runtime.transport.ipc import HEADER, INFER, REGISTER, RESULT
+from edgesplit.runtime.transport.ipc import HEADER, INFER, REGISTER, REGISTERED, RESULT
 
 pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="needs /dev/shm")
 
@@ -183,7 +183,7 @@ def test_requests_that_differ_only_by_id_are_answered_with_their_own_id_and_imag
             ref = ring.put(np.ascontiguousarray(images[i:i + 1]))
             if i == 0:
                 region = f"{ring.region.name}\n{ring.region.path}\n{ring.region.byte_size}".encode()
-                assert (await send(REGISTER, region, 100))[0] == 8
+                assert (await send(REGISTER, region, 100))[0] == REGISTERED
             answers.append(await send(INFER, codec.serialize_request("branch0", {"input": ref}, rid), i + 1))
             ring.release(ref)  # the one slot again, with the next image
         writer.close()

@@ -260,8 +260,7 @@ class Coordinator:
             if shared is not None:  # every call that reads the slot is over: answered, failed or cancelled (a
                 self.ring.release(shared)  # cancelled worker may still read it, but its answer is never used)
         if run.first_data_ms is not None:  # the yardstick for the next request, before its first data block answers
-            typical = self._typical_first_ms.get(stage.name)
-            self._typical_first_ms[stage.name] = run.first_data_ms if typical is None else 0.8 * typical + 0.2 * run.first_data_ms
+            self._typical_first_ms[stage.name] = _moving_average(self._typical_first_ms.get(stage.name), run.first_data_ms)
         merged = self._merge(stage, run.answers, run.errors, flags, x.shape[0], concat=run.blockwise is None)
         if run.blockwise is not None:  # the head, finished from its blocks' products (missing branches count as zeros)
             return run.blockwise[0].finish(run.head_sum)[run.blockwise[1].output]
@@ -360,7 +359,6 @@ class Coordinator:
             self.ring.close()
 
 
-
 class _StageRun:
     """One stage of one request: the parts asked, their answers as they arrive, and when the request's task must
     decide. Each answer is taken in by its future's callback (:meth:`arrived`; for a split model the branch's
@@ -437,7 +435,7 @@ class _StageRun:
         arrival_ms = (now - self.t_stage) * 1e3
         flags.setdefault("arrival_ms", {})[part] = arrival_ms
         took_ms = (now - self.sent_at[i]) * 1e3
-        coord._typical_ms[part] = 0.8 * coord._typical_ms.get(part, took_ms) + 0.2 * took_ms
+        coord._typical_ms[part] = _moving_average(coord._typical_ms.get(part), took_ms)
         if self.coded and i < self.stage.code_k and self.first_data_ms is None:
             self.first_data_ms = arrival_ms
         for key in PART_TIMINGS:  # the worker's own account of the call, when it gives one
@@ -477,6 +475,12 @@ class _StageRun:
     def cancel_pending(self) -> None:
         for t in list(self.pending):  # cancelling runs arrived() later, which discards from the set
             t.cancel()
+
+
+def _moving_average(old: float | None, new: float) -> float:
+    """The per-part and per-stage typical times: an exponential moving average (the first value as it is)."""
+    return new if old is None else 0.8 * old + 0.2 * new
+
 
 def _load_sched_getcpu():
     try:

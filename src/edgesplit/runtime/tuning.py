@@ -56,11 +56,11 @@ def tune_runtime_process() -> None:
     keep_heap()
 
 
-def defer_to_workers(enable: bool = True) -> bool:
-    """Schedule the calling thread under ``SCHED_BATCH`` (``enable``) or ``SCHED_OTHER`` (see above). For the
-    thread that runs a coordinator's event loop next to local workers; ``Client`` and ``edgesplit serve`` do it
-    for theirs. False where the OS has no such policies (nothing changes)."""
-    policy = getattr(os, "SCHED_BATCH" if enable else "SCHED_OTHER", None)
+def defer_to_workers() -> bool:
+    """Schedule the calling thread under ``SCHED_BATCH`` (see above). For the thread that runs a coordinator's
+    event loop next to local workers; ``Client`` and ``edgesplit serve`` do it for theirs. False where the OS
+    has no such policy (nothing changes)."""
+    policy = getattr(os, "SCHED_BATCH", None)
     if policy is None or not hasattr(os, "sched_setscheduler"):
         return False
     try:

@@ -123,7 +123,7 @@ def split_request_id(body: bytes) -> tuple[bytes, str] | None:
     if any): the request's bytes without its id field, and its id. Requests that differ only by id give the same
     bytes, so a receiver can keep what it decoded of them. None for any other layout."""
     try:
-        if body[:1] != b"\x0a":  # model_name: field 1, wire type 2
+        if body[:1] != _NAME_TAG:
             return None
         size, at = _read_varint(body, 1)
         end = at + size
@@ -167,6 +167,7 @@ def _request_metadata(model_name: str, tensors: tuple, parameters: tuple) -> tup
 
 _RAW_INPUT_TAG = bytes([pb.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number << 3 | 2])  # wire type 2
 _ID_TAG = bytes([pb.ModelInferRequest.DESCRIPTOR.fields_by_name["id"].number << 3 | 2])
+_NAME_TAG = bytes([pb.ModelInferRequest.DESCRIPTOR.fields_by_name["model_name"].number << 3 | 2])
 
 
 @lru_cache(maxsize=1024)  # the same few lengths again and again: a lookup costs less than the loop

@@ -140,7 +140,7 @@ class UnixSocketServer:
         log.info("serving %s on %s", ", ".join(self.models), self.address)
 
     def _infer_now(self, call_id: int, call: Call, conn: "_ServerConnection", received_at: float, t0: float) -> None:
-        """Answer a call of a synchronous model at once (the worker is idle: no task, no event-loop turn)."""
+        """Answer a call of a synchronous model at once (nothing else runs here: no task, no event-loop turn)."""
         try:
             answer = _frame(RESULT, call_id, answer_call_now(call, received_at, codec.serialize_response, t0))
         except Exception as err:

@@ -210,10 +210,10 @@ def _call_failed(call: Call, err: Exception) -> CallFailed:
 
 
 async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest,
-                       regions=None, received_at: float | None = None, encode=codec.encode_response):
-    """One ModelInfer call, whatever carried it: :func:`decode_call`, then :func:`answer_call`."""
+                       regions=None, received_at: float | None = None) -> pb.ModelInferResponse:
+    """One ModelInfer call as gRPC carries it: :func:`decode_call`, then :func:`answer_call`."""
     t0 = time.perf_counter()
-    return await answer_call(decode_call(models, max_message_bytes, request, regions), received_at, encode, t0)
+    return await answer_call(decode_call(models, max_message_bytes, request, regions), received_at, started_at=t0)
 
 
 def unknown_model(name: str, models: dict) -> str:
