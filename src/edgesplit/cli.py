@@ -422,7 +422,21 @@ def _accel_config(args):
 
     return AccelConfig(arch=args.arch, wbits=args.wbits, fbits=args.fbits, float32=args.float32, batch=args.batch,
                        fuse=not args.no_fuse, tm=args.tm, tn=args.tn, td=args.td, tr=args.tr, tc=args.tc,
-                       mults=args.mults, clock_mhz=args.clock_mhz, dram_gbs=args.dram_gbs)
+                       mults=args.mults, overlap=not args.no_overlap, pack=not args.no_pack,
+                       clock_mhz=args.clock_mhz, dram_gbs=args.dram_gbs)
+
+
+def _host_config(args):
+    from edgesplit.data.preprocess import parse_input_shape
+    from edgesplit.hardware.host import HostConfig
+
+    frame = None
+    if args.frame:
+        try:
+            frame = tuple(parse_input_shape(f"1x{args.frame}")[1:])
+        except EdgesplitError:
+            raise EdgesplitError(f"--frame must be HxW (the camera frame, e.g. 360x640), got {args.frame!r}") from None
+    return HostConfig(frame_hw=frame, jpeg=args.jpeg, overlap=args.host_overlap)
 
 
 def _fpga_and_graph(args):
@@ -434,7 +448,8 @@ def _fpga_and_graph(args):
     if device.kind != "fpga":
         raise EdgesplitError(f"{device.name} is a {device.kind} device; estimate and tune model FPGA boards (see `edgesplit devices`)")
     cfg = _accel_config(args)  # validate the numbers before the (slow) graph export
-    return device, load_graph(args.model, parse_input_shape(args.input) if args.input else None), cfg
+    host = _host_config(args)
+    return device, load_graph(args.model, parse_input_shape(args.input) if args.input else None), cfg, host
 
 
 def _print_estimate(est: dict) -> None:
@@ -448,31 +463,49 @@ def _print_estimate(est: dict) -> None:
         shape = "x".join(str(v) for v in row["out_shape"])
         print(f"{name:<34}{row['op']:<8}{shape:>15}{row['macs'] / 1e6:>8.2f}{row['cycles']:>10}{row['dram_bytes'] / 1e3:>9.1f}"
               f"{row['ms']:>8.3f}  {row['bound']:<8}{row['gops']:>7.2f}")
+    if r.get("buffers"):
+        print("buffers: " + "; ".join(f"{b['name']} {b['banks']}x{2 if b['double_buffered'] else 1} x {b['depth']}x{b['width_bits']}b "
+                                      f"({b['bram18_shape']}) = {b['bram18']} BRAM18" for b in r["buffers"]))
     u = r["utilisation"]
-    print(f"resources: DSP {r['dsp']} ({u['dsp']:.0%}), BRAM18 {r['bram18']} ({u['bram18']:.0%}), LUT {r['lut']} ({u['lut']:.0%})")
-    print(f"total: {t['macs'] / 1e6:.1f} MMACs, {t['dram_bytes_per_image'] / 1e6:.2f} MB DRAM/image, "
+    print(f"resources: DSP {r['dsp']} ({u['dsp']:.0%}), BRAM18 {r['bram18']} ({u['bram18']:.0%}), LUT {r['lut']} ({u['lut']:.0%}), "
+          f"FF {r['ff']} ({u['ff']:.0%}); {r['dsp_per_multiply']:g} DSP per multiply")
+    print(f"accelerator: {t['macs'] / 1e6:.1f} MMACs, {t['dram_bytes_per_image'] / 1e6:.2f} MB DRAM/image, "
           f"{t['image_ms']:.2f} ms/image, {t['fps']:.1f} FPS, latency {t['latency_ms']:.2f} ms (batch {c['batch']}), "
-          f"{t['gops']:.1f} GOP/s, {t['watts']:.2f} W, {t['images_per_joule']:.2f} images/J")
+          f"{t['gops']:.1f} GOP/s, {'loads overlap compute' if c['overlap'] else 'loads, compute and stores in sequence'}")
+    e = t["end_to_end"]
+    if e:
+        print(f"host ({'JPEG ' if e['jpeg'] else ''}{e['frame_hw'][0]}x{e['frame_hw'][1]} frames): {e['host_ms']:.2f} ms/frame "
+              f"(decode {e['decode_ms']:.2f}, resize {e['resize_ms']:.2f}, normalise {e['normalise_ms']:.2f}, "
+              f"accelerator starts {e['accelerator_starts_ms']:.2f}, layers on the CPU {e['cpu_layers_ms']:.2f})")
+        print(f"end to end: {e['frame_ms']:.2f} ms/frame, {e['fps']:.1f} FPS "
+              f"({'host and accelerator overlap' if e['overlap'] else 'host then accelerator'}; bound: {e['bound']}), "
+              f"{t['watts']:.2f} W, {t['images_per_joule']:.2f} images/J")
+    else:
+        print(f"power: {t['watts']:.2f} W, {t['images_per_joule']:.2f} images/J "
+              f"(no processing system in the device file: accelerator only)")
+    if not est["fits"]:
+        print(f"DOES NOT FIT {est['device']}: " + "; ".join(est["overflow"]))
 
 
 def cmd_estimate(args) -> None:
     from edgesplit.hardware.accelerator import estimate
 
-    device, graph, cfg = _fpga_and_graph(args)
-    est = estimate(graph, device, cfg)
-    if not est["fits"]:
+    device, graph, cfg, host = _fpga_and_graph(args)
+    est = estimate(graph, device, cfg, host)
+    if args.json:
+        _write_json(est, args.json)
+    else:
+        _print_estimate(est)
+    if not est["fits"]:  # the numbers are written either way; the exit status says it cannot be built
         raise EdgesplitError(f"this design does not fit {device.name}: {'; '.join(est['overflow'])}; "
                              "lower the parallelism or bit widths, or run `edgesplit tune`")
-    if args.json:
-        return _write_json(est, args.json)
-    _print_estimate(est)
 
 
 def cmd_tune(args) -> None:
     from edgesplit.hardware.accelerator import tune
 
-    device, graph, cfg = _fpga_and_graph(args)
-    result = tune(graph, device, cfg)
+    device, graph, cfg, host = _fpga_and_graph(args)
+    result = tune(graph, device, cfg, host=host)
     if args.json:
         return _write_json(result, args.json)
     best = result["best"]
@@ -697,6 +730,13 @@ def build_parser() -> argparse.ArgumentParser:
                               ("td", 16, "depth-wise channels in parallel"), ("tr", 16, "tile rows"), ("tc", 16, "tile columns"),
                               ("mults", 128, "pipeline: multipliers in total")):
             s.add_argument(f"--{f}", type=int, default=default, help=f"{h} (default {default})" + (" (tune searches it)" if name == "tune" else ""))
+        s.add_argument("--no-overlap", action="store_true",
+                       help="tiles are not double-buffered: loads, compute and stores add up instead of overlapping")
+        s.add_argument("--no-pack", action="store_true", help="never put two multiplies in one DSP slice")
+        s.add_argument("--frame", help="camera frame HxW the board's cores resize to the input (default: the input size)")
+        s.add_argument("--jpeg", action="store_true", help="frames arrive as JPEG files, decoded on the board's cores")
+        s.add_argument("--host-overlap", action="store_true",
+                       help="the cores prepare the next frame while the accelerator runs (a multi-threaded host)")
         s.add_argument("--clock-mhz", type=float, help="override the board's clock")
         s.add_argument("--dram-gbs", type=float, help="override the board's DRAM bandwidth (GB/s)")
         s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")

@@ -135,7 +135,9 @@ class Evaluator:
             return {"fps": 0.0, "fits": False, "watts": None, "dsp": None, "bram18": None, "lut": None,
                     "macs": graph.macs, "error": str(err)}
         res = est["resources"]
-        hw = {"fps": est["totals"]["fps"], "fits": est["fits"], "watts": est["totals"]["watts"], "dsp": res["dsp"],
+        e2e = est["totals"]["end_to_end"]  # the frame rate a user of the board sees, with its cores' work per frame
+        hw = {"fps": e2e["fps"] if e2e else est["totals"]["fps"], "accelerator_fps": est["totals"]["fps"],
+              "fits": est["fits"], "watts": est["totals"]["watts"], "dsp": res["dsp"],
               "bram18": res["bram18"], "lut": res["lut"], "macs": graph.macs,
               "memory_bound_layers": est["totals"]["memory_bound_layers"], "accelerator": est["config"]}
         if fine:

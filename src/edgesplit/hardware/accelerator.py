@@ -31,14 +31,26 @@ from dataclasses import asdict, dataclass, replace
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.hardware.catalog import FpgaDevice
-from edgesplit.hardware.costs import accumulator_bits, buffer_cost, dsp_per_mult, luts_per_mult
-from edgesplit.hardware.graph import POOL_OPS, Graph, Layer, fuse
+from edgesplit.hardware.costs import Buffer, accumulator_bits, dsp_per_mult, luts_per_mult, mult_cost
+from edgesplit.hardware.graph import CPU_OPS, POOL_OPS, Graph, Layer, fuse
+from edgesplit.hardware.host import HostConfig, host_frame
 
 PIPELINE_DEPTH_CYCLES = 20  # fill/drain of the MAC pipeline per tile (assumed; typical HLS loop latency)
 DRAM_EFFICIENCY = 0.7  # fraction of the board's peak DRAM bandwidth a burst DMA sustains (assumed; measure yours)
 DW_KERNEL_MULTS = 9  # the depth-wise unit computes one 3x3 window per channel per cycle
-ENGINE_BASE_LUTS = 6000  # DMA, AXI interconnect, control and address generation (assumed)
+# Fixed cost of one engine besides its datapath and buffers: three AXI master ports with burst
+# FIFOs (input feature maps, weights, output feature maps: an HLS m_axi adapter each), the AXI
+# interconnect to the processing system's HP ports, the AXI-lite control port, and the tile loops'
+# address generators. Assumed, of the order of the resource tables of Xilinx PG247 (SmartConnect)
+# and PG021 (AXI DMA) for 64-bit ports; calibrate against your utilization report.
+ENGINE_FIXED = {"lut": 9000, "ff": 12000, "bram18": 6}
 LUTS_PER_COMPARATOR_BIT = 1  # max-pool and ReLU comparators
+OUTPUT_STAGE_LUTS_PER_BIT = 2  # per output lane: shift, round and saturate the accumulator to the output format (assumed)
+# tune keeps designs whose LUT utilisation stays within Xilinx's guideline for timing closure
+# (UG949, UltraFast Design Methodology, "utilization guidelines": LUTs under 70%): larger engines
+# of narrow LUT multipliers fit on paper but do not route at the board's clock.
+TUNE_MAX_LUT_UTILISATION = 0.70
+PIPELINE_STAGE_LUTS = 300  # per stage of the pipeline architecture: its control and FIFO logic (assumed)
 # Dynamic power per resource at 1 MHz (assumed coefficients of the order of Xilinx Power Estimator's
 # 7-series defaults at 12.5% toggle rate) and DRAM energy (Horowitz, ISSCC 2014: ~20 pJ/bit for DDR3).
 DSP_W_PER_MHZ = 1.0e-5
@@ -62,6 +74,8 @@ class AccelConfig:
     tr: int = 16  # bundle: output tile rows
     tc: int = 16  # bundle: output tile columns
     mults: int = 128  # pipeline: multipliers shared among the layers
+    overlap: bool = True  # double-buffered tiles: loads and stores overlap compute (max); False: they add up
+    pack: bool = True  # two narrow multiplies share one DSP where the operand widths allow (WP486)
     clock_mhz: float | None = None  # None: the device's clock
     dram_gbs: float | None = None  # None: the device's peak DRAM bandwidth (GB/s), before DRAM_EFFICIENCY
 
@@ -86,15 +100,20 @@ def _ceil(a: int, b: int) -> int:
 
 # ---------------------------------------------------------------- bundle engine: cycles per layer kind
 def _conv_cycles(layer: Layer, cfg: AccelConfig) -> int:
+    """Channel steps x (the output pixels of every tile x kernel taps + a pipeline fill per tile).
+
+    The tile loops run to ``min(row + tr, R)`` (Zhang et al., FPGA'15, Fig. 5): an edge tile
+    costs the pixels it has, not a full ``tr x tc``; the unrolled channel loops do not shrink.
+    """
     m, r, c = layer.out_shape
     kh, kw = layer.kernel
     tiles = _ceil(r, cfg.tr) * _ceil(c, cfg.tc)
     if layer.is_depthwise:
-        return _ceil(m, cfg.td) * tiles * (cfg.tr * cfg.tc * _ceil(kh * kw, DW_KERNEL_MULTS) + PIPELINE_DEPTH_CYCLES)
+        return _ceil(m, cfg.td) * (r * c * _ceil(kh * kw, DW_KERNEL_MULTS) + tiles * PIPELINE_DEPTH_CYCLES)
     g = layer.groups
     n_per_group = layer.in_shape[0] // g
     steps = g * _ceil(m // g, cfg.tm) * _ceil(n_per_group, cfg.tn)
-    return steps * tiles * (cfg.tr * cfg.tc * kh * kw + PIPELINE_DEPTH_CYCLES)
+    return steps * (r * c * kh * kw + tiles * PIPELINE_DEPTH_CYCLES)
 
 
 def _linear_cycles(layer: Layer, cfg: AccelConfig) -> int:
@@ -111,11 +130,21 @@ def _vector_cycles(layer: Layer, cfg: AccelConfig) -> int:
 
 
 def _concat_cycles(layer: Layer, cfg: AccelConfig) -> int:
-    return 0  # producers write at channel offsets of one buffer: no copy
+    if layer.axis == 1:
+        return 0  # producers write at channel offsets of one buffer: no copy
+    return _vector_cycles(layer, cfg)  # another axis interleaves the inputs: a copy through the vector unit
 
 
+def _cpu_cycles(layer: Layer, cfg: AccelConfig) -> int:
+    return 0  # placed on the processing system (hardware/host.py costs it)
+
+
+# Reorg (SpaceToDepth), resize and element-wise ops stream through the tm-wide vector unit of the
+# output stage, one value per lane per cycle; their DRAM traffic is counted like any layer's.
 LAYER_CYCLES = {"conv": _conv_cycles, "linear": _linear_cycles, "maxpool": _vector_cycles, "avgpool": _vector_cycles,
-                "gap": _vector_cycles, "add": _vector_cycles, "concat": _concat_cycles}
+                "gap": _vector_cycles, "gmp": _vector_cycles, "add": _vector_cycles, "concat": _concat_cycles,
+                "reorg": _vector_cycles, "resize": _vector_cycles, "eltwise": _vector_cycles,
+                **{op: _cpu_cycles for op in CPU_OPS}}
 
 
 def _halo(layer: Layer, cfg: AccelConfig) -> float:
@@ -132,7 +161,9 @@ def _bundle_dram_bytes(layer: Layer, cfg: AccelConfig) -> dict:
     fbytes, wbytes = _value_bytes(cfg.fbits, cfg), _value_bytes(cfg.wbits, cfg)
     tiles = _ceil(layer.out_shape[1], cfg.tr) * _ceil(layer.out_shape[2], cfg.tc) if layer.op == "conv" else 1
     weights = layer.weights * wbytes * tiles / cfg.batch
-    if layer.op == "concat":
+    if layer.op in CPU_OPS:
+        return {"weights": 0.0, "fm_in": 0.0, "fm_out": 0.0}  # the processing system reads and writes it
+    if layer.op == "concat" and layer.axis == 1:
         fm_in = 0.0
     elif layer.op == "add":
         fm_in = (layer.in_values // 2 if layer.on_chip_in else layer.in_values) * fbytes
@@ -141,7 +172,7 @@ def _bundle_dram_bytes(layer: Layer, cfg: AccelConfig) -> dict:
     else:
         rereads = _ceil(layer.out_shape[0] // layer.groups, cfg.tm) if layer.op == "conv" and not layer.is_depthwise else 1
         fm_in = layer.in_values * fbytes * rereads * _halo(layer, cfg)
-    fm_out = 0.0 if (layer.on_chip_out or layer.op == "concat") else layer.out_values * fbytes
+    fm_out = 0.0 if (layer.on_chip_out or (layer.op == "concat" and layer.axis == 1)) else layer.out_values * fbytes
     return {"weights": weights, "fm_in": fm_in, "fm_out": fm_out}
 
 
@@ -150,34 +181,42 @@ def _value_bytes(bits: int, cfg: AccelConfig) -> float:
 
 
 # ---------------------------------------------------------------- resources
-def _bundle_resources(graph: Graph, cfg: AccelConfig, dev: FpgaDevice) -> dict:
+def _bundle_buffers(graph: Graph, cfg: AccelConfig) -> list[Buffer]:
+    """The engine's on-chip arrays as HLS builds them: banked for parallel access, double-buffered."""
     convs = [ly for ly in graph.layers if ly.op == "conv"]
     k_max = max((max(ly.kernel) for ly in convs if not ly.is_depthwise), default=1)
     s_max = max((ly.stride for ly in convs), default=1)
     n_max = max((ly.in_shape[0] // ly.groups * ly.kernel[0] * ly.kernel[1] for ly in graph.layers if ly.op in ("conv", "linear")), default=1)
     fb, wb = (32, 32) if cfg.float32 else (cfg.fbits, cfg.wbits)
     acc = 32 if cfg.float32 else min(accumulator_bits(cfg.wbits, cfg.fbits, n_max), 48)
-    has_dw = any(ly.is_depthwise for ly in convs)
-    mults = cfg.tm * cfg.tn + (cfg.td * DW_KERNEL_MULTS if has_dw else 0)
-    dsp = math.ceil(mults * dsp_per_mult(cfg.wbits, cfg.fbits, dev.dsp_type, cfg.float32))
-    lut = ENGINE_BASE_LUTS + mults * luts_per_mult(cfg.wbits, cfg.fbits, dev.dsp_type, cfg.float32)
     in_depth = (cfg.tr * s_max + k_max - s_max) * (cfg.tc * s_max + k_max - s_max)
-    buffers = {
-        "input": buffer_cost(cfg.tn, in_depth, fb),
-        "weights": buffer_cost(cfg.tm, k_max * k_max, cfg.tn * wb),
-        "output": buffer_cost(cfg.tm, cfg.tr * cfg.tc * cfg.batch, acc),
-    }
-    if has_dw:
-        buffers["dw_input"] = buffer_cost(cfg.td, (cfg.tr + 2) * (cfg.tc + 2), fb)
-        buffers["dw_weights"] = buffer_cost(cfg.td, DW_KERNEL_MULTS, wb)
-    if cfg.fuse:  # the on-chip tile of a fused producer's output, all its channels, with a 3x3 halo
-        fused_ch = max((ly.out_shape[0] for ly in graph.layers if ly.on_chip_out and ly.op == "conv"), default=0)
-        if fused_ch:
-            buffers["fusion"] = buffer_cost(cfg.tn, _ceil(fused_ch, cfg.tn) * (cfg.tr + 2) * (cfg.tc + 2), fb)
-    bram = sum(b for b, _ in buffers.values())
-    lut += sum(u for _, u in buffers.values()) + cfg.tm * fb * LUTS_PER_COMPARATOR_BIT
-    return {"dsp": dsp, "bram18": bram, "lut": int(lut), "multipliers": mults,
-            "buffers_bram18": {k: b for k, (b, _) in buffers.items()}}
+    buffers = [Buffer("input", cfg.tn, in_depth, fb),
+               Buffer("weights", cfg.tm, k_max * k_max, cfg.tn * wb),
+               # one image's tile of partial sums: images of a batch take turns, sharing the loaded weights
+               Buffer("output", cfg.tm, cfg.tr * cfg.tc, acc)]
+    if any(ly.is_depthwise for ly in convs):
+        buffers += [Buffer("dw_input", cfg.td, (cfg.tr + 2) * (cfg.tc + 2), fb), Buffer("dw_weights", cfg.td, DW_KERNEL_MULTS, wb)]
+    if cfg.fuse and any(ly.on_chip_out and ly.op == "conv" for ly in graph.layers):
+        # a fused producer's output tile, one channel group at a time (with a 3x3 halo for a Fire expand):
+        # its consumer accumulates over the groups in its own output buffer, so no layer is held whole
+        buffers.append(Buffer("fusion", cfg.tn, (cfg.tr + 2) * (cfg.tc + 2), fb))
+    return buffers
+
+
+def _bundle_resources(graph: Graph, cfg: AccelConfig, dev: FpgaDevice) -> dict:
+    has_dw = any(ly.is_depthwise for ly in graph.layers)
+    mults = cfg.tm * cfg.tn + (cfg.td * DW_KERNEL_MULTS if has_dw else 0)
+    m = mult_cost(cfg.wbits, cfg.fbits, dev.dsp_type, cfg.float32, cfg.pack)
+    fb = 32 if cfg.float32 else cfg.fbits
+    buffers = _bundle_buffers(graph, cfg)
+    dsp = math.ceil(mults * m.dsp)
+    lut = (ENGINE_FIXED["lut"] + mults * luts_per_mult(cfg.wbits, cfg.fbits, dev.dsp_type, cfg.float32, cfg.pack)
+           + sum(b.luts for b in buffers) + cfg.tm * fb * (LUTS_PER_COMPARATOR_BIT + OUTPUT_STAGE_LUTS_PER_BIT))
+    ff = ENGINE_FIXED["ff"] + mults * m.ff + cfg.tm * 48  # operand/product registers; one accumulator register per lane
+    bram = ENGINE_FIXED["bram18"] + sum(b.bram18 for b in buffers)
+    return {"dsp": dsp, "bram18": bram, "lut": int(lut), "ff": int(ff), "multipliers": mults,
+            "dsp_per_multiply": m.dsp, "buffers": [b.row() for b in buffers],
+            "buffers_bram18": {b.name: b.bram18 for b in buffers}}
 
 
 # ---------------------------------------------------------------- estimate
@@ -189,15 +228,19 @@ def _check_supported(graph: Graph) -> None:
         raise UnsupportedLayers(bad)
 
 
-def estimate(graph: Graph, device: FpgaDevice, cfg: AccelConfig) -> dict:
-    """Per-layer rows and totals (resources, cycles, ms, bound, GOP/s, FPS, W, images/J) and whether it fits."""
+def estimate(graph: Graph, device: FpgaDevice, cfg: AccelConfig, host: HostConfig | None = None) -> dict:
+    """Per-layer rows and totals (resources, cycles, ms, bound, GOP/s, FPS, W, images/J) and whether it fits.
+
+    With a board whose device file describes its processing system, ``totals["end_to_end"]``
+    adds the host's work per frame (``hardware/host.py``) and the frame rate a user sees.
+    """
     if getattr(device, "kind", "") != "fpga":
         raise EdgesplitError(f"{device.name} is a {device.kind} device; the accelerator model needs an FPGA board")
     _check_supported(graph)
-    return _estimate_prepared(fuse(graph) if cfg.fuse else graph, device, cfg)
+    return _estimate_prepared(fuse(graph) if cfg.fuse else graph, device, cfg, host or HostConfig())
 
 
-def _estimate_prepared(graph: Graph, device: FpgaDevice, cfg: AccelConfig) -> dict:
+def _estimate_prepared(graph: Graph, device: FpgaDevice, cfg: AccelConfig, host: HostConfig | None = None) -> dict:
     clock_mhz = cfg.clock_mhz or device.clock_mhz
     bw = (cfg.dram_gbs or device.dram_bandwidth_gbs) * 1e9 * DRAM_EFFICIENCY  # bytes/s sustained
     if cfg.arch == "bundle":
@@ -205,7 +248,7 @@ def _estimate_prepared(graph: Graph, device: FpgaDevice, cfg: AccelConfig) -> di
         rows = _bundle_rows(graph, cfg, clock_mhz, bw)
     else:
         res, rows = _pipeline(graph, cfg, device, clock_mhz, bw)
-    return _totals(graph, cfg, device, clock_mhz, res, rows)
+    return _totals(graph, cfg, device, clock_mhz, res, rows, host)
 
 
 def _fused_groups(graph: Graph) -> dict[str, str]:
@@ -230,11 +273,11 @@ def _bundle_rows(graph: Graph, cfg: AccelConfig, clock_mhz: float, bw: float) ->
         exposed = cycles[ly.name]
         if ly.is_depthwise and ly.on_chip_out:  # the DW unit runs tile by tile alongside the PW layer it feeds
             exposed = max(0, exposed - sum(cycles[c] for c in consumers.get(ly.name, [])))
-        rows.append(_row(ly, exposed, _bundle_dram_bytes(ly, cfg), clock_mhz, bw))
-    return _group_rows(rows, _fused_groups(graph))
+        rows.append(_row(ly, exposed, _bundle_dram_bytes(ly, cfg), clock_mhz, bw, cfg.overlap))
+    return _group_rows(rows, _fused_groups(graph), cfg.overlap)
 
 
-def _group_rows(rows: list[dict], group: dict[str, str]) -> list[dict]:
+def _group_rows(rows: list[dict], group: dict[str, str], overlap: bool = True) -> list[dict]:
     sums: dict[str, list[float]] = {}
     for r in rows:
         g = sums.setdefault(group[r["name"]], [0.0, 0.0])
@@ -245,28 +288,37 @@ def _group_rows(rows: list[dict], group: dict[str, str]) -> list[dict]:
         r["group"] = group[r["name"]]
         if compute == dram == 0:
             share = 0.0
+        elif not overlap:  # loads, compute and stores one after the other
+            share = (r["compute_ms"] + r["dram_ms"]) / (compute + dram)
         else:
             share = r["compute_ms"] / compute if compute >= dram else r["dram_ms"] / dram
-        r["ms"] = max(compute, dram) * share  # the group's time, apportioned to the layers that bound it
+        # the group's time, apportioned to the layers that bound it
+        r["ms"] = (max(compute, dram) if overlap else compute + dram) * share
         r["bound"] = "-" if compute == dram == 0 else ("compute" if compute >= dram else "memory")
         r["gops"] = 2 * r["macs"] / (r["ms"] * 1e-3) / 1e9 if r["ms"] > 0 else 0.0
     return rows
 
 
-def _row(ly: Layer, cycles: int, traffic: dict, clock_mhz: float, bw: float) -> dict:
+def _row(ly: Layer, cycles: int, traffic: dict, clock_mhz: float, bw: float, overlap: bool = True) -> dict:
     dram_bytes = sum(traffic.values())
     compute_ms = cycles / (clock_mhz * 1e3)
     dram_ms = dram_bytes / bw * 1e3
-    ms = max(compute_ms, dram_ms)
+    ms = max(compute_ms, dram_ms) if overlap else compute_ms + dram_ms
     return {"name": ly.name, "op": "dwconv" if ly.is_depthwise else ly.op, "in_shape": list(ly.in_shape),
             "out_shape": list(ly.out_shape), "macs": ly.macs, "cycles": int(cycles), "compute_ms": compute_ms,
             "dram_bytes": int(dram_bytes), "dram_ms": dram_ms, "ms": ms,
             "bound": "-" if ms == 0 else ("compute" if compute_ms >= dram_ms else "memory"),
             "gops": (2 * ly.macs / (ms * 1e-3) / 1e9) if ms > 0 else 0.0,
-            "fused_in": ly.on_chip_in, "fused_out": ly.on_chip_out}
+            "fused_in": ly.on_chip_in, "fused_out": ly.on_chip_out, "placement": "cpu" if ly.op in CPU_OPS else "fpga"}
 
 
-def _totals(graph: Graph, cfg: AccelConfig, device: FpgaDevice, clock_mhz: float, res: dict, rows: list[dict]) -> dict:
+def _overflow(res: dict, available: dict) -> list[str]:
+    return [f"{k}: needs {res[k]}, has {available[k]} ({res[k] - available[k]} over, {res[k] / available[k]:.0%})"
+            for k in available if res[k] > available[k]]
+
+
+def _totals(graph: Graph, cfg: AccelConfig, device: FpgaDevice, clock_mhz: float, res: dict, rows: list[dict],
+            host: HostConfig | None) -> dict:
     if cfg.arch == "bundle":
         image_ms = sum(r["ms"] for r in rows)
         latency_ms = image_ms * cfg.batch
@@ -275,26 +327,47 @@ def _totals(graph: Graph, cfg: AccelConfig, device: FpgaDevice, clock_mhz: float
         latency_ms = sum(r["ms"] for r in rows) + image_ms * (cfg.batch - 1)
     fps = 1e3 / image_ms if image_ms > 0 else float("inf")
     dram_bytes = sum(r["dram_bytes"] for r in rows)
-    busy = sum(r["compute_ms"] for r in rows) / (image_ms * (len(rows) if cfg.arch == "pipeline" else 1))
-    dynamic_w = clock_mhz * (res["dsp"] * DSP_W_PER_MHZ + res["bram18"] * BRAM18_W_PER_MHZ + res["lut"] * LUT_W_PER_MHZ) * min(1.0, busy)
-    dram_w = dram_bytes * fps * DRAM_J_PER_BYTE
-    watts = device.static_power_w + dynamic_w + dram_w
-    available = {"dsp": device.dsp, "bram18": device.bram18, "lut": device.lut}
-    overflow = [f"{k}: needs {res[k]}, has {available[k]}" for k in available if res[k] > available[k]]
+    busy = sum(r["compute_ms"] for r in rows) / (image_ms * (len(rows) if cfg.arch == "pipeline" else 1)) if image_ms > 0 else 0.0
+    available = {"dsp": device.dsp, "bram18": device.bram18, "lut": device.lut, "ff": device.ff}
+    overflow = _overflow(res, available)
     macs = graph.macs
+    e2e = _end_to_end(graph, cfg, device, rows, image_ms, host) if device.has_host and host is not None else None
+    input_ms = e2e["frame_ms"] * e2e["frames_per_input"] if e2e else image_ms  # one network input, end to end
+    # power over one input: the fabric's dynamic power while it computes, DRAM energy per byte moved,
+    # the processing system's extra power while its core works, on top of the board's idle power
+    fabric_duty = min(1.0, busy * image_ms / input_ms) if input_ms > 0 else 0.0
+    dynamic_w = clock_mhz * (res["dsp"] * DSP_W_PER_MHZ + res["bram18"] * BRAM18_W_PER_MHZ + res["lut"] * LUT_W_PER_MHZ) * fabric_duty
+    dram_w = dram_bytes * 1e3 / input_ms * DRAM_J_PER_BYTE if input_ms > 0 else 0.0
+    host_w = device.ps_active_w * min(1.0, e2e["host_ms"] / input_ms) if e2e else 0.0
+    watts = device.static_power_w + dynamic_w + dram_w + host_w
+    frame_fps = e2e["fps"] if e2e else fps
+    totals = {"macs": macs, "weights": graph.weights, "cycles": sum(r["cycles"] for r in rows),
+              "dram_bytes_per_image": dram_bytes, "image_ms": image_ms, "latency_ms": latency_ms, "fps": fps,
+              "gops": 2 * macs * fps / 1e9, "memory_bound_layers": sum(r["bound"] == "memory" for r in rows),
+              "compute_bound_layers": sum(r["bound"] == "compute" for r in rows),
+              "watts": watts, "static_w": device.static_power_w, "dynamic_w": dynamic_w, "dram_w": dram_w, "host_w": host_w,
+              "images_per_joule": frame_fps / watts, "joules_per_image": watts / frame_fps,
+              "end_to_end": e2e}
     return {
         "model": graph.name, "device": device.name, "input_shape": list(graph.input_shape), "config": asdict(cfg),
         "clock_mhz": clock_mhz, "layers": rows,
         "resources": {**res, "available": available,
                       "utilisation": {k: res[k] / available[k] for k in available}},
-        "fits": not overflow, "overflow": overflow,
-        "totals": {"macs": macs, "weights": graph.weights, "cycles": sum(r["cycles"] for r in rows),
-                   "dram_bytes_per_image": dram_bytes, "image_ms": image_ms, "latency_ms": latency_ms, "fps": fps,
-                   "gops": 2 * macs * fps / 1e9, "memory_bound_layers": sum(r["bound"] == "memory" for r in rows),
-                   "compute_bound_layers": sum(r["bound"] == "compute" for r in rows),
-                   "watts": watts, "static_w": device.static_power_w, "dynamic_w": dynamic_w, "dram_w": dram_w,
-                   "images_per_joule": fps / watts, "joules_per_image": watts / fps},
+        "fits": not overflow, "overflow": overflow, "totals": totals,
     }
+
+
+def _end_to_end(graph: Graph, cfg: AccelConfig, device: FpgaDevice, rows: list[dict], image_ms: float,
+                host: HostConfig) -> dict:
+    """Host work per frame beside the accelerator's, and the frame rate of the two together."""
+    cpu_layers = [ly for ly in graph.layers if ly.op in CPU_OPS]
+    invocations = len({r["group"] for r in rows if r.get("group") and r["placement"] == "fpga" and r["cycles"] + r["dram_bytes"] > 0})
+    h = host_frame(graph.input_shape, cpu_layers, invocations / max(cfg.batch, 1) if cfg.arch == "bundle" else 1, device, host)
+    input_ms = max(h["host_ms"], image_ms) if host.overlap else h["host_ms"] + image_ms  # per network input
+    bound = "host" if h["host_ms"] > image_ms else "accelerator"
+    return {**h, "accelerator_ms": image_ms, "frame_ms": input_ms / host.frames_per_input,
+            "latency_ms": h["host_ms"] + image_ms * cfg.batch,
+            "fps": 1e3 * host.frames_per_input / input_ms, "bound": bound if host.overlap else f"serial ({bound} larger)"}
 
 
 # ---------------------------------------------------------------- pipeline architecture
@@ -326,13 +399,15 @@ def _pipeline(graph: Graph, cfg: AccelConfig, device: FpgaDevice, clock_mhz: flo
         traffic = {"weights": 0.0 if ly.name in on_chip else ly.weights * wbytes / cfg.batch,
                    "fm_in": ly.in_values * fbytes if ly.name == first else 0.0,
                    "fm_out": ly.out_values * fbytes if ly is graph.layers[-1] else 0.0}
-        rows.append(_row(ly, cycles, traffic, clock_mhz, bw))
+        rows.append(_row(ly, cycles, traffic, clock_mhz, bw, cfg.overlap))
     mults = sum(par.values())
-    res = {"dsp": math.ceil(sum(math.ceil(p * dsp_per_mult(cfg.wbits, cfg.fbits, device.dsp_type, cfg.float32)) for p in par.values())),
-           "bram18": line_bram + weight_bram,
-           "lut": int(ENGINE_BASE_LUTS * 0.5 + mults * luts_per_mult(cfg.wbits, cfg.fbits, device.dsp_type, cfg.float32)
-                      + len(graph.layers) * 300),  # per-stage control and FIFO logic (assumed)
-           "multipliers": mults, "weights_streamed": sorted(set(par) - on_chip)}
+    m = mult_cost(cfg.wbits, cfg.fbits, device.dsp_type, cfg.float32, cfg.pack)
+    res = {"dsp": math.ceil(sum(math.ceil(p * m.dsp) for p in par.values())),
+           "bram18": ENGINE_FIXED["bram18"] + line_bram + weight_bram,
+           "lut": int(ENGINE_FIXED["lut"] + mults * luts_per_mult(cfg.wbits, cfg.fbits, device.dsp_type, cfg.float32, cfg.pack)
+                      + len(graph.layers) * PIPELINE_STAGE_LUTS),
+           "ff": int(ENGINE_FIXED["ff"] + mults * m.ff + len(graph.layers) * PIPELINE_STAGE_LUTS),
+           "multipliers": mults, "dsp_per_multiply": m.dsp, "weights_streamed": sorted(set(par) - on_chip)}
     return res, rows
 
 
@@ -345,7 +420,8 @@ COARSE_PAR_CHOICES = (1, 2, 4, 8, 16, 32, 64)  # a 10x faster grid for searches 
 COARSE_TILE_CHOICES = (7, 14, 28)
 
 
-def tune(graph: Graph, device: FpgaDevice, base: AccelConfig, par_choices=PAR_CHOICES, tile_choices=TILE_CHOICES) -> dict:
+def tune(graph: Graph, device: FpgaDevice, base: AccelConfig, par_choices=PAR_CHOICES, tile_choices=TILE_CHOICES,
+         host: HostConfig | None = None) -> dict:
     """Search the parallelism and tiling factors of ``base.arch`` for the highest FPS that fits.
 
     Exhaustive over a grid (``par_choices`` x ``tile_choices``; ``mults`` in steps for the
@@ -356,7 +432,7 @@ def tune(graph: Graph, device: FpgaDevice, base: AccelConfig, par_choices=PAR_CH
         raise EdgesplitError(f"{device.name} is a {device.kind} device; the accelerator model needs an FPGA board")
     _check_supported(graph)
     graph = fuse(graph) if base.fuse else graph
-    per_mult = dsp_per_mult(base.wbits, base.fbits, device.dsp_type, base.float32)
+    per_mult = dsp_per_mult(base.wbits, base.fbits, device.dsp_type, base.float32, base.pack)
     candidates = []
     if base.arch == "bundle":
         has_dw = any(ly.is_depthwise for ly in graph.layers)
@@ -372,8 +448,8 @@ def tune(graph: Graph, device: FpgaDevice, base: AccelConfig, par_choices=PAR_CH
     best, tried, fitted = None, 0, 0
     for cfg in candidates:
         tried += 1
-        est = _estimate_prepared(graph, device, cfg)
-        if not est["fits"]:
+        est = _estimate_prepared(graph, device, cfg, host)
+        if not est["fits"] or est["resources"]["utilisation"]["lut"] > TUNE_MAX_LUT_UTILISATION:
             continue
         fitted += 1
         key = (est["totals"]["fps"], -est["resources"]["dsp"])

@@ -8,9 +8,10 @@ are refused with the file and field named.
 from __future__ import annotations
 
 import os
+import types
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import get_type_hints
+from typing import Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -35,10 +36,21 @@ class FpgaDevice:
     static_power_w: float
     source: str = ""
     kind: str = "fpga"
+    # The processing system beside the fabric (Zynq's Arm cores), which reads and prepares each
+    # camera frame and drives the accelerator. None: a bare accelerator, no host side modelled.
+    ps_cores: int | None = None
+    ps_clock_mhz: float | None = None
+    ps_flops_per_cycle: float | None = None  # float32 FLOP per cycle per core with NEON (Arm TRMs)
+    ps_mem_bandwidth_gbs: float | None = None  # the DRAM bandwidth the cores reach (shared with the fabric)
+    ps_active_w: float | None = None  # extra board power while one core is busy
 
     @property
     def bram18(self) -> int:
         return 2 * self.bram36
+
+    @property
+    def has_host(self) -> bool:
+        return self.ps_cores is not None
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,7 @@ class CpuDevice:
 
 
 KINDS = {"fpga": FpgaDevice, "cpu": CpuDevice}
+PS_FIELDS = ("ps_cores", "ps_clock_mhz", "ps_flops_per_cycle", "ps_mem_bandwidth_gbs", "ps_active_w")
 
 
 def parse_device(d: dict, origin: str) -> FpgaDevice | CpuDevice:
@@ -73,6 +86,10 @@ def parse_device(d: dict, origin: str) -> FpgaDevice | CpuDevice:
     values = {}
     for name, value in d.items():
         want = known[name]
+        if get_origin(want) in (Union, types.UnionType):  # an optional field: int | None
+            if value is None:
+                continue
+            want = next(t for t in get_args(want) if t is not type(None))
         if want in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise EdgesplitError(f"{origin}: {name} must be a number, got {value!r}")
         if want in (int, float) and value <= 0 and name != "static_power_w":
@@ -80,6 +97,12 @@ def parse_device(d: dict, origin: str) -> FpgaDevice | CpuDevice:
         values[name] = want(value)
     if kind == "fpga" and values["dsp_type"] not in DSP_TYPES:
         raise EdgesplitError(f"{origin}: dsp_type must be one of {', '.join(DSP_TYPES)}, got {values['dsp_type']!r}")
+    if kind == "fpga":
+        ps = [f for f in PS_FIELDS if f in values]
+        if ps and len(ps) != len(PS_FIELDS):
+            missing = ", ".join(f for f in PS_FIELDS if f not in values)
+            raise EdgesplitError(f"{origin}: the processing system needs all of {', '.join(PS_FIELDS)}; missing {missing} "
+                                 "(or remove every ps_ field for a bare accelerator)")
     return cls(**values)
 
 

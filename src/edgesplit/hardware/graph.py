@@ -41,8 +41,16 @@ FOLDED = {
     "Unsqueeze": "addressing only",
     "Identity": "no operation",
     "Dropout": "no operation at inference",
+    "Pad": "the tile loader supplies the zero border (addressing)",
 }
-POOL_OPS = ("maxpool", "avgpool", "gap")
+POOL_OPS = ("maxpool", "avgpool", "gap", "gmp")
+CPU_OPS = ("softmax", "transpose")  # left to the board's processing system (hardware/host.py)
+# ONNX operator -> layer kind for the element-wise and data-movement operators (beyond conv, linear and pools)
+VECTOR_OPS = {"SpaceToDepth": "reorg", "DepthToSpace": "reorg", "Resize": "resize", "Upsample": "resize",
+              "Sigmoid": "eltwise", "Mul": "eltwise", "Sub": "eltwise", "Div": "eltwise",
+              "Softmax": "softmax", "Transpose": "transpose"}
+SUPPORTED = ("Conv, Gemm/MatMul, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Add, Concat, "
+             + ", ".join(VECTOR_OPS))
 
 
 class UnsupportedLayers(EdgesplitError):
@@ -50,14 +58,13 @@ class UnsupportedLayers(EdgesplitError):
         self.unsupported = list(unsupported)
         shown = ", ".join(self.unsupported[:8]) + (f" and {len(self.unsupported) - 8} more" if len(self.unsupported) > 8 else "")
         super().__init__(f"the hardware model cannot cost {len(self.unsupported)} layer(s): {shown}; "
-                         "supported: Conv, Gemm/MatMul, MaxPool, AveragePool, GlobalAveragePool, Add, Concat "
-                         f"(folded: {', '.join(sorted(FOLDED))})")
+                         f"supported: {SUPPORTED} (folded: {', '.join(sorted(FOLDED))})")
 
 
 @dataclass(frozen=True)
 class Layer:
     name: str
-    op: str  # conv | linear | maxpool | avgpool | gap | add | concat
+    op: str  # conv | linear | maxpool | avgpool | gap | gmp | add | concat | reorg | resize | eltwise | softmax | transpose
     in_shape: tuple[int, int, int]  # (C, H, W) per image; a linear layer is (C, 1, 1)
     out_shape: tuple[int, int, int]
     kernel: tuple[int, int] = (1, 1)
@@ -66,6 +73,8 @@ class Layer:
     inputs: tuple[str, ...] = ()  # producing layers; "input" for the image
     on_chip_in: bool = False  # every input arrives from an on-chip buffer (fused with its producer)
     on_chip_out: bool = False  # the output is consumed on chip only (fused with its consumers)
+    arity: int = 1  # feature-map operands read (2 for an add or an element-wise op of two tensors)
+    axis: int = 1  # concat: the axis joined (1: channels, written at offsets without a copy)
 
     @property
     def is_depthwise(self) -> bool:
@@ -93,7 +102,7 @@ class Layer:
     @property
     def in_values(self) -> int:
         c, h, w = self.in_shape
-        return c * h * w * (2 if self.op == "add" else 1)
+        return c * h * w * (2 if self.op == "add" else self.arity)
 
     @property
     def out_values(self) -> int:
@@ -127,6 +136,8 @@ def _chw(shape: Sequence[int], what: str) -> tuple[int, int, int]:
     dims = list(shape)[1:]  # drop the batch dimension
     if len(dims) == 1:
         return (int(dims[0]), 1, 1)
+    if len(dims) == 2:  # (N, C, L): a sequence, costed as a one-column image
+        return (int(dims[0]), int(dims[1]), 1)
     if len(dims) == 3:
         return tuple(int(d) for d in dims)
     raise EdgesplitError(f"{what}: expected an image (N, C, H, W) or vector (N, C) tensor, got shape {list(shape)}")
@@ -213,18 +224,25 @@ def graph_from_onnx(source, name: str = "", input_shape: Sequence[int] | None = 
                 layer = Layer(nname, "maxpool" if op == "MaxPool" else "avgpool", _chw(shapes[node.input[0]], nname),
                               _chw(out_shape, nname), (int(k[0]), int(k[1])), int(a.get("strides", k)[0]), 1,
                               (src(node.input[0]),))
-            elif op == "GlobalAveragePool" or (op == "ReduceMean" and len(shapes[node.input[0]]) == 4):
+            elif op in ("GlobalAveragePool", "GlobalMaxPool") or (op == "ReduceMean" and len(shapes[node.input[0]]) == 4):
                 ins = _chw(shapes[node.input[0]], nname)
-                layer = Layer(nname, "gap", ins, (ins[0], 1, 1), (ins[1], ins[2]), 1, 1, (src(node.input[0]),))
+                layer = Layer(nname, "gmp" if op == "GlobalMaxPool" else "gap", ins, (ins[0], 1, 1), (ins[1], ins[2]), 1, 1,
+                              (src(node.input[0]),))
             elif op == "Add" and len(data_inputs) == 2:
                 layer = Layer(nname, "add", _chw(shapes[data_inputs[0]], nname), _chw(out_shape, nname),
                               inputs=tuple(src(t) for t in data_inputs))
             elif op == "Add" and len(data_inputs) == 1:  # a bias: folded like batch norm
                 producer[node.output[0]] = src(data_inputs[0])
                 continue
-            elif op == "Concat" and int(a.get("axis", 1)) == 1:
-                layer = Layer(nname, "concat", _chw(shapes[data_inputs[0]], nname), _chw(out_shape, nname),
-                              inputs=tuple(src(t) for t in data_inputs))
+            elif op == "Concat" and data_inputs:
+                axis = int(a.get("axis", 1))
+                axis = axis + len(out_shape) if axis < 0 else axis
+                layer = Layer(nname, "concat", _chw(out_shape, nname), _chw(out_shape, nname),
+                              inputs=tuple(src(t) for t in data_inputs), axis=axis)
+            elif op in VECTOR_OPS and data_inputs:
+                ins = _chw(shapes[data_inputs[0]], nname)
+                layer = Layer(nname, VECTOR_OPS[op], ins, _chw(out_shape, nname), inputs=tuple(src(t) for t in data_inputs),
+                              arity=len(data_inputs) if op in ("Mul", "Sub", "Div") else 1)
             else:
                 unsupported.append(f"{nname} ({op})")
                 continue
