@@ -11,12 +11,12 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 TORCH := torch==2.13.0
 TORCH_SOURCE := $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/wheels,--index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: demo test venv data bench proto clean
+.PHONY: demo test venv data cxx bench proto clean
 
 demo: $(STAMP) data
 	$(BIN)/edgesplit demo
 
-test: $(STAMP) data
+test: $(STAMP) data cxx
 	$(BIN)/python -m pytest -q -m "not slow"
 
 venv: $(STAMP)
@@ -35,6 +35,16 @@ data:
 		apt-get install -y dataset-fashion-mnist >/dev/null || { apt-get update >/dev/null && apt-get install -y dataset-fashion-mnist >/dev/null; }; \
 	else \
 		echo "Fashion-MNIST is missing. Install it with:  sudo apt-get install dataset-fashion-mnist"; exit 1; \
+	fi
+
+# g++ compiles the generated accelerator's C simulation (`edgesplit hls --csim`, tests/test_hls.py)
+cxx:
+	@if command -v g++ >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "g++ missing: installing the Debian package g++"; \
+		apt-get install -y g++ >/dev/null || { apt-get update >/dev/null && apt-get install -y g++ >/dev/null; }; \
+	else \
+		echo "g++ is missing. Install it with:  sudo apt-get install g++"; exit 1; \
 	fi
 
 proto: $(STAMP)

@@ -540,6 +540,28 @@ def cmd_quantize(args) -> None:
     print(line)
 
 
+# ---------------------------------------------------------------- accelerator generation
+def cmd_hls(args) -> None:
+    from edgesplit.hardware.catalog import get_device
+    from edgesplit.hls.build import build_hls, format_report
+    from edgesplit.hls.project import hls_config_for
+
+    device = get_device(args.device, args.devices_dir)
+    if device.kind != "fpga":
+        raise EdgesplitError(f"{device.name} is a {device.kind} device; `edgesplit hls` builds for FPGA boards (see `edgesplit devices`)")
+    cfg = hls_config_for(device, tm=args.tm, tn=args.tn, td=args.td, tr=args.tr, tc=args.tc)
+    r = build_hls(args.model, args.out, args.wbits, args.fbits, cfg, args.csim, args.branch, args.data_dir,
+                  tuned_device=device if args.tuned else None)
+    if args.json:
+        _write_json(r, args.json)
+    else:
+        print(format_report(r))
+    if args.csim and not r["bit_exact"]:
+        m = r["first_mismatch"]
+        raise EdgesplitError(f"the C simulation differs from the integer reference: image {m['image']}, call {m['call']} "
+                             f"({' + '.join(m['ops'])}), element {m['index']}: {m['got']} instead of {m['want']}")
+
+
 # ---------------------------------------------------------------- co-design
 def parse_duration(text: str) -> float:
     """'30m', '1h', '90s' or plain seconds -> seconds."""
@@ -741,6 +763,24 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--dram-gbs", type=float, help="override the board's DRAM bandwidth (GB/s)")
         s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")
         s.set_defaults(func=func)
+
+    s = sub.add_parser("hls", help="generate the accelerator: a Vitis HLS project, checked bit for bit in C simulation")
+    s.add_argument("model", help="registered model name or checkpoint (file or run folder)")
+    s.add_argument("--device", required=True, help="the FPGA board it is built for (its part and clock)")
+    s.add_argument("--devices-dir", help="a folder of your own device YAML files")
+    s.add_argument("--wbits", type=int, default=8, help="weight bits, 2 to 16 (default 8)")
+    s.add_argument("--fbits", type=int, default=8, help="feature-map bits, 2 to 16 (default 8)")
+    s.add_argument("--branch", type=int, help="one branch of a split model (the part a device serves)")
+    for f, default, h in (("tm", 16, "output channels in parallel"), ("tn", 8, "input channels in parallel"),
+                          ("td", 16, "depth-wise channels in parallel"), ("tr", 16, "tile rows"), ("tc", 16, "tile columns")):
+        s.add_argument(f"--{f}", type=int, default=default, help=f"{h} (default {default})")
+    s.add_argument("--tuned", action="store_true", help="the parallelism `edgesplit tune` finds for the board instead")
+    s.add_argument("--out", required=True, help="folder for the project")
+    s.add_argument("--csim", type=int, default=0, metavar="N",
+                   help="compile with g++ and run N real test images; every tensor must equal the integer reference")
+    s.add_argument("--data-dir", help="dataset folder")
+    s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")
+    s.set_defaults(func=cmd_hls)
 
     s = sub.add_parser("quantize", help="fixed-point quantization of a checkpoint: accuracy before/after, ranges, size")
     s.add_argument("checkpoint", help="a checkpoint file or run folder")

@@ -117,7 +117,7 @@ def _conv_cycles(layer: Layer, cfg: AccelConfig) -> int:
 
 
 def _linear_cycles(layer: Layer, cfg: AccelConfig) -> int:
-    return _ceil(layer.out_shape[0], cfg.tm) * _ceil(layer.in_shape[0], cfg.tn) + PIPELINE_DEPTH_CYCLES
+    return _ceil(layer.out_shape[0], cfg.tm) * (_ceil(layer.in_shape[0], cfg.tn) + PIPELINE_DEPTH_CYCLES)  # a fill per output block
 
 
 def _vector_cycles(layer: Layer, cfg: AccelConfig) -> int:

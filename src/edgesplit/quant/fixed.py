@@ -199,6 +199,12 @@ def conv_int(x: np.ndarray, w: np.ndarray, stride: int, pads, groups: int) -> np
 
 def run_integer(graph: QGraph, scheme: QScheme, x: np.ndarray) -> tuple[np.ndarray, Fixed]:
     """Run ``graph`` on real input ``x`` (B, C, H, W) with integers only; returns the output integers and their format."""
+    vals = run_integer_tensors(graph, scheme, x)
+    return vals[graph.output_name], scheme.features[graph.output_name]
+
+
+def run_integer_tensors(graph: QGraph, scheme: QScheme, x: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`run_integer`, returning every tensor (by name): the reference a generated accelerator is checked against."""
     if any(f is None for f in (*scheme.features.values(), *scheme.weights.values())):
         raise EdgesplitError("the integer reference runs fully quantized schemes only; this one leaves some ops in float")
     feats = scheme.features
@@ -237,4 +243,4 @@ def run_integer(graph: QGraph, scheme: QScheme, x: np.ndarray) -> tuple[np.ndarr
         else:
             raise EdgesplitError(f"integer reference: no rule for {op.op} ({op.name})")
         vals[op.output] = y
-    return vals[graph.output_name], feats[graph.output_name]
+    return vals
