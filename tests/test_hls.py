@@ -26,22 +26,33 @@ def test_a_bundle_network_is_bit_exact_and_its_cycles_match_the_model(bundle_pro
     out, r = bundle_project
     assert r["bit_exact"] and r["first_mismatch"] is None and r["csim_images"] == 3
     kinds = {row["kind"] for row in r["cycles"]}
-    assert {"conv", "dwconv", "linear"} <= kinds  # DW and PW convs, the classifier
+    assert {"conv", "bundle-dw", "bundle-pw", "linear"} <= kinds  # a conv, fused DW -> PW bundles, the classifier
     assert r["cycles_within_10_percent"] and all(row["ratio"] == pytest.approx(1.0, abs=0.10) for row in r["cycles"])
     for name in ("net.cpp", "net.h", "edgesplit_layers.h", "tb.cpp", "run_hls.tcl", "README.md", "weights.bin", "layout.json"):
         assert (out / name).is_file(), name
     cpp = (out / "net.cpp").read_text()
     assert "#pragma HLS INTERFACE m_axi port=fm" in cpp and "s_axilite port=return" in cpp
-    assert "es::dwconv<" in cpp and "es::conv<" in cpp
+    assert "es::bundle<" in cpp and "es::conv<" in cpp
     layers = (out / "edgesplit_layers.h").read_text()
     assert "#pragma HLS PIPELINE II=1" in layers and "#pragma HLS UNROLL" in layers and "ARRAY_PARTITION" in layers
 
 
-def test_conv_relu_pool_runs_as_one_call(bundle_project):
+def test_bundles_and_pools_run_fused(bundle_project):
     out, _ = bundle_project
     layout = json.loads((out / "layout.json").read_text())
-    fused = [c for c in layout["calls"] if c["kind"] == "conv" and any("pool" in op.lower() for op in c["ops"])]
-    assert fused, "a conv -> ReLU -> 2x2 max-pool should run in the conv's output stage"
+    bundles = [c for c in layout["calls"] if c["kind"] == "bundle"]
+    assert bundles and all(len(c["ops"]) >= 3 for c in bundles)  # DW conv, its ReLU, the PW conv in one call
+    pooled = [c for c in layout["calls"] if any("pool" in op.lower() for op in c["ops"][1:])]
+    assert pooled, "a 2x2 max-pool after a conv or bundle should run in its output stage"
+    assert not any(c["kind"] == "dwconv" for c in layout["calls"])  # every DW conv here feeds a PW conv
+
+
+def test_without_fusion_every_layer_is_its_own_call_and_still_bit_exact(tmp_path):
+    from dataclasses import replace
+
+    r = build_hls("bundlenet", tmp_path / "unfused", 8, 8, replace(TINY, fuse=False), csim_images=1)
+    assert r["bit_exact"] and r["cycles_within_10_percent"]
+    assert {"dwconv", "conv", "maxpool"} <= {row["kind"] for row in r["cycles"]}
 
 
 def test_a_wrong_weight_is_named_by_layer_and_element(bundle_project, tmp_path):

@@ -549,7 +549,7 @@ def cmd_hls(args) -> None:
     device = get_device(args.device, args.devices_dir)
     if device.kind != "fpga":
         raise EdgesplitError(f"{device.name} is a {device.kind} device; `edgesplit hls` builds for FPGA boards (see `edgesplit devices`)")
-    cfg = hls_config_for(device, tm=args.tm, tn=args.tn, td=args.td, tr=args.tr, tc=args.tc)
+    cfg = hls_config_for(device, tm=args.tm, tn=args.tn, td=args.td, tr=args.tr, tc=args.tc, fuse=not args.no_fuse)
     r = build_hls(args.model, args.out, args.wbits, args.fbits, cfg, args.csim, args.branch, args.data_dir,
                   tuned_device=device if args.tuned else None)
     if args.json:
@@ -775,6 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
                           ("td", 16, "depth-wise channels in parallel"), ("tr", 16, "tile rows"), ("tc", 16, "tile columns")):
         s.add_argument(f"--{f}", type=int, default=default, help=f"{h} (default {default})")
     s.add_argument("--tuned", action="store_true", help="the parallelism `edgesplit tune` finds for the board instead")
+    s.add_argument("--no-fuse", action="store_true", help="no DW->PW bundles or conv+pool: every layer through DRAM")
     s.add_argument("--out", required=True, help="folder for the project")
     s.add_argument("--csim", type=int, default=0, metavar="N",
                    help="compile with g++ and run N real test images; every tensor must equal the integer reference")

@@ -268,13 +268,29 @@ def _bundle_rows(graph: Graph, cfg: AccelConfig, clock_mhz: float, bw: float) ->
     for ly in graph.layers:
         for s in ly.inputs:
             consumers.setdefault(s, []).append(ly.name)
-    rows = []
+    by_name = {ly.name: ly for ly in graph.layers}
     for ly in graph.layers:
-        exposed = cycles[ly.name]
-        if ly.is_depthwise and ly.on_chip_out:  # the DW unit runs tile by tile alongside the PW layer it feeds
-            exposed = max(0, exposed - sum(cycles[c] for c in consumers.get(ly.name, [])))
-        rows.append(_row(ly, exposed, _bundle_dram_bytes(ly, cfg), clock_mhz, bw, cfg.overlap))
+        if ly.is_depthwise and ly.on_chip_out:  # a bundle: DW -> PW with the DW output on chip
+            pw = by_name[consumers[ly.name][0]]
+            cycles[ly.name], cycles[pw.name] = bundle_cycles(ly, pw, cfg)
+    rows = [_row(ly, cycles[ly.name], _bundle_dram_bytes(ly, cfg), clock_mhz, bw, cfg.overlap) for ly in graph.layers]
     return _group_rows(rows, _fused_groups(graph), cfg.overlap)
+
+
+def bundle_cycles(dw: Layer, pw: Layer, cfg: AccelConfig) -> tuple[int, int]:
+    """(DW, PW) cycles of a fused bundle as the generated engine runs it (``hls/edgesplit_layers.h: bundle``).
+
+    The DW output stays on chip one group of ``td`` channels at a time: for each tile and block
+    of ``tm`` PW outputs, each group is computed on the DW unit, then consumed by the PW unit in
+    ``ceil(td/tn)`` steps, one after the other. The DW work is so repeated per PW output block.
+    """
+    _, r, c = pw.out_shape
+    kh, kw = dw.kernel
+    tiles = _ceil(r, cfg.tr) * _ceil(c, cfg.tc)
+    passes = _ceil(pw.out_shape[0], cfg.tm) * _ceil(dw.out_shape[0], cfg.td)
+    dw_cycles = passes * (r * c * _ceil(kh * kw, DW_KERNEL_MULTS) + tiles * PIPELINE_DEPTH_CYCLES)
+    pw_cycles = passes * _ceil(cfg.td, cfg.tn) * (r * c + tiles * PIPELINE_DEPTH_CYCLES)
+    return dw_cycles, pw_cycles
 
 
 def _group_rows(rows: list[dict], group: dict[str, str], overlap: bool = True) -> list[dict]:

@@ -23,7 +23,7 @@ from edgesplit.hardware.graph import CPU_OPS, Layer
 # Reading a JPEG frame from storage and decoding it to RGB, per frame pixel, on one core.
 # Calibrated (docs/hardware-model.md, "Calibration"): the one constant fitted to a published
 # board, on DNN-A only, and never to a design in the validation table.
-FRAME_DECODE_CYCLES_PER_PIXEL = 55.0
+FRAME_DECODE_CYCLES_PER_PIXEL = 15.4
 RESIZE_CYCLES_PER_VALUE = 4.0  # bilinear: 4 taps in fixed point per output value (assumed)
 NORMALISE_CYCLES_PER_VALUE = 2.0  # scale, round, saturate to the input format, store (assumed)
 GROUP_START_US = 25.0  # per accelerator invocation: DMA descriptors, AXI-lite writes, interrupt (assumed)

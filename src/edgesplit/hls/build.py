@@ -121,23 +121,34 @@ def cycle_table(model, shape, name, layout: dict, counts: dict[int, dict], wbits
     the tile loads separately (the generated engine does not overlap them with compute).
     Model: ``LAYER_CYCLES`` of the layer, and its DRAM time in cycles at the board's clock.
     """
-    from edgesplit.hardware.accelerator import LAYER_CYCLES, PIPELINE_DEPTH_CYCLES, AccelConfig
+    from edgesplit.hardware.accelerator import LAYER_CYCLES, PIPELINE_DEPTH_CYCLES, AccelConfig, bundle_cycles
     from edgesplit.hardware.graph import graph_from_model
 
     c = layout["config"]
     cfg = AccelConfig(wbits=wbits, fbits=fbits, tm=c["tm"], tn=c["tn"], td=c["td"], tr=c["tr"], tc=c["tc"], fuse=False)
     hw = {ly.name: ly for ly in graph_from_model(model, shape, name).layers}
     rows = []
+
+    def row(call: dict, layer: str, kind: str, iterations: int, invocations: int, loads: int, model_cycles: int) -> dict:
+        csim = iterations + invocations * PIPELINE_DEPTH_CYCLES
+        return {"call": call["index"], "layer": layer, "kind": kind, "csim_compute_cycles": csim, "csim_iterations": iterations,
+                "csim_load_cycles": loads, "model_compute_cycles": model_cycles,
+                "ratio": csim / model_cycles if model_cycles else None}
+
     for call in layout["calls"]:
+        n = counts.get(call["index"], {"iterations": 0, "invocations": 0, "loads": 0, "dw_iterations": 0, "dw_invocations": 0})
+        if call["kind"] == "bundle":  # ops: DW conv, its ReLU, PW conv, ...
+            dw, pw = hw.get(call["ops"][0]), hw.get(call["ops"][2])
+            if dw is None or pw is None:
+                continue
+            dw_model, pw_model = bundle_cycles(dw, pw, cfg)
+            rows.append(row(call, dw.name, "bundle-dw", n["dw_iterations"], n["dw_invocations"], 0, dw_model))
+            rows.append(row(call, pw.name, "bundle-pw", n["iterations"], n["invocations"], n["loads"], pw_model))
+            continue
         ly = hw.get(call["ops"][0])
         if ly is None or call["kind"] not in ("conv", "dwconv", "linear", "maxpool"):
             continue  # element-wise and copy calls: the model costs them on the vector unit, not compared here
-        n = counts.get(call["index"], {"iterations": 0, "invocations": 0, "loads": 0})
-        csim = n["iterations"] + n["invocations"] * PIPELINE_DEPTH_CYCLES
-        model_cycles = LAYER_CYCLES[ly.op](ly, cfg)
-        rows.append({"call": call["index"], "layer": ly.name, "kind": call["kind"], "csim_compute_cycles": csim,
-                     "csim_iterations": n["iterations"], "csim_load_cycles": n["loads"], "model_compute_cycles": model_cycles,
-                     "ratio": csim / model_cycles if model_cycles else None})
+        rows.append(row(call, ly.name, call["kind"], n["iterations"], n["invocations"], n["loads"], LAYER_CYCLES[ly.op](ly, cfg)))
     return rows
 
 

@@ -65,8 +65,9 @@ def run_csim(project: Path, images: int) -> tuple[list[np.ndarray], dict[int, di
     cycles = {}
     for line in (out / "cycles.txt").read_text().split("\n"):
         if line.strip():
-            c, n, inv, loads = line.split()
-            cycles[int(c)] = {"iterations": int(n), "invocations": int(inv), "loads": int(loads)}
+            c, n, inv, loads, dw, dw_inv = line.split()
+            cycles[int(c)] = {"iterations": int(n), "invocations": int(inv), "loads": int(loads),
+                              "dw_iterations": int(dw), "dw_invocations": int(dw_inv)}
     return arenas, cycles, seconds
 
 

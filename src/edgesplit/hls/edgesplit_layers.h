@@ -20,13 +20,18 @@
 extern long long edgesplit_cycles;  // iterations of the compute loops (pipelined, II=1) in the layer being run
 extern long long edgesplit_invocations;  // times a compute loop nest was entered (one pipeline fill each)
 extern long long edgesplit_loads;  // iterations of the tile-load loops (II=1), which do not overlap compute
+extern long long edgesplit_dw_cycles, edgesplit_dw_invocations;  // a bundle's depth-wise part
 #define ES_COUNT() (++edgesplit_cycles)
 #define ES_INVOKE() (++edgesplit_invocations)
 #define ES_LOAD() (++edgesplit_loads)
+#define ES_DW_COUNT() (++edgesplit_dw_cycles)
+#define ES_DW_INVOKE() (++edgesplit_dw_invocations)
 #else
 #define ES_COUNT()
 #define ES_INVOKE()
 #define ES_LOAD()
+#define ES_DW_COUNT()
+#define ES_DW_INVOKE()
 #endif
 
 namespace es {
@@ -70,6 +75,27 @@ void load_tile(fm_t ibuf[BANKS][IH][IW], const fm_t *in, int c_first, int c_end,
                 ibuf[b][i][j] = (c < c_end && y >= 0 && y < HI && x >= 0 && x < WI) ? in[(c * HI + y) * WI + x] : fm_t(0);
             }
         }
+}
+
+// Output stage of a conv tile: bias, requantize, ReLU, a POOL x POOL max-pool when POOL > 1, store.
+template <typename fm_t, typename acc_t, int TM, int TR, int TC, int HO, int WO, int SHIFT, int FBITS, bool RELU, int POOL>
+void store_tile(acc_t acc[TM][TR][TC], const ap_int<32> *bias, fm_t *out, int co_first, int co_end, int r0, int c0,
+                int tr, int tc) {
+    for (int m = 0; m < TM && co_first + m < co_end; m++) {
+        const int co = co_first + m;
+        for (int i = 0; i < tr; i += POOL)
+            for (int j = 0; j < tc; j += POOL) {
+#pragma HLS PIPELINE II=1
+                fm_t best = 0;
+                for (int pi = 0; pi < POOL; pi++)
+                    for (int pj = 0; pj < POOL; pj++) {
+                        fm_t v = requant<SHIFT, FBITS>(acc[m][i + pi][j + pj] + acc_t(bias[co]));
+                        if (RELU && v < 0) v = 0;
+                        if ((pi == 0 && pj == 0) || v > best) best = v;
+                    }
+                out[(co * (HO / POOL) + (r0 + i) / POOL) * (WO / POOL) + (c0 + j) / POOL] = best;
+            }
+    }
 }
 
 // Convolution (groups G; a depth-wise conv uses dwconv). Output pixels in TR x TC tiles; the tile
@@ -128,22 +154,8 @@ void conv(const fm_t *in, const wt_t *w, const ap_int<32> *bias, fm_t *out) {
                                         }
                                     }
                     }
-                    // output stage: bias, requantize, ReLU, fused max-pool, store
-                    for (int m = 0; m < TM && m0 + m < COG; m++) {
-                        const int co = g * COG + m0 + m;
-                        for (int i = 0; i < tr; i += POOL)
-                            for (int j = 0; j < tc; j += POOL) {
-#pragma HLS PIPELINE II=1
-                                fm_t best = 0;
-                                for (int pi = 0; pi < POOL; pi++)
-                                    for (int pj = 0; pj < POOL; pj++) {
-                                        fm_t v = requant<SHIFT, FBITS>(acc[m][i + pi][j + pj] + acc_t(bias[co]));
-                                        if (RELU && v < 0) v = 0;
-                                        if ((pi == 0 && pj == 0) || v > best) best = v;
-                                    }
-                                out[(co * (HO / POOL) + (r0 + i) / POOL) * (WO / POOL) + (c0 + j) / POOL] = best;
-                            }
-                    }
+                    store_tile<fm_t, acc_t, TM, TR, TC, HO, WO, SHIFT, FBITS, RELU, POOL>(acc, bias, out, g * COG + m0,
+                                                                                   g * COG + COG, r0, c0, tr, tc);
                 }
             }
         }
@@ -193,6 +205,93 @@ void dwconv(const fm_t *in, const wt_t *w, const ap_int<32> *bias, fm_t *out) {
                             out[((d0 + d) * HO + r0 + i) * WO + c0 + j] = v;
                         }
                     }
+            }
+        }
+    }
+}
+
+// The co-design seed's bundle: depth-wise K x K conv (+ReLU) -> point-wise conv (+ReLU, + max-pool),
+// the DW output kept on chip one channel group at a time (TD channels, the fusion buffer). For each
+// tile and block of TM PW outputs, each group of TD channels is computed on the DW unit (TD x K*K
+// multipliers) and consumed by the PW unit (TM x TN) before the next: the DW work is repeated for
+// every PW output block, and the two run one after the other.
+template <typename fm_t, typename wt_t, typename acc_t, typename dacc_t, int C, int HI, int WI, int H, int W, int K, int S,
+          int PT, int PL, int CO, int TD, int TM, int TN, int TR, int TC, int DSHIFT, bool DRELU, int SHIFT, int FBITS,
+          bool RELU, int POOL>
+void bundle(const fm_t *in, const wt_t *dw, const ap_int<32> *dbias, const wt_t *pw, const ap_int<32> *bias, fm_t *out) {
+    const int IH = (TR - 1) * S + K, IW = (TC - 1) * S + K;
+    fm_t ibuf[TD][IH][IW];
+    wt_t dwbuf[TD][K][K];
+    fm_t fbuf[TD][TR][TC];  // the fusion buffer: one channel group's DW output tile
+    wt_t wbuf[TM][TN];
+    acc_t acc[TM][TR][TC];
+#pragma HLS ARRAY_PARTITION variable=ibuf dim=1 complete
+#pragma HLS ARRAY_PARTITION variable=dwbuf complete
+#pragma HLS ARRAY_PARTITION variable=fbuf dim=1 complete
+#pragma HLS ARRAY_PARTITION variable=wbuf complete
+#pragma HLS ARRAY_PARTITION variable=acc dim=1 complete
+    for (int r0 = 0; r0 < H; r0 += TR) {
+        for (int c0 = 0; c0 < W; c0 += TC) {
+            const int tr = (H - r0 < TR) ? H - r0 : TR;
+            const int tc = (W - c0 < TC) ? W - c0 : TC;
+            for (int m0 = 0; m0 < CO; m0 += TM) {
+                for (int d0 = 0; d0 < C; d0 += TD) {
+                    load_tile<fm_t, TD, IH, IW, HI, WI, K, S, PT, PL>(ibuf, in, d0, C, r0, c0, tr, tc);
+                    for (int ki = 0; ki < K; ki++)
+                        for (int kj = 0; kj < K; kj++) {
+#pragma HLS PIPELINE II=1
+                            ES_LOAD();
+                            for (int d = 0; d < TD; d++) {
+#pragma HLS UNROLL
+                                dwbuf[d][ki][kj] = (d0 + d < C) ? dw[((d0 + d) * K + ki) * K + kj] : wt_t(0);
+                            }
+                        }
+                    ES_DW_INVOKE();
+                    for (int i = 0; i < tr; i++)
+                        for (int j = 0; j < tc; j++) {
+#pragma HLS PIPELINE II=1
+                            ES_DW_COUNT();
+                            for (int d = 0; d < TD; d++) {
+#pragma HLS UNROLL
+                                dacc_t sum = (d0 + d < C) ? dacc_t(dbias[d0 + d]) : dacc_t(0);
+                                for (int ki = 0; ki < K; ki++)
+                                    for (int kj = 0; kj < K; kj++) {
+#pragma HLS UNROLL
+                                        sum += dwbuf[d][ki][kj] * ibuf[d][i * S + ki][j * S + kj];
+                                    }
+                                fm_t v = requant<DSHIFT, FBITS>(sum);
+                                if (DRELU && v < 0) v = 0;
+                                fbuf[d][i][j] = (d0 + d < C) ? v : fm_t(0);
+                            }
+                        }
+                    for (int n0 = 0; n0 < TD; n0 += TN) {
+                        for (int m = 0; m < TM; m++) {
+#pragma HLS PIPELINE II=1
+                            ES_LOAD();
+                            for (int n = 0; n < TN; n++) {
+#pragma HLS UNROLL
+                                const int co = m0 + m, ci = d0 + n0 + n;
+                                wbuf[m][n] = (co < CO && ci < C && n0 + n < TD) ? pw[co * C + ci] : wt_t(0);
+                            }
+                        }
+                        ES_INVOKE();
+                        for (int i = 0; i < tr; i++)
+                            for (int j = 0; j < tc; j++) {
+#pragma HLS PIPELINE II=1
+                                ES_COUNT();
+                                for (int m = 0; m < TM; m++) {
+#pragma HLS UNROLL
+                                    acc_t sum = (d0 == 0 && n0 == 0) ? acc_t(0) : acc[m][i][j];
+                                    for (int n = 0; n < TN; n++) {
+#pragma HLS UNROLL
+                                        if (n0 + n < TD) sum += wbuf[m][n] * fbuf[n0 + n][i][j];
+                                    }
+                                    acc[m][i][j] = sum;
+                                }
+                            }
+                    }
+                }
+                store_tile<fm_t, acc_t, TM, TR, TC, H, W, SHIFT, FBITS, RELU, POOL>(acc, bias, out, m0, CO, r0, c0, tr, tc);
             }
         }
     }

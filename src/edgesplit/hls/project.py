@@ -47,6 +47,7 @@ class HlsConfig:
     tc: int = 16
     part: str = "xc7z020clg400-1"
     clock_mhz: float = 100.0
+    fuse: bool = True  # DW -> PW bundles and conv -> max-pool in one call; False: every layer through DRAM
 
     def __post_init__(self):
         for name in ("tm", "tn", "td", "tr", "tc"):
@@ -125,6 +126,13 @@ def plan_calls(graph: QGraph, scheme: QScheme, shapes: dict[str, tuple[int, ...]
             alias[op.output] = alias.get(op.inputs[0], op.inputs[0])
             continue
         fa = feats[op.inputs[0]].frac
+        pw = _bundle_partner(op, shapes, consumers, single) if cfg.fuse else None
+        if pw is not None:  # DW (+ReLU) -> PW on chip, one channel group at a time
+            dw_relu = single(op.output)
+            code, out, covered = _bundle_call(op, dw_relu, pw, scheme, shapes, cfg, single, woff, boff, src, fmoff)
+            done.update(covered)
+            calls.append(Call(len(calls), tuple(covered), "bundle", out, code))
+            continue
         if op.op in ("conv", "linear"):
             relu, pool, out = False, 1, op.output
             nxt = single(op.output)
@@ -132,7 +140,7 @@ def plan_calls(graph: QGraph, scheme: QScheme, shapes: dict[str, tuple[int, ...]
                 relu, out = True, nxt.output
                 covered.append(nxt.name)
                 nxt2 = single(nxt.output) if op.op == "conv" else None
-                if nxt2 is not None and nxt2.op == "maxpool" and _fusable_pool(nxt2, shapes[op.output], cfg):
+                if nxt2 is not None and nxt2.op == "maxpool" and cfg.fuse and _fusable_pool(nxt2, shapes[op.output], cfg):
                     pool, out = nxt2.attrs["kernel"], nxt2.output
                     covered.append(nxt2.name)
             acc_frac = scheme.bias_frac(op)
@@ -206,6 +214,46 @@ def plan_calls(graph: QGraph, scheme: QScheme, shapes: dict[str, tuple[int, ...]
         done.update(covered)
         calls.append(Call(len(calls), tuple(covered), kind, out, code))
     return calls
+
+
+def _is_depthwise(op: QOp, shapes) -> bool:
+    return op.op == "conv" and op.attrs["groups"] > 1 and op.attrs["groups"] == shapes[op.inputs[0]][0] == op.weight.shape[0]
+
+
+def _bundle_partner(op: QOp, shapes, consumers, single) -> QOp | None:
+    """The point-wise conv a depth-wise conv feeds through its ReLU alone, or None."""
+    if not _is_depthwise(op, shapes):
+        return None
+    relu = single(op.output)
+    pw = single(relu.output) if relu is not None and relu.op == "relu" else None
+    if (pw is None or pw.op != "conv" or pw.weight.shape[2:] != (1, 1) or pw.attrs["groups"] != 1
+            or pw.attrs["stride"] != 1 or tuple(pw.attrs["pads"]) != (0, 0, 0, 0)):
+        return None
+    return pw
+
+
+def _bundle_call(dw: QOp, dw_relu: QOp, pw: QOp, scheme: QScheme, shapes, cfg: HlsConfig, single, woff, boff, src, fmoff):
+    feats, wb, fb = scheme.features, scheme.wbits, scheme.fbits
+    covered, out, relu, pool = [dw.name, dw_relu.name, pw.name], pw.output, False, 1
+    nxt = single(pw.output)
+    if nxt is not None and nxt.op == "relu":
+        relu, out = True, nxt.output
+        covered.append(nxt.name)
+        nxt2 = single(nxt.output)
+        if nxt2 is not None and nxt2.op == "maxpool" and _fusable_pool(nxt2, shapes[pw.output], cfg):
+            pool, out = nxt2.attrs["kernel"], nxt2.output
+            covered.append(nxt2.name)
+    c, hi, wi = shapes[dw.inputs[0]]
+    _, h, w = shapes[dw.output]
+    k, s, (pt, pl, _pb, _pr) = dw.weight.shape[2], dw.attrs["stride"], dw.attrs["pads"]
+    co = pw.weight.shape[0]
+    dshift = scheme.bias_frac(dw) - feats[dw_relu.output].frac
+    shift = scheme.bias_frac(pw) - feats[out].frac
+    code = (f"es::bundle<fm_t, wt_t, ap_int<{_acc_bits(wb, fb, c)}>, ap_int<{_acc_bits(wb, fb, k * k)}>, {c}, {hi}, {wi}, "
+            f"{h}, {w}, {k}, {s}, {pt}, {pl}, {co}, {cfg.td}, {cfg.tm}, {cfg.tn}, {cfg.tr}, {cfg.tc}, {dshift}, true, "
+            f"{shift}, {fb}, {str(relu).lower()}, {pool}>({src(dw.inputs[0])}, wgt + {woff[dw.name]}, bias + {boff[dw.name]}, "
+            f"wgt + {woff[pw.name]}, bias + {boff[pw.name]}, fm + {fmoff[out]});")
+    return code, out, covered
 
 
 def _fusable_pool(pool: QOp, conv_out: tuple[int, ...], cfg: HlsConfig) -> bool:
@@ -296,10 +344,13 @@ def _net_cpp(layout: dict, calls: list[Call]) -> str:
              '#include "net.h"', '#include "edgesplit_layers.h"', "",
              "#ifdef EDGESPLIT_CSIM",
              "long long edgesplit_cycles = 0, edgesplit_invocations = 0, edgesplit_loads = 0;",
-             "long long edgesplit_call_cycles[ES_CALLS][3];",
-             "#define ES_CALL(i, ...) do { edgesplit_cycles = edgesplit_invocations = edgesplit_loads = 0; __VA_ARGS__; "
+             "long long edgesplit_dw_cycles = 0, edgesplit_dw_invocations = 0;",
+             "long long edgesplit_call_cycles[ES_CALLS][5];",
+             "#define ES_CALL(i, ...) do { edgesplit_cycles = edgesplit_invocations = edgesplit_loads = 0; "
+             "edgesplit_dw_cycles = edgesplit_dw_invocations = 0; __VA_ARGS__; "
              "edgesplit_call_cycles[i][0] = edgesplit_cycles; edgesplit_call_cycles[i][1] = edgesplit_invocations; "
-             "edgesplit_call_cycles[i][2] = edgesplit_loads; } while (0)",
+             "edgesplit_call_cycles[i][2] = edgesplit_loads; edgesplit_call_cycles[i][3] = edgesplit_dw_cycles; "
+             "edgesplit_call_cycles[i][4] = edgesplit_dw_invocations; } while (0)",
              "#else", "#define ES_CALL(i, ...) do { __VA_ARGS__; } while (0)", "#endif", "",
              "void edgesplit_kernel(fm_t *fm, const wt_t *wgt, const bias_t *bias) {",
              f"#pragma HLS INTERFACE m_axi port=fm offset=slave bundle=FM depth={layout['fm_size']}",
@@ -328,7 +379,7 @@ def _tb_cpp(layout: dict) -> str:
 #include "net.h"
 
 #ifdef EDGESPLIT_CSIM
-extern long long edgesplit_call_cycles[ES_CALLS][3];
+extern long long edgesplit_call_cycles[ES_CALLS][5];
 #endif
 
 template <typename T> static std::vector<T> read_all(const char *path, size_t n) {{
@@ -371,8 +422,8 @@ int main(int argc, char **argv) {{
 #ifdef EDGESPLIT_CSIM
         if (n == 0)
             for (int c = 0; c < ES_CALLS; c++)
-                fprintf(cyc, "%d %lld %lld %lld\\n", c, edgesplit_call_cycles[c][0], edgesplit_call_cycles[c][1],
-                        edgesplit_call_cycles[c][2]);
+                fprintf(cyc, "%d %lld %lld %lld %lld %lld\\n", c, edgesplit_call_cycles[c][0], edgesplit_call_cycles[c][1],
+                        edgesplit_call_cycles[c][2], edgesplit_call_cycles[c][3], edgesplit_call_cycles[c][4]);
 #endif
     }}
     fclose(cyc);
