@@ -162,52 +162,70 @@ void conv(const fm_t *in, const wt_t *w, const ap_int<32> *bias, fm_t *out) {
     }
 }
 
-// Depth-wise K x K convolution on the DW unit: TD channels x K*K taps per cycle.
-template <typename fm_t, typename wt_t, typename acc_t, int C, int HI, int WI, int HO, int WO, int K, int S, int PT,
-          int PL, int TD, int TR, int TC, int SHIFT, int FBITS, bool RELU>
-void dwconv(const fm_t *in, const wt_t *w, const ap_int<32> *bias, fm_t *out) {
+// One group of TD channels of a depth-wise K x K conv over one output tile, on the DW unit (TD x K*K
+// multipliers): load the input tile and the weights, then one output pixel of every channel per
+// cycle into dst, requantized (and ReLU). BUNDLE: counted as a bundle's DW part.
+template <typename fm_t, typename wt_t, typename acc_t, int C, int HI, int WI, int K, int S, int PT, int PL, int TD,
+          int TR, int TC, int SHIFT, int FBITS, bool RELU, bool BUNDLE>
+void dw_tile(fm_t dst[TD][TR][TC], const fm_t *in, const wt_t *w, const ap_int<32> *bias, int d0, int r0, int c0,
+             int tr, int tc) {
     const int IH = (TR - 1) * S + K, IW = (TC - 1) * S + K;
     fm_t ibuf[TD][IH][IW];
     wt_t wbuf[TD][K][K];
 #pragma HLS ARRAY_PARTITION variable=ibuf dim=1 complete
 #pragma HLS ARRAY_PARTITION variable=wbuf complete
-    for (int r0 = 0; r0 < HO; r0 += TR) {
+    load_tile<fm_t, TD, IH, IW, HI, WI, K, S, PT, PL>(ibuf, in, d0, C, r0, c0, tr, tc);
+    for (int ki = 0; ki < K; ki++)
+        for (int kj = 0; kj < K; kj++) {
+#pragma HLS PIPELINE II=1
+            ES_LOAD();
+            for (int d = 0; d < TD; d++) {
+#pragma HLS UNROLL
+                wbuf[d][ki][kj] = (d0 + d < C) ? w[((d0 + d) * K + ki) * K + kj] : wt_t(0);
+            }
+        }
+    if (BUNDLE) ES_DW_INVOKE(); else ES_INVOKE();
+    for (int i = 0; i < tr; i++)
+        for (int j = 0; j < tc; j++) {
+#pragma HLS PIPELINE II=1
+            if (BUNDLE) ES_DW_COUNT(); else ES_COUNT();
+            for (int d = 0; d < TD; d++) {
+#pragma HLS UNROLL
+                acc_t sum = (d0 + d < C) ? acc_t(bias[d0 + d]) : acc_t(0);
+                for (int ki = 0; ki < K; ki++)
+                    for (int kj = 0; kj < K; kj++) {
+#pragma HLS UNROLL
+                        sum += wbuf[d][ki][kj] * ibuf[d][i * S + ki][j * S + kj];
+                    }
+                fm_t v = requant<SHIFT, FBITS>(sum);
+                if (RELU && v < 0) v = 0;
+                dst[d][i][j] = (d0 + d < C) ? v : fm_t(0);
+            }
+        }
+}
+
+// Depth-wise K x K convolution on its own (not followed by a point-wise conv): tile by tile,
+// group by group through dw_tile, stored to DRAM.
+template <typename fm_t, typename wt_t, typename acc_t, int C, int HI, int WI, int HO, int WO, int K, int S, int PT,
+          int PL, int TD, int TR, int TC, int SHIFT, int FBITS, bool RELU>
+void dwconv(const fm_t *in, const wt_t *w, const ap_int<32> *bias, fm_t *out) {
+    fm_t obuf[TD][TR][TC];
+#pragma HLS ARRAY_PARTITION variable=obuf dim=1 complete
+    for (int r0 = 0; r0 < HO; r0 += TR)
         for (int c0 = 0; c0 < WO; c0 += TC) {
             const int tr = (HO - r0 < TR) ? HO - r0 : TR;
             const int tc = (WO - c0 < TC) ? WO - c0 : TC;
             for (int d0 = 0; d0 < C; d0 += TD) {
-                load_tile<fm_t, TD, IH, IW, HI, WI, K, S, PT, PL>(ibuf, in, d0, C, r0, c0, tr, tc);
-                for (int ki = 0; ki < K; ki++)
-                    for (int kj = 0; kj < K; kj++) {
+                dw_tile<fm_t, wt_t, acc_t, C, HI, WI, K, S, PT, PL, TD, TR, TC, SHIFT, FBITS, RELU, false>(
+                    obuf, in, w, bias, d0, r0, c0, tr, tc);
+                for (int d = 0; d < TD && d0 + d < C; d++)
+                    for (int i = 0; i < tr; i++)
+                        for (int j = 0; j < tc; j++) {
 #pragma HLS PIPELINE II=1
-                        ES_LOAD();
-                        for (int d = 0; d < TD; d++) {
-#pragma HLS UNROLL
-                            wbuf[d][ki][kj] = (d0 + d < C) ? w[((d0 + d) * K + ki) * K + kj] : wt_t(0);
+                            out[((d0 + d) * HO + r0 + i) * WO + c0 + j] = obuf[d][i][j];
                         }
-                    }
-                ES_INVOKE();
-                for (int i = 0; i < tr; i++)
-                    for (int j = 0; j < tc; j++) {
-#pragma HLS PIPELINE II=1
-                        ES_COUNT();
-                        for (int d = 0; d < TD; d++) {
-#pragma HLS UNROLL
-                            if (d0 + d >= C) continue;
-                            acc_t sum = acc_t(bias[d0 + d]);
-                            for (int ki = 0; ki < K; ki++)
-                                for (int kj = 0; kj < K; kj++) {
-#pragma HLS UNROLL
-                                    sum += wbuf[d][ki][kj] * ibuf[d][i * S + ki][j * S + kj];
-                                }
-                            fm_t v = requant<SHIFT, FBITS>(sum);
-                            if (RELU && v < 0) v = 0;
-                            out[((d0 + d) * HO + r0 + i) * WO + c0 + j] = v;
-                        }
-                    }
             }
         }
-    }
 }
 
 // The co-design seed's bundle: depth-wise K x K conv (+ReLU) -> point-wise conv (+ReLU, + max-pool),
@@ -219,14 +237,9 @@ template <typename fm_t, typename wt_t, typename acc_t, typename dacc_t, int C, 
           int PT, int PL, int CO, int TD, int TM, int TN, int TR, int TC, int DSHIFT, bool DRELU, int SHIFT, int FBITS,
           bool RELU, int POOL>
 void bundle(const fm_t *in, const wt_t *dw, const ap_int<32> *dbias, const wt_t *pw, const ap_int<32> *bias, fm_t *out) {
-    const int IH = (TR - 1) * S + K, IW = (TC - 1) * S + K;
-    fm_t ibuf[TD][IH][IW];
-    wt_t dwbuf[TD][K][K];
     fm_t fbuf[TD][TR][TC];  // the fusion buffer: one channel group's DW output tile
     wt_t wbuf[TM][TN];
     acc_t acc[TM][TR][TC];
-#pragma HLS ARRAY_PARTITION variable=ibuf dim=1 complete
-#pragma HLS ARRAY_PARTITION variable=dwbuf complete
 #pragma HLS ARRAY_PARTITION variable=fbuf dim=1 complete
 #pragma HLS ARRAY_PARTITION variable=wbuf complete
 #pragma HLS ARRAY_PARTITION variable=acc dim=1 complete
@@ -236,34 +249,8 @@ void bundle(const fm_t *in, const wt_t *dw, const ap_int<32> *dbias, const wt_t 
             const int tc = (W - c0 < TC) ? W - c0 : TC;
             for (int m0 = 0; m0 < CO; m0 += TM) {
                 for (int d0 = 0; d0 < C; d0 += TD) {
-                    load_tile<fm_t, TD, IH, IW, HI, WI, K, S, PT, PL>(ibuf, in, d0, C, r0, c0, tr, tc);
-                    for (int ki = 0; ki < K; ki++)
-                        for (int kj = 0; kj < K; kj++) {
-#pragma HLS PIPELINE II=1
-                            ES_LOAD();
-                            for (int d = 0; d < TD; d++) {
-#pragma HLS UNROLL
-                                dwbuf[d][ki][kj] = (d0 + d < C) ? dw[((d0 + d) * K + ki) * K + kj] : wt_t(0);
-                            }
-                        }
-                    ES_DW_INVOKE();
-                    for (int i = 0; i < tr; i++)
-                        for (int j = 0; j < tc; j++) {
-#pragma HLS PIPELINE II=1
-                            ES_DW_COUNT();
-                            for (int d = 0; d < TD; d++) {
-#pragma HLS UNROLL
-                                dacc_t sum = (d0 + d < C) ? dacc_t(dbias[d0 + d]) : dacc_t(0);
-                                for (int ki = 0; ki < K; ki++)
-                                    for (int kj = 0; kj < K; kj++) {
-#pragma HLS UNROLL
-                                        sum += dwbuf[d][ki][kj] * ibuf[d][i * S + ki][j * S + kj];
-                                    }
-                                fm_t v = requant<DSHIFT, FBITS>(sum);
-                                if (DRELU && v < 0) v = 0;
-                                fbuf[d][i][j] = (d0 + d < C) ? v : fm_t(0);
-                            }
-                        }
+                    dw_tile<fm_t, wt_t, dacc_t, C, HI, WI, K, S, PT, PL, TD, TR, TC, DSHIFT, FBITS, DRELU, true>(
+                        fbuf, in, dw, dbias, d0, r0, c0, tr, tc);
                     for (int n0 = 0; n0 < TD; n0 += TN) {
                         for (int m = 0; m < TM; m++) {
 #pragma HLS PIPELINE II=1
