@@ -138,3 +138,41 @@ def test_missing_compiler_and_headers_say_what_to_install(monkeypatch, tmp_path)
     monkeypatch.setattr(resources, "files", no_package)
     with pytest.raises(EdgesplitError, match="pip install 'edgesplit\\[hls\\]'"):
         csim.ap_types_dir()
+
+
+def test_a_split_model_runs_with_one_branch_on_the_accelerator_code(tiny_run, tiny_export, tmp_path):
+    """A real worker serves branch0 through the compiled C simulation (engine hls-csim), the other branch on
+    ONNX Runtime; the branch answers the integer reference bit for bit, the coordinator the head of both."""
+    import asyncio
+
+    import edgesplit
+    from edgesplit.data import load_dataset
+    from edgesplit.runtime.cluster import LocalCluster
+    from edgesplit.runtime.engine import OnnxRuntimeEngine
+    from edgesplit.runtime.transport.client import GrpcWorker
+
+    proj = tmp_path / "hls_branch0"
+    r = build_hls(str(tiny_run), proj, 8, 8, HlsConfig(tm=8, tn=8, td=8, tr=7, tc=7), csim_images=4, branch=0)
+    assert r["bit_exact"]
+    layout = json.loads((proj / "layout.json").read_text())
+    x = np.fromfile(proj / "images.bin", "<f4").reshape(4, *layout["input"]["shape"])  # preprocessed real images
+    want = np.fromfile(proj / "expected.bin", "<i2").reshape(4, -1).astype(np.float32) * np.float32(2.0 ** -layout["output"]["frac"])
+    hls_args = {"branch0": ["--engine", "hls-csim", "--hls", str(proj)]}
+    with LocalCluster(tiny_export, timeout_ms=20000, extra_args=hls_args, pin=False) as c:
+
+        async def call():
+            w = GrpcWorker(c.workers["branch0"].address, "branch0")
+            try:
+                return await w.infer({"input": x}, timeout_s=20)
+            finally:
+                await w.close()
+
+        got = asyncio.run(call()).outputs["features"]
+        assert got.shape == want.shape and np.array_equal(got, want)  # bit for bit
+        images = np.ascontiguousarray(load_dataset("fashion-mnist", "test").data[:4].transpose(0, 3, 1, 2))  # NCHW uint8
+        with edgesplit.connect(c.plan()) as client:
+            logits = client.infer(images)
+    other = OnnxRuntimeEngine(tiny_export / "branch1.onnx").run({"input": x})["features"]
+    head = OnnxRuntimeEngine(tiny_export / "head.onnx")
+    expected = head.run({head.inputs[0].name: np.concatenate([want, other], axis=1)})
+    assert np.abs(logits - next(iter(expected.values()))).max() < 1e-4

@@ -283,8 +283,8 @@ def cmd_worker(args) -> None:
                          args.inject_error_prob, args.crash_after, args.inject_seed)
     cfg = WorkerConfig(args.source, args.part, args.host, args.port, args.threads, _cpus(args.cpus),
                        providers=tuple(args.providers.split(",")) if args.providers else None,
-                       max_message_bytes=int(args.max_message_mb * (1 << 20)), faults=faults,
-                       unix_socket=args.unix_socket, poll_ms=args.poll_ms)
+                       engine=args.engine, max_message_bytes=int(args.max_message_mb * (1 << 20)), faults=faults,
+                       unix_socket=args.unix_socket, poll_ms=args.poll_ms, hls_dir=args.hls)
     asyncio.run(serve_worker(cfg, _server_security(args)))
 
 
@@ -691,6 +691,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     s.add_argument("--port", type=int, default=0, help="port (0: any free one, printed when ready)")
     s.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    s.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "numpy", "auto", "hls-csim"],
+                   help="what runs the part: ONNX Runtime (default), numpy (FC graphs), or hls-csim: the part's "
+                        "generated accelerator in C simulation (needs --hls)")
+    s.add_argument("--hls", metavar="DIR", help="with --engine hls-csim: the project `edgesplit hls ... --branch K` wrote")
     s.add_argument("--cpus", help="pin to these CPUs, e.g. 0 or 2,3")
     s.add_argument("--providers", help="ONNX Runtime execution providers in order, e.g. CUDAExecutionProvider")
     s.add_argument("--max-message-mb", type=float, default=64.0, help="largest request accepted (MiB)")

@@ -83,6 +83,8 @@ def build_hls(spec: str, out_dir: str | Path, wbits: int, fbits: int, cfg: HlsCo
     images = to_tensor(test.images(np.arange(n_images)), pre).numpy()  # real test images, preprocessed
     reference = run_integer_tensors(graph, scheme, images.astype(np.float64))
     layout = write_project(graph, scheme, cfg, Path(out_dir), images, {k: v[:1] for k, v in reference.items()}, name)
+    # the integer reference's outputs for images.bin: what the board (and the hls-csim engine) must answer
+    reference[graph.output_name].reshape(len(images), -1).astype("<i2").tofile(Path(out_dir) / "expected.bin")
     report = {"model": name, "out": str(out_dir), "wbits": wbits, "fbits": fbits, "config": layout["config"],
               "calls": len(layout["calls"]), "generate_s": time.perf_counter() - t0}
     if csim_images:

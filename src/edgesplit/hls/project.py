@@ -102,8 +102,9 @@ def _acc_bits(wbits: int, fbits: int, fan_in: int) -> int:
 
 
 def plan_calls(graph: QGraph, scheme: QScheme, shapes: dict[str, tuple[int, ...]], cfg: HlsConfig,
-               woff: dict[str, int], boff: dict[str, int], fmoff: dict[str, int]) -> list[Call]:
-    """The layer calls of ``edgesplit_kernel``, fusing conv -> ReLU -> max-pool where the output stage can."""
+               woff: dict[str, int], boff: dict[str, int], fmoff: dict[str, int]) -> tuple[list[Call], dict[str, str]]:
+    """The layer calls of ``edgesplit_kernel`` (fusing DW -> PW bundles and conv -> ReLU -> max-pool where the
+    output stage can), and the tensors that are another's values under a new name (flatten) -> that tensor."""
     feats, wb, fb = scheme.features, scheme.wbits, scheme.fbits
     consumers = _consumers(graph)
     calls: list[Call] = []
@@ -213,7 +214,7 @@ def plan_calls(graph: QGraph, scheme: QScheme, shapes: dict[str, tuple[int, ...]
             raise AssertionError(op.op)
         done.update(covered)
         calls.append(Call(len(calls), tuple(covered), kind, out, code))
-    return calls
+    return calls, alias
 
 
 def _is_depthwise(op: QOp, shapes) -> bool:
@@ -286,7 +287,9 @@ def write_project(graph: QGraph, scheme: QScheme, cfg: HlsConfig, out_dir: Path,
             fmoff[name] = offset
             offset += int(np.prod(shapes[name]))
     fm_size = offset
-    calls = plan_calls(graph, scheme, shapes, cfg, woff, boff, fmoff)
+    calls, alias = plan_calls(graph, scheme, shapes, cfg, woff, boff, fmoff)
+    for t, same in alias.items():  # a flattened tensor is its source's values: point it there
+        fmoff[t] = fmoff[same]
     wq_all = np.concatenate(weights).astype("<i2") if weights else np.zeros(1, "<i2")
     bq_all = np.concatenate(biases).astype("<i4") if biases else np.zeros(1, "<i4")
     wq_all.tofile(out_dir / "weights.bin")
@@ -308,6 +311,7 @@ def write_project(graph: QGraph, scheme: QScheme, cfg: HlsConfig, out_dir: Path,
     (out_dir / "net.h").write_text(_net_h(layout))
     (out_dir / "net.cpp").write_text(_net_cpp(layout, calls))
     (out_dir / "tb.cpp").write_text(_tb_cpp(layout))
+    (out_dir / "engine_abi.cpp").write_text(ENGINE_ABI)
     (out_dir / "run_hls.tcl").write_text(_tcl(cfg))
     (out_dir / "README.md").write_text(_readme(layout))
     return layout
@@ -406,6 +410,8 @@ int main(int argc, char **argv) {{
     const double scale = std::ldexp(1.0, ES_INPUT_FRAC);
     const long long qmin = -(1LL << ({layout['fbits']} - 1)), qmax = (1LL << ({layout['fbits']} - 1)) - 1;
     std::vector<short> dump(ES_FM_SIZE);
+    std::vector<short> expected = read_all<short>("expected.bin", (size_t)images * ES_OUTPUT_SIZE);
+    int wrong = 0;
     for (int n = 0; n < images; n++) {{
         for (int i = 0; i < ES_FM_SIZE; i++) fm[i] = 0;
         for (int i = 0; i < ES_INPUT_SIZE; i++) {{  // round half up, saturate: quant.fixed.quantize
@@ -414,6 +420,8 @@ int main(int argc, char **argv) {{
         }}
         edgesplit_kernel(fm, wgt, bias);
         for (int i = 0; i < ES_FM_SIZE; i++) dump[i] = (short)fm[i].to_int();
+        for (int i = 0; i < ES_OUTPUT_SIZE; i++)  // expected.bin: the integer reference's output (edgesplit)
+            if (dump[ES_OUTPUT_OFFSET + i] != expected[(size_t)n * ES_OUTPUT_SIZE + i]) wrong++;
         char path[64];
         snprintf(path, sizeof path, "csim_out/tensors_%d.bin", n);
         FILE *f = fopen(path, "wb");
@@ -427,9 +435,51 @@ int main(int argc, char **argv) {{
 #endif
     }}
     fclose(cyc);
-    printf("ran %d image(s) of {c}x{h}x{w}\\n", images);
-    return 0;
+    printf("ran %d image(s) of {c}x{h}x{w}: %s\\n", images, wrong ? "MISMATCH with expected.bin" : "output equals expected.bin");
+    return wrong ? 1 : 0;
 }}
+"""
+
+
+# A C entry point for the C simulation as a shared library (the worker's hls-csim engine): the
+# board's input step (quantize the preprocessed image) and the kernel, one image per call.
+ENGINE_ABI = """// C ABI of the C simulation, for edgesplit's hls-csim engine (a worker serving a branch on this code).
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+#include "net.h"
+
+static wt_t g_wgt[ES_WEIGHTS_SIZE];
+static bias_t g_bias[ES_BIAS_SIZE];
+static fm_t g_fm[ES_FM_SIZE];
+
+extern "C" int edgesplit_init(const short *weights, const int *biases) {
+    for (int i = 0; i < ES_WEIGHTS_SIZE; i++) g_wgt[i] = weights[i];
+    for (int i = 0; i < ES_BIAS_SIZE; i++) g_bias[i] = biases[i];
+    return 0;
+}
+
+extern "C" int edgesplit_sizes(int *input_size, int *output_size, int *output_frac) {
+    *input_size = ES_INPUT_SIZE;
+    *output_size = ES_OUTPUT_SIZE;
+    *output_frac = ES_OUTPUT_FRAC;
+    return 0;
+}
+
+// x: ES_INPUT_SIZE preprocessed float32 values (C, H, W); out: ES_OUTPUT_SIZE integers (ES_OUTPUT_FRAC fraction bits)
+extern "C" int edgesplit_run(const float *x, short *out) {
+    const double scale = std::ldexp(1.0, ES_INPUT_FRAC);
+    const long long qmax = (1LL << (fm_t::width - 1)) - 1, qmin = -qmax - 1;
+    for (int i = 0; i < ES_FM_SIZE; i++) g_fm[i] = 0;
+    for (int i = 0; i < ES_INPUT_SIZE; i++) {
+        long long q = (long long)std::floor((double)x[i] * scale + 0.5);
+        g_fm[ES_INPUT_OFFSET + i] = q < qmin ? qmin : (q > qmax ? qmax : q);
+    }
+    edgesplit_kernel(g_fm, g_wgt, g_bias);
+    for (int i = 0; i < ES_OUTPUT_SIZE; i++) out[i] = (short)g_fm[ES_OUTPUT_OFFSET + i].to_int();
+    return 0;
+}
 """
 
 
@@ -443,6 +493,7 @@ add_files -tb tb.cpp -cflags "-I. -std=c++14 -DEDGESPLIT_CSIM"
 add_files -tb weights.bin
 add_files -tb bias.bin
 add_files -tb images.bin
+add_files -tb expected.bin
 open_solution -reset solution1 -flow_target vivado
 set_part {{{cfg.part}}}
 create_clock -period {1000.0 / cfg.clock_mhz:.3f} -name default

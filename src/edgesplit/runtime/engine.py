@@ -73,13 +73,18 @@ class OnnxRuntimeEngine:
         return dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
 
 
-ENGINES = ("onnxruntime", "numpy", "auto")
+ENGINES = ("onnxruntime", "numpy", "auto", "hls-csim")
 
 
-def create_engine(kind: str, path: str | Path, **kwargs) -> InferenceEngine:
+def create_engine(kind: str, path: str | Path, hls_dir: str | Path | None = None, **kwargs) -> InferenceEngine:
     """``onnxruntime``; ``numpy`` (graphs of fully connected layers only: :mod:`~edgesplit.runtime.numpy_engine`);
-    ``auto``: numpy where it can run the graph (faster for the small heads a coordinator runs), else ONNX Runtime.
-    ``kwargs`` are ONNX Runtime's (threads, providers); numpy runs on the calling thread."""
+    ``auto``: numpy where it can run the graph (faster for the small heads a coordinator runs), else ONNX Runtime;
+    ``hls-csim``: the part's generated accelerator in C simulation (:mod:`~edgesplit.hls.engine`, project ``hls_dir``).
+    ``kwargs`` are ONNX Runtime's (threads, providers); numpy and hls-csim run on the calling thread."""
+    if kind == "hls-csim":
+        from edgesplit.hls.engine import HlsCsimEngine
+
+        return HlsCsimEngine(path, hls_dir)
     if kind == "onnxruntime":
         return OnnxRuntimeEngine(path, **kwargs)
     if kind in ("numpy", "auto"):

@@ -101,6 +101,7 @@ class WorkerConfig:
     faults: FaultConfig = FaultConfig()
     unix_socket: str | None = None  # also serve on this Unix socket (the local cluster's fast path)
     poll_ms: float = 0.0  # Unix socket: poll this long after each answer instead of sleeping (see ipc.UnixSocketServer)
+    hls_dir: str | None = None  # engine hls-csim: the project `edgesplit hls` wrote for this part
 
 
 def load_parts(cfg: WorkerConfig) -> list:
@@ -115,11 +116,11 @@ def load_parts(cfg: WorkerConfig) -> list:
         models = []
         for name in names:
             part = manifest.part(name)
-            engine = create_engine(cfg.engine, manifest.path(part), threads=cfg.threads, providers=cfg.providers)
+            engine = create_engine(cfg.engine, manifest.path(part), cfg.hls_dir, threads=cfg.threads, providers=cfg.providers)
             pre = Preprocess.from_dict(manifest.preprocess) if part.role in ("branch", "model") else None
             models.append(PartModel(part.name, engine, pre))
     elif src.suffix == ".onnx" and src.is_file():
-        engine = create_engine(cfg.engine, src, threads=cfg.threads, providers=cfg.providers)
+        engine = create_engine(cfg.engine, src, cfg.hls_dir, threads=cfg.threads, providers=cfg.providers)
         models = [PartModel(cfg.part or src.stem, engine)]
     else:
         raise EdgesplitError(f"{src} is neither an export directory nor an .onnx file")
