@@ -192,6 +192,11 @@ def test_search_writes_every_output(search):
     assert "Co-design for pynq-z1" in (run / "report.md").read_text()
     accel = json.loads((run / "chosen/accelerator.json").read_text())
     assert accel["fits"] and accel["config"]["wbits"] == chosen["wbits"]
+    hls = chosen["hls"]  # the chosen network's accelerator, generated and checked in C simulation
+    assert hls["bit_exact"] and hls["config"]["tm"] == accel["config"]["tm"] and (run / "chosen/hls/net.cpp").exists()
+    fpga_branches = result["fleet"]["accepted"]["hls"]
+    assert fpga_branches and all(b["device"] == "ultra96-v2" and b["bit_exact"] for b in fpga_branches)
+    assert (run / f"fleet/hls/branch{fpga_branches[0]['branch']}/net.cpp").exists()
 
 
 def test_resume_redoes_nothing_and_refuses_other_settings(search, capsys):

@@ -176,3 +176,9 @@ def test_a_split_model_runs_with_one_branch_on_the_accelerator_code(tiny_run, ti
     head = OnnxRuntimeEngine(tiny_export / "head.onnx")
     expected = head.run({head.inputs[0].name: np.concatenate([want, other], axis=1)})
     assert np.abs(logits - next(iter(expected.values()))).max() < 1e-4
+
+
+def test_an_export_is_refused_with_what_to_pass(tiny_export, tmp_path, capsys):
+    assert main(["hls", str(tiny_export), "--device", "pynq-z1", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "without fixed-point formats" in err and "--branch" in err and len(err.splitlines()) == 1

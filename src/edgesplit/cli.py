@@ -551,7 +551,7 @@ def cmd_hls(args) -> None:
         raise EdgesplitError(f"{device.name} is a {device.kind} device; `edgesplit hls` builds for FPGA boards (see `edgesplit devices`)")
     cfg = hls_config_for(device, tm=args.tm, tn=args.tn, td=args.td, tr=args.tr, tc=args.tc, fuse=not args.no_fuse)
     r = build_hls(args.model, args.out, args.wbits, args.fbits, cfg, args.csim, args.branch, args.data_dir,
-                  tuned_device=device if args.tuned else None)
+                  tuned_device=device if args.tuned else None, image_size=args.image_size)
     if args.json:
         _write_json(r, args.json)
     else:
@@ -775,6 +775,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wbits", type=int, default=8, help="weight bits, 2 to 16 (default 8)")
     s.add_argument("--fbits", type=int, default=8, help="feature-map bits, 2 to 16 (default 8)")
     s.add_argument("--branch", type=int, help="one branch of a split model (the part a device serves)")
+    s.add_argument("--image-size", type=int, help="a registered model at this square input (Fashion-MNIST images resized; "
+                                                   "default 28)")
     for f, default, h in (("tm", 16, "output channels in parallel"), ("tn", 8, "input channels in parallel"),
                           ("td", 16, "depth-wise channels in parallel"), ("tr", 16, "tile rows"), ("tc", 16, "tile columns")):
         s.add_argument(f"--{f}", type=int, default=default, help=f"{h} (default {default})")

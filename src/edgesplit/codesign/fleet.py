@@ -156,6 +156,33 @@ def quant_overrides(option: dict) -> dict[str, tuple[int, int] | None]:
     return {**per_branch, "": None}
 
 
+def _branch_accelerators(ev, option: dict, out: Path, fleet) -> list[dict]:
+    """Each FPGA branch's accelerator (HLS project, C simulation), at its own widths and the tiling tuned for its board."""
+    from edgesplit.hls.build import build_for_design
+    from edgesplit.training.checkpoint import load_model
+
+    devices = {d.device.name: d.device for d in fleet.devices}
+    model, _ = load_model(option["accuracy"]["run_dir"])
+    built = []
+    for i, (name, bits) in enumerate(zip(option["devices"], option["branch_bits"])):
+        dev = devices[name]
+        if dev.kind != "fpga" or not bits:
+            continue
+        accel = ev.cost_graph(_branch_graph(model, i, ev), dev, tuple(bits), fine=True).get("accelerator")
+        if accel is None:
+            built.append({"branch": i, "device": name, "error": "no design of this branch fits the board"})
+            continue
+        built.append({"branch": i, "device": name, **build_for_design(option["accuracy"]["run_dir"], out / f"branch{i}",
+                                                                     tuple(bits), accel, dev, i, ev.data_dir)})
+    return built
+
+
+def _branch_graph(model, i: int, ev):
+    from edgesplit.hardware.graph import graph_from_model
+
+    return graph_from_model(model.branches[i], (ev.in_chans, *ev.image_hw), f"branch{i}")
+
+
 def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress) -> dict:
     """Allocate; then, from the highest throughput down, train each split shape (at most
     :data:`MAX_TRAINED_OPTIONS` of them) and check its fixed-point validation accuracy at the option's
@@ -211,5 +238,6 @@ def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress) ->
     plan = Plan("export", tuple(PartPlacement(p, (addr,)) for p, addr in zip(parts, accepted["addresses"])))
     plan.write(out / "plan.yaml")
     load_plan(out / "plan.yaml")  # the runtime accepts it
+    accepted["hls"] = _branch_accelerators(ev, accepted, out / "hls", fleet)
     return {"floor": floor, "options": [o for i, o in enumerate(options) if i < SHOWN_OPTIONS or "accuracy" in o],
             "accepted": accepted, "plan": str(out / "plan.yaml")}

@@ -312,6 +312,11 @@ def _write_chosen(ev: Evaluator, chosen: dict, out: Path) -> None:
     (out / "network.json").write_text(json.dumps({"model": "bundlenet", "model_kwargs": ckpt["model_kwargs"],
                                                   "candidate": c.to_dict()}, indent=1))
     (out / "accelerator.json").write_text(json.dumps(chosen["hardware"].get("estimate", chosen["hardware"]), indent=1))
+    if "accelerator" in chosen["hardware"]:  # the accelerator itself, checked in C simulation
+        from edgesplit.hls.build import build_for_design
+
+        chosen["hls"] = build_for_design(out / "checkpoint.pt", out / "hls", (c.wbits, c.fbits),
+                                         chosen["hardware"]["accelerator"], ev.device, data_dir=ev.data_dir)
 
 
 BASELINE_BITS = {"bundlenet-a": (16, 8), "bundlenet-b": (16, 16), "bundlenet-c": (11, 8)}  # the seed's Table 2

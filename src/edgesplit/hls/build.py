@@ -22,13 +22,18 @@ log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 500
 
 
-def _load(spec: str, branch: int | None, data_dir: str | None):
+def _load(spec: str, branch: int | None, data_dir: str | None, image_size: int | None = None):
     """(module, name, preprocess, input shape (C, H, W), dataset name) of a checkpoint or registered model."""
     from edgesplit.data.datasets import load_dataset
     from edgesplit.data.preprocess import Preprocess
 
     path = Path(spec)
+    if (path / "manifest.json").is_file():
+        raise EdgesplitError(f"{path} is an export: float ONNX parts without fixed-point formats; pass the checkpoint "
+                             "(run folder) it came from, with --branch K for one branch")
     if path.exists():
+        if image_size:
+            raise EdgesplitError("--image-size applies to registered model names; a checkpoint keeps its own input size")
         from edgesplit.training.checkpoint import checkpoint_preprocess, load_model
 
         model, ckpt = load_model(path)
@@ -39,9 +44,10 @@ def _load(spec: str, branch: int | None, data_dir: str | None):
 
         if spec not in list_models():
             raise EdgesplitError(f"{spec!r} is neither a checkpoint nor a registered model ({', '.join(list_models())})")
+        size = (image_size, image_size) if image_size else (28, 28)  # Fashion-MNIST, resized when asked
         test = load_dataset("fashion-mnist", "test", data_dir, size=(28, 28), in_chans=1)
-        pre = Preprocess((28, 28), test.mean, test.std)
-        model, name, in_chans, data = create_model(spec, num_classes=10, in_chans=1, input_size=(28, 28)), spec, 1, "fashion-mnist"
+        pre = Preprocess(size, test.mean, test.std)
+        model, name, in_chans, data = create_model(spec, num_classes=10, in_chans=1, input_size=size), spec, 1, "fashion-mnist"
     model.eval()
     if branch is not None:
         branches = getattr(model, "branches", None)
@@ -54,7 +60,8 @@ def _load(spec: str, branch: int | None, data_dir: str | None):
 
 
 def build_hls(spec: str, out_dir: str | Path, wbits: int, fbits: int, cfg: HlsConfig, csim_images: int = 0,
-              branch: int | None = None, data_dir: str | None = None, tuned_device=None) -> dict:
+              branch: int | None = None, data_dir: str | None = None, tuned_device=None,
+              image_size: int | None = None) -> dict:
     """Write the project for ``spec``; with ``csim_images``, compile and check it. Returns a report."""
     import torch
 
@@ -69,7 +76,9 @@ def build_hls(spec: str, out_dir: str | Path, wbits: int, fbits: int, cfg: HlsCo
     if csim_images < 0:
         raise EdgesplitError(f"--csim must be 0 or more images, got {csim_images}")
     t0 = time.perf_counter()
-    model, name, pre, shape, data = _load(spec, branch, data_dir)
+    if image_size is not None and image_size < 8:
+        raise EdgesplitError(f"--image-size must be at least 8 pixels, got {image_size}")
+    model, name, pre, shape, data = _load(spec, branch, data_dir, image_size)
     if tuned_device is not None:
         cfg = _tuned(model, shape, name, tuned_device, wbits, fbits, cfg)
     train = load_dataset(data, "train", data_dir, size=pre.size, in_chans=shape[0])
@@ -85,7 +94,8 @@ def build_hls(spec: str, out_dir: str | Path, wbits: int, fbits: int, cfg: HlsCo
     layout = write_project(graph, scheme, cfg, Path(out_dir), images, {k: v[:1] for k, v in reference.items()}, name)
     # the integer reference's outputs for images.bin: what the board (and the hls-csim engine) must answer
     reference[graph.output_name].reshape(len(images), -1).astype("<i2").tofile(Path(out_dir) / "expected.bin")
-    report = {"model": name, "out": str(out_dir), "wbits": wbits, "fbits": fbits, "config": layout["config"],
+    report = {"model": name, "out": str(out_dir), "input_shape": list(shape), "wbits": wbits, "fbits": fbits,
+              "config": layout["config"],
               "calls": len(layout["calls"]), "generate_s": time.perf_counter() - t0}
     if csim_images:
         from edgesplit.hls.csim import compare, compile_csim, run_csim
@@ -105,6 +115,25 @@ def build_hls(spec: str, out_dir: str | Path, wbits: int, fbits: int, cfg: HlsCo
         report["cycles_within_10_percent"] = all(r["ratio"] is not None and abs(r["ratio"] - 1) <= 0.10
                                                  for r in report["cycles"])
     return report
+
+
+CODESIGN_CSIM_IMAGES = 8
+
+
+def build_for_design(checkpoint: str | Path, out_dir: Path, bits: tuple[int, int], accelerator: dict, device,
+                     branch: int | None = None, data_dir: str | None = None) -> dict:
+    """The HLS project of one designed network or branch (``codesign``): the tiling ``tune`` chose for ``device``,
+    checked in C simulation on a few real images. A failure (no g++, no headers) is recorded, not raised: the
+    search's result stands without it."""
+    from edgesplit.hls.project import hls_config_for
+
+    cfg = hls_config_for(device, **{k: int(accelerator[k]) for k in ("tm", "tn", "td", "tr", "tc")})
+    try:
+        r = build_hls(str(checkpoint), out_dir, bits[0], bits[1], cfg, CODESIGN_CSIM_IMAGES, branch, data_dir)
+    except EdgesplitError as err:
+        return {"out": str(out_dir), "error": str(err)}
+    return {k: r[k] for k in ("out", "model", "wbits", "fbits", "config", "calls", "bit_exact", "first_mismatch",
+                              "cycles_within_10_percent", "csim_images")}
 
 
 def _tuned(model, shape, name, device, wbits, fbits, cfg: HlsConfig) -> HlsConfig:
