@@ -30,6 +30,24 @@ def tiny_export(tiny_run, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def mlp():
+    """AlexNet-like fully connected layers (random weights): the coded FC tests' network."""
+    from edgesplit.export.coded import random_alexnet_fc
+
+    return random_alexnet_fc(num_classes=10, seed=3, widths=(64, 48, 40))
+
+
+@pytest.fixture(scope="session")
+def coded_export(mlp, tmp_path_factory):
+    """``mlp`` exported with its two hidden layers coded over 3 data + 1 parity blocks (stages l1, l2)."""
+    from edgesplit.export.coded import export_coded_mlp
+
+    d = tmp_path_factory.mktemp("coded")
+    export_coded_mlp(mlp, d, 3, 1, "mlp", layer_names=("l1", "l2"))
+    return d
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

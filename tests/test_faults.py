@@ -7,25 +7,13 @@ import numpy as np
 import pytest
 
 import edgesplit
-from edgesplit.export.coded import export_coded_mlp, random_alexnet_fc, reference_forward
+from edgesplit.export.coded import export_coded_mlp, reference_forward
 from edgesplit.export.manifest import load_manifest
 from edgesplit.runtime.cluster import LocalCluster
 from edgesplit.runtime.errors import PartUnavailable
 
-K, R = 3, 1
+K, R = 3, 1  # as conftest.coded_export
 LAYERS = ("l1", "l2")
-
-
-@pytest.fixture(scope="module")
-def mlp():
-    return random_alexnet_fc(num_classes=10, seed=3, widths=(64, 48, 40))
-
-
-@pytest.fixture(scope="module")
-def coded_export(mlp, tmp_path_factory):
-    d = tmp_path_factory.mktemp("coded")
-    export_coded_mlp(mlp, d, K, R, "mlp", layer_names=LAYERS)
-    return d
 
 
 def _groups(n):

@@ -133,7 +133,7 @@ def test_the_part_that_usually_answers_last_is_asked_first(tiny_export, images_u
         client.coordinator.trace = True
         first = client.infer_result(images_u8).parameters
         assert first["branch1_sent_ms"] < first["branch0_sent_ms"]
-        assert client.coordinator._typical_ms["branch1"] > client.coordinator._typical_ms["branch0"] + 20
+        assert client.coordinator.stats.typical_ms["branch1"] > client.coordinator.stats.typical_ms["branch0"] + 20
 
 
 def test_a_worker_pinned_to_the_coordinators_core_is_asked_last(tiny_export, images_u8, monkeypatch):

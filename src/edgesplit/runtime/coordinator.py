@@ -29,7 +29,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -83,6 +83,48 @@ class _Missing(Exception):
     """A part gave no answer in time (internal: the stage decides what that means)."""
 
 
+@dataclass
+class RequestReport:
+    """What one request's stages found out; its answer's KServe v2 parameters (:meth:`parameters`)."""
+    trace_t0: float | None = None  # monotonic() at the request's start when traced (Coordinator.trace)
+    degraded: bool = False  # a part's answer was replaced by zeros
+    recovered: bool = False  # a coded stage decoded with a parity block
+    missing: list[str] = field(default_factory=list)  # the parts replaced by zeros
+    part_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # "arrival_ms", PART_TIMINGS, TRACE_HOPS -> part -> ms
+    decode_ms: float | None = None  # time spent decoding coded stages
+    parity_asked: int = 0  # coded stages whose lazy parity blocks were asked
+
+    def record(self, key: str, part: str, ms: float) -> None:
+        self.part_ms.setdefault(key, {})[part] = ms
+
+    def parameters(self) -> dict:
+        params = {"degraded": self.degraded, "recovered": self.recovered}
+        if self.missing:
+            params["missing"] = ",".join(self.missing)
+        for key in ("arrival_ms", *PART_TIMINGS, *TRACE_HOPS):
+            params.update({f"{name}_{key}": ms for name, ms in self.part_ms.get(key, {}).items()})
+        if self.decode_ms is not None:
+            params["decode_ms"] = self.decode_ms
+        if self.parity_asked:
+            params["parity_asked"] = self.parity_asked
+        return params
+
+
+@dataclass
+class PartStats:
+    """What the coordinator learns across requests: each part's typical time from its send to its answer (the
+    slowest is asked first), and per coded stage when its first data block typically answers (lazy parity's
+    yardstick before this request's first one is in). Exponential moving averages."""
+    typical_ms: dict[str, float] = field(default_factory=dict)  # per part
+    typical_first_ms: dict[str, float] = field(default_factory=dict)  # per coded stage
+
+    def took(self, part: str, ms: float) -> None:
+        self.typical_ms[part] = _moving_average(self.typical_ms.get(part), ms)
+
+    def first_data(self, stage: str, ms: float) -> None:
+        self.typical_first_ms[stage] = _moving_average(self.typical_first_ms.get(stage), ms)
+
+
 class Coordinator:
     def __init__(self, plan: Plan, peers: dict[str, list[Peer]], head: InferenceEngine | None = None,
                  ring: InputRing | None = None):
@@ -108,8 +150,7 @@ class Coordinator:
                               (TensorMeta("logits", "float32", (-1, out_dim)),))
         self._rr = {name: itertools.count() for name in peers}
         self._ids = itertools.count()
-        self._typical_first_ms: dict[str, float] = {}  # per coded stage: moving average of the first data answer
-        self._typical_ms: dict[str, float] = {}  # per part: moving average of its answer's time after its send
+        self.stats = PartStats()
         self._closed = False
         self.trace = False  # True: every answer's parameters carry TRACE_HOPS per part (workers on this machine)
 
@@ -245,13 +286,19 @@ class Coordinator:
                 return
 
     # ------------------------------------------------------------------ stages
-    async def _run_stage(self, stage: StageSpec, x: np.ndarray, deadline: float, rid: str, flags: dict) -> np.ndarray:
+    async def _run_stage(self, stage: StageSpec, x: np.ndarray, deadline: float, rid: str, report: RequestReport) -> np.ndarray:
         if stage.local:
             (name,) = stage.parts
             return self.local[name].run({stage.input: x})[stage.output]  # ~10 us: cheaper inline than a thread hop
         t_stage = time.perf_counter()
         shared = self.ring.put(x) if self.ring is not None and len(stage.parts) > 1 else None  # one copy for all parts
-        run = _StageRun(self, stage, shared or x, deadline, rid, flags, t_stage)
+        x_sent = shared or x
+
+        def start(name: str) -> asyncio.Future:
+            return self._start_part(stage, name, x_sent, deadline, rid)
+
+        run = _StageRun(stage, start, self.stats, report, t_stage, deadline, self.plan, self._pinned_to,
+                        self._blockwise.get(stage.name))
         try:
             run.ask(i for i in range(len(stage.parts)) if i not in run.held_back)
             await run.wait()
@@ -260,15 +307,15 @@ class Coordinator:
             if shared is not None:  # every call that reads the slot is over: answered, failed or cancelled (a
                 self.ring.release(shared)  # cancelled worker may still read it, but its answer is never used)
         if run.first_data_ms is not None:  # the yardstick for the next request, before its first data block answers
-            self._typical_first_ms[stage.name] = _moving_average(self._typical_first_ms.get(stage.name), run.first_data_ms)
-        merged = self._merge(stage, run.answers, run.errors, flags, x.shape[0], concat=run.blockwise is None)
+            self.stats.first_data(stage.name, run.first_data_ms)
+        merged = self._merge(stage, run.answers, run.errors, report, x.shape[0], concat=run.blockwise is None)
         if run.blockwise is not None:  # the head, finished from its blocks' products (missing branches count as zeros)
             return run.blockwise[0].finish(run.head_sum)[run.blockwise[1].output]
         return merged
 
-    def _merge(self, stage: StageSpec, answers: dict[int, np.ndarray], errors: list[str], flags: dict, batch: int,
-               concat: bool = True) -> np.ndarray | None:
-        """The stage's output; for a concat stage with ``concat=False`` only the checks and flags (None)."""
+    def _merge(self, stage: StageSpec, answers: dict[int, np.ndarray], errors: list[str], report: RequestReport,
+               batch: int, concat: bool = True) -> np.ndarray | None:
+        """The stage's output; for a concat stage with ``concat=False`` only the checks and the report (None)."""
         missing = [stage.parts[i] for i in range(len(stage.parts)) if i not in answers]
         if stage.merge == "single":
             if not answers:
@@ -278,8 +325,8 @@ class Coordinator:
             if not answers or (missing and self.plan.on_missing == "fail"):
                 raise self._failure(stage, errors)
             if missing:
-                flags["degraded"] = True
-                flags.setdefault("missing", []).extend(missing)
+                report.degraded = True
+                report.missing.extend(missing)
             if not concat:
                 return None
             dims = self.manifest.feature_dims
@@ -289,14 +336,14 @@ class Coordinator:
         if len(answers) >= code.k:
             t0 = time.perf_counter()
             if any(i >= code.k for i in answers):
-                flags["recovered"] = True
+                report.recovered = True
             out = merge_blocks(code.decode(answers), stage.out_features)
-            flags["decode_ms"] = flags.get("decode_ms", 0.0) + (time.perf_counter() - t0) * 1e3
+            report.decode_ms = (report.decode_ms or 0.0) + (time.perf_counter() - t0) * 1e3
         else:
             if not answers or self.plan.on_missing == "fail":
                 raise self._failure(stage, errors)
-            flags["degraded"] = True
-            flags.setdefault("missing", []).extend(stage.parts[i] for i in range(code.k) if i not in answers)
+            report.degraded = True
+            report.missing.extend(stage.parts[i] for i in range(code.k) if i not in answers)
             rows = next(iter(answers.values())).shape[1]
             blocks = np.stack([answers[i] if i in answers else np.zeros((batch, rows), np.float32) for i in range(code.k)])
             out = merge_blocks(blocks, stage.out_features)
@@ -312,21 +359,13 @@ class Coordinator:
         x = self._check_input(inputs)
         deadline = time.monotonic() + self.plan.timeout_ms / 1e3
         rid = str(next(self._ids))
-        flags: dict = {"trace_t0": time.monotonic()} if self.trace else {}
+        report = RequestReport(trace_t0=time.monotonic() if self.trace else None)
         stages = iter(self.stages)
         for stage in stages:
-            x = await self._run_stage(stage, x, deadline, rid, flags)
+            x = await self._run_stage(stage, x, deadline, rid, report)
             if stage.name in self._blockwise:
                 next(stages)  # the head ran blockwise within that stage
-        params = {"degraded": bool(flags.get("degraded")), "recovered": bool(flags.get("recovered"))}
-        if flags.get("missing"):
-            params["missing"] = ",".join(flags["missing"])
-        for key in ("arrival_ms", *PART_TIMINGS, *TRACE_HOPS):
-            params.update({f"{name}_{key}": ms for name, ms in flags.get(key, {}).items()})
-        for key in ("decode_ms", "parity_asked"):
-            if key in flags:
-                params[key] = flags[key]
-        return InferResult({"logits": x}, params)
+        return InferResult({"logits": x}, report.parameters())
 
     async def wait_ready(self, timeout_s: float = 30.0, require_all: bool = True) -> None:
         """Wait until every replica reports its model ready. With ``require_all=False``, replicas still not
@@ -366,20 +405,27 @@ class _StageRun:
     every answer needed is in, nothing is pending, or k can no longer be reached, and asks the lazy parity
     blocks when a data block fails or is late."""
 
-    def __init__(self, coord: Coordinator, stage: StageSpec, x_sent, deadline: float, rid: str, flags: dict,
-                 t_stage: float):
-        self.coord, self.stage, self.x_sent, self.deadline, self.rid, self.flags = coord, stage, x_sent, deadline, rid, flags
+    def __init__(self, stage: StageSpec, start: Callable[[str], asyncio.Future], stats: PartStats, report: RequestReport,
+                 t_stage: float, deadline: float, plan: Plan,
+                 pinned_to: Callable[[str], frozenset[int] | None] = lambda part: None, blockwise: tuple | None = None):
+        """``start(part)``: that part's call, begun now, as a future of its :class:`InferResult` (failures as
+        :class:`_Missing` or any exception). ``stats``: the typical times learned so far (updated here).
+        ``deadline``: monotonic() by which the stage stops waiting, whatever its peers do.
+        ``plan``: on_missing, parity, parity_slack. ``pinned_to(part)``: the CPUs of the part's local worker.
+        ``blockwise``: (BlockwiseGemm, head stage) when the head is multiplied branch by branch."""
+        self.stage, self.start, self.stats, self.report, self.plan, self.pinned_to = stage, start, stats, report, plan, pinned_to
         self.t_stage = t_stage  # perf_counter() at the stage's start
+        self.deadline = deadline
         self.coded = stage.merge == "decode"
         self.need = stage.code_k if self.coded else len(stage.parts)
-        self.held_back = range(stage.code_k, len(stage.parts)) if self.coded and coord.plan.parity == "lazy" else range(0)
+        self.held_back = range(stage.code_k, len(stage.parts)) if self.coded and plan.parity == "lazy" else range(0)
         self.part_of: dict[asyncio.Future, int] = {}  # each call's future -> the index of its part
         self.sent_at: dict[int, float] = {}  # perf_counter() per part index
         self.pending: set[asyncio.Future] = set()
         self.answers: dict[int, np.ndarray] = {}
         self.errors: list[str] = []
         self.fatal: list[BaseException] = []  # not an Exception: re-raised by the task
-        self.blockwise = coord._blockwise.get(stage.name)
+        self.blockwise = blockwise
         self.head_sum = None  # with ``blockwise``: the sum of the head's products with the answers so far
         self.first_data_ms: float | None = None  # when the first data block answered (lazy parity's yardstick)
         self.wake: asyncio.Future | None = None  # resolved when :meth:`wait` has something to decide
@@ -389,14 +435,14 @@ class _StageRun:
         devices the slowest one starts earliest, and the stage, which ends with its last answer, ends sooner. A
         local worker pinned to the core this coordinator runs on is asked last: woken, it takes the core (for its
         whole compute if the other core is busy) before the requests after it are sent."""
-        coord, parts = self.coord, self.stage.parts
+        parts = self.stage.parts
         here = _current_cpu()
 
         def order(i: int) -> tuple[bool, float]:
-            return coord._pinned_to(parts[i]) == {here}, -coord._typical_ms.get(parts[i], 0.0)
+            return self.pinned_to(parts[i]) == {here}, -self.stats.typical_ms.get(parts[i], 0.0)
 
         for i in sorted(indices, key=order):
-            fut = coord._start_part(self.stage, parts[i], self.x_sent, self.deadline, self.rid)
+            fut = self.start(parts[i])
             self.sent_at[i] = time.perf_counter()
             self.part_of[fut] = i
             self.pending.add(fut)
@@ -426,23 +472,24 @@ class _StageRun:
 
     def _take(self, i: int, part: str, r: InferResult) -> None:
         """Part ``i``'s answer: kept, its block of the head multiplied (blockwise), its timings recorded."""
-        flags, coord = self.flags, self.coord
+        report = self.report
         self.answers[i] = r.outputs[self.stage.output]
         if self.blockwise is not None:
             product = self.blockwise[0].partial(i, self.answers[i])
             self.head_sum = product if self.head_sum is None else self.head_sum + product
         now = time.perf_counter()
         arrival_ms = (now - self.t_stage) * 1e3
-        flags.setdefault("arrival_ms", {})[part] = arrival_ms
-        took_ms = (now - self.sent_at[i]) * 1e3
-        coord._typical_ms[part] = _moving_average(coord._typical_ms.get(part), took_ms)
+        report.record("arrival_ms", part, arrival_ms)
+        self.stats.took(part, (now - self.sent_at[i]) * 1e3)
         if self.coded and i < self.stage.code_k and self.first_data_ms is None:
             self.first_data_ms = arrival_ms
         for key in PART_TIMINGS:  # the worker's own account of the call, when it gives one
             if key in r.parameters:
-                flags.setdefault(key, {})[part] = r.parameters[key]
-        if "trace_t0" in flags:
-            _trace(flags, part, r.parameters)
+                report.record(key, part, r.parameters[key])
+        if report.trace_t0 is not None:
+            for key, at in TRACE_HOPS.items():  # the traced hops, in ms after the request's start
+                if at in r.parameters:
+                    report.record(key, part, (r.parameters[at] - report.trace_t0) * 1e3)
 
     async def wait(self) -> None:
         while True:
@@ -452,25 +499,27 @@ class _StageRun:
             if self.held_back and (self.errors or (late_in_s is not None and late_in_s <= 0)):
                 held_back, self.held_back, late_in_s = self.held_back, range(0), None
                 self.ask(held_back)  # lazy parity: a data block failed or is late
-                self.flags["parity_asked"] = self.flags.get("parity_asked", 0) + 1
+                self.report.parity_asked += 1
             if not self.pending or len(self.answers) >= self.need:
                 return
             if (self.coded and len(self.answers) + len(self.pending) + len(self.held_back) < self.need
-                    and self.coord.plan.on_missing == "fail"):
+                    and self.plan.on_missing == "fail"):
                 return  # k can no longer be reached and a degraded answer is not wanted: stop waiting
+            # peers enforce the deadline on their calls; this bound holds even for one that does not
+            until_deadline_s = self.deadline - time.monotonic()
+            if until_deadline_s <= 0:
+                self.errors.extend(f"{self.stage.parts[self.part_of[t]]}: no answer within the deadline" for t in self.pending)
+                return
             self.wake = asyncio.get_running_loop().create_future()
-            if late_in_s is None:
-                await self.wake
-            else:
-                await asyncio.wait((self.wake,), timeout=late_in_s)
+            await asyncio.wait((self.wake,), timeout=until_deadline_s if late_in_s is None else min(late_in_s, until_deadline_s))
 
     def _late_in_s(self) -> float | None:
         """Lazy parity: seconds until the data blocks count as late, (1 + parity_slack) x the first data block's
         time (before it answers: the typical one of earlier requests; None before any request had one)."""
-        ref_ms = self.first_data_ms if self.first_data_ms is not None else self.coord._typical_first_ms.get(self.stage.name)
+        ref_ms = self.first_data_ms if self.first_data_ms is not None else self.stats.typical_first_ms.get(self.stage.name)
         if ref_ms is None:
             return None
-        return (1 + self.coord.plan.parity_slack) * ref_ms / 1e3 - (time.perf_counter() - self.t_stage)
+        return (1 + self.plan.parity_slack) * ref_ms / 1e3 - (time.perf_counter() - self.t_stage)
 
     def cancel_pending(self) -> None:
         for t in list(self.pending):  # cancelling runs arrived() later, which discards from the set
@@ -499,13 +548,6 @@ _SCHED_GETCPU = _load_sched_getcpu()
 def _current_cpu() -> int | None:
     """The CPU this thread runs on now (Linux/glibc), else None."""
     return _SCHED_GETCPU() if _SCHED_GETCPU is not None else None
-
-
-def _trace(flags: dict, part: str, params: dict) -> None:
-    """Record a traced part's hops (TRACE_HOPS) in ``flags``, in ms after the request's start."""
-    for key, at in TRACE_HOPS.items():
-        if at in params:
-            flags.setdefault(key, {})[part] = (params[at] - flags["trace_t0"]) * 1e3
 
 
 def _missing(name: str, peer: Peer | None, err: Exception) -> str:
