@@ -510,8 +510,14 @@ class _StageRun:
             if until_deadline_s <= 0:
                 self.errors.extend(f"{self.stage.parts[self.part_of[t]]}: no answer within the deadline" for t in self.pending)
                 return
-            self.wake = asyncio.get_running_loop().create_future()
-            await asyncio.wait((self.wake,), timeout=until_deadline_s if late_in_s is None else min(late_in_s, until_deadline_s))
+            loop = asyncio.get_running_loop()
+            self.wake = wake = loop.create_future()
+            timer = loop.call_later(until_deadline_s if late_in_s is None else min(late_in_s, until_deadline_s),
+                                    _resolve, wake)  # one timer handle: cheaper than asyncio.wait's waiter
+            try:
+                await wake
+            finally:
+                timer.cancel()
 
     def _late_in_s(self) -> float | None:
         """Lazy parity: seconds until the data blocks count as late, (1 + parity_slack) x the first data block's
@@ -524,6 +530,11 @@ class _StageRun:
     def cancel_pending(self) -> None:
         for t in list(self.pending):  # cancelling runs arrived() later, which discards from the set
             t.cancel()
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _moving_average(old: float | None, new: float) -> float:
