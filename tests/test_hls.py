@@ -149,7 +149,7 @@ def test_a_split_model_runs_with_one_branch_on_the_accelerator_code(tiny_run, ti
     from edgesplit.data import load_dataset
     from edgesplit.runtime.cluster import LocalCluster
     from edgesplit.runtime.engine import OnnxRuntimeEngine
-    from edgesplit.runtime.transport.client import GrpcWorker
+    from edgesplit.runtime.transport.grpc_peer import GrpcPeer
 
     proj = tmp_path / "hls_branch0"
     r = build_hls(str(tiny_run), proj, 8, 8, HlsConfig(tm=8, tn=8, td=8, tr=7, tc=7), csim_images=4, branch=0)
@@ -161,7 +161,7 @@ def test_a_split_model_runs_with_one_branch_on_the_accelerator_code(tiny_run, ti
     with LocalCluster(tiny_export, timeout_ms=20000, extra_args=hls_args, pin=False) as c:
 
         async def call():
-            w = GrpcWorker(c.workers["branch0"].address, "branch0")
+            w = GrpcPeer(c.workers["branch0"].address, "branch0")
             try:
                 return await w.infer({"input": x}, timeout_s=20)
             finally:

@@ -15,11 +15,12 @@ from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailab
 from edgesplit.runtime.local import LocalModel
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
-from edgesplit.runtime.transport.client import GrpcWorker
+from edgesplit.runtime.transport.grpc_peer import GrpcPeer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgesplit.runtime.transport.ipc import HEADER, INFER, FrameReader, UnixSocketWorker, _frame, socket_path
+from edgesplit.runtime.transport.ipc import HEADER, INFER, FrameReader, _frame, socket_path
+from edgesplit.runtime.transport.ipc_peer import UnixSocketPeer
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +122,8 @@ def test_cluster_plan_uses_unix_sockets_and_workers_still_speak_grpc(tiny_export
     x = local.prepare(images[:4])
     want = local.engines["branch0"].run({"input": x})["features"]
     w = cluster.workers["branch0"]
-    over_ipc = _call(UnixSocketWorker, w.plan_address, "branch0", {"input": x})
-    over_grpc = _call(GrpcWorker, w.address, "branch0", {"input": x})
+    over_ipc = _call(UnixSocketPeer, w.plan_address, "branch0", {"input": x})
+    over_grpc = _call(GrpcPeer, w.address, "branch0", {"input": x})
     assert np.abs(over_ipc.outputs["features"] - want).max() < 1e-5
     assert np.array_equal(over_ipc.outputs["features"], over_grpc.outputs["features"])
     assert over_ipc.parameters["compute_ms"] > 0 and over_ipc.parameters["server_ms"] >= over_ipc.parameters["compute_ms"]
@@ -203,7 +204,7 @@ def test_frames_that_are_not_kserve_get_invalid_argument(tiny_export, cluster, i
 
 
 async def _call_async(address, inputs):
-    w = UnixSocketWorker(address, "branch0")
+    w = UnixSocketPeer(address, "branch0")
     try:
         return await w.infer(inputs, timeout_s=10)
     finally:
@@ -215,7 +216,7 @@ def test_message_limits_over_ipc(tiny_export):
         address = c.workers["branch0"].plan_address
 
         async def go():
-            w = UnixSocketWorker(address, "branch0")
+            w = UnixSocketPeer(address, "branch0")
             try:
                 with pytest.raises(InferError, match="over the limit"):  # 25 KiB: answered, connection kept
                     await w.infer({"input": np.zeros((8, 1, 28, 28), np.float32)}, timeout_s=10)
@@ -235,7 +236,7 @@ def test_deadline_then_killed_then_restarted_worker(tiny_export):
         address = c.workers["branch0"].plan_address
 
         async def go():
-            w = UnixSocketWorker(address, "branch0")
+            w = UnixSocketPeer(address, "branch0")
             try:
                 t0 = time.monotonic()
                 with pytest.raises(DeadlineExceeded, match="did not answer in time"):
@@ -259,10 +260,10 @@ def test_deadline_then_killed_then_restarted_worker(tiny_export):
 
 def test_bad_socket_addresses(tmp_path):
     with pytest.raises(EdgesplitError, match="ipc:///absolute/path.sock"):
-        UnixSocketWorker("ipc://relative.sock", "m")
+        UnixSocketPeer("ipc://relative.sock", "m")
     with pytest.raises(PartUnavailable, match="cannot connect"):
-        _call(UnixSocketWorker, f"ipc://{tmp_path}/nobody.sock", "m", {"input": np.zeros((1, 2), np.float32)})
-    from edgesplit.runtime.transport.ipc import UnixSocketServer
+        _call(UnixSocketPeer, f"ipc://{tmp_path}/nobody.sock", "m", {"input": np.zeros((1, 2), np.float32)})
+    from edgesplit.runtime.transport.ipc_server import UnixSocketServer
 
     (tmp_path / "file").write_text("not a socket")
     with pytest.raises(EdgesplitError, match="not a socket"):
@@ -284,7 +285,7 @@ def test_bad_socket_addresses(tmp_path):
 def test_a_handler_that_breaks_answers_unknown_not_silence(tmp_path):
     """An answer the codec cannot encode (complex output) fails that call at once; the server keeps serving."""
     from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
-    from edgesplit.runtime.transport.ipc import UnixSocketServer
+    from edgesplit.runtime.transport.ipc_server import UnixSocketServer
 
     class Odd:
         meta = ModelMeta("odd", "test", (TensorMeta("x", "float32", (-1, 2)),), (TensorMeta("y", "float32", (-1, 2)),))
@@ -299,7 +300,7 @@ def test_a_handler_that_breaks_answers_unknown_not_silence(tmp_path):
     async def go():
         server = UnixSocketServer([Odd()], tmp_path / "odd.sock", 1 << 20)
         await server.start()
-        w = UnixSocketWorker(server.address, "odd")
+        w = UnixSocketPeer(server.address, "odd")
         try:
             with pytest.raises(PartUnavailable, match="UNKNOWN"):
                 await w.infer({"x": -np.ones((1, 2), np.float32)})  # no timeout: it must not hang
@@ -338,7 +339,7 @@ def test_an_idle_worker_answers_a_synchronous_model_without_a_task(tmp_path):
     (or with calls in flight) goes through a task. Both give the same answers, including errors."""
     from edgesplit.runtime.errors import InferError
     from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
-    from edgesplit.runtime.transport.ipc import UnixSocketServer
+    from edgesplit.runtime.transport.ipc_server import UnixSocketServer
 
     calls = []
 
@@ -365,7 +366,7 @@ def test_an_idle_worker_answers_a_synchronous_model_without_a_task(tmp_path):
         now, later = Double("now"), AsyncOnly("later")
         server = UnixSocketServer([now, later], tmp_path / "m.sock", 1 << 20)
         await server.start()
-        a, b = UnixSocketWorker(server.address, "now"), UnixSocketWorker(server.address, "later")
+        a, b = UnixSocketPeer(server.address, "now"), UnixSocketPeer(server.address, "later")
         try:
             x = np.ones((1, 2), np.float32)
             y_now = (await a.infer({"x": x}, timeout_s=5)).outputs["y"]
@@ -423,12 +424,12 @@ class _Scaled(_AsyncScaled):
 def test_each_call_fails_at_its_own_deadline_on_a_shared_connection(tmp_path):
     """One timer serves every call's deadline on a connection: a call with an earlier deadline than the calls
     already pending fails on time, the others still get their answers, and a later call's deadline works too."""
-    from edgesplit.runtime.transport.ipc import UnixSocketServer
+    from edgesplit.runtime.transport.ipc_server import UnixSocketServer
 
     async def go():
         server = UnixSocketServer([_AsyncScaled()], tmp_path / "d.sock", 1 << 20)
         await server.start()
-        w = UnixSocketWorker(server.address, "m")
+        w = UnixSocketPeer(server.address, "m")
         slow = np.array([[0.6, 1.0]], np.float32)  # answers after 0.6 s
         try:
             await w.infer({"x": np.zeros((1, 2), np.float32)}, timeout_s=5)  # connected
@@ -458,7 +459,8 @@ def test_each_call_fails_at_its_own_deadline_on_a_shared_connection(tmp_path):
 def test_requests_read_together_are_answered_in_turn_without_tasks_and_cancelled_ones_skipped(tmp_path):
     """Several requests in one read, to a synchronous model with nothing else running, are answered in order
     inside the read; a request cancelled in the same read is not run and gets no answer."""
-    from edgesplit.runtime.transport.ipc import CANCEL, RESULT, UnixSocketServer
+    from edgesplit.runtime.transport.ipc import CANCEL, RESULT
+    from edgesplit.runtime.transport.ipc_server import UnixSocketServer
 
     log = []
 
@@ -486,3 +488,24 @@ def test_requests_read_together_are_answered_in_turn_without_tasks_and_cancelled
     assert [(k, i) for k, i, _ in answers] == [(RESULT, 1), (RESULT, 3)]
     assert np.array_equal(answers[1][2], [[0.0, 6.0]])
     assert log == [(1.0, None), (3.0, None)]  # in order, outside any task; the cancelled call never ran
+
+
+def test_a_unix_socket_only_coordinator_never_imports_grpc(tiny_export):
+    """A process whose plan has only ipc:// addresses runs the split model without loading grpc (its workers,
+    separate processes, still serve gRPC too)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+import numpy as np
+import edgesplit
+from edgesplit.runtime.cluster import LocalCluster
+with LocalCluster({str(tiny_export)!r}, timeout_ms=5000, pin=False) as c, edgesplit.connect(c.plan()) as client:
+    logits = client.infer(np.zeros((1, 1, 28, 28), np.uint8))
+assert logits.shape == (1, 10), logits.shape
+print(sorted(m for m in sys.modules if m == "grpc" or m.startswith("grpc.")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -18,9 +18,9 @@ from edgesplit.runtime.cluster import LocalCluster
 from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
 from edgesplit.runtime.local import LocalModel
 from edgesplit.runtime.plan import load_plan, make_plan
-from edgesplit.runtime.transport.client import ClientSecurity, GrpcWorker
-from edgesplit.runtime.transport.ipc import UnixSocketWorker
-from edgesplit.runtime.transport.server import ServerSecurity
+from edgesplit.runtime.transport.grpc_peer import ClientSecurity, GrpcPeer
+from edgesplit.runtime.transport.ipc_peer import UnixSocketPeer
+from edgesplit.runtime.transport.grpc_server import ServerSecurity
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_distributed_matches_in_process(tiny_export, client, images):
 
 def _worker_call(address, model, inputs, **kw):
     async def go():
-        w = GrpcWorker(address, model, **kw)
+        w = GrpcPeer(address, model, **kw)
         try:
             return await w.infer(inputs, timeout_s=10)
         finally:
@@ -71,7 +71,7 @@ def _worker_call(address, model, inputs, **kw):
 def test_bad_requests_flood_then_good_ones_all_correct(tiny_export, cluster, images, transport):
     """Every worker serves both transports; the same checks answer on each."""
     worker = cluster.workers["branch0"]
-    peer, address = (GrpcWorker, worker.address) if transport == "grpc" else (UnixSocketWorker, worker.plan_address)
+    peer, address = (GrpcPeer, worker.address) if transport == "grpc" else (UnixSocketPeer, worker.plan_address)
     local = LocalModel(tiny_export)
     good_x = local.prepare(images[:4])
     want = local.engines["branch0"].run({"input": good_x})["features"]

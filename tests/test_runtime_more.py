@@ -16,7 +16,7 @@ import pytest
 import edgesplit
 from edgesplit.runtime.cluster import LocalCluster
 from edgesplit.runtime.plan import load_plan
-from edgesplit.runtime.transport.client import ClientSecurity, GrpcWorker
+from edgesplit.runtime.transport.grpc_peer import ClientSecurity, GrpcPeer
 from edgesplit.runtime.errors import PartUnavailable
 
 HEDGE_MS = 50  # checked: with hedging off this test fails (the slow replica takes 2 s)
@@ -25,7 +25,7 @@ X = {"input": np.zeros((1, 1, 28, 28), np.float32)}
 
 def _call(address, security=ClientSecurity(), timeout=10):
     async def go():
-        w = GrpcWorker(address, "branch0", security)
+        w = GrpcPeer(address, "branch0", security)
         try:
             return await w.infer(X, timeout_s=timeout)
         finally:

@@ -219,7 +219,7 @@ def test_split_request_id():
 
 def test_a_worker_decodes_a_repeated_request_once(tiny_export, tmp_path):
     from edgesplit.runtime.worker import WorkerConfig, load_parts
-    from edgesplit.runtime.transport.ipc import UnixSocketServer, _ServerConnection
+    from edgesplit.runtime.transport.ipc_server import UnixSocketServer, _ServerConnection
 
     server = UnixSocketServer(load_parts(WorkerConfig(str(tiny_export), part="branch0")), tmp_path / "w.sock", 1 << 20)
     conn = _ServerConnection(server)

@@ -262,7 +262,7 @@ def _security_args(s) -> None:
 
 
 def _server_security(args):
-    from edgesplit.runtime.transport.server import ServerSecurity
+    from edgesplit.runtime.transport.grpc_server import ServerSecurity
 
     token = Path(args.token_file).read_text().strip() if args.token_file else None
     return ServerSecurity(token, args.tls_cert, args.tls_key, args.tls_client_ca, args.insecure)

@@ -18,7 +18,7 @@ import argparse
 import json
 import statistics
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -267,7 +267,7 @@ def main(argv=None) -> int:
         print(json.dumps(calibrate(), indent=1))
         return 0
     rows = table()
-    print(f"| design | role | figure | measured | predicted | error |\n|---|---|---|---|---|---|")
+    print("| design | role | figure | measured | predicted | error |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['design']} | {r['role']} | {r['figure']} | {r['measured']:.4g} | {r['predicted']:.4g} | {r['error']:+.1%} |")
     s = summary(rows)

@@ -569,22 +569,27 @@ def _missing(name: str, peer: Peer | None, err: Exception) -> str:
 
 
 def remote_coordinator(plan: Plan) -> Coordinator:
-    """A coordinator whose peers are the plan's addresses: ``host:port`` -> :class:`GrpcWorker` (any KServe v2
-    server), ``ipc:///path.sock`` -> :class:`UnixSocketWorker` (an edgesplit worker on this machine)."""
+    """A coordinator whose peers are the plan's addresses: ``host:port`` -> :class:`GrpcPeer` (any KServe v2
+    server), ``ipc:///path.sock`` -> :class:`UnixSocketPeer` (an edgesplit worker on this machine). gRPC is
+    imported only when the plan has a ``host:port`` address."""
     from pathlib import Path
 
-    from edgesplit.runtime.transport.client import ClientSecurity, GrpcWorker
     from edgesplit.runtime.shm import available as shm_available
-    from edgesplit.runtime.transport.ipc import SCHEME, UnixSocketWorker
+    from edgesplit.runtime.transport.ipc import SCHEME
+    from edgesplit.runtime.transport.ipc_peer import UnixSocketPeer
 
-    s = plan.security
-    token = Path(s.token_file).read_text().strip() if s.token_file else None
-    security = ClientSecurity(token, s.tls_ca, s.tls_cert, s.tls_key)
+    addresses = [addr for p in plan.parts for addr in p.replicas]
+    if any(not addr.startswith(SCHEME) for addr in addresses):
+        from edgesplit.runtime.transport.grpc_peer import ClientSecurity, GrpcPeer
+
+        s = plan.security
+        token = Path(s.token_file).read_text().strip() if s.token_file else None
+        security = ClientSecurity(token, s.tls_ca, s.tls_cert, s.tls_key)
 
     def peer(address: str, name: str) -> Peer:
-        return UnixSocketWorker(address, name) if address.startswith(SCHEME) else GrpcWorker(address, name, security)
+        return UnixSocketPeer(address, name) if address.startswith(SCHEME) else GrpcPeer(address, name, security)
 
     peers = {p.name: [peer(addr, p.remote_name) for addr in p.replicas] for p in plan.parts}
-    local = sum(addr.startswith(SCHEME) for p in plan.parts for addr in p.replicas)
+    local = sum(addr.startswith(SCHEME) for addr in addresses)
     ring = InputRing() if local > 1 and plan.shared_memory and shm_available() else None  # the broadcast to local workers
     return Coordinator(plan, peers, ring=ring)

@@ -7,7 +7,7 @@ from edgesplit.runtime.cluster import LocalCluster
 from edgesplit.runtime.coordinator import remote_coordinator
 from edgesplit.runtime.plan import has_local_workers, load_plan
 from edgesplit.runtime.tuning import defer_to_workers
-from edgesplit.runtime.transport.server import KServeServer, ServerSecurity
+from edgesplit.runtime.transport.grpc_server import KServeServer, ServerSecurity
 
 log = logging.getLogger(__name__)
 

@@ -100,7 +100,7 @@ class WorkerConfig:
     max_message_bytes: int = 64 << 20
     faults: FaultConfig = FaultConfig()
     unix_socket: str | None = None  # also serve on this Unix socket (the local cluster's fast path)
-    poll_ms: float = 0.0  # Unix socket: poll this long after each answer instead of sleeping (see ipc.UnixSocketServer)
+    poll_ms: float = 0.0  # Unix socket: poll this long after each answer instead of sleeping (see ipc_server.UnixSocketServer)
     hls_dir: str | None = None  # engine hls-csim: the project `edgesplit hls` wrote for this part
 
 
@@ -143,8 +143,8 @@ READY_LINE = "EDGESPLIT-WORKER-READY"
 
 async def serve_worker(cfg: WorkerConfig, security=None, grace_s: float = 5.0) -> None:
     """Serve until SIGTERM/SIGINT; then stop accepting and let calls in flight finish."""
-    from edgesplit.runtime.transport.ipc import UnixSocketServer
-    from edgesplit.runtime.transport.server import KServeServer, ServerSecurity, until_signalled
+    from edgesplit.runtime.transport.ipc_server import UnixSocketServer
+    from edgesplit.runtime.transport.grpc_server import KServeServer, ServerSecurity, until_signalled
 
     pin_cpus(cfg.cpus)
     models = load_parts(cfg)

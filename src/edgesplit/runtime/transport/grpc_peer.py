@@ -1,4 +1,4 @@
-"""``GrpcWorker``: the coordinator's handle on one remote KServe v2 server (ours, Triton, OpenVINO Model Server...).
+"""``GrpcPeer``: the coordinator's handle on one remote KServe v2 server (ours, Triton, OpenVINO Model Server...).
 
 One channel per address, reused for every call. Errors come back as the runtime's
 own exceptions: INVALID_ARGUMENT -> InferError, DEADLINE_EXCEEDED -> DeadlineExceeded,
@@ -14,12 +14,13 @@ from pathlib import Path
 import grpc
 from google.protobuf.message import DecodeError
 
-from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
+from edgesplit.runtime.errors import PartUnavailable
 from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
 from edgesplit.runtime.shm import plain
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 from edgesplit.runtime.transport import kserve_v2_pb2_grpc as pb_grpc
+from edgesplit.runtime.transport.calls import status_error
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def make_channel(address: str, security: ClientSecurity = ClientSecurity(), max_
 RECONNECT_BACKOFF_MAX_MS = 1000
 
 
-class GrpcWorker:
+class GrpcPeer:
     """Peer handle: ``await infer(inputs)`` runs ``model_name`` on the server at ``address``."""
 
     def __init__(self, address: str, model_name: str, security: ClientSecurity = ClientSecurity()):
@@ -63,7 +64,7 @@ class GrpcWorker:
         self._metadata = (("authorization", f"Bearer {security.token}"),) if security.token else None
 
     def __repr__(self) -> str:
-        return f"GrpcWorker({self.model_name}@{self.address})"
+        return f"GrpcPeer({self.model_name}@{self.address})"
 
     async def infer(self, inputs: dict, timeout_s: float | None = None, request_id: str = "",
                     parameters: dict | None = None) -> InferResult:
@@ -110,12 +111,3 @@ class GrpcWorker:
 
     async def close(self) -> None:
         await self._channel.close()
-
-
-def status_error(status: str, detail: str, peer) -> Exception:
-    """The runtime's exception for a call that ended with ``status`` (a gRPC status code name)."""
-    if status == "INVALID_ARGUMENT":
-        return InferError(detail)
-    if status == "DEADLINE_EXCEEDED":
-        return DeadlineExceeded(f"{peer.model_name} at {peer.address} did not answer in time")
-    return PartUnavailable(f"{peer.model_name} at {peer.address}: {status} ({detail})")

@@ -25,11 +25,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edgesplit import __version__
 from edgesplit.errors import EdgesplitError
-from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
-from edgesplit.runtime.model import TRACE, TRACE_ANSWERED, TRACE_RECEIVED, ServedModel
+from edgesplit.runtime.model import ServedModel
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 from edgesplit.runtime.transport import kserve_v2_pb2_grpc as pb_grpc
+from edgesplit.runtime.transport.calls import CallFailed, answer_infer, unknown_model
 
 log = logging.getLogger(__name__)
 
@@ -126,98 +126,6 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             return await answer_infer(self.models, self.max_message_bytes, request, received_at=received_at)
         except CallFailed as err:
             await context.abort(getattr(grpc.StatusCode, err.status), err.message)
-
-
-class CallFailed(Exception):
-    """A call answered with an error status (a gRPC status code name: INVALID_ARGUMENT, ...)."""
-
-    def __init__(self, status: str, message: str):
-        super().__init__(f"{status}: {message}")
-        self.status, self.message = status, message
-
-
-@dataclass(frozen=True)
-class Call:
-    """A decoded ModelInfer request: what :func:`answer_call` needs of it."""
-
-    model: ServedModel
-    request_id: str
-    inputs: dict  # name -> np.ndarray
-    traced: bool  # the request asked for a trace (``model.TRACE``)
-
-
-def decode_call(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest,
-                regions=None) -> Call:
-    """The request's model and inputs, or :class:`CallFailed` (INVALID_ARGUMENT) saying what is wrong. ``regions``:
-    the shared-memory regions the caller registered (Unix socket transport only)."""
-    m = models.get(request.model_name)
-    if m is None:
-        raise CallFailed("INVALID_ARGUMENT", unknown_model(request.model_name, models))
-    try:
-        inputs = codec.decode_request(request, regions)  # each raw tensor copied out of the message once (upb copies on access)
-    except InferError as err:
-        raise CallFailed("INVALID_ARGUMENT", str(err)) from None
-    size = sum(a.nbytes for a in inputs.values())
-    if size > max_message_bytes:
-        raise CallFailed("INVALID_ARGUMENT", f"request carries {size} bytes, over the limit of {max_message_bytes}; "
-                                             "send smaller batches")
-    return Call(m, request.id, inputs, TRACE in request.parameters and request.parameters[TRACE].bool_param)
-
-
-async def answer_call(call: Call, received_at: float | None = None, encode=codec.encode_response,
-                      started_at: float | None = None):
-    """Run one decoded call: the response, or :class:`CallFailed` with the status a KServe v2 client expects.
-    ``received_at``: when the transport had the request (``time.monotonic()``), reported back when it asked for a
-    trace. ``encode``: ``(model name, request id, outputs, parameters)`` -> the response: a ``ModelInferResponse``
-    for gRPC, its bytes for the Unix socket (``codec.serialize_response``). The handler time reported
-    (``server_ms``) runs from ``started_at`` (``time.perf_counter()``; default: now) to where encoding starts."""
-    t0 = time.perf_counter() if started_at is None else started_at
-    try:
-        result = await call.model.infer(call.inputs)
-    except Exception as err:
-        raise _call_failed(call, err) from None
-    return _answer(call, result, t0, received_at, encode)
-
-
-def answer_call_now(call: Call, received_at: float | None = None, encode=codec.encode_response,
-                    started_at: float | None = None):
-    """:func:`answer_call` for a model that runs synchronously (``infer_now``), without a task or an event-loop turn."""
-    t0 = time.perf_counter() if started_at is None else started_at
-    try:
-        result = call.model.infer_now(call.inputs)
-    except Exception as err:
-        raise _call_failed(call, err) from None
-    return _answer(call, result, t0, received_at, encode)
-
-
-def _answer(call: Call, result, t0: float, received_at: float | None, encode):
-    params = {**result.parameters, "server_ms": (time.perf_counter() - t0) * 1e3}  # handler time, transport excluded
-    if received_at is not None and call.traced:
-        params[TRACE_RECEIVED], params[TRACE_ANSWERED] = received_at, time.monotonic()
-    return encode(call.model.meta.name, call.request_id, result.outputs, params)
-
-
-def _call_failed(call: Call, err: Exception) -> CallFailed:
-    """The status a failed call is answered with."""
-    if isinstance(err, InferError):
-        return CallFailed("INVALID_ARGUMENT", str(err))
-    if isinstance(err, DeadlineExceeded):
-        return CallFailed("DEADLINE_EXCEEDED", str(err))
-    if isinstance(err, PartUnavailable):
-        return CallFailed("UNAVAILABLE", str(err))
-    log.warning("%s failed: %s", call.model.meta.name, err)  # an engine or injected failure: report it, keep serving
-    return CallFailed("INTERNAL", f"{call.model.meta.name} failed: {err}")
-
-
-async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest,
-                       regions=None, received_at: float | None = None) -> pb.ModelInferResponse:
-    """One ModelInfer call as gRPC carries it: :func:`decode_call`, then :func:`answer_call`."""
-    t0 = time.perf_counter()
-    return await answer_call(decode_call(models, max_message_bytes, request, regions), received_at, started_at=t0)
-
-
-def unknown_model(name: str, models: dict) -> str:
-    return f"unknown model {name!r}; this server has: {', '.join(models)}"
 
 
 class KServeServer:
