@@ -144,7 +144,7 @@ def test_without_parity_a_missing_block_gives_flagged_degraded_answer(mlp, tmp_p
 
 
 def test_share_of_requests_parity_cannot_shield():
-    from edgesplit.bench_faults import p_more_stragglers_than_parity
+    from edgesplit.bench.faults import p_more_stragglers_than_parity
 
     assert p_more_stragglers_than_parity(5, 1, 0.1) == pytest.approx(1 - 0.9 ** 5 - 5 * 0.1 * 0.9 ** 4)
     rng = np.random.default_rng(0)

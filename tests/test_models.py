@@ -5,7 +5,7 @@ import torch
 from edgesplit.errors import EdgesplitError
 from edgesplit.models import SplitNet, create_model, list_models
 from edgesplit.models.splitnet import branch_keep_mask
-from edgesplit.profile import profile_model
+from edgesplit.models.profile import profile_model
 
 SMALL = {"num_classes": 10, "in_chans": 1, "input_size": (28, 28)}
 

@@ -1,5 +1,5 @@
 from edgesplit.models import create_model
-from edgesplit.profile import balanced_partition, block_costs, communication, profile_model
+from edgesplit.models.profile import balanced_partition, block_costs, communication, profile_model
 
 
 def test_activation_bytes_and_macs_of_a_conv():

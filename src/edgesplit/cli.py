@@ -44,7 +44,7 @@ def _model_kwargs(args) -> dict:
 def cmd_models(args) -> None:
     from edgesplit.data.preprocess import parse_input_shape
     from edgesplit.models import create_model, list_models
-    from edgesplit.profile import profile_model
+    from edgesplit.models.profile import profile_model
 
     shape = parse_input_shape(args.input)
     rows = []
@@ -63,7 +63,7 @@ def cmd_models(args) -> None:
 def cmd_profile(args) -> None:
     from edgesplit.data.preprocess import parse_input_shape
     from edgesplit.models import SplitNet, create_model
-    from edgesplit.profile import communication, profile_model
+    from edgesplit.models.profile import communication, profile_model
 
     shape = parse_input_shape(args.input)
     kw = {"num_classes": args.num_classes, "in_chans": shape[0], "input_size": shape[1:]}
@@ -319,7 +319,7 @@ def cmd_plan(args) -> None:
 
 
 def cmd_bench_serve(args) -> None:
-    from edgesplit.bench import bench_serve
+    from edgesplit.bench.serve import bench_serve
     from edgesplit.data.preprocess import parse_input_shape
     from edgesplit.runtime.tuning import keep_heap
 
@@ -362,7 +362,7 @@ def cmd_bench_serve(args) -> None:
 
 
 def cmd_bench_faults(args) -> None:
-    from edgesplit.bench_faults import bench_faults
+    from edgesplit.bench.faults import bench_faults
 
     if not 1 <= args.parity <= 3:
         raise EdgesplitError(f"--parity must be 1, 2 or 3, got {args.parity}")
@@ -384,7 +384,7 @@ def cmd_bench_faults(args) -> None:
 
 
 def cmd_bench_int8(args) -> None:
-    from edgesplit.bench_int8 import bench_int8
+    from edgesplit.bench.int8 import bench_int8
     from edgesplit.data.preprocess import parse_input_shape
 
     r = bench_int8(args.checkpoint, args.calls, args.rounds, args.test_images, args.calib_images, args.data_dir,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesplit.bench import machine_info
+from edgesplit.bench.serve import machine_info
 from edgesplit.runtime.stats import latency_summary
 
 K_DATA = 4

@@ -80,7 +80,7 @@ def bench_int8(checkpoint: str, calls: int = 50, rounds: int = 3, test_images: i
             export_model(model, ckpt, float_dir)
             calib = calibration_images(ckpt, calib_images, data_dir)
         else:
-            from edgesplit.bench import _export_random
+            from edgesplit.bench.serve import _export_random
 
             _export_random(checkpoint, input_shape, 10, float_dir)
             ckpt = {"model": checkpoint, "model_kwargs": {"in_chans": input_shape[0], "input_size": list(input_shape[1:])}}
