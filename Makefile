@@ -17,6 +17,7 @@ demo: $(STAMP) data
 	$(BIN)/edgesplit demo
 
 test: $(STAMP) data cxx
+	$(BIN)/ruff check src tests scripts
 	$(BIN)/python -m pytest -q -m "not slow"
 
 venv: $(STAMP)
