@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgesplit.runtime.coding import erasure_patterns, make_code, merge_blocks, split_linear, worst_condition
+from edgesplit.coding import erasure_patterns, make_code, merge_blocks, split_linear, worst_condition
 
 REL_TOL = 1e-4
 

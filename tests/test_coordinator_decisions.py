@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from edgesplit.export.coded import reference_forward
-from edgesplit.export.manifest import load_manifest
+from edgesplit.manifest import load_manifest
 from edgesplit.runtime.coordinator import Coordinator
-from edgesplit.runtime.engine import OnnxRuntimeEngine
+from edgesplit.runtime.engines import OnnxRuntimeEngine
 from edgesplit.runtime.errors import DeadlineExceeded, PartUnavailable
 from edgesplit.runtime.model import InferResult
 from edgesplit.runtime.plan import PartPlacement, Plan

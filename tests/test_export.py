@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.export.manifest import load_manifest
+from edgesplit.manifest import load_manifest
 from edgesplit.export.onnx_export import PARITY_TOL, export_model
 from edgesplit.models import create_model
 from edgesplit.runtime.local import LocalModel
@@ -64,8 +64,8 @@ def test_corrupted_manifest_is_refused(tiny_export, tmp_path):
 
 
 def test_corrupted_onnx_with_matching_hash_fails_cleanly(tiny_export, tmp_path):
-    from edgesplit.export.manifest import sha256_file
-    from edgesplit.runtime.engine import OnnxRuntimeEngine
+    from edgesplit.manifest import sha256_file
+    from edgesplit.runtime.engines import OnnxRuntimeEngine
 
     d = _copy(tiny_export, tmp_path / "e")
     (d / "head.onnx").write_bytes(b"garbage")

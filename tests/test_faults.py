@@ -8,7 +8,7 @@ import pytest
 
 import edgesplit
 from edgesplit.export.coded import export_coded_mlp, reference_forward
-from edgesplit.export.manifest import load_manifest
+from edgesplit.manifest import load_manifest
 from edgesplit.runtime.cluster import LocalCluster
 from edgesplit.runtime.errors import PartUnavailable
 

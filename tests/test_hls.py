@@ -148,7 +148,7 @@ def test_a_split_model_runs_with_one_branch_on_the_accelerator_code(tiny_run, ti
     import edgesplit
     from edgesplit.data import load_dataset
     from edgesplit.runtime.cluster import LocalCluster
-    from edgesplit.runtime.engine import OnnxRuntimeEngine
+    from edgesplit.runtime.engines import OnnxRuntimeEngine
     from edgesplit.runtime.transport.grpc_peer import GrpcPeer
 
     proj = tmp_path / "hls_branch0"

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from edgesplit.export.coded import export_coded_mlp, random_alexnet_fc
-from edgesplit.export.manifest import load_manifest
+from edgesplit.manifest import load_manifest
 from edgesplit.export.onnx_export import export_model
 from edgesplit.models import SplitNet, create_model, list_models
-from edgesplit.runtime.engine import OnnxRuntimeEngine, create_engine
-from edgesplit.runtime.numpy_engine import NumpyEngine, UnsupportedGraph
+from edgesplit.runtime.engines import OnnxRuntimeEngine, create_engine
+from edgesplit.runtime.engines.numpy_engine import NumpyEngine, UnsupportedGraph
 
 SPLIT_MODELS = [n for n in list_models() if isinstance(create_model(n, num_classes=10, in_chans=1, input_size=[32, 32]), SplitNet)]
 

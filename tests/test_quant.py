@@ -177,7 +177,7 @@ def int8_export_dir(tiny_run, tmp_path_factory):
 def test_int8_export_has_qdq_parts_and_a_verified_manifest(int8_export_dir):
     import onnx
 
-    from edgesplit.export.manifest import load_manifest
+    from edgesplit.manifest import load_manifest
 
     m = load_manifest(int8_export_dir)  # sha256 of every int8 part verified
     body = json.loads((int8_export_dir / "manifest.json").read_text())

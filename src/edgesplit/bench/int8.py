@@ -16,8 +16,8 @@ import numpy as np
 
 
 def _time_parts(float_dir: Path, int8_dir: Path, calls: int, rounds: int) -> dict:
-    from edgesplit.export.manifest import load_manifest
-    from edgesplit.runtime.engine import OnnxRuntimeEngine
+    from edgesplit.manifest import load_manifest
+    from edgesplit.runtime.engines import OnnxRuntimeEngine
 
     m = load_manifest(float_dir)
     rng = np.random.default_rng(0)

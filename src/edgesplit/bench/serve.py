@@ -191,7 +191,7 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
     import edgesplit
     from edgesplit.models import create_model
     from edgesplit.runtime.cluster import LocalCluster
-    from edgesplit.runtime.engine import OnnxRuntimeEngine
+    from edgesplit.runtime.engines import OnnxRuntimeEngine
     from edgesplit.runtime.local import LocalModel
 
     rng = np.random.default_rng(0)

@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from edgesplit.codesign.space import Candidate
 from edgesplit.errors import EdgesplitError
 from edgesplit.hardware.accelerator import COARSE_PAR_CHOICES, COARSE_TILE_CHOICES, AccelConfig, tune
 from edgesplit.hardware.cpu import estimate_cpu
+
+Progress = Callable[[str], None]
 
 CALIB_IMAGES = 500  # training images that set the fixed-point formats
 
@@ -210,3 +213,25 @@ class Evaluator:
         else:  # infeasible candidates rank below every feasible one, closer to the targets first
             record["score"] = -1.0 - violation
         return record
+
+
+def train_final(ev: Evaluator, model: str, model_kwargs: dict, input_size, epochs: int, out_dir: Path,
+                bits: tuple[int, int], progress: Progress, max_images: int | None = None, overrides: dict | None = None) -> dict:
+    """Full-data training (label smoothing 0.1), then quantized accuracy on validation and test images
+    (``overrides``: per-part widths, see :meth:`QuantNet.calibrate`)."""
+    from edgesplit.training.train import TrainConfig, train
+
+    cfg = TrainConfig(model=model, dataset=ev.dataset_name, data_dir=ev.data_dir, input_size=tuple(input_size),
+                      model_kwargs=model_kwargs, epochs=epochs, label_smoothing=0.1, seed=ev.seed,
+                      max_train_samples=max_images)
+    last = [0]
+
+    def show(p: dict) -> None:
+        if p["step"] == p["steps"] or p["step"] - last[0] >= max(1, p["steps"] // 4):
+            last[0] = p["step"] % p["steps"]
+            progress(f"    {out_dir.name}: epoch {p['epoch']}/{p['epochs']} step {p['step']}/{p['steps']} "
+                     f"loss {p['loss']:.3f} acc {p['acc']:.3f}")
+
+    summary = train(cfg, out_dir, resume=True, progress=show)
+    return {"run_dir": str(out_dir), "epochs": epochs, "train_time_s": summary["train_time_s"], "wbits": bits[0],
+            "fbits": bits[1], **ev.val_and_test(out_dir, bits, overrides)}

@@ -187,8 +187,8 @@ def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress) ->
     """Allocate; then, from the highest throughput down, train each split shape (at most
     :data:`MAX_TRAINED_OPTIONS` of them) and check its fixed-point validation accuracy at the option's
     per-branch widths until one reaches the floor; export it and write plan.yaml."""
-    from edgesplit.codesign.search import train_final
-    from edgesplit.export.manifest import load_manifest
+    from edgesplit.codesign.evaluate import train_final
+    from edgesplit.manifest import load_manifest
     from edgesplit.export.onnx_export import export_model
     from edgesplit.runtime.plan import PartPlacement, Plan, load_plan
     from edgesplit.training.checkpoint import load_model

@@ -25,11 +25,10 @@ import math
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from edgesplit.codesign.evaluate import Evaluator, Journal, ProxyTraining, Targets
+from edgesplit.codesign.evaluate import Evaluator, Journal, Progress, ProxyTraining, Targets, train_final
 from edgesplit.codesign.space import COORDINATES, Candidate, SearchSpace, neighbours, pareto_front, prototype
 from edgesplit.errors import EdgesplitError
 
@@ -83,7 +82,6 @@ class CodesignConfig:
         return d
 
 
-Progress = Callable[[str], None]
 
 
 def _fmt_time(s: float) -> str:
@@ -210,28 +208,6 @@ def final_epochs(cfg: CodesignConfig, finalists: list[dict], remaining_s: float,
     s_per_image = [r["accuracy"]["train_s"] / r["accuracy"]["train_images"] for r in finalists]
     epoch_s = sum(s_per_image) * train_images
     return int(max(1, min(10, math.floor(remaining_s / max(epoch_s, 1e-9)))))
-
-
-def train_final(ev: Evaluator, model: str, model_kwargs: dict, input_size, epochs: int, out_dir: Path,
-                bits: tuple[int, int], progress: Progress, max_images: int | None = None, overrides: dict | None = None) -> dict:
-    """Full-data training (label smoothing 0.1), then quantized accuracy on validation and test images
-    (``overrides``: per-part widths, see :meth:`QuantNet.calibrate`)."""
-    from edgesplit.training.train import TrainConfig, train
-
-    cfg = TrainConfig(model=model, dataset=ev.dataset_name, data_dir=ev.data_dir, input_size=tuple(input_size),
-                      model_kwargs=model_kwargs, epochs=epochs, label_smoothing=0.1, seed=ev.seed,
-                      max_train_samples=max_images)
-    last = [0]
-
-    def show(p: dict) -> None:
-        if p["step"] == p["steps"] or p["step"] - last[0] >= max(1, p["steps"] // 4):
-            last[0] = p["step"] % p["steps"]
-            progress(f"    {out_dir.name}: epoch {p['epoch']}/{p['epochs']} step {p['step']}/{p['steps']} "
-                     f"loss {p['loss']:.3f} acc {p['acc']:.3f}")
-
-    summary = train(cfg, out_dir, resume=True, progress=show)
-    return {"run_dir": str(out_dir), "epochs": epochs, "train_time_s": summary["train_time_s"], "wbits": bits[0],
-            "fbits": bits[1], **ev.val_and_test(out_dir, bits, overrides)}
 
 
 def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,

@@ -1,6 +1,6 @@
 """Export a stack of fully connected layers with their rows coded over k + r devices.
 
-Each coded layer becomes k data blocks and r parity blocks (:mod:`edgesplit.runtime.coding`),
+Each coded layer becomes k data blocks and r parity blocks (:mod:`edgesplit.coding`),
 each a two-node ONNX graph (MatMul, Add) written directly with ``onnx.helper``: no
 torch needed. The last layer (the classifier) runs in the coordinator. The manifest's
 ``stages`` tell the coordinator to wait for any k blocks of each layer and decode.
@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from edgesplit.export.manifest import PartSpec, StageSpec, TensorSpec, sha256_file, write_manifest
-from edgesplit.runtime.coding import make_code, split_linear
+from edgesplit.manifest import PartSpec, StageSpec, TensorSpec, sha256_file, write_manifest
+from edgesplit.coding import make_code, split_linear
 
 OPSET = 17
 IR_VERSION = 8  # the IR version of opset 17; newer onnx packages stamp one ONNX Runtime may not read

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.export.manifest import MANIFEST_NAME, load_manifest, sha256_file, write_manifest
+from edgesplit.manifest import MANIFEST_NAME, load_manifest, sha256_file, write_manifest
 
 log = logging.getLogger(__name__)
 CALIB_BATCH = 16
@@ -51,7 +51,7 @@ def int8_export(float_dir: str | Path, out_dir: str | Path, calib: np.ndarray) -
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgesplit.runtime.engine import OnnxRuntimeEngine
+    from edgesplit.runtime.engines import OnnxRuntimeEngine
 
     if len(calib) < 1:
         raise EdgesplitError("int8 export needs at least one calibration image")

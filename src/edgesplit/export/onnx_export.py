@@ -12,12 +12,7 @@ any ``k`` answers give it), and only its last layer stays in the coordinator.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import os
-import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,13 +20,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgesplit.export.manifest import PartSpec, TensorSpec, sha256_file, write_manifest
+from edgesplit.manifest import PartSpec, TensorSpec, sha256_file, write_manifest
 from edgesplit.errors import EdgesplitError
 from edgesplit.models import SplitNet
+from edgesplit.models.to_onnx import OPSET
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
 PARITY_TOL = 1e-4  # largest |onnxruntime - torch| accepted, float32
 
 
@@ -41,41 +36,6 @@ def _export_module(module: nn.Module, example: torch.Tensor, path: Path, input_n
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET, input_names=[input_name],
                           output_names=[output_name], dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
-
-
-def onnx_bytes(model: nn.Module, input_shape, constant_folding: bool = False) -> bytes:
-    """``model`` (eval mode: batch norm folded into convs) as an in-memory ONNX model with a batch of 1.
-
-    The TorchScript exporter prints its whole IR graph when it fails (torch 2.13): that
-    output is silenced so the one-line error below is all the user sees.
-    """
-    buf = io.BytesIO()
-    model.eval()
-    try:
-        with warnings.catch_warnings(), _silence_native_output():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (torch.zeros(1, *input_shape),), buf, dynamo=False, opset_version=OPSET,
-                              input_names=["input"], output_names=["output"], do_constant_folding=constant_folding)
-    except Exception as err:  # the exporter raises many types; the first line says what failed
-        name = getattr(model, "model_name", type(model).__name__)
-        raise EdgesplitError(f"cannot export {name} at input {'x'.join(map(str, input_shape))} to ONNX "
-                             f"({str(err).splitlines()[0][:160]}); try another --input size") from None
-    return buf.getvalue()
-
-
-@contextlib.contextmanager
-def _silence_native_output():
-    sys.stdout.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    with tempfile.TemporaryFile() as sink:
-        for fd in saved:
-            os.dup2(sink.fileno(), fd)
-        try:
-            yield
-        finally:
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
 
 
 def _parity(module: nn.Module, path: Path, x: torch.Tensor) -> float:
@@ -144,8 +104,8 @@ def export_model(model: nn.Module, ckpt: dict, out_dir: str | Path, seed: int = 
 def _coded_head(model: SplitNet, out_dir: Path, k: int, r: int, parts: list[dict]) -> dict:
     """The head's hidden FC layer as coded row blocks, its classifier local: parts added, stages and code returned."""
     from edgesplit.export.coded import code_info, coded_layer, local_linear
-    from edgesplit.export.manifest import StageSpec
-    from edgesplit.runtime.coding import make_code
+    from edgesplit.manifest import StageSpec
+    from edgesplit.coding import make_code
 
     code = make_code(k, r)
     hidden, _, classifier = model.head.fc

@@ -262,7 +262,7 @@ def graph_from_onnx(source, name: str = "", input_shape: Sequence[int] | None = 
 
 def graph_from_model(model, input_shape: Sequence[int], name: str = "") -> Graph:
     """Export a PyTorch module to ONNX in memory and read it (needs torch)."""
-    from edgesplit.export.onnx_export import onnx_bytes
+    from edgesplit.models.to_onnx import onnx_bytes
 
     return graph_from_onnx(onnx_bytes(model, input_shape), name or getattr(model, "model_name", type(model).__name__), input_shape)
 

@@ -33,7 +33,7 @@ def qgraph_from_model(model: nn.Module, input_shape: tuple[int, ...]) -> QGraph:
     import onnx
     from onnx import numpy_helper
 
-    from edgesplit.export.onnx_export import onnx_bytes
+    from edgesplit.models.to_onnx import onnx_bytes
 
     proto = onnx.load_from_string(onnx_bytes(model, input_shape, constant_folding=True))
     consts = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in proto.graph.initializer}

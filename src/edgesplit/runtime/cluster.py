@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.export.manifest import load_manifest
+from edgesplit.manifest import load_manifest
 from edgesplit.runtime.plan import PartPlacement, Plan
 from edgesplit.runtime.tuning import SINGLE_THREAD_ENV
 from edgesplit.runtime.transport.ipc import SCHEME as IPC_SCHEME

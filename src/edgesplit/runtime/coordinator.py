@@ -11,7 +11,7 @@ Each stage sends its input to all its parts at once and merges the answers:
   fails or is late (``parity_asked`` counts the stages where they were).
 * ``single``: one part; it must answer.
 The head (a ``local`` stage) runs here, in numpy when it is fully connected layers (twice as fast as
-ONNX Runtime with its weights out of cache, ``runtime/numpy_engine.py``), else in ONNX Runtime with one
+ONNX Runtime with its weights out of cache, ``runtime/engines/numpy_engine.py``), else in ONNX Runtime with one
 thread and no spinning, so the coordinator never takes cores from workers on the same machine.
 
 Every request ends as an exact answer, a recovered one, a flagged degraded one, or
@@ -34,9 +34,9 @@ from typing import Callable, Protocol
 import numpy as np
 
 from edgesplit.data.preprocess import Preprocess
-from edgesplit.export.manifest import StageSpec, load_manifest, verify_parts
-from edgesplit.runtime.coding import make_code, merge_blocks
-from edgesplit.runtime.engine import InferenceEngine, create_engine
+from edgesplit.manifest import StageSpec, load_manifest, verify_parts
+from edgesplit.coding import make_code, merge_blocks
+from edgesplit.runtime.engines import InferenceEngine, create_engine
 from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
 from edgesplit.runtime.model import (TRACE, TRACE_ANSWERED, TRACE_DECODED, TRACE_RECEIVED, TRACE_SENT, InferResult,
                                      ModelMeta, TensorMeta)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from edgesplit.data.preprocess import Preprocess, nhwc_to_nchw
-from edgesplit.export.manifest import load_manifest
-from edgesplit.runtime.coding import merge_blocks
-from edgesplit.runtime.engine import OnnxRuntimeEngine
+from edgesplit.manifest import load_manifest
+from edgesplit.coding import merge_blocks
+from edgesplit.runtime.engines import OnnxRuntimeEngine
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from typing import Sequence
 import yaml
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.export.manifest import Manifest, load_manifest
+from edgesplit.manifest import Manifest, load_manifest
 
 
 @dataclass(frozen=True)

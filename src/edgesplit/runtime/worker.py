@@ -21,8 +21,8 @@ import numpy as np
 
 from edgesplit.data.preprocess import Preprocess
 from edgesplit.errors import EdgesplitError
-from edgesplit.export.manifest import load_manifest
-from edgesplit.runtime.engine import InferenceEngine, create_engine
+from edgesplit.manifest import load_manifest
+from edgesplit.runtime.engines import InferenceEngine, create_engine
 from edgesplit.runtime.errors import InferError
 from edgesplit.runtime.faults import FaultConfig, FaultyModel
 from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta

@@ -1,36 +1,13 @@
-"""Inference engines: the small interface a worker runs a model part through.
-
-Implementations are named after their technology and imported only when chosen
-(``create_engine``): a board that has only ONNX Runtime never imports anything else.
-"""
+"""ONNX Runtime as an inference engine (imported only when chosen)."""
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from edgesplit.errors import EdgesplitError
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineTensor:
-    name: str
-    shape: tuple[int, ...]  # -1 for dynamic dimensions
-    dtype: str  # numpy dtype name
-
-
-class InferenceEngine(Protocol):
-    inputs: Sequence[EngineTensor]
-    outputs: Sequence[EngineTensor]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One synchronous inference; thread-safe."""
-        ...
+from edgesplit.runtime.engines.base import EngineTensor
 
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64",
@@ -71,30 +48,3 @@ class OnnxRuntimeEngine:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
-
-
-ENGINES = ("onnxruntime", "numpy", "auto", "hls-csim")
-
-
-def create_engine(kind: str, path: str | Path, hls_dir: str | Path | None = None, **kwargs) -> InferenceEngine:
-    """``onnxruntime``; ``numpy`` (graphs of fully connected layers only: :mod:`~edgesplit.runtime.numpy_engine`);
-    ``auto``: numpy where it can run the graph (faster for the small heads a coordinator runs), else ONNX Runtime;
-    ``hls-csim``: the part's generated accelerator in C simulation (:mod:`~edgesplit.hls.engine`, project ``hls_dir``).
-    ``kwargs`` are ONNX Runtime's (threads, providers); numpy and hls-csim run on the calling thread."""
-    if kind == "hls-csim":
-        from edgesplit.hls.engine import HlsCsimEngine
-
-        return HlsCsimEngine(path, hls_dir)
-    if kind == "onnxruntime":
-        return OnnxRuntimeEngine(path, **kwargs)
-    if kind in ("numpy", "auto"):
-        from edgesplit.runtime.numpy_engine import NumpyEngine, UnsupportedGraph
-
-        try:
-            return NumpyEngine(path)
-        except UnsupportedGraph as err:
-            if kind == "numpy":
-                raise
-            log.debug("%s", err)
-            return OnnxRuntimeEngine(path, **kwargs)
-    raise EdgesplitError(f"unknown engine {kind!r}; available: {', '.join(ENGINES)}")

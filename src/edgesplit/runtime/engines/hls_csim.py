@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.runtime.engine import EngineTensor
+from edgesplit.runtime.engines.base import EngineTensor
 
 
 def _onnx_io(path: Path) -> tuple[list[EngineTensor], list[EngineTensor]]:

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.runtime.engine import EngineTensor
+from edgesplit.runtime.engines.base import EngineTensor
 from edgesplit.runtime.onnx_subset_pb2 import ModelProto
 
 # ONNX TensorProto.DataType -> numpy
