@@ -284,11 +284,12 @@ def test_bad_socket_addresses(tmp_path):
 
 def test_a_handler_that_breaks_answers_unknown_not_silence(tmp_path):
     """An answer the codec cannot encode (complex output) fails that call at once; the server keeps serving."""
-    from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
+    from edgesplit.manifest import TensorSpec
+    from edgesplit.runtime.model import InferResult, ModelMeta
     from edgesplit.runtime.transport.ipc_server import UnixSocketServer
 
     class Odd:
-        meta = ModelMeta("odd", "test", (TensorMeta("x", "float32", (-1, 2)),), (TensorMeta("y", "float32", (-1, 2)),))
+        meta = ModelMeta("odd", "test", (TensorSpec("x", (-1, 2), "float32"),), (TensorSpec("y", (-1, 2), "float32"),))
 
         def ready(self):
             return True
@@ -338,14 +339,15 @@ def test_an_idle_worker_answers_a_synchronous_model_without_a_task(tmp_path):
     """A model with ``infer_now`` is answered inside the read when nothing else is running; a model without it
     (or with calls in flight) goes through a task. Both give the same answers, including errors."""
     from edgesplit.runtime.errors import InferError
-    from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
+    from edgesplit.manifest import TensorSpec
+    from edgesplit.runtime.model import InferResult, ModelMeta
     from edgesplit.runtime.transport.ipc_server import UnixSocketServer
 
     calls = []
 
     class AsyncOnly:
         def __init__(self, name):
-            self.meta = ModelMeta(name, "test", (TensorMeta("x", "float32", (-1, 2)),), (TensorMeta("y", "float32", (-1, 2)),))
+            self.meta = ModelMeta(name, "test", (TensorSpec("x", (-1, 2), "float32"),), (TensorSpec("y", (-1, 2), "float32"),))
 
         def ready(self):
             return True
@@ -393,9 +395,10 @@ class _AsyncScaled:
     (calls run as concurrent tasks)."""
 
     def __init__(self, name="m"):
-        from edgesplit.runtime.model import ModelMeta, TensorMeta
+        from edgesplit.manifest import TensorSpec
+        from edgesplit.runtime.model import ModelMeta
 
-        self.meta = ModelMeta(name, "test", (TensorMeta("x", "float32", (-1, 2)),), (TensorMeta("y", "float32", (-1, 2)),))
+        self.meta = ModelMeta(name, "test", (TensorSpec("x", (-1, 2), "float32"),), (TensorSpec("y", (-1, 2), "float32"),))
 
     def ready(self):
         return True

@@ -34,12 +34,12 @@ from typing import Callable, Protocol
 import numpy as np
 
 from edgesplit.data.preprocess import Preprocess
-from edgesplit.manifest import StageSpec, load_manifest, verify_parts
+from edgesplit.manifest import StageSpec, TensorSpec, load_manifest, verify_parts
 from edgesplit.coding import make_code, merge_blocks
 from edgesplit.runtime.engines import InferenceEngine, create_engine
-from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
+from edgesplit.runtime.errors import DeadlineExceeded, PartUnavailable
 from edgesplit.runtime.model import (TRACE, TRACE_ANSWERED, TRACE_DECODED, TRACE_RECEIVED, TRACE_SENT, InferResult,
-                                     ModelMeta, TensorMeta)
+                                     ModelMeta, check_inputs, input_specs)
 from edgesplit.runtime.plan import Plan, validate_plan
 from edgesplit.runtime.shm import InputRing
 
@@ -76,7 +76,6 @@ PART_TIMINGS = ("compute_ms", "server_ms")
 TRACE_HOPS = {"sent_ms": TRACE_SENT, "received_ms": TRACE_RECEIVED, "answered_ms": TRACE_ANSWERED, "decoded_ms": TRACE_DECODED}
 
 
-_UINT8, _FLOAT32 = np.dtype(np.uint8), np.dtype(np.float32)  # dtype objects: compared without a conversion
 
 
 class _Missing(Exception):
@@ -146,8 +145,10 @@ class Coordinator:
         in_spec = self.manifest.part(first.parts[0]).inputs[0]
         out_dim = len(self.manifest.classes)
         self.input_shape = tuple(in_spec.shape[1:])
-        self.meta = ModelMeta(self.manifest.model, "edgesplit_pipeline", (TensorMeta("input", "float32", (-1, *self.input_shape)),),
-                              (TensorMeta("logits", "float32", (-1, out_dim)),))
+        self.meta = ModelMeta(self.manifest.model, "edgesplit_pipeline", (TensorSpec("input", (-1, *self.input_shape), "float32"),),
+                              (TensorSpec("logits", (-1, out_dim), "float32"),))
+        self._specs = input_specs(self.meta.inputs)
+        self._pixels = self.preprocess.normalize if plan.input_dtype == "float32" else _as_is
         self._rr = {name: itertools.count() for name in peers}
         self._ids = itertools.count()
         self.stats = PartStats()
@@ -174,20 +175,9 @@ class Coordinator:
 
     # ------------------------------------------------------------------ input
     def _check_input(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        if set(inputs) != {"input"}:
-            raise InferError(f"model {self.meta.name!r} takes one input 'input', got {sorted(inputs)}")
-        x = inputs["input"]
-        want = self.input_shape
-        if x.ndim != len(want) + 1 or x.shape[1:] != want or x.shape[0] == 0:
-            raise InferError(f"input shape {'x'.join(map(str, x.shape))}, expected Bx{'x'.join(map(str, want))}")
-        if x.dtype == _FLOAT32:
-            if not np.isfinite(x).all():
-                raise InferError("input contains NaN or Inf")
-        elif x.dtype != _UINT8 or len(want) != 3:
-            raise InferError(f"input datatype {x.dtype.name}, expected float32" + (" or uint8 pixels" if len(want) == 3 else ""))
-        if x.dtype == _UINT8 and self.plan.input_dtype == "float32":
-            x = self.preprocess.normalize(x)  # the workers were told to expect floats
-        return x
+        """The request's image (the worker's checks and messages); uint8 pixels are forwarded as they are, or
+        normalised here when the plan tells the workers to expect floats."""
+        return check_inputs(self.meta.name, self._specs, inputs, self._pixels)["input"]
 
     # ------------------------------------------------------------------ one part
     def _candidates(self, name: str) -> list[PeerHealth]:
@@ -530,6 +520,10 @@ class _StageRun:
     def cancel_pending(self) -> None:
         for t in list(self.pending):  # cancelling runs arrived() later, which discards from the set
             t.cancel()
+
+
+def _as_is(x: np.ndarray) -> np.ndarray:
+    return x
 
 
 def _resolve(fut: asyncio.Future) -> None:

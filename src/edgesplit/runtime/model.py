@@ -11,20 +11,16 @@ from typing import Protocol
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class TensorMeta:
-    name: str
-    datatype: str  # numpy dtype name
-    shape: tuple[int, ...]  # -1 for the batch dimension
+from edgesplit.manifest import TensorSpec
+from edgesplit.runtime.errors import InferError
 
 
 @dataclass(frozen=True)
 class ModelMeta:
     name: str
     platform: str
-    inputs: tuple[TensorMeta, ...]
-    outputs: tuple[TensorMeta, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
     versions: tuple[str, ...] = ("1",)
 
 
@@ -52,3 +48,38 @@ class ServedModel(Protocol):
     def ready(self) -> bool: ...
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult: ...
+
+
+_UINT8, _FLOAT32 = np.dtype(np.uint8), np.dtype(np.float32)  # dtype objects: compared without a conversion
+
+
+def input_specs(specs) -> dict:
+    """``{name: (TensorSpec, its numpy dtype)}`` for :func:`check_inputs` (``dtype.name`` is slow with cold caches:
+    the dtype object is made once, never per call)."""
+    return {t.name: (t, np.dtype(t.dtype)) for t in specs}
+
+
+def check_inputs(model: str, specs: dict, inputs: dict[str, np.ndarray], pixels=None) -> dict[str, np.ndarray]:
+    """A request's inputs checked against ``specs`` (:func:`input_specs`), or :class:`InferError` saying what is wrong:
+    the worker's and the coordinator's one checker. ``pixels``: for a float32 image input, uint8 pixels are accepted
+    too and passed through this function (the worker normalises them; a coordinator that forwards pixels keeps
+    them); None: uint8 is refused like any other datatype."""
+    if inputs.keys() != specs.keys():
+        raise InferError(f"model {model!r} takes inputs {sorted(specs)}, got {sorted(inputs)}")
+    feeds = {}
+    for name, arr in inputs.items():
+        spec, dtype = specs[name]
+        if arr.ndim != len(spec.shape) or any(s not in (-1, d) for s, d in zip(spec.shape, arr.shape)):
+            want = "x".join("B" if s == -1 else str(s) for s in spec.shape)
+            raise InferError(f"input {name!r}: shape {'x'.join(map(str, arr.shape))}, expected {want}")
+        if arr.shape[0] == 0:
+            raise InferError(f"input {name!r}: empty batch")
+        image = pixels is not None and dtype == _FLOAT32 and len(spec.shape) == 4
+        if arr.dtype == _UINT8 and image:
+            arr = pixels(arr)
+        elif arr.dtype != dtype:
+            raise InferError(f"input {name!r}: datatype {arr.dtype.name}, expected {spec.dtype}" + (" or uint8 pixels" if image else ""))
+        elif arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise InferError(f"input {name!r} contains NaN or Inf")
+        feeds[name] = arr
+    return feeds

@@ -23,14 +23,12 @@ from edgesplit.data.preprocess import Preprocess
 from edgesplit.errors import EdgesplitError
 from edgesplit.manifest import load_manifest
 from edgesplit.runtime.engines import InferenceEngine, create_engine
-from edgesplit.runtime.errors import InferError
 from edgesplit.runtime.faults import FaultConfig, FaultyModel
-from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
+from edgesplit.runtime.model import InferResult, ModelMeta, check_inputs, input_specs
 
 log = logging.getLogger(__name__)
 
 
-_UINT8, _FLOAT32 = np.dtype(np.uint8), np.dtype(np.float32)
 
 
 class PartModel:
@@ -41,36 +39,17 @@ class PartModel:
         self.engine = engine
         self.preprocess = preprocess  # set for parts that take the image: enables uint8 input
         self.meta = ModelMeta(name, platform,
-                              tuple(TensorMeta(t.name, t.dtype, t.shape) for t in engine.inputs),
-                              tuple(TensorMeta(t.name, t.dtype, t.shape) for t in engine.outputs))
-        # per input: its spec and dtype object (numpy's dtype.name is slow with cold caches: never asked per call)
-        self._specs = {t.name: (t, np.dtype(t.datatype)) for t in self.meta.inputs}
+                              tuple(engine.inputs),
+                              tuple(engine.outputs))
+        self._specs = input_specs(self.meta.inputs)
+        self._pixels = preprocess.normalize if preprocess is not None else None
 
     def ready(self) -> bool:
         return True
 
     def check(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Validated feeds for the engine, or :class:`InferError` saying what is wrong."""
-        expected = self._specs
-        if inputs.keys() != expected.keys():
-            raise InferError(f"model {self.meta.name!r} takes inputs {sorted(expected)}, got {sorted(inputs)}")
-        feeds = {}
-        for name, arr in inputs.items():
-            spec, dtype = expected[name]
-            if arr.ndim != len(spec.shape) or any(s not in (-1, d) for s, d in zip(spec.shape, arr.shape)):
-                want = "x".join("B" if s == -1 else str(s) for s in spec.shape)
-                raise InferError(f"input {name!r}: shape {'x'.join(map(str, arr.shape))}, expected {want}")
-            if arr.shape[0] == 0:
-                raise InferError(f"input {name!r}: empty batch")
-            if arr.dtype == _UINT8 and dtype == _FLOAT32 and self.preprocess is not None:
-                arr = self.preprocess.normalize(arr)
-            elif arr.dtype != dtype:
-                allowed = f"{spec.datatype}" + (" or uint8 pixels" if self.preprocess is not None else "")
-                raise InferError(f"input {name!r}: datatype {arr.dtype.name}, expected {allowed}")
-            elif arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                raise InferError(f"input {name!r} contains NaN or Inf")
-            feeds[name] = arr
-        return feeds
+        """Validated feeds for the engine, or :class:`InferError` saying what is wrong (uint8 pixels normalised)."""
+        return check_inputs(self.meta.name, self._specs, inputs, self._pixels)
 
     def run(self, feeds: dict[str, np.ndarray]) -> InferResult:
         t0 = time.perf_counter()

@@ -9,12 +9,12 @@ import logging
 from pathlib import Path
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.runtime.engines.base import EngineTensor, InferenceEngine
+from edgesplit.runtime.engines.base import InferenceEngine, TensorSpec
 from edgesplit.runtime.engines.onnxruntime_engine import OnnxRuntimeEngine  # onnxruntime itself loads on first use
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENGINES", "EngineTensor", "InferenceEngine", "OnnxRuntimeEngine", "create_engine"]
+__all__ = ["ENGINES", "TensorSpec", "InferenceEngine", "OnnxRuntimeEngine", "create_engine"]
 
 
 ENGINES = ("onnxruntime", "numpy", "auto", "hls-csim")

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.runtime.engines.base import EngineTensor
+from edgesplit.manifest import TensorSpec
 
 
-def _onnx_io(path: Path) -> tuple[list[EngineTensor], list[EngineTensor]]:
+def _onnx_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Input and output tensors of an ONNX file, from its protobuf (the worker's vendored ONNX subset)."""
     from edgesplit.runtime.onnx_subset_pb2 import ModelProto
 
@@ -27,13 +27,13 @@ def _onnx_io(path: Path) -> tuple[list[EngineTensor], list[EngineTensor]]:
     model.ParseFromString(Path(path).read_bytes())
     inits = {t.name for t in model.graph.initializer}
 
-    def tensors(values) -> list[EngineTensor]:
+    def tensors(values) -> list[TensorSpec]:
         out = []
         for v in values:
             if v.name in inits:
                 continue
             dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
-            out.append(EngineTensor(v.name, dims, "float32"))
+            out.append(TensorSpec(v.name, dims, "float32"))
         return out
 
     return tensors(model.graph.input), tensors(model.graph.output)

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.runtime.engines.base import EngineTensor
+from edgesplit.manifest import TensorSpec
 from edgesplit.runtime.onnx_subset_pb2 import ModelProto
 
 # ONNX TensorProto.DataType -> numpy
@@ -103,10 +103,10 @@ OPS: dict[str, Callable] = {
 }
 
 
-def _tensor_info(v) -> EngineTensor:
+def _tensor_info(v) -> TensorSpec:
     t = v.type.tensor_type
     shape = tuple(d.dim_value if d.WhichOneof("value") == "dim_value" else -1 for d in t.shape.dim)
-    return EngineTensor(v.name, shape, np.dtype(ONNX_DTYPES[t.elem_type]).name)
+    return TensorSpec(v.name, shape, np.dtype(ONNX_DTYPES[t.elem_type]).name)
 
 
 class NumpyEngine:

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.runtime.engines.base import EngineTensor
+from edgesplit.manifest import TensorSpec
 
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64",
@@ -40,9 +40,9 @@ class OnnxRuntimeEngine:
         except Exception as err:  # onnxruntime raises its own exception types for bad files
             raise EdgesplitError(f"ONNX Runtime cannot load {path}: {str(err).splitlines()[0][:200]}") from None
         self.providers = self.session.get_providers()
-        self.inputs = [EngineTensor(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape), _ORT_DTYPES.get(i.type, i.type))
+        self.inputs = [TensorSpec(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape), _ORT_DTYPES.get(i.type, i.type))
                        for i in self.session.get_inputs()]
-        self.outputs = [EngineTensor(o.name, tuple(d if isinstance(d, int) else -1 for d in o.shape), _ORT_DTYPES.get(o.type, o.type))
+        self.outputs = [TensorSpec(o.name, tuple(d if isinstance(d, int) else -1 for d in o.shape), _ORT_DTYPES.get(o.type, o.type))
                         for o in self.session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
 

@@ -15,7 +15,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from edgesplit.runtime.errors import PartUnavailable
-from edgesplit.runtime.model import InferResult, ModelMeta, TensorMeta
+from edgesplit.manifest import TensorSpec
+from edgesplit.runtime.model import InferResult, ModelMeta
 from edgesplit.runtime.shm import plain
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
@@ -105,7 +106,7 @@ class GrpcPeer:
             raise status_error(err.code().name, err.details(), self) from None
 
         def tensors(ts):
-            return tuple(TensorMeta(t.name, codec.KSERVE_TO_NUMPY.get(t.datatype, t.datatype), tuple(t.shape)) for t in ts)
+            return tuple(TensorSpec(t.name, tuple(t.shape), codec.KSERVE_TO_NUMPY.get(t.datatype, t.datatype)) for t in ts)
 
         return ModelMeta(r.name, r.platform, tensors(r.inputs), tensors(r.outputs), tuple(r.versions))
 

@@ -115,7 +115,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         meta = m.meta
 
         def tensors(ts):
-            return [pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=codec.NUMPY_TO_KSERVE[t.datatype], shape=t.shape) for t in ts]
+            return [pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=codec.NUMPY_TO_KSERVE[t.dtype], shape=t.shape) for t in ts]
 
         return pb.ModelMetadataResponse(name=meta.name, versions=list(meta.versions), platform=meta.platform,
                                         inputs=tensors(meta.inputs), outputs=tensors(meta.outputs))
