@@ -59,7 +59,7 @@ def test_models_and_profile_json(tmp_path):
     (("eval", "{tmp}/missing"), "not found"),
     (("predict", "{tmp}", "x.png"), "has no manifest.json"),
     (("train", "resnet18", "--model-arg", "width", "--out", "{tmp}/r"), "bad --model-arg"),
-    (("train", "resnet18", "--model-arg", "depth=3", "--out", "{tmp}/r"), "does not take these arguments"),
+    (("train", "resnet18", "--model-arg", "depth=3", "--out", "{tmp}/r"), "has no argument depth; its arguments: stem"),
     (("train", "resnet18", "--input-size", "32", "--out", "{tmp}/r"), "bad --input-size"),
     (("train", "resnet18", "--epochs", "0", "--out", "{tmp}/r"), "--epochs must be at least 1"),
     (("train", "resnet18-split2", "--branch-dropout", "1.5", "--out", "{tmp}/r"), "--branch-dropout must be in"),
@@ -93,3 +93,44 @@ def test_export_and_predict_cli(tiny_run, tmp_path):
     with open(tmp_path / "e" / "head.onnx", "ab") as f:
         f.write(b"x")
     assert_one_line_error(run("predict", str(tmp_path / "e"), str(tmp_path / "x.png")), "sha256")
+
+
+# ------------------------------------------------------------------ issue 24: security flags, --model-arg syntax
+def test_a_token_on_the_command_line_is_refused_without_echoing_it():
+    proc = run("worker", "some-export", "--part", "branch0", "--token", "s3cret-value")
+    assert_one_line_error(proc, "there is no --token option")
+    assert "s3cret-value" not in proc.stdout + proc.stderr and "--token-file" in proc.stderr
+
+
+def test_no_option_is_taken_by_a_prefix():
+    proc = run("worker", "some-export", "--part", "branch0", "--token-f", "x")
+    assert proc.returncode == 2 and "unrecognized arguments: --token-f" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("content,pattern", [(None, "does not exist"), ("", "is empty"), ("  \n", "is empty")])
+def test_a_missing_or_empty_token_file_is_one_line(tiny_export, tmp_path, content, pattern):
+    token = tmp_path / "token.txt"
+    if content is not None:
+        token.write_text(content)
+    proc = run("worker", str(tiny_export), "--part", "branch0", "--token-file", str(token))
+    assert_one_line_error(proc, pattern)
+
+
+def test_the_refusal_to_bind_names_real_options():
+    from edgesplit.errors import EdgesplitError
+    from edgesplit.runtime.transport.grpc_server import ServerSecurity
+
+    with pytest.raises(EdgesplitError) as err:
+        ServerSecurity().check_bind("0.0.0.0")
+    assert "--token-file" in str(err.value) and "--token," not in str(err.value)
+
+
+def test_model_args_take_lists_both_ways_and_unknown_keys_list_the_valid_ones():
+    a = json.loads(run("profile", "resnet18-split2", "--input", "1x28x28", "--num-classes", "10", "--json",
+                       "--model-arg", "branch_widths=0.75,0.25", check_rc=0).stdout)
+    b = json.loads(run("profile", "resnet18-split2", "--input", "1x28x28", "--num-classes", "10", "--json",
+                       "--model-arg", "branch_widths=[0.75,0.25]", check_rc=0).stdout)
+    assert a == b and a["profile"]["branches"][0]["params"] > a["profile"]["branches"][1]["params"]
+    proc = run("profile", "resnet18-split2", "--input", "1x28x28", "--model-arg", "nope=1")
+    assert_one_line_error(proc, "has no argument nope; its arguments:")
+    assert "branch_widths" in proc.stderr and "TypeError" not in proc.stderr

@@ -33,11 +33,19 @@ def _model_kwargs(args) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise EdgesplitError(f"bad --model-arg {item!r}; write KEY=VALUE, e.g. width_mult=0.5")
-        try:
-            kw[key] = json.loads(value)
-        except json.JSONDecodeError:
-            kw[key] = value
+        kw[key] = _model_arg_value(value)
     return kw
+
+
+def _model_arg_value(text: str):
+    """A --model-arg value: JSON (0.5, [0.75,0.25], true), a comma-separated list of them (0.75,0.25), or a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "," in text:
+        return [_model_arg_value(item.strip()) for item in text.split(",")]
+    return text
 
 
 # ---------------------------------------------------------------- models / profile
@@ -253,8 +261,17 @@ def _cpus(text: str | None) -> tuple[int, ...] | None:
         raise EdgesplitError(f"bad --cpus {text!r}; write a comma-separated list like 0,1") from None
 
 
+class _TokenOnCommandLine(argparse.Action):
+    """``--token VALUE``: refused without echoing the value (a secret on a command line shows in ps and history)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise EdgesplitError("there is no --token option (a token on the command line shows in `ps` and shell history): "
+                             "write it in a file readable only by you and pass --token-file FILE")
+
+
 def _security_args(s) -> None:
     s.add_argument("--token-file", help="file holding the bearer token every call must carry")
+    s.add_argument("--token", action=_TokenOnCommandLine, help=argparse.SUPPRESS)
     s.add_argument("--tls-cert", help="server certificate (PEM)")
     s.add_argument("--tls-key", help="server private key (PEM)")
     s.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM)")
@@ -264,7 +281,9 @@ def _security_args(s) -> None:
 def _server_security(args):
     from edgesplit.runtime.transport.grpc_server import ServerSecurity
 
-    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    from edgesplit.runtime.secrets import read_token_file
+
+    token = read_token_file(args.token_file) if args.token_file else None
     return ServerSecurity(token, args.tls_cert, args.tls_key, args.tls_client_ca, args.insecure)
 
 
@@ -608,8 +627,16 @@ def cmd_codesign(args) -> None:
 
 
 # ---------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching anywhere (``--token`` must never be taken for ``--token-file``); subcommands inherit it."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgesplit", description="Split CNNs over small edge devices: models, training, export, runtime.")
+    p = _Parser(prog="edgesplit", description="Split CNNs over small edge devices: models, training, export, runtime.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -887,7 +914,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except EdgesplitError as err:  # an option refused while parsing (e.g. --token), said in one line
+        print(f"edgesplit: error: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)

@@ -43,6 +43,15 @@ def create_model(name: str, **kwargs) -> nn.Module:
         raise EdgesplitError(
             f"unknown model {name!r}; choose one of: {', '.join(list_models())} (see `edgesplit models`)"
         ) from None
+    import inspect
+
+    params = inspect.signature(factory).parameters
+    takes = [p for p in params if p not in ("num_classes", "in_chans", "input_size")]
+    var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [] if var_keyword else sorted(set(kwargs) - set(params))
+    if unknown:
+        raise EdgesplitError(f"model {name!r} has no argument {', '.join(unknown)}; its arguments: "
+                             f"{', '.join(takes) or 'none'} (pass them with --model-arg KEY=VALUE)")
     try:
         model = factory(**kwargs)
     except TypeError as err:

@@ -12,6 +12,8 @@ Stems:
 """
 from __future__ import annotations
 
+import inspect
+
 from typing import Sequence
 
 import torch
@@ -179,3 +181,14 @@ def resnet18_split3(**kwargs) -> SplitNet:
 def resnet18_split4(**kwargs) -> SplitNet:
     """Four quarter-width ResNet18 branches (16/32/64/128 channels)."""
     return _resnet18_split(4, **kwargs)
+
+
+def _takes_split_arguments(factory):
+    """The k-branch factories take ``_resnet18_split``'s arguments (less ``k``): say so in their signature."""
+    params = list(inspect.signature(_resnet18_split).parameters.values())[1:]
+    factory.__signature__ = inspect.Signature(params, return_annotation=SplitNet)
+    return factory
+
+
+for _factory in (resnet18_split1, resnet18_split2, resnet18_split3, resnet18_split4):
+    _takes_split_arguments(_factory)

@@ -566,7 +566,6 @@ def remote_coordinator(plan: Plan) -> Coordinator:
     """A coordinator whose peers are the plan's addresses: ``host:port`` -> :class:`GrpcPeer` (any KServe v2
     server), ``ipc:///path.sock`` -> :class:`UnixSocketPeer` (an edgesplit worker on this machine). gRPC is
     imported only when the plan has a ``host:port`` address."""
-    from pathlib import Path
 
     from edgesplit.runtime.shm import available as shm_available
     from edgesplit.runtime.transport.ipc import SCHEME
@@ -577,7 +576,9 @@ def remote_coordinator(plan: Plan) -> Coordinator:
         from edgesplit.runtime.transport.grpc_peer import ClientSecurity, GrpcPeer
 
         s = plan.security
-        token = Path(s.token_file).read_text().strip() if s.token_file else None
+        from edgesplit.runtime.secrets import read_token_file
+
+        token = read_token_file(s.token_file, "the plan's security token_file") if s.token_file else None
         security = ClientSecurity(token, s.tls_ca, s.tls_cert, s.tls_key)
 
     def peer(address: str, name: str) -> Peer:

@@ -48,7 +48,7 @@ class ServerSecurity:
         if is_loopback(host) or self.insecure or self.tls_cert or self.token:
             return
         raise EdgesplitError(f"refusing to listen on {host} without TLS or a token; pass --tls-cert/--tls-key, "
-                             f"--token, or --insecure to accept plain unauthenticated traffic")
+                             f"--token-file, or --insecure to accept plain unauthenticated traffic")
 
     def credentials(self) -> grpc.ServerCredentials | None:
         if not self.tls_cert:
@@ -74,7 +74,8 @@ class _TokenInterceptor(grpc.aio.ServerInterceptor):
         self._expected = f"Bearer {token}".encode()
 
         async def deny(request, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token; pass --token")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token: the client needs the token in "
+                                  "the server's --token-file (a plan's security: token_file)")
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
 
