@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,21 @@ def test_model_args_take_lists_both_ways_and_unknown_keys_list_the_valid_ones():
     proc = run("profile", "resnet18-split2", "--input", "1x28x28", "--model-arg", "nope=1")
     assert_one_line_error(proc, "has no argument nope; its arguments:")
     assert "branch_widths" in proc.stderr and "TypeError" not in proc.stderr
+
+
+def test_a_plan_written_in_another_folder_is_read_back(tiny_export, tmp_path):
+    """`edgesplit plan` writes the export relative to the plan file, which is how `serve` and `connect` read it."""
+    from edgesplit.errors import EdgesplitError
+    from edgesplit.runtime.plan import load_plan
+
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "edgesplit", "plan", str(tiny_export), "--workers", "127.0.0.1:1",
+                           "127.0.0.1:2", "--out", "plans/p.yaml"], capture_output=True, text=True, cwd=work, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    plan = load_plan(work / "plans" / "p.yaml")
+    assert Path(plan.export).resolve() == Path(tiny_export).resolve()
+    moved = tmp_path / "elsewhere.yaml"
+    moved.write_text((work / "plans" / "p.yaml").read_text())  # the same text one folder up: its export is not there
+    with pytest.raises(EdgesplitError, match="read relative to the plan's folder"):
+        load_plan(moved)

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from edgesplit.errors import EdgesplitError
@@ -329,6 +330,8 @@ def cmd_plan(args) -> None:
 
     speeds = [float(v) for v in args.speeds.split(",")] if args.speeds else None
     plan = make_plan(args.export_dir, args.workers, speeds, args.timeout_ms, args.input_dtype)
+    plan = replace(plan, export=str(Path(args.export_dir).resolve()))  # written relative to the plan's own folder
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     plan.write(args.out)
     for p in plan.parts:
         print(f"{p.name}: {', '.join(p.replicas)}")

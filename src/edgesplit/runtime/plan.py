@@ -19,6 +19,8 @@ or the most replicas.
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -75,7 +77,12 @@ class Plan:
         return d
 
     def write(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """An absolute export path is written relative to the plan file's folder, as :func:`load_plan` reads it
+        (a relative one is taken to be relative to that folder already)."""
+        d = self.to_dict()
+        if Path(self.export).is_absolute():
+            d["export"] = os.path.relpath(self.export, Path(path).resolve().parent)
+        Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -93,7 +100,12 @@ def load_plan(path: str | Path) -> Plan:
                     parity_slack=float(d.get("parity_slack", 0.5)), shared_memory=bool(d.get("shared_memory", True)))
     except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
         raise EdgesplitError(f"{path} is not a valid plan ({type(err).__name__}: {err}); see `edgesplit plan --help`") from None
-    validate_plan(plan, load_manifest(plan.export, verify=False))
+    try:
+        manifest = load_manifest(plan.export, verify=False)
+    except EdgesplitError as err:
+        raise EdgesplitError(f"plan {path}: its export {d['export']!r} is read relative to the plan's folder, as {plan.export}: "
+                             f"{err}") from None
+    validate_plan(plan, manifest)
     return plan
 
 
