@@ -1,10 +1,12 @@
 """The main job end to end on a tiny model: train, export, local workers, report files."""
 import json
 
+import numpy as np
+
 from edgesplit.demo import DemoConfig, run_demo
 
 
-def test_demo_end_to_end(tmp_path):
+def test_demo_end_to_end(tmp_path, capsys):
     cfg = DemoConfig(work_dir=str(tmp_path), limit=200, width_mult=0.125, epochs=1, max_train_samples=1024, throughput_images=100,
                      unplug_images=100)
     report = run_demo(cfg, json_path=str(tmp_path / "demo.json"))
@@ -25,3 +27,20 @@ def test_demo_end_to_end(tmp_path):
     mtime = (tmp_path / "split" / "checkpoint.pt").stat().st_mtime
     run_demo(DemoConfig(**{**cfg.__dict__, "modes": ("in-process",)}))
     assert (tmp_path / "split" / "checkpoint.pt").stat().st_mtime == mtime
+    # --images: folder names matched without case or punctuation, an unknown folder named, accuracy over the rest
+    from PIL import Image
+
+    from edgesplit.data import load_dataset
+
+    test = load_dataset("fashion-mnist", "test")
+    folders = {"T-shirt_top": 0, "trouser": 1, "holiday-photos": 9}  # the last names no class
+    for folder, cls in folders.items():
+        (tmp_path / "imgs" / folder).mkdir(parents=True)
+        for j, i in enumerate(np.flatnonzero(test.targets == cls)[:3]):
+            Image.fromarray(test.data[i, :, :, 0]).save(tmp_path / "imgs" / folder / f"{j}.png")
+    capsys.readouterr()
+    r = run_demo(DemoConfig(**{**cfg.__dict__, "modes": ("in-process",), "images_dir": str(tmp_path / "imgs"), "limit": None}))
+    out = capsys.readouterr().out
+    assert "folders that name no class" in out and "holiday-photos" in out
+    assert r["images"] == 9 and r["results"]["in-process"]["accuracy"] is not None
+    assert "->" in out and "(T-shirt/top" in out  # each image's prediction, with its folder's class

@@ -87,6 +87,34 @@ def _ensure_export(cfg: DemoConfig, role: str) -> Path:
     return export_dir
 
 
+def _class_key(name: str) -> str:
+    """A class or folder name compared without case or punctuation: ``T-shirt/top`` and ``T-shirt_top`` match."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def folder_labels(files: list[Path], root: Path, classes: tuple[str, ...]) -> np.ndarray | None:
+    """Each image's class from its folder's name (-1 for a folder that names no class), or None when no folder
+    names one. The folders that match no class are said, with the class names they could have."""
+    index = {_class_key(c): i for i, c in enumerate(classes)}
+    labels = np.asarray([index.get(_class_key(f.parent.name), -1) if f.parent != root else -1 for f in files])
+    if (labels < 0).all():
+        return None
+    unmatched = sorted({f.parent.name for f, y in zip(files, labels) if y < 0 and f.parent != root})
+    if unmatched:
+        print(f"[demo] folders that name no class (their images count in no accuracy): {', '.join(unmatched)}; "
+              f"the classes are: {', '.join(classes)}", flush=True)
+    return labels
+
+
+def accuracy(preds: np.ndarray, labels: np.ndarray | None) -> float | None:
+    """Top-1 over the images with a label (-1: none), or None when none has one."""
+    if labels is None:
+        return None
+    labels = np.asarray(labels)[: len(preds)]
+    known = labels >= 0
+    return float((np.asarray(preds)[known] == labels[known]).mean()) if known.any() else None
+
+
 def _load_images(cfg: DemoConfig, shape: tuple[int, int, int], classes: tuple[str, ...]):
     """(N, C, H, W) uint8 images, labels (or None when unknown), names."""
     c, h, w = shape
@@ -98,8 +126,8 @@ def _load_images(cfg: DemoConfig, shape: tuple[int, int, int], classes: tuple[st
         files = files[: cfg.limit] if cfg.limit else files
         images = np.stack([load_image(f, (h, w), c) for f in files]).transpose(0, 3, 1, 2)
         names = [str(f) for f in files]
-        labels = [classes.index(f.parent.name) if f.parent.name in classes else -1 for f in files]
-        return np.ascontiguousarray(images), (np.asarray(labels) if min(labels) >= 0 else None), names
+        labels = folder_labels(files, root, classes)
+        return np.ascontiguousarray(images), labels, names
     test = load_fashion_mnist("test", cfg.data_dir)
     n = min(cfg.limit or len(test), len(test))
     return np.ascontiguousarray(test.data[:n].transpose(0, 3, 1, 2)), test.targets[:n], [f"test[{i}]" for i in range(n)]
@@ -117,8 +145,9 @@ def _run_sequential(infer, images: np.ndarray) -> tuple[np.ndarray, list[float]]
 
 
 def _mode_report(mode: str, model: str, preds: np.ndarray, labels, lat_ms: list[float], rps: float) -> dict:
-    acc = float((preds == labels).mean()) if labels is not None else None
-    return {"mode": mode, "model": model, "accuracy": acc, "throughput_rps": rps, **latency_summary(lat_ms), "latencies_ms": lat_ms}
+    acc = accuracy(preds, labels)
+    return {"mode": mode, "model": model, "accuracy": acc, "throughput_rps": rps, **latency_summary(lat_ms),
+            "predictions": [int(v) for v in preds], "latencies_ms": lat_ms}
 
 
 def run_demo(cfg: DemoConfig, json_path: str | None = None) -> dict:
@@ -167,6 +196,8 @@ def run_demo(cfg: DemoConfig, json_path: str | None = None) -> dict:
         results["nonsplit"] = _mode_report("nonsplit", unsplit.manifest.model, preds, labels, lat, 1e3 / np.mean(lat))
 
     _print_table(results, n)
+    if cfg.images_dir and results:
+        _print_predictions(names, labels, next(iter(results.values()))["predictions"], manifest.classes)
     report = {"config": asdict(cfg), "images": n, "source": cfg.images_dir or "fashion-mnist test set",
               "results": {m: {k: v for k, v in r.items() if k != "latencies_ms"} for m, r in results.items()},
               "wall_time_s": time.perf_counter() - t_start}
@@ -184,6 +215,17 @@ def run_demo(cfg: DemoConfig, json_path: str | None = None) -> dict:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _print_predictions(names: list[str], labels, preds: list[int], classes: tuple[str, ...], shown: int = 20) -> None:
+    """Each image's predicted class (and its folder's, when the folder names one)."""
+    print("\nimage  ->  predicted class" + ("  (folder's class)" if labels is not None else ""))
+    for i, (name, pred) in enumerate(zip(names[:shown], preds)):
+        known = labels is not None and labels[i] >= 0
+        mark = ("" if not known else f"  ({classes[labels[i]]}{', right' if labels[i] == pred else ''})")
+        print(f"{name}  ->  {classes[pred]}{mark}")
+    if len(names) > shown:
+        print(f"... {len(names) - shown} more in the JSON (--json)")
 
 
 def _unplug(cluster, client, images: np.ndarray, labels, part: str) -> dict:
@@ -208,7 +250,7 @@ def _unplug(cluster, client, images: np.ndarray, labels, part: str) -> dict:
     while time.monotonic() < deadline and not readmitted:
         readmitted = not client.infer_result(images[:1]).parameters.get("degraded")
         time.sleep(0.05)
-    acc = float((np.asarray(preds) == labels[: len(images)]).mean()) if labels is not None else None
+    acc = accuracy(np.asarray(preds), labels)
     return {"part": part, "images": len(images), "degraded": degraded, "errors": errors, "accuracy": acc,
             "readmitted": readmitted, **latency_summary(lat)}
 
