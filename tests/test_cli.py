@@ -153,3 +153,19 @@ def test_a_plan_written_in_another_folder_is_read_back(tiny_export, tmp_path):
     moved.write_text((work / "plans" / "p.yaml").read_text())  # the same text one folder up: its export is not there
     with pytest.raises(EdgesplitError, match="read relative to the plan's folder"):
         load_plan(moved)
+
+
+def test_every_option_of_every_subcommand_has_help():
+    import argparse
+
+    from edgesplit.cli import build_parser
+
+    def undocumented(parser, path=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from undocumented(sub, (*path, name))
+            elif not action.help and action.dest != "help":
+                yield " ".join(path) + " " + (action.option_strings[0] if action.option_strings else action.dest)
+
+    assert list(undocumented(build_parser())) == []
