@@ -169,3 +169,23 @@ def test_every_option_of_every_subcommand_has_help():
                 yield " ".join(path) + " " + (action.option_strings[0] if action.option_strings else action.dest)
 
     assert list(undocumented(build_parser())) == []
+
+
+def test_plan_speeds_that_are_not_numbers_are_one_line(tiny_export, tmp_path):
+    proc = run("plan", str(tiny_export), "--workers", "127.0.0.1:1", "127.0.0.1:2", "--speeds", "1,fast",
+               "--out", str(tmp_path / "p.yaml"))
+    assert_one_line_error(proc, "bad --speeds '1,fast'")
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`edgesplit ... | head`: the reader is gone when the command writes; it ends quietly, exit 0."""
+    script = """
+import os, sys
+r, w = os.pipe()
+os.close(r)  # no reader: every write fails with EPIPE
+os.dup2(w, 1)
+from edgesplit.cli import main
+sys.stderr.write(f"code={main(['models', '--input', '1x28x28'])}\\n")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "code=0" in proc.stderr and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -129,6 +130,8 @@ def cmd_train(args) -> None:
     )
     bar = _ProgressBar(enabled=not args.quiet)
     try:
+        if args.resume and not (Path(args.out) / "checkpoint.pt").exists():
+            print(f"{args.out} holds no run to resume: starting a new one", file=sys.stderr)
         summary = train(cfg, args.out, resume=args.resume, progress=bar.update)
     finally:
         bar.close()
@@ -328,7 +331,10 @@ def cmd_serve(args) -> None:
 def cmd_plan(args) -> None:
     from edgesplit.runtime.plan import make_plan, parts_by_address
 
-    speeds = [float(v) for v in args.speeds.split(",")] if args.speeds else None
+    try:
+        speeds = [float(v) for v in args.speeds.split(",")] if args.speeds else None
+    except ValueError:
+        raise EdgesplitError(f"bad --speeds {args.speeds!r}; give one number per worker, comma-separated, e.g. 1,2.5") from None
     plan = make_plan(args.export_dir, args.workers, speeds, args.timeout_ms, args.input_dtype)
     plan = replace(plan, export=str(Path(args.export_dir).resolve()))  # written relative to the plan's own folder
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -933,6 +939,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgesplit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`edgesplit plan ... | head`): stop quietly, as a Unix tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 
