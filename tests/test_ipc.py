@@ -512,3 +512,30 @@ print(sorted(m for m in sys.modules if m == "grpc" or m.startswith("grpc.")))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("build,pattern", [
+    (lambda r: r.inputs.add(name="x", datatype="UINT8", shape=[1, 2], contents=pb.InferTensorContents(uint_contents=[1, 300])),
+     "UINT8 values must lie in 0..255"),
+    (lambda r: r.inputs.add(name="x", datatype="UINT8", shape=[1], contents=pb.InferTensorContents(uint_contents=[2**32 - 1])),
+     "UINT8 values must lie in 0..255"),
+    (lambda r: r.inputs.add(name="x", datatype="INT8", shape=[1], contents=pb.InferTensorContents(int_contents=[-200])),
+     "INT8 values must lie in -128..127"),
+    (lambda r: [r.inputs.add(name="x", datatype="FP32", shape=[1], contents=pb.InferTensorContents(fp32_contents=[1.0]))
+                for _ in range(2)], "given twice"),
+    (lambda r: r.inputs.add(name="x", datatype="FP32", shape=[1] * 10_000), "10000 dimensions; at most 32"),
+])
+def test_malformed_typed_tensors_are_refused_by_the_shared_decoder(build, pattern):
+    """decode_request answers both transports: values that do not fit, a name twice, absurd ranks are InferError
+    (INVALID_ARGUMENT), never wrapped, merged or a crash."""
+    req = pb.ModelInferRequest(model_name="m")
+    build(req)
+    with pytest.raises(InferError, match=pattern):
+        codec.decode_request(req)
+
+
+def test_typed_tensors_in_range_still_decode():
+    req = pb.ModelInferRequest(model_name="m")
+    req.inputs.add(name="x", datatype="UINT8", shape=[1, 3], contents=pb.InferTensorContents(uint_contents=[0, 7, 255]))
+    x = codec.decode_request(req)["x"]
+    assert x.dtype == np.uint8 and x.tolist() == [[0, 7, 255]]

@@ -21,6 +21,7 @@ _DTYPES = {k: np.dtype(v) for k, v in KSERVE_TO_NUMPY.items()}
 # keyed by dtype objects: numpy's ``dtype.name`` is computed in Python, slow with cold caches (as a worker's are
 # right after its engine ran): hot paths never ask for it
 KSERVE_OF_DTYPE = {np.dtype(k): v for k, v in NUMPY_TO_KSERVE.items()}
+MAX_DIMS = 32  # dimensions of one tensor (numpy's own limit is 64; no model here takes more than 4)
 _TYPED_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
                 "UINT8": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
                 "FP32": "fp32_contents", "FP64": "fp64_contents"}
@@ -31,6 +32,8 @@ def _tensor(name: str, datatype: str, shape, raw: bytes | None, contents) -> np.
         raise InferError(f"input {name!r}: unsupported datatype {datatype!r}; send FP32 or UINT8")
     dtype = _DTYPES[datatype]
     shape = tuple(shape)
+    if len(shape) > MAX_DIMS:
+        raise InferError(f"input {name!r}: {len(shape)} dimensions; at most {MAX_DIMS}")
     if any(d < 0 for d in shape):
         raise InferError(f"input {name!r}: negative dimension in shape {list(shape)}")
     count = math.prod(shape)  # Python ints: no overflow
@@ -43,6 +46,13 @@ def _tensor(name: str, datatype: str, shape, raw: bytes | None, contents) -> np.
     values = getattr(contents, field) if field else []
     if len(values) != count:
         raise InferError(f"input {name!r}: {len(values)} values for shape {list(shape)} (expected {count})")
+    if dtype.kind in "iu" and count:  # typed contents travel in wider fields: never wrap a value that does not fit
+        wide = np.asarray(values, dtype=np.int64 if dtype.kind == "i" or field == "uint_contents" else np.uint64)
+        info = np.iinfo(dtype)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InferError(f"input {name!r}: {datatype} values must lie in {info.min}..{info.max}, "
+                             f"got {wide.min()}..{wide.max()}")
+        return wide.astype(dtype).reshape(shape)
     return np.asarray(values, dtype=dtype).reshape(shape)
 
 
@@ -61,6 +71,8 @@ def decode_request(req: pb.ModelInferRequest, regions=None) -> dict[str, np.ndar
     raw_of = dict(zip((t.name for t in inline), raw))
     out = {}
     for t in req.inputs:
+        if t.name in out:
+            raise InferError(f"input {t.name!r} is given twice; send each input once")
         if SHM_REGION in t.parameters:
             out[t.name] = _tensor(t.name, t.datatype, t.shape, _shared_bytes(t, regions), None)
         else:
