@@ -342,3 +342,37 @@ def test_worker_and_coordinator_import_no_torch():
             "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_malformed_protobuf_is_invalid_argument_and_logs_nothing(cluster):
+    """Bytes that are not a ModelInferRequest (random, truncated, invalid UTF-8 in a string, an 11-byte varint,
+    field number 0) get INVALID_ARGUMENT, not UNKNOWN, and no traceback in the worker's log; it keeps serving."""
+    import grpc
+
+    from edgesplit.runtime.transport import kserve_v2_pb2 as pb
+
+    w = cluster.workers["branch0"]
+    before = w.log_path.read_text() if w.log_path.exists() else ""
+    good = pb.ModelInferRequest(model_name="branch0", id="7").SerializeToString()
+    rng = np.random.default_rng(0)
+    payloads = [rng.bytes(64), rng.bytes(7), good[:-1], b"\x0a\x03\xff\xfe\xfd", b"\x10" + b"\xff" * 10 + b"\x01",
+                b"\x00\x01"]
+
+    async def go():
+        channel = grpc.aio.insecure_channel(w.address)
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # raw bytes in and out
+        codes = []
+        try:
+            for p in payloads:
+                try:
+                    await call(p, timeout=10)
+                    codes.append("OK")
+                except grpc.aio.AioRpcError as err:
+                    codes.append(err.code().name)
+        finally:
+            await channel.close()
+        return codes
+
+    assert asyncio.run(go()) == ["INVALID_ARGUMENT"] * len(payloads)
+    assert "Traceback" not in w.log_path.read_text()[len(before):]
+    assert _worker_call(w.address, "branch0", {"input": np.zeros((1, 1, 28, 28), np.float32)}).outputs["features"].shape[0] == 1

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edgesplit import __version__
@@ -129,6 +130,52 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(getattr(grpc.StatusCode, err.status), err.message)
 
 
+class _Malformed:
+    """A request whose bytes are not the message the method takes (stands in for it; the handler answers it)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _tolerant(parse):
+    """A request deserializer that never raises: gRPC would answer UNKNOWN and log a traceback per bad message."""
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except DecodeError as err:
+            return _Malformed(str(err) or "cannot parse")
+    return deserialize
+
+
+def _refusing_malformed(method, message: str):
+    async def handle(request, context):
+        if isinstance(request, _Malformed):  # one line, INVALID_ARGUMENT, nothing logged: a flood fills no disk
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the request is not a valid KServe v2 {message} ({request.reason}); send a protobuf "
+                                f"{message} as the protocol defines it")
+        return await method(request, context)
+    return handle
+
+
+_METHODS = {  # the GRPCInferenceService methods this server answers: (request type, response type)
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse), "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse), "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+}
+
+
+def _add_inference_service(servicer, server) -> None:
+    """The generated ``add_GRPCInferenceServiceServicer_to_server``, with requests that fail to parse answered
+    INVALID_ARGUMENT by the handler instead of UNKNOWN with a logged traceback by gRPC."""
+    handlers = {name: grpc.unary_unary_rpc_method_handler(
+                    _refusing_malformed(getattr(servicer, name), req.__name__),
+                    request_deserializer=_tolerant(req.FromString), response_serializer=resp.SerializeToString)
+                for name, (req, resp) in _METHODS.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),))
+    server.add_registered_method_handlers("inference.GRPCInferenceService", handlers)
+
+
 class KServeServer:
     """Start with :meth:`start`, stop with :meth:`stop` (in-flight calls get ``grace_s`` to finish)."""
 
@@ -144,7 +191,7 @@ class KServeServer:
             ("grpc.max_receive_message_length", hard_limit), ("grpc.max_send_message_length", hard_limit),
             ("grpc.so_reuseport", 0),  # a busy port is an error, not a silently shared one
         ])
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
+        _add_inference_service(self.servicer, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port: int | None = None
