@@ -113,10 +113,11 @@ def test_per_branch_widths_and_float_parts():
         run_integer(qnet.export_graph(), qnet.calibrate(calib, 8, 8, {"/branches.1/": None}), x.numpy())
 
 
-def test_ptq_and_qat_on_real_data(tiny_run, tmp_path):
+def test_ptq_and_qat_on_real_data(tiny_run, tmp_path, capsys):
     out = tmp_path / "q.json"
     assert main(["quantize", str(tiny_run), "--wbits", "4", "--fbits", "4", "--max-test", "300", "--calib-images", "200",
                  "--qat-epochs", "1", "--qat-images", "512", "--sweep", "6", "--json", str(out)]) == 0
+    assert "top-1: float" in capsys.readouterr().out  # a JSON file written, and the summary still printed
     r = json.loads(out.read_text())
     assert 0 <= r["ptq_top1"] <= 1 and 0 <= r["qat_top1"] <= 1 and r["test_images"] == 300
     assert r["qat_history"][0]["loss"] > 0 and r["qat_images"] == 512

@@ -407,6 +407,10 @@ def cmd_bench_faults(args) -> None:
         print(f"{pattern}: coded p99 = {t['p99_vs_fault_free']:.2f}x fault-free, {t['p99_vs_uncoded']:.2f}x uncoded"
               + (f" (requests with more stragglers than parity blocks: {t['p_unshielded_request']:.2%})"
                  if "p_unshielded_request" in t else ""))
+    print("columns: answers exact (every block in time), recovered (decoded with a parity block), degraded (a block "
+          "replaced by zeros), errors, lost (no answer); max rel err: the largest error against the uncoded layers")
+    if r.get("histogram"):
+        print(f"wrote {r['histogram']} (arrival times of every block's answer)")
     if args.json:
         _write_json(r, args.json)
 
@@ -550,7 +554,9 @@ def cmd_quantize(args) -> None:
     r = quantize_checkpoint(args.checkpoint, args.wbits, args.fbits, args.qat_epochs, args.calib_images, args.data_dir,
                             args.max_test, sweep, args.qat_images, per_channel=args.per_channel)
     if args.json:
-        return _write_json(r, args.json)
+        _write_json(r, args.json)
+        if args.json == "-":
+            return  # stdout is the JSON: no summary mixed into it
     granularity = "per-channel" if r["per_channel"] else "per-tensor"
     print(f"{r['model']} on {r['dataset']} test ({r['test_images']} images), W{r['wbits']}/F{r['fbits']} fixed point, "
           f"{granularity} weight formats")
