@@ -17,7 +17,8 @@ def test_demo_end_to_end(tmp_path, capsys):
     for r in results.values():
         assert r["n"] == 200 and 0 <= r["accuracy"] <= 1 and r["p50_ms"] <= r["p99_ms"] and r["throughput_rps"] > 0
     assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
-    assert "split" in (tmp_path / "report.html").read_text()
+    page = (tmp_path / "report.html").read_text()
+    assert "split" in page and "worker unplugged (SIGKILL): 100 images answered" in page
     saved = json.loads((tmp_path / "demo.json").read_text())
     assert saved["images"] == 200
     # one worker unplugged: every answer still comes, flagged degraded, and the worker is used again after restart
@@ -27,6 +28,8 @@ def test_demo_end_to_end(tmp_path, capsys):
     mtime = (tmp_path / "split" / "checkpoint.pt").stat().st_mtime
     run_demo(DemoConfig(**{**cfg.__dict__, "modes": ("in-process",)}))
     assert (tmp_path / "split" / "checkpoint.pt").stat().st_mtime == mtime
+    # ... and writes its own files, leaving the full run's report as it was
+    assert (tmp_path / "report_inprocess.html").exists() and (tmp_path / "report.html").read_text() == page
     # --images: folder names matched without case or punctuation, an unknown folder named, accuracy over the rest
     from PIL import Image
 

@@ -208,9 +208,12 @@ def run_demo(cfg: DemoConfig, json_path: str | None = None) -> dict:
               f"{unplugged['degraded']} flagged degraded, {unplugged['errors']} errors, {acc}, p50 {unplugged['p50_ms']:.3f} ms;"
               f" the worker was restarted and used again: {unplugged['readmitted']}")
     out_dir = Path(cfg.work_dir)
-    png = _histogram(results, out_dir / "latency.png")
-    (out_dir / "report.html").write_text(_html(report, png))
-    print(f"\n[demo] wrote {png} and {out_dir / 'report.html'}; done in {report['wall_time_s']:.0f} s")
+    # a run of some modes only writes its own files: the full run's report is never overwritten by a partial one
+    suffix = "" if tuple(cfg.modes) == MODES else "_" + "_".join(m.replace("-", "") for m in cfg.modes)
+    png = _histogram(results, out_dir / f"latency{suffix}.png")
+    page = out_dir / f"report{suffix}.html"
+    page.write_text(_html(report, png))
+    print(f"\n[demo] wrote {png} and {page}; done in {report['wall_time_s']:.0f} s")
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
@@ -304,9 +307,19 @@ def _html(report: dict, png: Path) -> str:
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:4px 10px;text-align:right}}</style></head>
 <body><h1>edgesplit demo</h1><p>{report['images']} images from {html.escape(str(report['source']))}, one at a time.</p>
 <table><tr><th>mode</th><th>model</th><th>accuracy</th><th>mean ms</th><th>std</th><th>p50</th><th>p95</th><th>p99</th><th>img/s</th></tr>{rows}</table>
-<img alt="latency histogram" src="data:image/png;base64,{img}">
+{_unplug_html(report.get("unplugged"))}<img alt="latency histogram" src="data:image/png;base64,{img}">
 <pre>{html.escape(json.dumps(report['config'], indent=1))}</pre></body></html>
 """
+
+
+def _unplug_html(u: dict | None) -> str:
+    """The unplug result as the terminal says it, or nothing when the run had none."""
+    if not u:
+        return ""
+    acc = f"accuracy {u['accuracy']:.4f}" if u["accuracy"] is not None else "no labels"
+    return (f"<p>{html.escape(u['part'])}'s worker unplugged (SIGKILL): {u['images']} images answered, {u['degraded']} "
+            f"flagged degraded, {u['errors']} errors, {acc}, p50 {u['p50_ms']:.3f} ms; the worker was restarted and used "
+            f"again: {u['readmitted']}.</p>")
 
 
 def _interactive(client, manifest) -> dict:
