@@ -34,7 +34,6 @@ FP32_MAC_DSP = 5  # float32 multiply (3 DSP) + add (2 DSP), full-DSP configurati
 FP32_MAC_LUTS = 400  # LUTs of that float32 multiply-add besides the DSPs (PG060 resource tables, rounded)
 FP32_MAC_FFS = 500  # its pipeline registers at full latency (PG060 resource tables, rounded)
 DSP_ACC_BITS = 48  # the DSP's accumulator width (UG479, UG579)
-MAX_TABLE_BITS = 32
 
 
 @lru_cache(maxsize=1)
@@ -192,9 +191,3 @@ class Buffer:
         return {"name": self.name, "banks": self.banks, "depth": self.depth, "width_bits": self.width_bits,
                 "double_buffered": self.double, "bram18_shape": bram18_config(self.depth, self.width_bits),
                 "bram18": self.bram18, "lutram_luts": self.luts}
-
-
-def buffer_cost(banks: int, depth: int, width_bits: int, double: bool = True) -> tuple[int, int]:
-    """(BRAM18, LUTs) of a buffer split in ``banks`` parallel banks, doubled for ping-pong when ``double``."""
-    b = Buffer("", banks, depth, width_bits, double)
-    return b.bram18, b.luts

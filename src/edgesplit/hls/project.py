@@ -135,15 +135,8 @@ def plan_calls(graph: QGraph, scheme: QScheme, shapes: dict[str, tuple[int, ...]
             calls.append(Call(len(calls), tuple(covered), "bundle", out, code))
             continue
         if op.op in ("conv", "linear"):
-            relu, pool, out = False, 1, op.output
-            nxt = single(op.output)
-            if nxt is not None and nxt.op == "relu":
-                relu, out = True, nxt.output
-                covered.append(nxt.name)
-                nxt2 = single(nxt.output) if op.op == "conv" else None
-                if nxt2 is not None and nxt2.op == "maxpool" and cfg.fuse and _fusable_pool(nxt2, shapes[op.output], cfg):
-                    pool, out = nxt2.attrs["kernel"], nxt2.output
-                    covered.append(nxt2.name)
+            relu, pool, out, extra = _output_stage(op, shapes, cfg, single, pool_ok=op.op == "conv" and cfg.fuse)
+            covered += extra
             acc_frac = scheme.bias_frac(op)
             shift = acc_frac - feats[out].frac
             ci = shapes[op.inputs[0]]
@@ -235,15 +228,8 @@ def _bundle_partner(op: QOp, shapes, consumers, single) -> QOp | None:
 
 def _bundle_call(dw: QOp, dw_relu: QOp, pw: QOp, scheme: QScheme, shapes, cfg: HlsConfig, single, woff, boff, src, fmoff):
     feats, wb, fb = scheme.features, scheme.wbits, scheme.fbits
-    covered, out, relu, pool = [dw.name, dw_relu.name, pw.name], pw.output, False, 1
-    nxt = single(pw.output)
-    if nxt is not None and nxt.op == "relu":
-        relu, out = True, nxt.output
-        covered.append(nxt.name)
-        nxt2 = single(nxt.output)
-        if nxt2 is not None and nxt2.op == "maxpool" and _fusable_pool(nxt2, shapes[pw.output], cfg):
-            pool, out = nxt2.attrs["kernel"], nxt2.output
-            covered.append(nxt2.name)
+    relu, pool, out, extra = _output_stage(pw, shapes, cfg, single, pool_ok=True)
+    covered = [dw.name, dw_relu.name, pw.name, *extra]
     c, hi, wi = shapes[dw.inputs[0]]
     _, h, w = shapes[dw.output]
     k, s, (pt, pl, _pb, _pr) = dw.weight.shape[2], dw.attrs["stride"], dw.attrs["pads"]
@@ -255,6 +241,17 @@ def _bundle_call(dw: QOp, dw_relu: QOp, pw: QOp, scheme: QScheme, shapes, cfg: H
             f"{shift}, {fb}, {str(relu).lower()}, {pool}>({src(dw.inputs[0])}, wgt + {woff[dw.name]}, bias + {boff[dw.name]}, "
             f"wgt + {woff[pw.name]}, bias + {boff[pw.name]}, fm + {fmoff[out]});")
     return code, out, covered
+
+
+def _output_stage(op: QOp, shapes, cfg: HlsConfig, single, pool_ok: bool) -> tuple[bool, int, str, list[str]]:
+    """(relu, pool kernel, output tensor, ops covered) of the ReLU and, when ``pool_ok``, 2x2 max-pool fused after ``op``."""
+    nxt = single(op.output)
+    if nxt is None or nxt.op != "relu":
+        return False, 1, op.output, []
+    nxt2 = single(nxt.output) if pool_ok else None
+    if nxt2 is not None and nxt2.op == "maxpool" and _fusable_pool(nxt2, shapes[op.output], cfg):
+        return True, nxt2.attrs["kernel"], nxt2.output, [nxt.name, nxt2.name]
+    return True, 1, nxt.output, [nxt.name]
 
 
 def _fusable_pool(pool: QOp, conv_out: tuple[int, ...], cfg: HlsConfig) -> bool:
