@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import edgesplit
+from edgesplit.runtime.transport.limits import ServerLimits
 from edgesplit.data import load_dataset
 from edgesplit.errors import EdgesplitError
 from edgesplit.runtime.cluster import LocalCluster
@@ -267,14 +268,14 @@ def test_bad_socket_addresses(tmp_path):
 
     (tmp_path / "file").write_text("not a socket")
     with pytest.raises(EdgesplitError, match="not a socket"):
-        asyncio.run(UnixSocketServer([], tmp_path / "file", 1 << 20).start())
+        asyncio.run(UnixSocketServer([], tmp_path / "file", ServerLimits(max_message_bytes=1 << 20)).start())
 
     async def twice():
-        first = UnixSocketServer([], tmp_path / "w.sock", 1 << 20)
+        first = UnixSocketServer([], tmp_path / "w.sock", ServerLimits(max_message_bytes=1 << 20))
         await first.start()
         try:
             with pytest.raises(EdgesplitError, match="another process is serving"):
-                await UnixSocketServer([], tmp_path / "w.sock", 1 << 20).start()
+                await UnixSocketServer([], tmp_path / "w.sock", ServerLimits(max_message_bytes=1 << 20)).start()
         finally:
             await first.stop()
         assert not (tmp_path / "w.sock").exists()
@@ -299,7 +300,7 @@ def test_a_handler_that_breaks_answers_unknown_not_silence(tmp_path):
             return InferResult({"y": x.astype(np.complex64) if x[0, 0] < 0 else x})
 
     async def go():
-        server = UnixSocketServer([Odd()], tmp_path / "odd.sock", 1 << 20)
+        server = UnixSocketServer([Odd()], tmp_path / "odd.sock", ServerLimits(max_message_bytes=1 << 20))
         await server.start()
         w = UnixSocketPeer(server.address, "odd")
         try:
@@ -366,7 +367,7 @@ def test_an_idle_worker_answers_a_synchronous_model_without_a_task(tmp_path):
 
     async def go():
         now, later = Double("now"), AsyncOnly("later")
-        server = UnixSocketServer([now, later], tmp_path / "m.sock", 1 << 20)
+        server = UnixSocketServer([now, later], tmp_path / "m.sock", ServerLimits(max_message_bytes=1 << 20))
         await server.start()
         a, b = UnixSocketPeer(server.address, "now"), UnixSocketPeer(server.address, "later")
         try:
@@ -430,7 +431,7 @@ def test_each_call_fails_at_its_own_deadline_on_a_shared_connection(tmp_path):
     from edgesplit.runtime.transport.ipc_server import UnixSocketServer
 
     async def go():
-        server = UnixSocketServer([_AsyncScaled()], tmp_path / "d.sock", 1 << 20)
+        server = UnixSocketServer([_AsyncScaled()], tmp_path / "d.sock", ServerLimits(max_message_bytes=1 << 20))
         await server.start()
         w = UnixSocketPeer(server.address, "m")
         slow = np.array([[0.6, 1.0]], np.float32)  # answers after 0.6 s
@@ -468,7 +469,7 @@ def test_requests_read_together_are_answered_in_turn_without_tasks_and_cancelled
     log = []
 
     async def go():
-        server = UnixSocketServer([_Scaled(log=log)], tmp_path / "b.sock", 1 << 20)
+        server = UnixSocketServer([_Scaled(log=log)], tmp_path / "b.sock", ServerLimits(max_message_bytes=1 << 20))
         await server.start()
         reader, writer = await asyncio.open_unix_connection(str(tmp_path / "b.sock"))
         try:

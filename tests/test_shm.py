@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgesplit.runtime.transport.limits import ServerLimits
 from edgesplit.data import load_dataset
 from edgesplit.runtime.client import AsyncClient
 from edgesplit.runtime.cluster import LocalCluster
@@ -221,7 +222,7 @@ def test_a_worker_decodes_a_repeated_request_once(tiny_export, tmp_path):
     from edgesplit.runtime.worker import WorkerConfig, load_parts
     from edgesplit.runtime.transport.ipc_server import UnixSocketServer, _ServerConnection
 
-    server = UnixSocketServer(load_parts(WorkerConfig(str(tiny_export), part="branch0")), tmp_path / "w.sock", 1 << 20)
+    server = UnixSocketServer(load_parts(WorkerConfig(str(tiny_export), part="branch0")), tmp_path / "w.sock", ServerLimits(max_message_bytes=1 << 20))
     conn = _ServerConnection(server)
     ring = InputRing(slots=1, min_bytes=0)
     ref = ring.put(np.zeros((1, 1, 28, 28), np.uint8))

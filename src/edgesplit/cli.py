@@ -282,6 +282,30 @@ def _security_args(s) -> None:
     s.add_argument("--insecure", action="store_true", help="allow a non-loopback address without TLS or token")
 
 
+def _limits_args(s) -> None:
+    g = s.add_argument_group("limits (what a hostile or broken client can make the server hold)")
+    g.add_argument("--max-message-mb", type=float, help="largest request accepted, MiB (default: --max-batch items of "
+                   "the served model's input, at least 1 MiB)")
+    g.add_argument("--max-batch", type=int, default=256, help="items per request the default message limit admits (default 256)")
+    g.add_argument("--max-inflight-mb", type=float, default=256.0,
+                   help="memory held for requests being handled, MiB; more is refused RESOURCE_EXHAUSTED "
+                        "(default 256: a 1 GiB board)")
+    g.add_argument("--idle-timeout-s", type=float, default=60.0,
+                   help="close connections idle, stalled or not reading their answers for this long (default 60)")
+    g.add_argument("--max-connections", type=int, default=64, help="connections accepted at once (default 64)")
+
+
+def _server_limits(args):
+    from edgesplit.runtime.transport.limits import ServerLimits
+
+    try:
+        return ServerLimits(None if args.max_message_mb is None else int(args.max_message_mb * (1 << 20)), args.max_batch,
+                            int(args.max_inflight_mb * (1 << 20)), args.idle_timeout_s, args.max_connections)
+    except ValueError as err:
+        raise EdgesplitError(f"{err}; check --max-message-mb, --max-batch, --max-inflight-mb, --idle-timeout-s and "
+                             f"--max-connections") from None
+
+
 def _server_security(args):
     from edgesplit.runtime.transport.grpc_server import ServerSecurity
 
@@ -306,7 +330,7 @@ def cmd_worker(args) -> None:
                          args.inject_error_prob, args.crash_after, args.inject_seed)
     cfg = WorkerConfig(args.source, args.part, args.host, args.port, args.threads, _cpus(args.cpus),
                        providers=tuple(args.providers.split(",")) if args.providers else None,
-                       engine=args.engine, max_message_bytes=int(args.max_message_mb * (1 << 20)), faults=faults,
+                       engine=args.engine, limits=_server_limits(args), faults=faults,
                        unix_socket=args.unix_socket, poll_ms=args.poll_ms, hls_dir=args.hls)
     asyncio.run(serve_worker(cfg, _server_security(args)))
 
@@ -324,8 +348,8 @@ def cmd_serve(args) -> None:
     if args.poll_ms < 0 or (args.poll_ms and not args.local):
         raise EdgesplitError("--poll-ms takes 0 or more milliseconds and only goes with --local (for remote workers, "
                              "pass it to `edgesplit worker`)")
-    asyncio.run(serve(args.plan, args.local, args.host, args.port, _server_security(args),
-                      int(args.max_message_mb * (1 << 20)), args.poll_ms))
+    asyncio.run(serve(args.plan, args.local, args.host, args.port, _server_security(args), _server_limits(args),
+                      args.poll_ms))
 
 
 def cmd_plan(args) -> None:
@@ -739,13 +763,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hls", metavar="DIR", help="with --engine hls-csim: the project `edgesplit hls ... --branch K` wrote")
     s.add_argument("--cpus", help="pin to these CPUs, e.g. 0 or 2,3")
     s.add_argument("--providers", help="ONNX Runtime execution providers in order, e.g. CUDAExecutionProvider")
-    s.add_argument("--max-message-mb", type=float, default=64.0, help="largest request accepted (MiB)")
     s.add_argument("--unix-socket", metavar="PATH", help="also serve on this Unix socket (plan address ipc://PATH): "
                    "a coordinator on the same machine skips gRPC's per-call cost")
     s.add_argument("--poll-ms", type=float, default=0.0,
                    help="with --unix-socket: after each answer, poll for the next request this long (ms) instead of "
                         "sleeping, yielding the core to other processes; saves the wake-up of an idle core (default 0)")
     _security_args(s)
+    _limits_args(s)
     f = s.add_argument_group("fault injection (tests and benchmarks)")
     f.add_argument("--inject-delay-ms", type=float, default=0.0, help="extra delay per affected call")
     f.add_argument("--inject-delay-dist", default="fixed", choices=["fixed", "exp", "lognormal"], help='distribution of the injected delay: fixed, exp or lognormal (default fixed)')
@@ -761,10 +785,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--local", metavar="EXPORT_DIR", help="start local worker processes for this export instead")
     s.add_argument("--host", default="127.0.0.1", help='address to bind (default 127.0.0.1: loopback only)')
     s.add_argument("--port", type=int, default=8001, help='KServe v2 gRPC port (default 8001; 0: any free one)')
-    s.add_argument("--max-message-mb", type=float, default=64.0, help='largest request accepted, MiB (default 64)')
     s.add_argument("--poll-ms", type=float, default=0.0,
                    help="with --local: the workers' --poll-ms (poll for the next request this long after each answer)")
     _security_args(s)
+    _limits_args(s)
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("plan", help="write a plan.yaml placing an export's parts on worker addresses")

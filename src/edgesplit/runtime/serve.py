@@ -8,6 +8,7 @@ from edgesplit.runtime.coordinator import remote_coordinator
 from edgesplit.runtime.plan import has_local_workers, load_plan
 from edgesplit.runtime.tuning import defer_to_workers
 from edgesplit.runtime.transport.grpc_server import KServeServer, ServerSecurity
+from edgesplit.runtime.transport.limits import ServerLimits
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +16,7 @@ READY_LINE = "EDGESPLIT-SERVE-READY"
 
 
 async def serve(plan_path: str | None, local_export: str | None, host: str, port: int, security: ServerSecurity,
-                max_message_bytes: int, worker_poll_ms: float = 0.0) -> None:
+                limits: ServerLimits = ServerLimits(), worker_poll_ms: float = 0.0) -> None:
     """``worker_poll_ms``: the local workers' ``--poll-ms`` (``local_export`` only)."""
     security.check_bind(host)
     cluster = LocalCluster(local_export, poll_ms=worker_poll_ms).start() if local_export else None
@@ -26,7 +27,7 @@ async def serve(plan_path: str | None, local_export: str | None, host: str, port
         coordinator = remote_coordinator(plan)
         try:
             await coordinator.wait_ready()
-            server = KServeServer([coordinator], host, port, security, max_message_bytes, server_name="edgesplit-coordinator")
+            server = KServeServer([coordinator], host, port, security, limits, server_name="edgesplit-coordinator")
             await server.serve_until_signalled(f"{READY_LINE} model={coordinator.meta.name} port={{port}}")
         finally:
             await coordinator.close()

@@ -21,6 +21,7 @@ import logging
 import mmap
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,33 +138,62 @@ class RegionMap:
     """A worker's read-only mappings of the regions its callers registered, by name."""
 
     def __init__(self):
-        self._maps: dict[str, mmap.mmap] = {}
+        self._maps: dict[str, tuple[mmap.mmap, int]] = {}  # name -> (mapping, the file's descriptor)
 
     def register(self, name: str, path: str, byte_size: int) -> None:
-        """Map ``path`` read-only, or :class:`ValueError` saying why not. Only ring files of the worker's own
-        user are mapped: the caller names the file, so nothing else may be read through a region."""
+        """Map ``path`` read-only, or :class:`ValueError` saying why not. Only regular ring files of the worker's own
+        user are mapped: the caller names the file, so nothing else may be read through a region (a FIFO would
+        block the worker in open(); O_NONBLOCK makes that open return at once, and the type check refuses it)."""
         p = Path(path)
         if p.parent != SHM_DIR or not p.name.startswith(PREFIX) or not p.name.endswith(SUFFIX):
-            raise ValueError(f"shared memory region {name!r}: {path} is not an edgesplit ring in {SHM_DIR}")
-        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+            raise ValueError(f"shared memory region {name[:64]!r}: {path[:200]} is not an edgesplit ring in {SHM_DIR}")
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"shared memory region {name[:64]!r}: {path} is not a regular file")
             if st.st_uid != os.getuid():
-                raise ValueError(f"shared memory region {name!r}: {path} belongs to another user")
+                raise ValueError(f"shared memory region {name[:64]!r}: {path} belongs to another user")
             if st.st_size < byte_size or byte_size <= 0:
-                raise ValueError(f"shared memory region {name!r}: {path} has {st.st_size} bytes, not {byte_size}")
-            self._maps[name] = mmap.mmap(fd, byte_size, prot=mmap.PROT_READ)
-        finally:
+                raise ValueError(f"shared memory region {name[:64]!r}: {path} has {st.st_size} bytes, not {byte_size}")
+            mapping = mmap.mmap(fd, byte_size, prot=mmap.PROT_READ)
+        except BaseException:
             os.close(fd)
+            raise
+        old = self._maps.pop(name, None)
+        if old is not None:
+            _close_mapping(*old)
+        self._maps[name] = (mapping, fd)
 
     def get(self, name: str) -> memoryview | None:
-        m = self._maps.get(name)
-        return None if m is None else memoryview(m)
+        """The region's bytes, or None if it is not registered. :class:`ValueError` if its file is now shorter than
+        its mapping: reading past a file's end through a mapping kills the process (SIGBUS). The file is checked
+        on every use; a truncation between the check and the read still needs a process of the worker's own user
+        (the socket and the ring are theirs alone)."""
+        entry = self._maps.get(name)
+        if entry is None:
+            return None
+        mapping, fd = entry
+        size = os.fstat(fd).st_size
+        if size < len(mapping):
+            raise ValueError(f"shared memory region {name[:64]!r} shrank to {size} bytes since it was registered "
+                             f"({len(mapping)}); register it again")
+        return memoryview(mapping)
+
+    def check(self) -> None:
+        """:class:`ValueError` if any region's file is now shorter than its mapping (as :meth:`get`)."""
+        for name in self._maps:
+            self.get(name)
 
     def close(self) -> None:
-        for m in self._maps.values():
-            try:
-                m.close()
-            except BufferError:  # an array of a request still in flight views it; it goes with that array
-                pass
+        for mapping, fd in self._maps.values():
+            _close_mapping(mapping, fd)
         self._maps.clear()
+
+
+def _close_mapping(mapping: mmap.mmap, fd: int) -> None:
+    os.close(fd)
+    try:
+        mapping.close()
+    except BufferError:  # an array of a request still in flight views it; it goes with that array
+        pass

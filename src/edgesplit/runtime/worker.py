@@ -25,6 +25,7 @@ from edgesplit.manifest import load_manifest
 from edgesplit.runtime.engines import InferenceEngine, create_engine
 from edgesplit.runtime.faults import FaultConfig, FaultyModel
 from edgesplit.runtime.model import InferResult, ModelMeta, check_inputs, input_specs
+from edgesplit.runtime.transport.limits import ServerLimits
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class WorkerConfig:
     cpus: tuple[int, ...] | None = None
     engine: str = "onnxruntime"
     providers: tuple[str, ...] | None = None
-    max_message_bytes: int = 64 << 20
+    limits: ServerLimits = ServerLimits()  # message size, bytes in flight, connections, idle timeout
     faults: FaultConfig = FaultConfig()
     unix_socket: str | None = None  # also serve on this Unix socket (the local cluster's fast path)
     poll_ms: float = 0.0  # Unix socket: poll this long after each answer instead of sleeping (see ipc_server.UnixSocketServer)
@@ -127,9 +128,9 @@ async def serve_worker(cfg: WorkerConfig, security=None, grace_s: float = 5.0) -
 
     pin_cpus(cfg.cpus)
     models = load_parts(cfg)
-    grpc_server = KServeServer(models, cfg.host, cfg.port, security or ServerSecurity(), cfg.max_message_bytes,
+    grpc_server = KServeServer(models, cfg.host, cfg.port, security or ServerSecurity(), cfg.limits,
                                server_name="edgesplit-worker")
-    ipc_server = UnixSocketServer(models, cfg.unix_socket, cfg.max_message_bytes, cfg.poll_ms) if cfg.unix_socket else None
+    ipc_server = UnixSocketServer(models, cfg.unix_socket, cfg.limits, cfg.poll_ms) if cfg.unix_socket else None
     port = await grpc_server.start()
     try:
         if ipc_server:

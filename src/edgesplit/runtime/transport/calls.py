@@ -14,6 +14,7 @@ from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailab
 from edgesplit.runtime.model import TRACE, TRACE_ANSWERED, TRACE_RECEIVED, ServedModel
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
+from edgesplit.runtime.transport.limits import echo
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,10 @@ def decode_call(models: dict[str, ServedModel], max_message_bytes: int, request:
     m = models.get(request.model_name)
     if m is None:
         raise CallFailed("INVALID_ARGUMENT", unknown_model(request.model_name, models))
-    try:
-        inputs = codec.decode_request(request, regions)  # each raw tensor copied out of the message once (upb copies on access)
+    try:  # each raw tensor copied out of the message once (upb copies on access); sizes checked before that
+        inputs = codec.decode_request(request, regions, max_message_bytes)
     except InferError as err:
         raise CallFailed("INVALID_ARGUMENT", str(err)) from None
-    size = sum(a.nbytes for a in inputs.values())
-    if size > max_message_bytes:
-        raise CallFailed("INVALID_ARGUMENT", f"request carries {size} bytes, over the limit of {max_message_bytes}; "
-                                             "send smaller batches")
     return Call(m, request.id, inputs, TRACE in request.parameters and request.parameters[TRACE].bool_param)
 
 
@@ -107,7 +104,7 @@ async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, r
 
 
 def unknown_model(name: str, models: dict) -> str:
-    return f"unknown model {name!r}; this server has: {', '.join(models)}"
+    return f"unknown model {echo(name)}; this server has: {', '.join(models)}"
 
 
 def status_error(status: str, detail: str, peer) -> Exception:

@@ -1,12 +1,18 @@
 """A KServe v2 gRPC server (grpc.aio) for a set of :class:`ServedModel`, with the standard health service.
 
-Security: loopback by default. On any other address the server needs TLS (a server
-certificate, optionally required client certificates) or a bearer token, or an
-explicit ``insecure=True``. The token is checked on every call, health checks included.
+Security: loopback by default. On any other address the server needs a way to authenticate
+clients (a bearer token or required client certificates; TLS encrypts) or an explicit
+``insecure=True``. The token is checked on every call, health checks included.
 
-Message size: requests whose tensors total more than ``max_message_bytes`` are
-answered INVALID_ARGUMENT by the handler; gRPC itself rejects anything above twice
-that (RESOURCE_EXHAUSTED) before reading it.
+Limits (``limits.ServerLimits``): requests whose tensors total more than the message limit
+are answered INVALID_ARGUMENT by the handler; gRPC itself rejects anything above twice that
+(RESOURCE_EXHAUSTED) before reading it. A request that would take the bytes held for
+requests in flight past their cap is answered RESOURCE_EXHAUSTED before it is parsed, and
+at most as many calls run at once as the cap holds requests at the hard limit (more wait
+in gRPC, each buffering no more than its HTTP/2 flow-control window). Connections with no
+call in flight, and connections that never finish their HTTP/2 handshake, are closed after
+the idle timeout; every connection is recycled (GOAWAY, then the idle timeout's grace for
+calls in flight: a stalled call ends there) after ``max_connection_age_s``.
 """
 from __future__ import annotations
 
@@ -31,10 +37,10 @@ from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 from edgesplit.runtime.transport import kserve_v2_pb2_grpc as pb_grpc
 from edgesplit.runtime.transport.calls import CallFailed, answer_infer, unknown_model
+from edgesplit.runtime.transport.limits import (PEAK_BYTES_PER_WIRE_BYTE, InflightBudget, ServerLimits,
+                                                over_budget_message)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -46,10 +52,16 @@ class ServerSecurity:
     insecure: bool = False
 
     def check_bind(self, host: str) -> None:
-        if is_loopback(host) or self.insecure or self.tls_cert or self.token:
+        """Off loopback, clients must authenticate: a token or client certificates (TLS alone encrypts, but serves
+        anyone who trusts the server's certificate)."""
+        if is_loopback(host) or self.insecure or self.token or (self.tls_cert and self.tls_client_ca):
             return
-        raise EdgesplitError(f"refusing to listen on {host} without TLS or a token; pass --tls-cert/--tls-key, "
-                             f"--token-file, or --insecure to accept plain unauthenticated traffic")
+        if self.tls_cert:
+            raise EdgesplitError(f"refusing to listen on {host} with TLS but no client authentication (anyone could call); "
+                                 f"add --token-file or --tls-client-ca, or pass --insecure to accept any client")
+        raise EdgesplitError(f"refusing to listen on {host} without client authentication; pass --token-file (and "
+                             f"--tls-cert/--tls-key to encrypt) or --tls-client-ca, or --insecure to accept plain "
+                             f"unauthenticated traffic")
 
     def credentials(self) -> grpc.ServerCredentials | None:
         if not self.tls_cert:
@@ -81,10 +93,10 @@ class _TokenInterceptor(grpc.aio.ServerInterceptor):
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
 
     async def intercept_service(self, continuation, handler_call_details):
-        got = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(got.encode() if isinstance(got, str) else got, self._expected):
+        got = [v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]
+        if len(got) == 1 and hmac.compare_digest(got[0].encode() if isinstance(got[0], str) else got[0], self._expected):
             return await continuation(handler_call_details)
-        return self._deny
+        return self._deny  # none, a wrong one, or several (which one counts would depend on the server)
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -137,23 +149,49 @@ class _Malformed:
         self.reason = reason
 
 
-def _tolerant(parse):
-    """A request deserializer that never raises: gRPC would answer UNKNOWN and log a traceback per bad message."""
+class _OverBudget:
+    """A request refused before parsing: it would take the bytes held for requests in flight past their cap."""
+
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+
+
+class _Admitted:
+    """A parsed request and the bytes reserved for it (given back when the call ends, however it ends)."""
+
+    __slots__ = ("message", "reservation")
+
+    def __init__(self, message, reservation):
+        self.message, self.reservation = message, reservation
+
+
+def _tolerant(parse, budget: InflightBudget):
+    """A request deserializer that never raises (gRPC would answer UNKNOWN and log a traceback per bad message) and
+    reserves the request's peak memory before parsing it."""
     def deserialize(data: bytes):
+        reservation = budget.reserve(PEAK_BYTES_PER_WIRE_BYTE * len(data))
+        if reservation is None:
+            return _OverBudget(len(data))
         try:
-            return parse(data)
+            return _Admitted(parse(data), reservation)
         except DecodeError as err:
+            reservation.release()
             return _Malformed(str(err) or "cannot parse")
     return deserialize
 
 
-def _refusing_malformed(method, message: str):
+def _refusing_malformed(method, message: str, budget: InflightBudget):
     async def handle(request, context):
         if isinstance(request, _Malformed):  # one line, INVALID_ARGUMENT, nothing logged: a flood fills no disk
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"the request is not a valid KServe v2 {message} ({request.reason}); send a protobuf "
                                 f"{message} as the protocol defines it")
-        return await method(request, context)
+        if isinstance(request, _OverBudget):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, over_budget_message(request.nbytes, budget))
+        try:
+            return await method(request.message, context)
+        finally:
+            request.reservation.release()
     return handle
 
 
@@ -165,12 +203,13 @@ _METHODS = {  # the GRPCInferenceService methods this server answers: (request t
 }
 
 
-def _add_inference_service(servicer, server) -> None:
+def _add_inference_service(servicer, server, budget: InflightBudget) -> None:
     """The generated ``add_GRPCInferenceServiceServicer_to_server``, with requests that fail to parse answered
-    INVALID_ARGUMENT by the handler instead of UNKNOWN with a logged traceback by gRPC."""
+    INVALID_ARGUMENT by the handler instead of UNKNOWN with a logged traceback by gRPC, and requests over the
+    in-flight budget answered RESOURCE_EXHAUSTED before they are parsed."""
     handlers = {name: grpc.unary_unary_rpc_method_handler(
-                    _refusing_malformed(getattr(servicer, name), req.__name__),
-                    request_deserializer=_tolerant(req.FromString), response_serializer=resp.SerializeToString)
+                    _refusing_malformed(getattr(servicer, name), req.__name__, budget),
+                    request_deserializer=_tolerant(req.FromString, budget), response_serializer=resp.SerializeToString)
                 for name, (req, resp) in _METHODS.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),))
     server.add_registered_method_handlers("inference.GRPCInferenceService", handlers)
@@ -180,18 +219,29 @@ class KServeServer:
     """Start with :meth:`start`, stop with :meth:`stop` (in-flight calls get ``grace_s`` to finish)."""
 
     def __init__(self, models: Sequence[ServedModel], host: str = "127.0.0.1", port: int = 0,
-                 security: ServerSecurity = ServerSecurity(), max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 security: ServerSecurity = ServerSecurity(), limits: ServerLimits = ServerLimits(),
                  server_name: str = "edgesplit"):
         security.check_bind(host)
-        self.host, self.requested_port, self.security = host, port, security
+        self.host, self.requested_port, self.security, self.limits = host, port, security, limits
+        max_message_bytes = limits.message_bytes(models)
         self.servicer = KServeServicer(models, max_message_bytes, server_name)
+        self.budget = InflightBudget(limits.max_inflight_bytes)
         interceptors = [_TokenInterceptor(security.token)] if security.token else []
         hard_limit = 2 * max_message_bytes + (1 << 20)
-        self.server = grpc.aio.server(interceptors=interceptors, options=[
-            ("grpc.max_receive_message_length", hard_limit), ("grpc.max_send_message_length", hard_limit),
-            ("grpc.so_reuseport", 0),  # a busy port is an error, not a silently shared one
-        ])
-        _add_inference_service(self.servicer, self.server)
+        idle_ms = int(limits.idle_timeout_s * 1e3)
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            # calls run at once: as many as the in-flight cap holds at the hard limit (the rest wait in gRPC)
+            maximum_concurrent_rpcs=max(4, limits.max_inflight_bytes // (PEAK_BYTES_PER_WIRE_BYTE * hard_limit)),
+            options=[
+                ("grpc.max_receive_message_length", hard_limit), ("grpc.max_send_message_length", hard_limit),
+                ("grpc.so_reuseport", 0),  # a busy port is an error, not a silently shared one
+                ("grpc.max_connection_idle_ms", idle_ms), ("grpc.server_handshake_timeout_ms", idle_ms),
+                ("grpc.max_connection_age_ms", int(limits.max_connection_age_s * 1e3)),
+                ("grpc.max_connection_age_grace_ms", idle_ms),
+                ("grpc.max_allowed_incoming_connections", limits.max_connections),
+            ])
+        _add_inference_service(self.servicer, self.server, self.budget)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port: int | None = None

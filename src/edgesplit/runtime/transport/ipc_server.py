@@ -1,4 +1,12 @@
-"""The worker's end of the Unix socket transport (``ipc.py``): answers KServe v2 calls with the same code as gRPC."""
+"""The worker's end of the Unix socket transport (``ipc.py``): answers KServe v2 calls with the same code as gRPC.
+
+Limits (``limits.ServerLimits``), as gRPC's: the message limit (a frame over twice it is skipped unread), the
+in-flight budget (a complete frame that would take it past its cap is answered RESOURCE_EXHAUSTED before it is
+parsed; a connection holds at most one incomplete frame), at most ``max_connections`` connections (more are
+closed at once), and the idle timeout: a connection with no call in flight and nothing received for that long
+(idle, stalled mid-frame, or not reading its answers) is closed. Back-pressure: while a connection's answers
+are not being read (its transport's write buffer is over its high-water mark), its requests are not read either.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -19,6 +27,8 @@ from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 from edgesplit.runtime.transport.calls import Call, CallFailed, answer_call, answer_call_now, decode_call
 from edgesplit.runtime.transport.ipc import (CANCEL, FAILED, INFER, READY, READY_ANSWER, REGISTER, REGISTERED, RESULT,
                                              SCHEME, FrameReader, _accepting, _frame)
+from edgesplit.runtime.transport.limits import (PEAK_BYTES_PER_WIRE_BYTE, InflightBudget, ServerLimits,
+                                                over_budget_message)
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +39,8 @@ class UnixSocketServer:
     """Serves ``models`` on a Unix socket next to a worker's gRPC server. Start with :meth:`start`;
     :meth:`stop` stops accepting and gives calls in flight ``grace_s`` to finish."""
 
-    def __init__(self, models: Sequence[ServedModel], path: str | Path, max_message_bytes: int, poll_ms: float = 0.0):
+    def __init__(self, models: Sequence[ServedModel], path: str | Path, limits: ServerLimits = ServerLimits(),
+                 poll_ms: float = 0.0):
         """``poll_ms``: after each answer, poll the connections for this long instead of sleeping (yielding the
         core to any other runnable process), so that the next request is not delayed by waking an idle core."""
         self.poll_ms = poll_ms
@@ -37,7 +48,9 @@ class UnixSocketServer:
         self._poller: asyncio.Task | None = None
         self.models = {m.meta.name: m for m in models}
         self.path = Path(path)
-        self.max_message_bytes = max_message_bytes
+        self.limits = limits
+        self.budget = InflightBudget(limits.max_inflight_bytes)
+        self.max_message_bytes = max_message_bytes = limits.message_bytes(models)
         self.frame_limit = 2 * max_message_bytes + (1 << 20)  # as gRPC's hard limit: refused without being held
         self._server: asyncio.AbstractServer | None = None
         self._calls: set[asyncio.Task] = set()
@@ -72,11 +85,14 @@ class UnixSocketServer:
             answer = _failure(call_id, err)
         self._answered(conn, answer)
 
-    async def _infer(self, call_id: int, call: Call, conn: "_ServerConnection", received_at: float, t0: float) -> None:
+    async def _infer(self, call_id: int, call: Call, conn: "_ServerConnection", received_at: float, t0: float,
+                     reservation) -> None:
         try:
             answer = _frame(RESULT, call_id, await answer_call(call, received_at, codec.serialize_response, t0))
         except Exception as err:
             answer = _failure(call_id, err)
+        finally:
+            reservation.release()
         self._answered(conn, answer)
 
     def _answered(self, conn: "_ServerConnection", answer: bytes) -> None:
@@ -122,6 +138,8 @@ class _ServerConnection(asyncio.Protocol):
         self.regions = RegionMap()  # shared memory this client registered
         self.decoded: dict[bytes, Call] = {}  # requests with inputs in shared memory, less their id -> decoded
         self.transport: asyncio.Transport | None = None
+        self.last_received = time.monotonic()
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def decode(self, body: bytes, server: UnixSocketServer) -> Call:
         """The call a request body asks for. A coordinator sends the same request again and again but for its id
@@ -132,6 +150,10 @@ class _ServerConnection(asyncio.Protocol):
         if split is not None:
             known = self.decoded.get(split[0])
             if known is not None:
+                try:
+                    self.regions.check()  # its inputs are views of the regions: their files must still be whole
+                except ValueError as err:
+                    raise CallFailed("INVALID_ARGUMENT", str(err)) from None
                 return Call(known.model, split[1], known.inputs, known.traced)
         request = pb.ModelInferRequest.FromString(body)
         call = decode_call(server.models, server.max_message_bytes, request, self.regions)
@@ -144,7 +166,30 @@ class _ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        if len(self.server._connections) >= self.server.limits.max_connections:
+            transport.abort()  # over the limit: the client sees the connection closed at once
+            return
         self.server._connections.add(self)
+        self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        self._idle_timer = asyncio.get_running_loop().call_later(self.server.limits.idle_timeout_s, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """Close the connection if nothing came for the idle timeout and no call is in flight (an idle client, one
+        stalled mid-frame, or one that stopped reading its answers, whose requests are no longer read)."""
+        quiet_s = time.monotonic() - self.last_received
+        if not self.calls and quiet_s >= self.server.limits.idle_timeout_s:
+            log.info("closing a Unix socket connection quiet for %.0f s", quiet_s)
+            self.transport.abort()  # buffered answers a client does not read are dropped with it
+            return
+        self._arm_idle_timer()
+
+    def pause_writing(self) -> None:  # the client is not reading its answers: stop reading its requests
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
 
     def write(self, frame: bytes) -> None:
         if not self.transport.is_closing():
@@ -152,7 +197,7 @@ class _ServerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         server = self.server
-        received_at = time.monotonic()
+        self.last_received = received_at = time.monotonic()
         frames = self.frames.feed(data)
         # calls cancelled in the same read as they were asked (the caller stopped waiting) are not run at all
         cancelled = {call_id for kind, call_id, _, _ in frames if kind == CANCEL} if len(frames) > 1 else ()
@@ -164,17 +209,24 @@ class _ServerConnection(asyncio.Protocol):
                 if call_id in cancelled:
                     continue
                 t0 = time.perf_counter()
+                reservation = server.budget.reserve(PEAK_BYTES_PER_WIRE_BYTE * size)
+                if reservation is None:
+                    self.write(_frame(FAILED, call_id, f"RESOURCE_EXHAUSTED\n{over_budget_message(size, server.budget)}".encode()))
+                    continue
                 try:
                     call = self.decode(body, server)
                 except Exception as err:  # not a request, an unknown model, a bad tensor: answered at once
+                    reservation.release()
                     self.write(_failure(call_id, err))
                     continue
                 if not server._calls and hasattr(call.model, "infer_now"):
                     # nothing else running: answered now, without a task's event-loop turn (several requests read
                     # at once are answered in turn, as tasks would run them on this one-core worker)
                     server._infer_now(call_id, call, self, received_at, t0)
+                    reservation.release()
                     continue
-                task = asyncio.get_running_loop().create_task(server._infer(call_id, call, self, received_at, t0))
+                task = asyncio.get_running_loop().create_task(server._infer(call_id, call, self, received_at, t0,
+                                                                             reservation))
                 self.calls[call_id] = task
                 server._calls.add(task)
                 task.add_done_callback(lambda t, cid=call_id: (self.calls.pop(cid, None), server._calls.discard(t)))
@@ -191,6 +243,8 @@ class _ServerConnection(asyncio.Protocol):
                 self.write(_frame(FAILED, call_id, f"INVALID_ARGUMENT\nunknown frame kind {kind}".encode()))
 
     def connection_lost(self, exc) -> None:  # the client went away, or the server stopped
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         for task in list(self.calls.values()):
             task.cancel()
         self.regions.close()
@@ -213,7 +267,7 @@ def _register(regions: RegionMap, call_id: int, body: bytes) -> bytes:
         name, path, size = body.decode().split("\n")
         regions.register(name, path, int(size))
     except (ValueError, UnicodeDecodeError) as err:
-        return _frame(FAILED, call_id, f"INVALID_ARGUMENT\n{err}".encode())
+        return _frame(FAILED, call_id, f"INVALID_ARGUMENT\n{str(err)[:300]}".encode())
     except OSError as err:
         return _frame(FAILED, call_id, f"INVALID_ARGUMENT\ncannot map {body[:200]!r}: {err.strerror}".encode())
     return _frame(REGISTERED, call_id, b"")

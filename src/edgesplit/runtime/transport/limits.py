@@ -1,0 +1,96 @@
+"""What a server holds for its clients, bounded: message size, bytes in flight, connections, idle time.
+
+Both servers (gRPC: ``grpc_server.py``; the Unix socket: ``ipc_server.py``) take one :class:`ServerLimits`.
+The defaults are sized for a board with 1 GiB of memory: a worker's peak under any flood is its base
+(Python, numpy, the engine and its model) plus ``max_inflight_bytes`` plus what the transport buffers
+below the application (gRPC: partly received messages, at most ``max_connections`` x streams x the hard
+message limit; bounded by the same limits). docs/runtime.md says how each is enforced.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+# A request's peak memory in a server, as a multiple of its bytes on the wire: the bytes as received, the parsed
+# message (upb copies them), and the inputs as arrays (one more copy on access). Typed ``contents`` are converted
+# one value at a time (``codec``), so they stay within the same factor.
+PEAK_BYTES_PER_WIRE_BYTE = 3
+MESSAGE_OVERHEAD_BYTES = 64 << 10  # names, shapes, parameters around the tensors
+MIN_MESSAGE_BYTES = 1 << 20  # a model with tiny inputs still takes requests of this size
+MAX_NAME_ECHO = 64  # characters of a client-supplied name repeated in an error message
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_message_bytes: int | None = None  # None: the served models' input bytes per item x max_batch
+    max_batch: int = 256  # items per request the default message limit admits
+    max_inflight_bytes: int = 256 << 20  # requests held at once (their peak, PEAK_BYTES_PER_WIRE_BYTE x size)
+    idle_timeout_s: float = 60.0  # a connection with no call in flight, or stalled mid-message, is closed after this
+    max_connections: int = 64  # per server (gRPC) / per socket (Unix socket)
+    max_connection_age_s: float = 600.0  # gRPC: connections are recycled (GOAWAY; clients reconnect) after this
+
+    def __post_init__(self):
+        bad = [f"{k}={getattr(self, k)}" for k in ("max_batch", "max_inflight_bytes", "idle_timeout_s", "max_connections",
+                                                    "max_connection_age_s") if not getattr(self, k) > 0]
+        if self.max_message_bytes is not None and self.max_message_bytes <= 0:
+            bad.append(f"max_message_bytes={self.max_message_bytes}")
+        if bad:
+            raise ValueError(f"server limits must be positive: {', '.join(bad)}")
+
+    def message_bytes(self, models: Iterable) -> int:
+        """The largest request accepted: explicit, or what ``max_batch`` items of the largest model input take
+        (float32 at least: clients may send normalised floats where the model declares uint8 pixels)."""
+        if self.max_message_bytes is not None:
+            return self.max_message_bytes
+        per_item = max((_item_bytes(m.meta.inputs) for m in models), default=0)
+        return max(MIN_MESSAGE_BYTES, per_item * self.max_batch + MESSAGE_OVERHEAD_BYTES)
+
+
+def _item_bytes(inputs) -> int:
+    """Bytes of one item (batch dimension excluded) of all of a model's inputs."""
+    return sum(math.prod(d for d in spec.shape[1:] if d > 0) * max(4, np.dtype(spec.dtype).itemsize) for spec in inputs)
+
+
+class InflightBudget:
+    """Bytes held for requests being handled. :meth:`reserve` before a request is parsed; the reservation is given
+    back when the returned :class:`Reservation` is released or garbage-collected (whichever comes first), so a call
+    that ends in any way, cancelled included, returns what it took. One event loop: no lock needed."""
+
+    def __init__(self, capacity_bytes: int):
+        self.capacity_bytes = capacity_bytes
+        self.held_bytes = 0
+        self.refused = 0  # requests refused since start
+
+    def reserve(self, nbytes: int) -> "Reservation | None":
+        if self.held_bytes + nbytes > self.capacity_bytes:
+            self.refused += 1
+            return None
+        self.held_bytes += nbytes
+        return Reservation(self, nbytes)
+
+
+class Reservation:
+    __slots__ = ("_budget", "_nbytes")
+
+    def __init__(self, budget: InflightBudget, nbytes: int):
+        self._budget, self._nbytes = budget, nbytes
+
+    def release(self) -> None:
+        if self._budget is not None:
+            self._budget.held_bytes -= self._nbytes
+            self._budget = None
+
+    __del__ = release
+
+
+def over_budget_message(nbytes: int, budget: InflightBudget) -> str:
+    return (f"server busy: a request of {nbytes} bytes would take its requests in flight past "
+            f"{budget.capacity_bytes} bytes; retry later or send smaller batches")
+
+
+def echo(name: str) -> str:
+    """A client-supplied name as an error message repeats it: quoted, at most MAX_NAME_ECHO characters."""
+    return repr(name) if len(name) <= MAX_NAME_ECHO else repr(name[:MAX_NAME_ECHO]) + f"... ({len(name)} characters)"
