@@ -108,11 +108,13 @@ def test_no_option_is_taken_by_a_prefix():
     assert proc.returncode == 2 and "unrecognized arguments: --token-f" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("content,pattern", [(None, "does not exist"), ("", "is empty"), ("  \n", "is empty")])
-def test_a_missing_or_empty_token_file_is_one_line(tiny_export, tmp_path, content, pattern):
+@pytest.mark.parametrize("content,mode,pattern", [(None, 0o600, "does not exist"), ("", 0o600, "is empty"),
+                                                  ("  \n", 0o600, "is empty"), ("s3cret", 0o644, "chmod 600")])
+def test_a_missing_empty_or_world_readable_token_file_is_one_line(tiny_export, tmp_path, content, mode, pattern):
     token = tmp_path / "token.txt"
     if content is not None:
         token.write_text(content)
+        token.chmod(mode)
     proc = run("worker", str(tiny_export), "--part", "branch0", "--token-file", str(token))
     assert_one_line_error(proc, pattern)
 

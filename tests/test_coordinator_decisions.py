@@ -162,7 +162,8 @@ def test_lazy_parity_is_asked_when_a_data_block_is_late(mlp, coded):
             await coord.close()
 
     r, took_s, peers = _run(go())
-    assert peers["l1.3"][0].calls == 1 and r.parameters["parity_asked"] == 1 and took_s < 1.0
+    # l1's parity is asked for its late block; l2's may be too if a loaded machine delays its (instant) blocks
+    assert peers["l1.3"][0].calls == 1 and r.parameters["parity_asked"] >= 1 and took_s < 1.0
     assert _exact(r.outputs["logits"], reference_forward(mlp, _x()))
 
 

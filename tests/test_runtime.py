@@ -271,6 +271,7 @@ def test_worker_start_failure_is_reported(tiny_export, tmp_path):
 
 def test_token_required_on_every_call(tiny_export, tmp_path):
     (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "token").chmod(0o600)
     with LocalCluster(tiny_export, parts=["branch0"], worker_args=["--token-file", str(tmp_path / "token")]) as c:
         address = c.workers["branch0"].address
         x = {"input": np.zeros((1, 1, 28, 28), np.float32)}

@@ -293,6 +293,9 @@ def _limits_args(s) -> None:
     g.add_argument("--idle-timeout-s", type=float, default=60.0,
                    help="close connections idle, stalled or not reading their answers for this long (default 60)")
     g.add_argument("--max-connections", type=int, default=64, help="connections accepted at once (default 64)")
+    g.add_argument("--max-connection-age-s", type=float, default=120.0,
+                   help="gRPC: recycle each connection after this long (clients reconnect; a stream stalled mid-message "
+                        "ends then, after the idle timeout's grace; default 120)")
 
 
 def _server_limits(args):
@@ -300,10 +303,11 @@ def _server_limits(args):
 
     try:
         return ServerLimits(None if args.max_message_mb is None else int(args.max_message_mb * (1 << 20)), args.max_batch,
-                            int(args.max_inflight_mb * (1 << 20)), args.idle_timeout_s, args.max_connections)
+                            int(args.max_inflight_mb * (1 << 20)), args.idle_timeout_s, args.max_connections,
+                            args.max_connection_age_s)
     except ValueError as err:
-        raise EdgesplitError(f"{err}; check --max-message-mb, --max-batch, --max-inflight-mb, --idle-timeout-s and "
-                             f"--max-connections") from None
+        raise EdgesplitError(f"{err}; check --max-message-mb, --max-batch, --max-inflight-mb, --idle-timeout-s, "
+                             f"--max-connections and --max-connection-age-s") from None
 
 
 def _server_security(args):
@@ -435,6 +439,33 @@ def cmd_bench_faults(args) -> None:
           "replaced by zeros), errors, lost (no answer); max rel err: the largest error against the uncoded layers")
     if r.get("histogram"):
         print(f"wrote {r['histogram']} (arrival times of every block's answer)")
+    if args.json:
+        _write_json(r, args.json)
+
+
+def cmd_bench_abuse(args) -> None:
+    from edgesplit.bench.abuse import bench_abuse
+
+    if args.flood_s <= 0 or args.idle_timeout_s <= 0 or args.max_inflight_mb <= 0 or args.held < 1:
+        raise EdgesplitError("--flood-s, --idle-timeout-s and --max-inflight-mb must be positive, --held at least 1")
+    r = bench_abuse(args.flood_s, args.idle_timeout_s, args.max_inflight_mb, args.held)
+    c, g, h, m = r["clean"], r["good_during_flood"], r["health_during_flood"], r["memory_mib"]
+    print(f"{r['model']}; flood {r['flood_wall_s']:.1f} s, idle timeout {args.idle_timeout_s:g} s, in-flight cap {m['cap']:g} MiB")
+    print(f"good requests: clean p99 {c['latency']['p99_ms']:.2f} ms; during the flood {g['answered']}/{g['sent']} "
+          f"answered, {g['correct']} correct, p99 {g['latency']['p99_ms']:.2f} ms ({r['p99_flood_vs_clean']:.1f}x clean)")
+    print(f"health checks during the flood: {h['checks']}, failed {h['failed']}, p50 {h['latency']['p50_ms']:.1f} ms, "
+          f"p99 {h['latency']['p99_ms']:.1f} ms, max {h['latency']['max_ms']:.1f} ms")
+    for name, b in r["bad"].items():
+        print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in b.items() if k != "statuses")
+              + ("; " + ", ".join(f"{k} {v}" for k, v in sorted(b["statuses"].items())) if "statuses" in b else ""))
+    print(f"worker memory: {m['before']:.0f} MiB before, peak during the flood {m['flood_peak_sampled']:.0f} MiB "
+          f"(+{m['peak_over_before']:.0f}), {m['after']:.0f} MiB after")
+    print("held connections closed by the worker after the idle timeout: "
+          + ", ".join(f"{k} {v}" for k, v in r["connections_closed_after_idle_timeout"].items()))
+    a = r["good_after"]
+    print(f"afterwards: a new client's requests {a['answered']}/{a['sent']} answered, {a['correct']} correct; "
+          f"worker alive: {r['worker_alive']}; its log: {r['worker_log']['lines']} lines, "
+          f"{r['worker_log']['tracebacks']} tracebacks")
     if args.json:
         _write_json(r, args.json)
 
@@ -923,6 +954,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eager: every block asked at once; lazy: parity blocks only when a data block fails or is late")
     b.add_argument("--json", help="write the numbers here")
     b.set_defaults(func=cmd_bench_faults)
+
+    b = bench.add_parser("abuse", help="a worker under malformed, oversized and slow clients beside good traffic")
+    b.add_argument("--flood-s", type=float, default=20.0, help="length of the flood, seconds (default 20)")
+    b.add_argument("--idle-timeout-s", type=float, default=5.0, help="the worker's --idle-timeout-s (default 5)")
+    b.add_argument("--max-inflight-mb", type=float, default=256.0, help="the worker's --max-inflight-mb (default 256)")
+    b.add_argument("--held", type=int, default=20, help="connections of each slow kind held open (default 20)")
+    b.add_argument("--json", help="write the results here")
+    b.set_defaults(func=cmd_bench_abuse)
 
     b = bench.add_parser("int8", help="float32 vs int8 QDQ parts in ONNX Runtime: latency per part and test accuracy")
     b.add_argument("checkpoint", help="a checkpoint (speed and accuracy), or a model name with --input (random weights, speed only)")

@@ -53,6 +53,15 @@ class ServedModel(Protocol):
 _UINT8, _FLOAT32 = np.dtype(np.uint8), np.dtype(np.float32)  # dtype objects: compared without a conversion
 
 
+# A call whose inputs are larger than this runs off the event loop (a worker's one engine thread), so that health
+# checks and small calls are still answered while it computes; smaller ones run on the loop (no thread hop).
+INLINE_INFER_MAX_BYTES = 256 << 10
+
+
+def runs_inline(inputs: dict[str, np.ndarray]) -> bool:
+    return sum(a.nbytes for a in inputs.values()) <= INLINE_INFER_MAX_BYTES
+
+
 def input_specs(specs) -> dict:
     """``{name: (TensorSpec, its numpy dtype)}`` for :func:`check_inputs` (``dtype.name`` is slow with cold caches:
     the dtype object is made once, never per call)."""

@@ -56,6 +56,15 @@ def tune_runtime_process() -> None:
     keep_heap()
 
 
+def release_heap() -> bool:
+    """Give the kernel back the freed memory glibc keeps (``malloc_trim``): after a burst of large requests, so
+    that a worker's resident memory returns to its base. False where the C library is not glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def defer_to_workers() -> bool:
     """Schedule the calling thread under ``SCHED_BATCH`` (see above). For the thread that runs a coordinator's
     event loop next to local workers; ``Client`` and ``edgesplit serve`` do it for theirs. False where the OS

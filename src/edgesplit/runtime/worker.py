@@ -8,11 +8,13 @@ The engine runs on the event loop's thread: one call at a time, as the one core 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +26,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.manifest import load_manifest
 from edgesplit.runtime.engines import InferenceEngine, create_engine
 from edgesplit.runtime.faults import FaultConfig, FaultyModel
-from edgesplit.runtime.model import InferResult, ModelMeta, check_inputs, input_specs
+from edgesplit.runtime.model import InferResult, ModelMeta, check_inputs, input_specs, runs_inline
 from edgesplit.runtime.transport.limits import ServerLimits
 
 log = logging.getLogger(__name__)
@@ -63,8 +65,17 @@ class PartModel:
         return self.run(self.check(inputs))
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:
-        # On the event loop itself: a one-core worker gains nothing from a thread hop per call.
-        return self.infer_now(inputs)
+        # On the event loop itself: a one-core worker gains nothing from a thread hop per call. A large batch goes to
+        # the engine thread instead (ONNX Runtime releases the GIL), so the loop keeps answering health checks.
+        if runs_inline(inputs):
+            return self.infer_now(inputs)
+        return await asyncio.get_running_loop().run_in_executor(_engine_thread(), self.infer_now, inputs)
+
+
+@functools.lru_cache(maxsize=None)
+def _engine_thread() -> ThreadPoolExecutor:
+    """The one thread a worker's large calls run on, one after the other (created on first use)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgesplit-engine")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.manifest import TensorSpec
 
 
+LARGE_RUN_BYTES = 256 << 10  # a run with inputs this large gives its scratch memory back afterwards (see run)
+
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64",
                "tensor(int32)": "int32", "tensor(float16)": "float16", "tensor(int8)": "int8", "tensor(double)": "float64"}
 
@@ -45,6 +47,11 @@ class OnnxRuntimeEngine:
         self.outputs = [TensorSpec(o.name, tuple(d if isinstance(d, int) else -1 for d in o.shape), _ORT_DTYPES.get(o.type, o.type))
                         for o in self.session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._output_names, self.session.run(self._output_names, feeds)))
+        # ONNX Runtime's arena keeps what its largest run needed; a rare large batch shrinks it again after the run,
+        # so that the worker's memory returns to its base (small runs keep the arena: no allocation per call)
+        large = sum(a.nbytes for a in feeds.values()) > LARGE_RUN_BYTES
+        return dict(zip(self._output_names, self.session.run(self._output_names, feeds, self._shrink if large else None)))

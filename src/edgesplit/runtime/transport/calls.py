@@ -38,9 +38,10 @@ class Call:
 
 
 def decode_call(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest,
-                regions=None) -> Call:
+                regions=None, max_batch: int | None = None) -> Call:
     """The request's model and inputs, or :class:`CallFailed` (INVALID_ARGUMENT) saying what is wrong. ``regions``:
-    the shared-memory regions the caller registered (Unix socket transport only)."""
+    the shared-memory regions the caller registered (Unix socket transport only). ``max_batch``: the most items
+    (first dimension) an input may have: the engine's scratch memory grows with it."""
     m = models.get(request.model_name)
     if m is None:
         raise CallFailed("INVALID_ARGUMENT", unknown_model(request.model_name, models))
@@ -48,6 +49,11 @@ def decode_call(models: dict[str, ServedModel], max_message_bytes: int, request:
         inputs = codec.decode_request(request, regions, max_message_bytes)
     except InferError as err:
         raise CallFailed("INVALID_ARGUMENT", str(err)) from None
+    if max_batch is not None:
+        for name, a in inputs.items():
+            if a.ndim and a.shape[0] > max_batch:
+                raise CallFailed("INVALID_ARGUMENT", f"input {echo(name)}: a batch of {a.shape[0]} items, over the limit "
+                                                     f"of {max_batch}; send smaller batches (or raise the server's --max-batch)")
     return Call(m, request.id, inputs, TRACE in request.parameters and request.parameters[TRACE].bool_param)
 
 
@@ -97,10 +103,10 @@ def _call_failed(call: Call, err: Exception) -> CallFailed:
 
 
 async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest,
-                       regions=None, received_at: float | None = None) -> pb.ModelInferResponse:
+                       regions=None, received_at: float | None = None, max_batch: int | None = None) -> pb.ModelInferResponse:
     """One ModelInfer call as gRPC carries it: :func:`decode_call`, then :func:`answer_call`."""
     t0 = time.perf_counter()
-    return await answer_call(decode_call(models, max_message_bytes, request, regions), received_at, started_at=t0)
+    return await answer_call(decode_call(models, max_message_bytes, request, regions, max_batch), received_at, started_at=t0)
 
 
 def unknown_model(name: str, models: dict) -> str:

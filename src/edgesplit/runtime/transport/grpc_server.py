@@ -7,12 +7,13 @@ clients (a bearer token or required client certificates; TLS encrypts) or an exp
 Limits (``limits.ServerLimits``): requests whose tensors total more than the message limit
 are answered INVALID_ARGUMENT by the handler; gRPC itself rejects anything above twice that
 (RESOURCE_EXHAUSTED) before reading it. A request that would take the bytes held for
-requests in flight past their cap is answered RESOURCE_EXHAUSTED before it is parsed, and
-at most as many calls run at once as the cap holds requests at the hard limit (more wait
-in gRPC, each buffering no more than its HTTP/2 flow-control window). Connections with no
-call in flight, and connections that never finish their HTTP/2 handshake, are closed after
-the idle timeout; every connection is recycled (GOAWAY, then the idle timeout's grace for
-calls in flight: a stalled call ends there) after ``max_connection_age_s``.
+requests in flight past their cap is answered RESOURCE_EXHAUSTED before it is parsed. At
+most as many calls are started at once as the cap holds requests at the hard limit (at
+least MIN_CONCURRENT_CALLS; more are refused RESOURCE_EXHAUSTED before their message is
+read), STREAMS_PER_CONNECTION of them per connection. Connections with no call in flight,
+and connections that never finish their HTTP/2 handshake, are closed after the idle
+timeout; every connection is recycled (GOAWAY, then the idle timeout's grace for calls in
+flight: a call stalled mid-message ends there) after ``max_connection_age_s``.
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ from edgesplit.runtime.transport.limits import (PEAK_BYTES_PER_WIRE_BYTE, Inflig
                                                 over_budget_message)
 
 log = logging.getLogger(__name__)
+
+MIN_CONCURRENT_CALLS = 64
+STREAMS_PER_CONNECTION = 16  # calls at once on one connection: one client cannot take every call slot
 
 
 @dataclass(frozen=True)
@@ -100,9 +104,10 @@ class _TokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, models: Sequence[ServedModel], max_message_bytes: int, server_name: str = "edgesplit"):
+    def __init__(self, models: Sequence[ServedModel], max_message_bytes: int, server_name: str = "edgesplit",
+                 max_batch: int | None = None):
         self.models = {m.meta.name: m for m in models}
-        self.max_message_bytes = max_message_bytes
+        self.max_message_bytes, self.max_batch = max_message_bytes, max_batch
         self.server_name = server_name
         self.live = True
 
@@ -137,7 +142,8 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         received_at = time.monotonic()
         try:
-            return await answer_infer(self.models, self.max_message_bytes, request, received_at=received_at)
+            return await answer_infer(self.models, self.max_message_bytes, request, received_at=received_at,
+                                      max_batch=self.max_batch)
         except CallFailed as err:
             await context.abort(getattr(grpc.StatusCode, err.status), err.message)
 
@@ -224,15 +230,17 @@ class KServeServer:
         security.check_bind(host)
         self.host, self.requested_port, self.security, self.limits = host, port, security, limits
         max_message_bytes = limits.message_bytes(models)
-        self.servicer = KServeServicer(models, max_message_bytes, server_name)
+        self.servicer = KServeServicer(models, max_message_bytes, server_name, limits.max_batch)
         self.budget = InflightBudget(limits.max_inflight_bytes)
         interceptors = [_TokenInterceptor(security.token)] if security.token else []
         hard_limit = 2 * max_message_bytes + (1 << 20)
         idle_ms = int(limits.idle_timeout_s * 1e3)
         self.server = grpc.aio.server(
             interceptors=interceptors,
-            # calls run at once: as many as the in-flight cap holds at the hard limit (the rest wait in gRPC)
-            maximum_concurrent_rpcs=max(4, limits.max_inflight_bytes // (PEAK_BYTES_PER_WIRE_BYTE * hard_limit)),
+            # calls started at once (more are refused RESOURCE_EXHAUSTED before their message is read): as many as
+            # the in-flight cap holds at the hard limit, and at least 64, so that a few dozen stalled streams do not
+            # lock everyone out until their connections are recycled
+            maximum_concurrent_rpcs=max(MIN_CONCURRENT_CALLS, limits.max_inflight_bytes // (PEAK_BYTES_PER_WIRE_BYTE * hard_limit)),
             options=[
                 ("grpc.max_receive_message_length", hard_limit), ("grpc.max_send_message_length", hard_limit),
                 ("grpc.so_reuseport", 0),  # a busy port is an error, not a silently shared one
@@ -240,6 +248,7 @@ class KServeServer:
                 ("grpc.max_connection_age_ms", int(limits.max_connection_age_s * 1e3)),
                 ("grpc.max_connection_age_grace_ms", idle_ms),
                 ("grpc.max_allowed_incoming_connections", limits.max_connections),
+                ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
             ])
         _add_inference_service(self.servicer, self.server, self.budget)
         self.health = health.aio.HealthServicer()

@@ -20,7 +20,7 @@ from typing import Sequence
 from google.protobuf.message import DecodeError
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.runtime.model import ServedModel
+from edgesplit.runtime.model import ServedModel, runs_inline
 from edgesplit.runtime.shm import RegionMap
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
@@ -156,7 +156,7 @@ class _ServerConnection(asyncio.Protocol):
                     raise CallFailed("INVALID_ARGUMENT", str(err)) from None
                 return Call(known.model, split[1], known.inputs, known.traced)
         request = pb.ModelInferRequest.FromString(body)
-        call = decode_call(server.models, server.max_message_bytes, request, self.regions)
+        call = decode_call(server.models, server.max_message_bytes, request, self.regions, server.limits.max_batch)
         if (split is not None and not request.raw_input_contents and request.id == split[1]
                 and not pb.ModelInferRequest.FromString(split[0]).id):  # no second id field: the key decides the call
             if len(self.decoded) >= 64:
@@ -180,7 +180,7 @@ class _ServerConnection(asyncio.Protocol):
         stalled mid-frame, or one that stopped reading its answers, whose requests are no longer read)."""
         quiet_s = time.monotonic() - self.last_received
         if not self.calls and quiet_s >= self.server.limits.idle_timeout_s:
-            log.info("closing a Unix socket connection quiet for %.0f s", quiet_s)
+            log.debug("closing a Unix socket connection quiet for %.0f s", quiet_s)  # no line per attacker connection at INFO
             self.transport.abort()  # buffered answers a client does not read are dropped with it
             return
         self._arm_idle_timer()
@@ -219,7 +219,7 @@ class _ServerConnection(asyncio.Protocol):
                     reservation.release()
                     self.write(_failure(call_id, err))
                     continue
-                if not server._calls and hasattr(call.model, "infer_now"):
+                if not server._calls and hasattr(call.model, "infer_now") and runs_inline(call.inputs):
                     # nothing else running: answered now, without a task's event-loop turn (several requests read
                     # at once are answered in turn, as tasks would run them on this one-core worker)
                     server._infer_now(call_id, call, self, received_at, t0)

@@ -8,18 +8,20 @@ message limit; bounded by the same limits). docs/runtime.md says how each is enf
 """
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 
+from edgesplit.runtime.tuning import release_heap
+
 # A request's peak memory in a server, as a multiple of its bytes on the wire: the bytes as received, the parsed
 # message (upb copies them), and the inputs as arrays (one more copy on access). Typed ``contents`` are converted
 # one value at a time (``codec``), so they stay within the same factor.
 PEAK_BYTES_PER_WIRE_BYTE = 3
 MESSAGE_OVERHEAD_BYTES = 64 << 10  # names, shapes, parameters around the tensors
-MIN_MESSAGE_BYTES = 1 << 20  # a model with tiny inputs still takes requests of this size
 MAX_NAME_ECHO = 64  # characters of a client-supplied name repeated in an error message
 
 
@@ -30,7 +32,7 @@ class ServerLimits:
     max_inflight_bytes: int = 256 << 20  # requests held at once (their peak, PEAK_BYTES_PER_WIRE_BYTE x size)
     idle_timeout_s: float = 60.0  # a connection with no call in flight, or stalled mid-message, is closed after this
     max_connections: int = 64  # per server (gRPC) / per socket (Unix socket)
-    max_connection_age_s: float = 600.0  # gRPC: connections are recycled (GOAWAY; clients reconnect) after this
+    max_connection_age_s: float = 120.0  # gRPC: connections are recycled (GOAWAY; clients reconnect) after this
 
     def __post_init__(self):
         bad = [f"{k}={getattr(self, k)}" for k in ("max_batch", "max_inflight_bytes", "idle_timeout_s", "max_connections",
@@ -42,11 +44,12 @@ class ServerLimits:
 
     def message_bytes(self, models: Iterable) -> int:
         """The largest request accepted: explicit, or what ``max_batch`` items of the largest model input take
-        (float32 at least: clients may send normalised floats where the model declares uint8 pixels)."""
+        (float32 at least: clients may send normalised floats where the model declares uint8 pixels). The batch
+        bounds the engine's scratch memory too (activations grow with it), which the message size alone does not."""
         if self.max_message_bytes is not None:
             return self.max_message_bytes
         per_item = max((_item_bytes(m.meta.inputs) for m in models), default=0)
-        return max(MIN_MESSAGE_BYTES, per_item * self.max_batch + MESSAGE_OVERHEAD_BYTES)
+        return per_item * self.max_batch + MESSAGE_OVERHEAD_BYTES
 
 
 def _item_bytes(inputs) -> int:
@@ -57,19 +60,44 @@ def _item_bytes(inputs) -> int:
 class InflightBudget:
     """Bytes held for requests being handled. :meth:`reserve` before a request is parsed; the reservation is given
     back when the returned :class:`Reservation` is released or garbage-collected (whichever comes first), so a call
-    that ends in any way, cancelled included, returns what it took. One event loop: no lock needed."""
+    that ends in any way, cancelled included, returns what it took. One event loop: no lock needed.
 
-    def __init__(self, capacity_bytes: int):
+    When the bytes held fall back to 0 after a burst of at least ``burst_bytes`` and stay there for
+    ``settle_s``, ``on_drained`` runs (default: give the freed heap back to the kernel, which glibc keeps
+    otherwise); not during sustained traffic, whose next requests would fault the same memory in again."""
+
+    def __init__(self, capacity_bytes: int, on_drained=release_heap, burst_bytes: int = 8 << 20, settle_s: float = 1.0):
         self.capacity_bytes = capacity_bytes
         self.held_bytes = 0
         self.refused = 0  # requests refused since start
+        self._on_drained, self._burst_bytes, self._settle_s = on_drained, burst_bytes, settle_s
+        self._peak_bytes = 0
+        self._drain_timer = None
 
     def reserve(self, nbytes: int) -> "Reservation | None":
         if self.held_bytes + nbytes > self.capacity_bytes:
             self.refused += 1
             return None
         self.held_bytes += nbytes
+        self._peak_bytes = max(self._peak_bytes, self.held_bytes)
         return Reservation(self, nbytes)
+
+    def _give_back(self, nbytes: int) -> None:
+        self.held_bytes -= nbytes
+        if self.held_bytes or self._peak_bytes < self._burst_bytes or self._on_drained is None:
+            return
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+        try:
+            self._drain_timer = asyncio.get_running_loop().call_later(self._settle_s, self._drained)
+        except RuntimeError:  # released outside the event loop (garbage collected elsewhere): nothing to wait on
+            self._drained()
+
+    def _drained(self) -> None:
+        self._drain_timer = None
+        if self.held_bytes == 0:
+            self._peak_bytes = 0
+            self._on_drained()
 
 
 class Reservation:
@@ -80,8 +108,8 @@ class Reservation:
 
     def release(self) -> None:
         if self._budget is not None:
-            self._budget.held_bytes -= self._nbytes
-            self._budget = None
+            budget, self._budget = self._budget, None
+            budget._give_back(self._nbytes)
 
     __del__ = release
 
