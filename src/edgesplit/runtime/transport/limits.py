@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -73,6 +74,7 @@ class InflightBudget:
         self._on_drained, self._burst_bytes, self._settle_s = on_drained, burst_bytes, settle_s
         self._peak_bytes = 0
         self._drain_timer = None
+        self._last_reserved = 0.0
 
     def reserve(self, nbytes: int) -> "Reservation | None":
         if self.held_bytes + nbytes > self.capacity_bytes:
@@ -80,24 +82,30 @@ class InflightBudget:
             return None
         self.held_bytes += nbytes
         self._peak_bytes = max(self._peak_bytes, self.held_bytes)
+        self._last_reserved = time.monotonic()
         return Reservation(self, nbytes)
 
     def _give_back(self, nbytes: int) -> None:
         self.held_bytes -= nbytes
-        if self.held_bytes or self._peak_bytes < self._burst_bytes or self._on_drained is None:
+        if self.held_bytes or self._peak_bytes < self._burst_bytes or self._on_drained is None or self._drain_timer:
             return
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
         try:
             self._drain_timer = asyncio.get_running_loop().call_later(self._settle_s, self._drained)
         except RuntimeError:  # released outside the event loop (garbage collected elsewhere): nothing to wait on
             self._drained()
 
     def _drained(self) -> None:
+        """Runs ``on_drained`` once nothing has been reserved for ``settle_s`` (traffic goes on: wait more)."""
         self._drain_timer = None
-        if self.held_bytes == 0:
+        quiet_s = time.monotonic() - self._last_reserved
+        if self.held_bytes == 0 and quiet_s >= self._settle_s:
             self._peak_bytes = 0
             self._on_drained()
+            return
+        try:
+            self._drain_timer = asyncio.get_running_loop().call_later(max(self._settle_s - quiet_s, 0.05), self._drained)
+        except RuntimeError:
+            pass
 
 
 class Reservation:
