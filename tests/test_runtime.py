@@ -304,7 +304,7 @@ def test_worker_cli_refuses_busy_port_and_public_bind(tiny_export):
 
 def test_serve_local_endpoint_serves_whole_model(tiny_export, images):
     proc = subprocess.Popen([sys.executable, "-m", "edgesplit", "serve", "--local", str(tiny_export), "--port", "0",
-                             "--poll-ms", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--poll-ms", "1", "--max-batch", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith("EDGESPLIT-SERVE-READY"), proc.stderr.read() if proc.poll() is not None else line
@@ -314,6 +314,17 @@ def test_serve_local_endpoint_serves_whole_model(tiny_export, images):
         assert np.abs(out.outputs["logits"] - local(local.prepare(images[:3]))).max() < 1e-4
         with pytest.raises(InferError, match="expected Bx1x28x28"):
             _worker_call(f"127.0.0.1:{port}", "resnet18-split2", {"input": np.zeros((1, 3, 28, 28), np.uint8)})
+        # the coordinator's endpoint has the workers' limits: a batch over --max-batch, bytes that do not parse
+        with pytest.raises(InferError, match="a batch of 9 items, over the limit of 8"):
+            _worker_call(f"127.0.0.1:{port}", "resnet18-split2", {"input": np.zeros((9, 1, 28, 28), np.uint8)})
+        import grpc
+
+        async def garbage():
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")(b"\x0a\x05ab", timeout=10)
+                return err.value.code()
+        assert asyncio.run(garbage()) == grpc.StatusCode.INVALID_ARGUMENT
         children = _children(proc.pid)
         assert len(children) == 2  # one worker per branch
         assert all(b"--poll-ms\x001" in open(f"/proc/{c}/cmdline", "rb").read() for c in children)
