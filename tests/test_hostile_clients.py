@@ -277,3 +277,25 @@ def test_peer_errors_keep_their_meaning(worker):
             await p.close()
     with pytest.raises((InferError, PartUnavailable)):
         asyncio.run(go())
+
+
+def test_connections_over_the_limit_are_closed_and_new_clients_get_in_after_the_timeout(tiny_export):
+    args = ["--max-connections", "3", "--idle-timeout-s", "1"]
+    with LocalCluster(tiny_export, parts=["branch0"], pin=False, worker_args=args) as c:
+        w = c.workers["branch0"]
+        held = [socket.create_connection(("127.0.0.1", w.port)) for _ in range(4)]
+        for s in held:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # preface + SETTINGS
+        time.sleep(0.5)
+        states = []
+        for s in held:
+            s.setblocking(False)
+            try:
+                states.append("closed" if not s.recv(4096) else "open")
+            except BlockingIOError:
+                states.append("open")
+        assert states == ["open", "open", "open", "closed"]  # the server's SETTINGS for the first three
+        time.sleep(1.5)  # the idle timeout frees the slots the silent clients held
+        assert _grpc_raw(w.address, [GOOD])[0][0] == "OK"
+        for s in held:
+            s.close()
