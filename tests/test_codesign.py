@@ -149,9 +149,11 @@ def test_bundlenet_split_widths_add_up():
 
 
 def test_parse_duration():
-    assert parse_duration("30m") == 1800 and parse_duration("1h") == 3600 and parse_duration("90") == 90
+    assert parse_duration("30m") == 1800 and parse_duration("1h") == 3600 and parse_duration("90s") == 90
     with pytest.raises(EdgesplitError, match="30m"):
         parse_duration("soon")
+    with pytest.raises(EdgesplitError, match="needs a unit: 5s, 5m or 5h"):
+        parse_duration("5")
 
 
 # ------------------------------------------------------------ one small real search, end to end
@@ -161,7 +163,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-SMALL = ["codesign", "--device", "pynq-z1", "--target-fps", "2000", "--time-budget", "20s", "--bundles", "conv3,dw3-pw1",
+SMALL = ["codesign", "--device", "pynq-z1", "--target-fps", "2000", "--time-budget", "150s", "--bundles", "conv3,dw3-pw1",
          "--proxy-images", "256", "--proxy-val-images", "128", "--final-epochs", "1", "--final-images", "512",
          "--finalists", "1"]
 
@@ -189,7 +191,10 @@ def test_search_writes_every_output(search):
     assert 0.1 < chosen["test"]["ptq_top1"] <= 1 and chosen["test"]["images"] == 10000
     journal = json.loads((run / "search.json").read_text())
     assert len(journal["trace"]) >= 2 and set(journal["phases"]["bundles"]["evaluated"]) == {"conv3", "dw3-pw1"}
-    assert "Co-design for pynq-z1" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "Co-design for pynq-z1" in report and "trained 1 epoch(s) on 512 training images" in report
+    assert "full training set" not in report
+    assert result["wall_time_s"] <= result["time_budget_s"]  # every stage inside the budget
     accel = json.loads((run / "chosen/accelerator.json").read_text())
     assert accel["fits"] and accel["config"]["wbits"] == chosen["wbits"]
     hls = chosen["hls"]  # the chosen network's accelerator, generated and checked in C simulation
@@ -245,7 +250,8 @@ def test_fleet_plan_serves_on_real_workers(search):
 
 @pytest.mark.parametrize("args, message", [
     (["--target-fps", "-1"], "--target-fps must be positive"),
-    (["--time-budget", "0"], "--time-budget must be positive"),
+    (["--time-budget", "0s"], "--time-budget must be positive"),
+    (["--time-budget", "5"], "--time-budget needs a unit"),
     (["--bundles", "conv5"], "unknown bundle"),
 ])
 def test_bad_arguments_one_line(tmp_path, capsys, args, message):
@@ -253,6 +259,33 @@ def test_bad_arguments_one_line(tmp_path, capsys, args, message):
     assert main(["codesign", *base, *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_budget_too_small_is_refused_with_the_minimum_and_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["codesign", "--device", "pynq-z1", "--target-fps", "100", "--time-budget", "10s", "--bundles", "conv3",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "too small on this machine" in err[0] and "need at least" in err[0]
+    assert not out.exists()  # the measurement's files went with the refusal: the same --out can be used again
+
+
+def test_budget_sizes_fit_their_shares():
+    from edgesplit.codesign import budget
+
+    speed = budget.Speed(train_s_per_image=1e-3, eval_s_per_image=1e-3, fixed_s=2.0, eval_fixed_s=1.0, probe_macs=1000)
+    shares = budget.Shares.for_run(extras=False)
+    n = budget.proxy_images(60, shares, speed, bundles=3, wanted=10_000, val_images=1000)
+    per_candidate_s = speed.train_s(n) + speed.eval_s(1000)
+    assert 0 < n < 10_000 and per_candidate_s * (3 + budget.DESCENT_CANDIDATES) <= 60 * shares.explore + 1e-6
+    epochs, images = budget.final_sizes(120, [1e-3, 2e-3], speed, eval_images=15_000, available=55_000)
+    spent = sum(epochs * (speed.fixed_s + images * s) + speed.eval_s(15_000) for s in (1e-3, 2e-3))
+    assert epochs == 1 and budget.MIN_FINAL_IMAGES <= images < 55_000 and spent <= 120 + 1e-6
+    assert budget.final_sizes(1e6, [1e-3], speed, 15_000, 55_000) == (10, 55_000)  # all images, at most 10 epochs
+    need = budget.minimum_budget_s(shares, speed, 3, 1000, 2, 15_000)
+    with pytest.raises(EdgesplitError, match="need at least"):
+        budget.check_budget(need * 0.9, shares, speed, 3, 1000, 2, 15_000)
+    budget.check_budget(need * 1.01, shares, speed, 3, 1000, 2, 15_000)
 
 
 def test_cpu_device_is_refused_as_the_accelerator_target(tmp_path, capsys):

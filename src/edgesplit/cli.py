@@ -653,15 +653,16 @@ def cmd_hls(args) -> None:
 
 # ---------------------------------------------------------------- co-design
 def parse_duration(text: str) -> float:
-    """'30m', '1h', '90s' or plain seconds -> seconds."""
+    """'30m', '1h', '90s' -> seconds. A unit is required: a bare number is ambiguous (seconds? minutes?)."""
     units = {"s": 1, "m": 60, "h": 3600}
+    if text and text[-1:].isdigit():
+        raise EdgesplitError(f"--time-budget needs a unit: {text}s, {text}m or {text}h")
     try:
-        if text and text[-1] in units:
-            value = float(text[:-1]) * units[text[-1]]
-        else:
-            value = float(text)
+        if not text or text[-1] not in units:
+            raise ValueError
+        value = float(text[:-1]) * units[text[-1]]
     except ValueError:
-        raise EdgesplitError(f"--time-budget must look like 30m, 1h, 90s or a number of seconds, got {text!r}") from None
+        raise EdgesplitError(f"--time-budget must look like 30m, 1h or 90s, got {text!r}") from None
     if value <= 0:
         raise EdgesplitError(f"--time-budget must be positive, got {text!r}")
     return value
@@ -910,15 +911,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-watts", type=float, help="highest acceptable board power (model estimate)")
     s.add_argument("--data", default="fashion-mnist", help="dataset (default fashion-mnist)")
     s.add_argument("--data-dir", help="dataset folder")
-    s.add_argument("--time-budget", default="30m", help="wall time for search and final training, e.g. 30m, 1h (default 30m)")
+    s.add_argument("--time-budget", default="30m", help="wall time for the whole run (search, finalists, baselines, fleet), with a unit: 90s, 30m, 1h (default "
+                        "30m); every training is sized to fit, and a budget too small is refused with the minimum")
     s.add_argument("--out", required=True, help="output folder (also the resume state)")
     s.add_argument("--resume", action="store_true", help="continue an interrupted search in --out")
     s.add_argument("--arch", default="bundle", help="accelerator architecture: bundle or pipeline")
     s.add_argument("--bundles", help="comma-separated subset of the layer pool (default all: dw3-pw1,conv3,pw1-dw3-pw1,conv3-res,fire)")
     s.add_argument("--finalists", type=int, default=2, help="architectures trained longer at the end (default 2)")
     s.add_argument("--final-epochs", type=int, help="epochs for finalists (default: what the budget allows, 1-10)")
-    s.add_argument("--final-images", type=int, help="train finalists on the first N training images (default all)")
-    s.add_argument("--proxy-images", type=int, default=6000, help="training images for each short training (default 6000)")
+    s.add_argument("--final-images", type=int, help="train finalists on at most the first N training images (default: "
+                   "as many as the budget allows)")
+    s.add_argument("--proxy-images", type=int, default=6000, help="training images for each short training, at most "
+                   "(default 6000; fewer when the budget needs it)")
     s.add_argument("--proxy-val-images", type=int, default=2000, help="validation images scoring each candidate (default 2000)")
     s.add_argument("--fleet", help="YAML fleet file: split the chosen network over these devices and write plan.yaml")
     s.add_argument("--accuracy-floor", type=float, help="fleet: lowest fixed-point validation top-1 (default chosen - 0.02)")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from edgesplit.codesign.budget import PROBE_IMAGES, Speed
 from edgesplit.codesign.space import Candidate
 from edgesplit.errors import EdgesplitError
 from edgesplit.hardware.accelerator import COARSE_PAR_CHOICES, COARSE_TILE_CHOICES, AccelConfig, tune
@@ -170,12 +171,43 @@ class Evaluator:
         self.journal.save()
         return acc
 
-    def val_and_test(self, run_dir: Path, bits: tuple[int, int], overrides: dict | None = None) -> dict:
-        """:meth:`quantized_accuracy` on the validation images and on the whole test set."""
+    def probe(self, c: Candidate) -> Speed:
+        """This machine's speed at training and scoring ``c`` (the first bundle's prototype): a training of
+        PROBE_IMAGES images, then scorings of a quarter of that and of all of it; kept in the journal."""
+        cached = self.journal.data.get("speed")
+        if cached is not None:
+            return Speed(**cached)
+        from edgesplit.training.train import TrainConfig, train
+
+        run_dir = self.out_dir / "probe"
+        cfg = TrainConfig(model="bundlenet", dataset=self.dataset_name, data_dir=self.data_dir,
+                          input_size=c.input_size(self.image_hw), model_kwargs=c.model_kwargs(), epochs=1,
+                          batch_size=self.proxy.batch_size, max_train_samples=PROBE_IMAGES, seed=self.seed)
+        t0 = time.monotonic()
+        loop_s = train(cfg, run_dir, resume=True)["train_time_s"]
+        train_s = time.monotonic() - t0
+        scored = []
+        for n in (PROBE_IMAGES // 4, PROBE_IMAGES):
+            t0 = time.monotonic()
+            self.quantized_accuracy(run_dir, (c.wbits, c.fbits), self.val_idx[:n])
+            scored.append(time.monotonic() - t0)
+        per_image = max((scored[1] - scored[0]) / (PROBE_IMAGES - PROBE_IMAGES // 4), 1e-6)
+        speed = Speed(loop_s / PROBE_IMAGES, per_image, max(0.0, train_s - loop_s),
+                      max(0.0, scored[1] - PROBE_IMAGES * per_image), int(self.hardware(c)["macs"]))
+        self.journal.data["speed"] = asdict(speed)
+        self.journal.save()
+        return speed
+
+    def test_images(self) -> int:
         from edgesplit.data.datasets import load_dataset
 
         if self._test_set is None:
             self._test_set = load_dataset(self.dataset_name, "test", self.data_dir, size=(224, 224))
+        return len(self._test_set)
+
+    def val_and_test(self, run_dir: Path, bits: tuple[int, int], overrides: dict | None = None) -> dict:
+        """:meth:`quantized_accuracy` on the validation images and on the whole test set."""
+        self.test_images()  # loads the test set once
         return {"val": self.quantized_accuracy(run_dir, bits, self.val_idx, overrides=overrides),
                 "test": self.quantized_accuracy(run_dir, bits, np.arange(len(self._test_set)), self._test_set, overrides)}
 

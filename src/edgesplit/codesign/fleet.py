@@ -172,18 +172,20 @@ def _branch_accelerators(ev, option: dict, out: Path, fleet) -> list[dict]:
         if accel is None:
             built.append({"branch": i, "device": name, "error": "no design of this branch fits the board"})
             continue
+        part = i if hasattr(model, "branches") else None  # k=1: the whole network
         built.append({"branch": i, "device": name, **build_for_design(option["accuracy"]["run_dir"], out / f"branch{i}",
-                                                                     tuple(bits), accel, dev, i, ev.data_dir)})
+                                                                     tuple(bits), accel, dev, part, ev.data_dir)})
     return built
 
 
 def _branch_graph(model, i: int, ev):
     from edgesplit.hardware.graph import graph_from_model
 
-    return graph_from_model(model.branches[i], (ev.in_chans, *ev.image_hw), f"branch{i}")
+    part = model.branches[i] if hasattr(model, "branches") else model  # k=1: the unsplit network is the one part
+    return graph_from_model(part, (ev.in_chans, *ev.image_hw), f"branch{i}")
 
 
-def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress) -> dict:
+def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress, images: int | None = None) -> dict:
     """Allocate; then, from the highest throughput down, train each split shape (at most
     :data:`MAX_TRAINED_OPTIONS` of them) and check its fixed-point validation accuracy at the option's
     per-branch widths until one reaches the floor; export it and write plan.yaml."""
@@ -215,10 +217,10 @@ def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress) ->
                 r["run_dir"] = trained[shape]
             elif len(trained) < MAX_TRAINED_OPTIONS:
                 kw = {**chosen.model_kwargs(), "k": o["k"], "branch_widths": o["shares"]}
-                run = out / f"split{o['k']}_{'-'.join(f'{s:.3f}' for s in shape)}_e{epochs}"
+                run = out / f"split{o['k']}_{'-'.join(f'{s:.3f}' for s in shape)}_e{epochs}_n{images}"
                 progress(f"training the {o['k']}-branch split (shares {', '.join(f'{s:.2f}' for s in shape)}) for {epochs} epoch(s)")
                 r = train_final(ev, "bundlenet-split", kw, chosen.input_size(ev.image_hw), epochs, run, bits, progress,
-                                cfg.final_images, quant_overrides(o))
+                                images, quant_overrides(o))
                 trained[shape] = r["run_dir"]
             else:
                 continue

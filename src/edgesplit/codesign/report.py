@@ -47,11 +47,14 @@ def report_markdown(result: dict) -> str:
     lines = [f"# Co-design for {result['device']}", "",
              f"Targets: >= {t['fps']:g} FPS" + (f", <= {t['max_watts']:g} W" if t.get("max_watts") else "")
              + f". Search: {result['evaluated']} candidates costed, {result['trained_proxies']} trained briefly in "
-             f"{result['search_time_s'] / 60:.1f} min; {result['wall_time_s'] / 60:.1f} min in all with finalists, "
-             "baselines and fleet (summed over the sessions of a resumed search).", "",
+             f"{result['search_time_s'] / 60:.1f} min on {result['proxy_images']} training images each; "
+             f"{result['wall_time_s'] / 60:.1f} min in all with finalists, baselines and fleet (summed over the sessions "
+             f"of a resumed search), of a {result['time_budget_s'] / 60:.1f} min budget.", "",
              f"Bundles on the Pareto front: {', '.join(result['bundles']['pareto'])} "
              f"(of {', '.join(result['bundles']['evaluated'])}).", "",
-             "## Finalists (trained on the full training set)", "",
+             f"## Finalists (trained {result['final_epochs']} epoch(s) on {result['final_images']:,} training images"
+             + (", the whole training split)" if result["final_images"] >= result.get("train_split_images", 0) else
+                f" of the {result['train_split_images']:,} of the training split: what the budget allowed)"), "",
              "| network | bits | FPS | DSP | BRAM18 | LUT | W | val top-1 | test top-1 (fixed) | test top-1 (float) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for f in result["finalists"]:
@@ -64,7 +67,7 @@ def report_markdown(result: dict) -> str:
               f"W{c['wbits']}/F{c['fbits']}, input x{c['resize']:g}; trained {result['chosen']['epochs']} epoch(s). "
               "Files: `chosen/` (network.json, checkpoint.pt, export/, accelerator.json)."]
     if result.get("baselines"):
-        lines += ["", "## Hand-made baselines (same recipe, same device)", "",
+        lines += ["", f"## Hand-made baselines (same recipe on {result['extra_images']:,} training images, same device)", "",
                   "| model | bits | FPS | meets target | test top-1 (fixed) | test top-1 (float) |", "|---|---|---|---|---|---|"]
         for b in result["baselines"]:
             lines.append(f"| {b['model']} | W{b['wbits']}/F{b['fbits']} | {b['hardware']['fps']:.1f} | "

@@ -12,22 +12,28 @@ The co-design seed's three steps, with the hardware model in the loop:
    that meets the targets, and minus its distance to the targets otherwise, so the
    walk first moves into the feasible region (hardware model only, no training),
    then climbs in accuracy inside it.
-3. **Finalists.** The best distinct architectures are trained longer on the full
-   training set; the one with the best quantized validation accuracy is chosen, and
-   its test accuracy is reported (the test set is used only here).
+3. **Finalists.** The best distinct architectures are trained longer, on as many
+   training images and epochs as the budget allows; the one with the best quantized
+   validation accuracy is chosen, and its test accuracy is reported (the test set is
+   used only here).
+
+The time budget is kept stage by stage (:mod:`edgesplit.codesign.budget`): the run
+first measures its own training speed, refuses a budget too small for one candidate
+per bundle, and sizes every training to its stage's share.
 
 A fleet (``--fleet``) then gets the chosen network split over its devices
 (:mod:`edgesplit.codesign.fleet`).
 """
 from __future__ import annotations
 
-import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from edgesplit.codesign import budget
+from edgesplit.codesign.budget import Shares
 from edgesplit.codesign.evaluate import Evaluator, Journal, Progress, ProxyTraining, Targets, train_final
 from edgesplit.codesign.space import COORDINATES, Candidate, SearchSpace, neighbours, pareto_front, prototype
 from edgesplit.errors import EdgesplitError
@@ -47,7 +53,6 @@ class CodesignConfig:
     max_watts: float | None = None
     arch: str = "bundle"
     bundles: tuple[str, ...] | None = None  # None: the whole layer pool
-    explore_share: float = 0.6  # of the time budget, for steps 1-2; the rest trains the finalists
     finalists: int = 2
     final_epochs: int | None = None  # None: as many as the remaining budget allows (at least 1, at most 10)
     final_images: int | None = None  # None: the whole training split (a subset for quick runs and tests)
@@ -63,8 +68,6 @@ class CodesignConfig:
             raise EdgesplitError(f"--target-fps must be positive, got {self.target_fps}")
         if self.time_budget_s <= 0:
             raise EdgesplitError(f"--time-budget must be positive, got {self.time_budget_s} s")
-        if not 0 < self.explore_share < 1:
-            raise EdgesplitError(f"explore share must be in (0, 1), got {self.explore_share}")
         if self.finalists < 1:
             raise EdgesplitError(f"--finalists must be at least 1, got {self.finalists}")
         if self.final_images is not None and self.final_images < 1:
@@ -91,8 +94,10 @@ def _fmt_time(s: float) -> str:
 class Search:
     """Steps 1-3 over one :class:`Evaluator`; every evaluation is appended to the journal's trace."""
 
-    def __init__(self, cfg: CodesignConfig, evaluator: Evaluator, space: SearchSpace, progress: Progress):
+    def __init__(self, cfg: CodesignConfig, evaluator: Evaluator, space: SearchSpace, progress: Progress,
+                 shares: Shares | None = None):
         self.cfg, self.ev, self.space, self.progress = cfg, evaluator, space, progress
+        self.shares = shares or Shares.for_run(bool(cfg.baselines or cfg.fleet))
         self.journal = evaluator.journal
         self.rng = np.random.default_rng(cfg.seed)
         self.records: dict[str, dict] = {}
@@ -118,14 +123,23 @@ class Search:
 
     @property
     def explore_budget_s(self) -> float:
-        return self.cfg.time_budget_s * self.cfg.explore_share
+        return self.cfg.time_budget_s * self.shares.explore
 
-    def select_bundles(self) -> list[str]:
-        bundles = self.cfg.bundles or self.space.bundles
+    def bundles(self) -> list[str]:
+        bundles = list(self.cfg.bundles or self.space.bundles)
         unknown = [b for b in bundles if b not in self.space.bundles]
         if unknown:
             raise EdgesplitError(f"unknown bundle(s) {unknown}; choose from {', '.join(self.space.bundles)}")
-        recs = [self.evaluate(prototype(b), "bundle") for b in bundles]
+        return bundles
+
+    def select_bundles(self) -> list[str]:
+        bundles, recs = [], []
+        for b in self.bundles():  # in order, while the exploration's share lasts (at least one)
+            if recs and self.journal.spent_s >= self.explore_budget_s:
+                self.progress(f"the exploration's share of the budget is spent: bundles {', '.join(bundles)} only")
+                break
+            bundles.append(b)
+            recs.append(self.evaluate(prototype(b), "bundle"))
         # a prototype that misses the targets still ranks by its accuracy here: the descent can shrink it
         for rec in recs:
             if "accuracy" not in rec:
@@ -201,15 +215,6 @@ class Search:
         return chosen
 
 
-def final_epochs(cfg: CodesignConfig, finalists: list[dict], remaining_s: float, train_images: int) -> int:
-    """Epochs that fit ``remaining_s`` for all finalists, from their measured proxy training speed."""
-    if cfg.final_epochs:
-        return cfg.final_epochs
-    s_per_image = [r["accuracy"]["train_s"] / r["accuracy"]["train_images"] for r in finalists]
-    epoch_s = sum(s_per_image) * train_images
-    return int(max(1, min(10, math.floor(remaining_s / max(epoch_s, 1e-9)))))
-
-
 def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
                  progress: Progress = lambda s: None, space: SearchSpace = SearchSpace()) -> dict:
     from edgesplit.hardware.catalog import get_device
@@ -222,6 +227,7 @@ def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
     journal_path = out_dir / "search.json"
     if journal_path.exists() and not resume:
         raise EdgesplitError(f"{out_dir} already holds a search; add --resume to continue it or choose another --out")
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     journal = Journal(journal_path, cfg.header())
     ev = Evaluator(device, Targets(cfg.target_fps, cfg.max_watts), journal, out_dir, cfg.dataset, cfg.data_dir,
@@ -229,41 +235,73 @@ def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
     search = Search(cfg, ev, space, progress)
     progress(f"co-design for {device.name} at >= {cfg.target_fps:g} FPS"
              + (f" and <= {cfg.max_watts:g} W" if cfg.max_watts else "") + f"; budget {_fmt_time(cfg.time_budget_s)}")
+    bundles, shares = search.bundles(), search.shares
+    speed = ev.probe(prototype(bundles[0]))
+    final_eval_images = len(ev.val_idx) + ev.test_images()
+    try:
+        budget.check_budget(cfg.time_budget_s, shares, speed, len(bundles), cfg.proxy.val_images, cfg.finalists,
+                            final_eval_images)
+    except EdgesplitError:
+        if not journal.data["trace"]:  # nothing searched yet: leave nothing behind, so the same --out can be used again
+            shutil.rmtree(out_dir) if created else (journal_path.unlink(), shutil.rmtree(out_dir / "probe", ignore_errors=True))
+        raise
+    sizes = journal.data.setdefault("budget", {})
+    if "proxy_images" not in sizes:  # a resumed search keeps the size its candidates were trained at
+        sizes["proxy_images"] = max(1, budget.proxy_images(cfg.time_budget_s, shares, speed, len(bundles),
+                                                           cfg.proxy.samples, cfg.proxy.val_images))
+        journal.save()
+    ev.proxy = replace(ev.proxy, samples=sizes["proxy_images"])
+    progress(f"measured {speed.train_s_per_image * 1e3:.1f} ms per training image, {speed.eval_s_per_image * 1e3:.2f} ms "
+             f"per scored image: each candidate trains on {ev.proxy.samples} images")
     front = search.select_bundles()
     search.descend(front)
     finalists = search.finalists()
     # the search phase's time, fixed when it first ends (a resumed run adds finalists, baselines and fleet to spent_s)
     search_time_s = journal.data["phases"].setdefault("search_time_s", journal.spent_s)
     journal.save()
-    remaining = cfg.time_budget_s - search_time_s
-    final_images = min(cfg.final_images or len(ev.train_idx), len(ev.train_idx))
-    epochs = final_epochs(cfg, finalists, remaining, final_images)
-    progress(f"training {len(finalists)} finalist(s) for {epochs} epoch(s) on {final_images} images")
+    remaining = cfg.time_budget_s * (shares.explore + shares.finals) - search_time_s
+    available = min(cfg.final_images or len(ev.train_idx), len(ev.train_idx))
+    s_per_image = [r["accuracy"]["train_s"] / r["accuracy"]["train_images"] for r in finalists]
+    epochs, final_images = budget.final_sizes(remaining, s_per_image, speed, final_eval_images, available, cfg.final_epochs)
+    progress(f"training {len(finalists)} finalist(s) for {epochs} epoch(s) on {final_images} images "
+             f"({_fmt_time(max(remaining, 0))} left for them)")
     finals = []
     for rec in finalists:
         c = Candidate.from_dict(rec["candidate"])
         result = train_final(ev, "bundlenet", c.model_kwargs(), c.input_size(ev.image_hw), epochs,
-                             out_dir / "finalists" / f"{c.arch_key}_e{epochs}", (c.wbits, c.fbits), progress,
-                             cfg.final_images)
+                             out_dir / "finalists" / f"{c.arch_key}_e{epochs}_n{final_images}", (c.wbits, c.fbits),
+                             progress, final_images)
         hw = ev.hardware(c, fine=True)
-        finals.append({"candidate": c.to_dict(), "key": c.key, "proxy": rec["accuracy"], "hardware": hw, **result})
+        finals.append({"candidate": c.to_dict(), "key": c.key, "proxy": rec["accuracy"], "hardware": hw,
+                       "train_images": final_images, **result})
         progress(f"  {c.key}: val {result['val']['ptq_top1']:.4f}, test {result['test']['ptq_top1']:.4f} "
                  f"(float {result['test']['float_top1']:.4f}), {hw['fps']:.1f} FPS")
     journal.data["finals"] = finals
     journal.save()
     chosen = max(finals, key=lambda f: f["val"]["ptq_top1"])
     result = {"device": device.name, "targets": {"fps": cfg.target_fps, "max_watts": cfg.max_watts},
+              "time_budget_s": cfg.time_budget_s, "speed": asdict(speed), "proxy_images": ev.proxy.samples,
+              "final_epochs": epochs, "final_images": final_images, "train_split_images": len(ev.train_idx),
               "search_time_s": search_time_s, "evaluated": len(search.records),
               "trained_proxies": len({Candidate.from_dict(r["candidate"]).arch_key for r in search.records.values()
                                       if "accuracy" in r}),
               "bundles": journal.data["phases"]["bundles"], "finalists": finals, "chosen": chosen}
     _write_chosen(ev, chosen, out_dir / "chosen")
+    if cfg.baselines or cfg.fleet:
+        from edgesplit.codesign.fleet import MAX_TRAINED_OPTIONS
+
+        extras_s = cfg.time_budget_s * (1 - shares.wrapup) - journal.spent_s
+        trainings = [_baseline_macs(ev, name) for name in dict.fromkeys(SAME_NETWORK.get(b, b) for b in cfg.baselines)]
+        trainings += [chosen["hardware"]["macs"]] * (MAX_TRAINED_OPTIONS if cfg.fleet else 0)
+        extra_images = budget.extra_images(extras_s, speed, trainings, epochs, len(ev.val_idx) + ev.test_images(), available)
+        result["extra_images"] = extra_images
+        progress(f"baselines and fleet splits train on {extra_images} images ({_fmt_time(max(extras_s, 0))} left for them)")
     if cfg.baselines:
-        result["baselines"] = run_baselines(ev, cfg, chosen, epochs, out_dir / "baselines", progress)
+        result["baselines"] = run_baselines(ev, cfg, chosen, epochs, out_dir / "baselines", progress, extra_images)
     if cfg.fleet:
         from edgesplit.codesign.fleet import plan_fleet
 
-        result["fleet"] = plan_fleet(ev, cfg, chosen, epochs, out_dir / "fleet", progress)
+        result["fleet"] = plan_fleet(ev, cfg, chosen, epochs, out_dir / "fleet", progress, extra_images)
     result["wall_time_s"] = journal.spent_s
     journal.data["result"] = {k: v for k, v in result.items() if k != "finalists"}
     journal.save()
@@ -299,7 +337,16 @@ BASELINE_BITS = {"bundlenet-a": (16, 8), "bundlenet-b": (16, 16), "bundlenet-c":
 SAME_NETWORK = {"bundlenet-b": "bundlenet-a"}  # DNN-B is DNN-A at other bit widths: one training serves both
 
 
-def run_baselines(ev: Evaluator, cfg: CodesignConfig, chosen: dict, epochs: int, out: Path, progress: Progress) -> list:
+def _baseline_macs(ev: Evaluator, name: str) -> int:
+    from edgesplit.hardware.graph import graph_from_model
+    from edgesplit.models import create_model
+
+    kw = {"num_classes": ev.num_classes, "in_chans": ev.in_chans, "input_size": ev.image_hw}
+    return int(graph_from_model(create_model(name, **kw), (ev.in_chans, *ev.image_hw), name).macs)
+
+
+def run_baselines(ev: Evaluator, cfg: CodesignConfig, chosen: dict, epochs: int, out: Path, progress: Progress,
+                  images: int) -> list:
     """Hand-made networks trained with the finalists' recipe, costed on the same device (at the chosen bits,
     or the seed's bits for DNN-A/B/C)."""
     from edgesplit.hardware.graph import graph_from_model
@@ -314,8 +361,8 @@ def run_baselines(ev: Evaluator, cfg: CodesignConfig, chosen: dict, epochs: int,
         hw.pop("estimate", None)
         progress(f"baseline {name}: {hw['fps']:.1f} FPS on {ev.device.name} at W{bits[0]}/F{bits[1]}; training {epochs} epoch(s)")
         trained_as = SAME_NETWORK.get(name, name)
-        result = train_final(ev, trained_as, {}, ev.image_hw, epochs, out / f"{trained_as}_e{epochs}", bits, progress,
-                             cfg.final_images)
+        result = train_final(ev, trained_as, {}, ev.image_hw, epochs, out / f"{trained_as}_e{epochs}_n{images}", bits,
+                             progress, images)
         rows.append({"model": name, "hardware": hw, "meets_target": ev.targets.violation(hw) == 0, **result})
         progress(f"  {name}: test {result['test']['ptq_top1']:.4f} (float {result['test']['float_top1']:.4f})")
     return rows
