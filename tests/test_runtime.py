@@ -388,3 +388,85 @@ def test_malformed_protobuf_is_invalid_argument_and_logs_nothing(cluster):
     assert asyncio.run(go()) == ["INVALID_ARGUMENT"] * len(payloads)
     assert "Traceback" not in w.log_path.read_text()[len(before):]
     assert _worker_call(w.address, "branch0", {"input": np.zeros((1, 1, 28, 28), np.float32)}).outputs["features"].shape[0] == 1
+
+
+def test_swapped_addresses_fail_at_once_with_the_servers_answer(tiny_export, cluster):
+    """A plan whose two branch addresses are swapped: each server answers, but serves the other branch; the
+    coordinator says so at once (not a 30 s wait and 'not ready'), over gRPC and over the Unix socket."""
+    for attr in ("address", "plan_address"):
+        a, b = (getattr(cluster.workers[p], attr) for p in ("branch0", "branch1"))
+        plan = load_plan_dict(tiny_export, {"branch0": b, "branch1": a})
+        t0 = time.monotonic()
+        with pytest.raises(PartUnavailable) as err:
+            edgesplit.connect(plan, wait_ready_s=30)
+        assert time.monotonic() - t0 < 10
+        assert "this server has: branch1" in str(err.value) and "check the plan's addresses" in str(err.value)
+
+
+def load_plan_dict(export, addresses):
+    from edgesplit.runtime.plan import PartPlacement, Plan
+
+    return Plan(str(export), tuple(PartPlacement(p, (addr,)) for p, addr in addresses.items()), timeout_ms=5000)
+
+
+def test_serve_starts_degraded_and_takes_the_part_in_when_it_comes_up(tiny_export, tmp_path, images):
+    import socket as socketlib
+
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    with LocalCluster(tiny_export, parts=["branch0"], pin=False) as c:
+        plan = load_plan_dict(tiny_export, {"branch0": c.workers["branch0"].address, "branch1": f"127.0.0.1:{free}"})
+        plan_path = tmp_path / "plan.yaml"
+        plan = type(plan)(**{**plan.__dict__, "probe_interval_ms": 200})
+        plan.write(plan_path)
+        proc = subprocess.Popen([sys.executable, "-m", "edgesplit", "serve", "--plan", str(plan_path), "--port", "0",
+                                 "--wait-ready-s", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = proc.stdout.readline()
+            assert line.startswith("EDGESPLIT-SERVE-READY"), proc.stderr.read() if proc.poll() is not None else line
+            port = int(line.split("port=")[1])
+            x = {"input": nchw(images[:1])}
+            assert _worker_call(f"127.0.0.1:{port}", "resnet18-split2", x).parameters.get("degraded")
+            late = LocalCluster(tiny_export, parts=["branch1"], pin=False)
+            late.start_worker("branch1", port=free)  # the missing device comes up
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if not _worker_call(f"127.0.0.1:{port}", "resnet18-split2", x).parameters.get("degraded"):
+                    break
+                time.sleep(0.3)
+            else:
+                pytest.fail("the part that came up was never taken in")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            if "late" in locals():
+                late.stop()
+            err = proc.stderr.read()
+            proc.stdout.close()
+            proc.stderr.close()
+    assert "starting without branch1" in err and "unreachable" in err
+
+
+def test_waiting_for_a_dead_worker_says_what_it_waits_for(tiny_export, cluster, caplog):
+    import logging
+    import socket as socketlib
+
+    from edgesplit.runtime.coordinator import remote_coordinator
+
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    plan = load_plan_dict(tiny_export, {"branch0": cluster.workers["branch0"].address, "branch1": f"127.0.0.1:{free}"})
+
+    async def go():
+        coord = remote_coordinator(plan)
+        try:
+            await coord.wait_ready(2.0, progress_every_s=0.5)
+        finally:
+            await coord.close()
+
+    with caplog.at_level(logging.WARNING), pytest.raises(PartUnavailable, match=f"not ready after 2 s: branch1 at 127.0.0.1:{free}: unreachable"):
+        asyncio.run(go())
+    waiting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for")]
+    assert len(waiting) >= 2 and all(f"branch1 at 127.0.0.1:{free}: unreachable" in m for m in waiting)

@@ -352,8 +352,10 @@ def cmd_serve(args) -> None:
     if args.poll_ms < 0 or (args.poll_ms and not args.local):
         raise EdgesplitError("--poll-ms takes 0 or more milliseconds and only goes with --local (for remote workers, "
                              "pass it to `edgesplit worker`)")
+    if args.wait_ready_s <= 0:
+        raise EdgesplitError(f"--wait-ready-s must be positive, got {args.wait_ready_s}")
     asyncio.run(serve(args.plan, args.local, args.host, args.port, _server_security(args), _server_limits(args),
-                      args.poll_ms))
+                      args.poll_ms, args.wait_ready_s))
 
 
 def cmd_plan(args) -> None:
@@ -819,6 +821,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8001, help='KServe v2 gRPC port (default 8001; 0: any free one)')
     s.add_argument("--poll-ms", type=float, default=0.0,
                    help="with --local: the workers' --poll-ms (poll for the next request this long after each answer)")
+    s.add_argument("--wait-ready-s", type=float, default=30.0,
+                   help="wait this long for every worker (progress every 5 s); then a plan with on_missing: degrade "
+                        "starts without the missing ones and takes each in when it comes up, and one with fail stops "
+                        "(default 30)")
     _security_args(s)
     _limits_args(s)
     s.set_defaults(func=cmd_serve)

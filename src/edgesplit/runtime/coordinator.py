@@ -357,25 +357,42 @@ class Coordinator:
                 next(stages)  # the head ran blockwise within that stage
         return InferResult({"logits": x}, report.parameters())
 
-    async def wait_ready(self, timeout_s: float = 30.0, require_all: bool = True) -> None:
-        """Wait until every replica reports its model ready. With ``require_all=False``, replicas still not
-        ready after ``timeout_s`` start out unhealthy (skipped, probed, re-admitted when ready)."""
-        deadline = time.monotonic() + timeout_s
+    async def wait_ready(self, timeout_s: float = 30.0, require_all: bool = True, progress_every_s: float = 5.0) -> None:
+        """Wait until every replica reports its model ready, saying every ``progress_every_s`` what it still waits
+        for and why. A server that answers without the model (a plan's addresses swapped) fails at once with its
+        answer. With ``require_all=False``, replicas still not ready after ``timeout_s`` (or serving another model)
+        start out unhealthy (skipped, probed, re-admitted when ready)."""
+        t0 = time.monotonic()
+        deadline, next_report = t0 + timeout_s, t0 + progress_every_s
         pending = [(n, h) for n, hs in self.peers.items() for h in hs]
         while pending:
             ok = await asyncio.gather(*(h.peer.ready() for _, h in pending))
             pending = [nh for nh, good in zip(pending, ok) if not good]
-            if pending and time.monotonic() > deadline:
-                names = ", ".join(f"{n} at {h.peer.address}" for n, h in pending)
+            if not pending:
+                return
+            now = time.monotonic()
+            if now >= next_report or now > deadline:
+                reasons = await asyncio.gather(*(_reason(h.peer) for _, h in pending))
+                wrong = [f"{n} at {h.peer.address}: the server answers {text}" for (n, h), (kind, text)
+                         in zip(pending, reasons) if kind == "refused"]
+                if wrong and require_all:
+                    raise PartUnavailable("; ".join(wrong) + "; check the plan's addresses (and tokens)")
+                if now <= deadline and not wrong:
+                    log.warning("waiting for %s (%.0f of %.0f s)", "; ".join(f"{n} at {h.peer.address}: {kind} ({text})"
+                                                                      for (n, h), (kind, text) in zip(pending, reasons)),
+                                now - t0, timeout_s)
+                    next_report = now + progress_every_s
+                    await asyncio.sleep(0.1)
+                    continue
+                names = "; ".join(f"{n} at {h.peer.address}: {kind} ({text})" for (n, h), (kind, text) in zip(pending, reasons))
                 if require_all:
                     raise PartUnavailable(f"not ready after {timeout_s:.0f} s: {names}")
-                log.warning("starting without %s (not ready); probing", names)
+                log.warning("starting without %s; probing, and taking each in when it is ready", names)
                 for n, h in pending:
                     h.failures, h.healthy = self.plan.unhealthy_after, False
                     h.probing = asyncio.ensure_future(self._probe(h, n))
                 return
-            if pending:
-                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)
 
     async def close(self) -> None:
         self._closed = True
@@ -386,6 +403,12 @@ class Coordinator:
                 await h.peer.close()
         if self.ring is not None:
             self.ring.close()
+
+
+async def _reason(peer) -> tuple[str, str]:
+    """Why ``peer`` is not ready, (kind, text), from the peer if it can tell (edgesplit's peers can)."""
+    reason = getattr(peer, "not_ready_reason", None)
+    return await reason() if reason is not None else ("unreachable", "not ready")
 
 
 class _StageRun:

@@ -16,8 +16,9 @@ READY_LINE = "EDGESPLIT-SERVE-READY"
 
 
 async def serve(plan_path: str | None, local_export: str | None, host: str, port: int, security: ServerSecurity,
-                limits: ServerLimits = ServerLimits(), worker_poll_ms: float = 0.0) -> None:
-    """``worker_poll_ms``: the local workers' ``--poll-ms`` (``local_export`` only)."""
+                limits: ServerLimits = ServerLimits(), worker_poll_ms: float = 0.0, wait_ready_s: float = 30.0) -> None:
+    """``worker_poll_ms``: the local workers' ``--poll-ms`` (``local_export`` only). ``wait_ready_s``: how long to
+    wait for every worker; then a plan with ``on_missing: degrade`` starts without the missing ones."""
     security.check_bind(host)
     cluster = LocalCluster(local_export, poll_ms=worker_poll_ms).start() if local_export else None
     try:
@@ -26,7 +27,8 @@ async def serve(plan_path: str | None, local_export: str | None, host: str, port
             defer_to_workers()  # this thread runs the coordinator (gRPC's own threads are left as they are)
         coordinator = remote_coordinator(plan)
         try:
-            await coordinator.wait_ready()
+            # a plan that degrades without a part also starts without it (probed, taken in when it comes up)
+            await coordinator.wait_ready(wait_ready_s, require_all=plan.on_missing == "fail")
             server = KServeServer([coordinator], host, port, security, limits, server_name="edgesplit-coordinator")
             await server.serve_until_signalled(f"{READY_LINE} model={coordinator.meta.name} port={{port}}")
         finally:

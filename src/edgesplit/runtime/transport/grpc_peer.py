@@ -93,6 +93,20 @@ class GrpcPeer:
         except grpc.aio.AioRpcError:
             return False
 
+    async def not_ready_reason(self, timeout_s: float = 1.0) -> tuple[str, str]:
+        """Why :meth:`ready` is False, as (kind, text): ``unreachable``; ``refused``, with the server's answer (a
+        server without the model says so, and an edgesplit server names the ones it has; a wrong token); or
+        ``loading`` (the model is there, not ready yet)."""
+        try:
+            r = await self._stub.ModelReady(pb.ModelReadyRequest(name=self.model_name), timeout=timeout_s, metadata=self._metadata)
+            if r.ready:
+                return "ready", "ready"
+            await self._stub.ModelMetadata(pb.ModelMetadataRequest(name=self.model_name), timeout=timeout_s, metadata=self._metadata)
+            return "loading", "the model is not ready yet"
+        except grpc.aio.AioRpcError as err:
+            refused = err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
+            return ("refused" if refused else "unreachable"), f"{err.code().name}: {err.details()}"
+
     async def server_ready(self, timeout_s: float = 1.0) -> bool:
         try:
             return (await self._stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s, metadata=self._metadata)).ready

@@ -12,7 +12,8 @@ that answers gRPC calls (``transport/calls.py``). A frame is a header
 ``<body bytes: u32><kind: u8><call id: u64>`` and a body:
 
     INFER    -> RESULT | FAILED    body: ModelInferRequest -> ModelInferResponse | b"STATUS\\nmessage"
-    READY    -> READY_ANSWER       body: model name -> b"\\x01" or b"\\x00"
+    READY    -> READY_ANSWER       body: model name -> b"\\x01", or b"\\x00" (then, for a model the server does not
+                                   have, the server's message saying which it has)
     CANCEL                         the call id's handler is cancelled (the caller stopped waiting)
     REGISTER -> REGISTERED | FAILED  body: b"name\\npath\\nbyte_size": map a shared-memory region for this
                                    connection's requests (``runtime/shm.py``: the input broadcast)

@@ -218,6 +218,17 @@ class UnixSocketPeer:
             return False
         return kind == READY_ANSWER and answer == b"\x01"
 
+    async def not_ready_reason(self, timeout_s: float = 1.0) -> tuple[str, str]:
+        """Why :meth:`ready` is False, as (kind, text): ``unreachable``; ``refused``, with the server's answer (a
+        server without the model names the ones it has); or ``loading`` (the model is there, not ready yet)."""
+        try:
+            kind, answer = await self._call(READY, self.model_name.encode(), timeout_s)
+        except (PartUnavailable, DeadlineExceeded) as err:
+            return "unreachable", str(err)
+        if kind == READY_ANSWER and answer[1:]:
+            return "refused", answer[1:].decode(errors="replace")
+        return ("ready", "ready") if answer == b"\x01" else ("loading", "the model is not ready yet")
+
     async def close(self) -> None:
         if self._conn is not None:
             await self._conn.close()

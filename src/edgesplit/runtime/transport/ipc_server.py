@@ -24,7 +24,7 @@ from edgesplit.runtime.model import ServedModel, runs_inline
 from edgesplit.runtime.shm import RegionMap
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
-from edgesplit.runtime.transport.calls import Call, CallFailed, answer_call, answer_call_now, decode_call
+from edgesplit.runtime.transport.calls import Call, CallFailed, answer_call, answer_call_now, decode_call, unknown_model
 from edgesplit.runtime.transport.ipc import (CANCEL, FAILED, INFER, READY, READY_ANSWER, REGISTER, REGISTERED, RESULT,
                                              SCHEME, FrameReader, _accepting, _frame)
 from edgesplit.runtime.transport.limits import (PEAK_BYTES_PER_WIRE_BYTE, InflightBudget, ServerLimits,
@@ -231,8 +231,10 @@ class _ServerConnection(asyncio.Protocol):
                 server._calls.add(task)
                 task.add_done_callback(lambda t, cid=call_id: (self.calls.pop(cid, None), server._calls.discard(t)))
             elif kind == READY:
-                m = server.models.get(body.decode(errors="replace"))
-                self.write(_frame(READY_ANSWER, call_id, b"\x01" if m is not None and m.ready() else b"\x00"))
+                name = body.decode(errors="replace")
+                m = server.models.get(name)
+                answer = (b"\x01" if m.ready() else b"\x00") if m is not None else b"\x00" + unknown_model(name, server.models).encode()
+                self.write(_frame(READY_ANSWER, call_id, answer))
             elif kind == CANCEL:
                 if call_id in self.calls:
                     self.calls[call_id].cancel()
