@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -61,7 +62,7 @@ def test_models_and_profile_json(tmp_path):
     (("predict", "{tmp}", "x.png"), "has no manifest.json"),
     (("train", "resnet18", "--model-arg", "width", "--out", "{tmp}/r"), "bad --model-arg"),
     (("train", "resnet18", "--model-arg", "depth=3", "--out", "{tmp}/r"), "has no argument depth; its arguments: stem"),
-    (("train", "resnet18", "--input-size", "32", "--out", "{tmp}/r"), "bad --input-size"),
+    (("train", "resnet18", "--input-size", "32", "--out", "{tmp}/r"), "bad --input"),
     (("train", "resnet18", "--epochs", "0", "--out", "{tmp}/r"), "--epochs must be at least 1"),
     (("train", "resnet18-split2", "--branch-dropout", "1.5", "--out", "{tmp}/r"), "--branch-dropout must be in"),
     (("serve", "--plan", "{tmp}/plan.yaml", "--poll-ms", "2"), "only goes with --local"),
@@ -89,8 +90,13 @@ def test_export_and_predict_cli(tiny_run, tmp_path):
     assert "branch0.onnx, branch1.onnx, head.onnx" in proc.stdout
     img = load_dataset("fashion-mnist", "test").data[0, :, :, 0]
     Image.fromarray(img).save(tmp_path / "x.png")
-    out = run("predict", str(tmp_path / "e"), str(tmp_path / "x.png"), check_rc=0).stdout
-    assert out.count(",") == 2  # top-3 classes
+    proc = run("predict", str(tmp_path / "e"), str(tmp_path / "x.png"), check_rc=0)
+    assert proc.stdout.count(",") == 2 and "note:" not in proc.stderr  # top-3 classes; a 28x28 grey image as it is
+    Image.fromarray(np.stack([np.kron(img, np.ones((2, 3), np.uint8))] * 3, axis=-1)).save(tmp_path / "rgb.png")
+    proc = run("predict", str(tmp_path / "e"), str(tmp_path / "rgb.png"), check_rc=0)
+    assert proc.stdout.count(",") == 2
+    assert ("converted from RGB to grey and resized from 84x56 to 28x28 (squashed: the aspect ratio is not kept)"
+            in proc.stderr)
     with open(tmp_path / "e" / "head.onnx", "ab") as f:
         f.write(b"x")
     assert_one_line_error(run("predict", str(tmp_path / "e"), str(tmp_path / "x.png")), "sha256")
@@ -169,6 +175,10 @@ def test_every_option_of_every_subcommand_has_help():
                     yield from undocumented(sub, (*path, name))
             elif not action.help and action.dest != "help":
                 yield " ".join(path) + " " + (action.option_strings[0] if action.option_strings else action.dest)
+            elif action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                shown = parser._get_formatter()._get_help_string(action)
+                if "default" not in shown:  # every default is in the help a user reads (written, or appended)
+                    yield " ".join(path) + " " + action.option_strings[0] + " (default not shown)"
 
     assert list(undocumented(build_parser())) == []
 
@@ -191,3 +201,25 @@ sys.stderr.write(f"code={main(['models', '--input', '1x28x28'])}\\n")
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "code=0" in proc.stderr and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_json_means_the_same_in_every_command(tmp_path):
+    """`--json` alone: the JSON alone on stdout (the summary on stderr); `--json FILE`: the file, and the summary."""
+    alone = run("devices", "--json", check_rc=0)
+    assert "pynq-z1" in json.loads(alone.stdout) and "description" in alone.stderr
+    to_file = run("devices", "--json", str(tmp_path / "d.json"), check_rc=0)
+    assert "description" in to_file.stdout and "pynq-z1" in json.loads((tmp_path / "d.json").read_text())
+    import argparse
+
+    from edgesplit.cli import build_parser
+
+    def json_options(parser, path=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from json_options(sub, (*path, name))
+            elif "--json" in action.option_strings:
+                yield " ".join(path), action.nargs, action.const
+
+    options = list(json_options(build_parser()))
+    assert len(options) >= 14 and all(o[1:] == ("?", "-") for o in options), options

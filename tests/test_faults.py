@@ -214,3 +214,26 @@ def test_plan_spreads_coded_blocks_one_per_device(coded_head_export):
     assert {where["branch0"][0], where["branch1"][0]} == {"c:1", "d:1"}  # branches on the fastest devices
     assert sorted(where[f"head_fc.{j}"][0] for j in range(4)) == ["a:1", "b:1", "c:1", "d:1"]  # one block each
     assert sorted(n for names in parts_by_address(plan).values() for n in names) == sorted(where)
+
+
+def test_plan_refuses_to_put_more_blocks_on_a_device_than_the_code_can_lose(coded_head_export, tmp_path):
+    """3 data + 1 parity blocks need 4 devices for one per device: on 3, one device would hold 2 and losing it
+    would degrade every answer. The refusal says what the code needs; with enough devices the output says what
+    can be lost."""
+    import subprocess
+    import sys
+
+    from edgesplit.errors import EdgesplitError
+    from edgesplit.runtime.plan import coded_tolerance, make_plan
+
+    _, export = coded_head_export
+    with pytest.raises(EdgesplitError, match="would put 2 blocks on one device, more than the 1 the code can lose; give "
+                                             "at least 4 worker addresses"):
+        make_plan(str(export), ["a:1", "b:1", "c:1"])
+    plan = make_plan(str(export), [f"h{i}:1" for i in range(4)])
+    assert coded_tolerance(plan) == ["head_fc: 3 data + 1 parity blocks on 4 device(s), at most 1 per device: any 1 "
+                                     "device(s) can be lost without a degraded answer"]
+    proc = subprocess.run([sys.executable, "-m", "edgesplit", "plan", str(export), "--workers", "a:1", "b:1", "c:1",
+                           "--out", str(tmp_path / "p.yaml")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "at least 4" in proc.stderr
+    assert not (tmp_path / "p.yaml").exists()

@@ -7,6 +7,7 @@ the subcommand that needs them, so ``edgesplit worker`` never loads torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -19,10 +20,13 @@ from edgesplit.errors import EdgesplitError
 log = logging.getLogger("edgesplit")
 
 
+_JSON_OUT: list = []  # with `--json` and no value: where the JSON goes (the real stdout; see _json_alone)
+
+
 def _write_json(obj, path: str | None) -> None:
     text = json.dumps(obj, indent=2, default=str)
     if path in (None, "-"):
-        print(text)
+        print(text, file=_JSON_OUT[-1] if _JSON_OUT else sys.stdout)
     else:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text + "\n")
@@ -62,8 +66,8 @@ def cmd_models(args) -> None:
         model = create_model(name, num_classes=args.num_classes, in_chans=shape[0], input_size=shape[1:])
         p = profile_model(model, shape, name)
         rows.append({"model": name, "params": p.params, "macs": p.macs, "branches": max(1, len(p.branches) - 1)})
-    if args.json:
-        return _write_json({"input_shape": list(shape), "num_classes": args.num_classes, "models": rows}, args.json)
+    if args.json:  # the summary follows (on stderr when the JSON goes to stdout)
+        _write_json({"input_shape": list(shape), "num_classes": args.num_classes, "models": rows}, args.json)
     print(f"input {args.input}, {args.num_classes} classes")
     print(f"{'model':<22}{'branches':>9}{'params (M)':>12}{'GMACs':>9}")
     for r in rows:
@@ -84,8 +88,8 @@ def cmd_profile(args) -> None:
         unsplit = create_model(model.unsplit_name, **kw)
         comm = {enc: communication(model, unsplit, shape, nbytes) for enc, nbytes in (("float32", 4), ("uint8", 1))}
         comm["unsplit_model"] = model.unsplit_name
-    if args.json:
-        return _write_json({"profile": prof.to_dict(), "communication": comm}, args.json)
+    if args.json:  # the summary follows (on stderr when the JSON goes to stdout)
+        _write_json({"profile": prof.to_dict(), "communication": comm}, args.json)
     print(f"{args.model} at {args.input}: {prof.params / 1e6:.3f} M parameters, {prof.macs / 1e6:.1f} M MACs")
     print(f"{'layer':<40}{'kind':<18}{'params':>10}{'MMACs':>10}{'act KiB':>10}  out shape")
     for c in prof.layers:
@@ -109,12 +113,22 @@ def cmd_profile(args) -> None:
 
 
 # ---------------------------------------------------------------- train / eval
-def _hw(text: str) -> tuple[int, int]:
+def _train_input(text: str, dataset: str, data_dir: str | None) -> tuple[int, int]:
+    """`train --input` as HxW, or CxHxW as every other command writes it (C must be the dataset's channels)."""
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
+        dims = tuple(int(v) for v in text.lower().split("x"))
+        if len(dims) not in (2, 3) or min(dims) < 1:
+            raise ValueError
     except ValueError:
-        raise EdgesplitError(f"bad --input-size {text!r}; write it as HxW, e.g. 32x32") from None
-    return h, w
+        raise EdgesplitError(f"bad --input {text!r}; write it as HxW or CxHxW, e.g. 32x32 or 1x32x32") from None
+    if len(dims) == 3:
+        from edgesplit.data import load_dataset
+
+        channels = load_dataset(dataset, "train", data_dir).image_shape[0]
+        if dims[0] != channels:
+            raise EdgesplitError(f"--input {text}: {dataset} images have {channels} channel(s), not {dims[0]}; "
+                                 f"write {channels}x{dims[1]}x{dims[2]} or {dims[1]}x{dims[2]}")
+    return dims[-2], dims[-1]
 
 
 def cmd_train(args) -> None:
@@ -122,7 +136,7 @@ def cmd_train(args) -> None:
 
     cfg = TrainConfig(
         model=args.model, dataset=args.data, data_dir=args.data_dir,
-        input_size=_hw(args.input_size) if args.input_size else None,
+        input_size=_train_input(args.input_size, args.data, args.data_dir) if args.input_size else None,
         model_kwargs=_model_kwargs(args), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, branch_dropout=args.branch_dropout,
         augment_pad=args.augment_pad, val_size=args.val_size, max_train_samples=args.max_train_samples,
@@ -177,8 +191,8 @@ def cmd_eval(args) -> None:
         raise EdgesplitError(f"dataset {data} has other classes than the checkpoint was trained on; pass the matching --data")
     report = {"checkpoint": str(args.checkpoint), "model": ckpt["model"], "dataset": data, "split": "test",
               **evaluate(model, dataset, None, pre)}
-    if args.json:
-        return _write_json(report, args.json)
+    if args.json:  # the summary follows (on stderr when the JSON goes to stdout)
+        _write_json(report, args.json)
     print(f"{ckpt['model']} on {data} test ({report['n']} images): top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}")
     for cls, acc in report["per_class"].items():
         print(f"  {cls:<16}{acc:.4f}")
@@ -232,13 +246,16 @@ def cmd_export(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from edgesplit.data.datasets import load_image
+    from edgesplit.data.datasets import conversion_note, load_image
     from edgesplit.runtime.local import LocalModel
 
     model = LocalModel(args.export_dir, threads=args.threads)
     c, h, w = model.manifest.input_shape
     for path in args.images:
         image = load_image(path, (h, w), c)[None]  # (1, H, W, C) uint8
+        note = conversion_note(path, (h, w), c)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         top = model.top_k(image, k=args.top)[0]
         print(f"{path}: " + ", ".join(f"{cls} {p:.3f}" for cls, p in top))
 
@@ -252,7 +269,9 @@ def cmd_demo(args) -> None:
     modes = ("split",) if args.split_only else ("nonsplit",) if args.nonsplit else ("in-process",) if args.in_process else None
     cfg = DemoConfig(work_dir=args.work_dir, data_dir=args.data_dir, limit=args.limit, retrain=args.retrain,
                      images_dir=args.images, interactive=args.interactive, **({"modes": modes} if modes else {}))
-    run_demo(cfg, json_path=args.json)
+    report = run_demo(cfg, json_path=None if args.json == "-" else args.json)
+    if args.json == "-":
+        _write_json(report, "-")
 
 
 # ---------------------------------------------------------------- runtime
@@ -359,7 +378,7 @@ def cmd_serve(args) -> None:
 
 
 def cmd_plan(args) -> None:
-    from edgesplit.runtime.plan import make_plan, parts_by_address
+    from edgesplit.runtime.plan import coded_tolerance, make_plan, parts_by_address
 
     try:
         speeds = [float(v) for v in args.speeds.split(",")] if args.speeds else None
@@ -373,6 +392,8 @@ def cmd_plan(args) -> None:
         print(f"{p.name}: {', '.join(p.replicas)}")
     for address, names in parts_by_address(plan).items():
         print(f"worker at {address}: --part {','.join(names)}")
+    for line in coded_tolerance(plan):
+        print(line)
     print(f"wrote {args.out}")
 
 
@@ -495,8 +516,8 @@ def cmd_devices(args) -> None:
     from edgesplit.hardware.catalog import load_catalog
 
     catalog = load_catalog(args.devices_dir)
-    if args.json:
-        return _write_json({name: asdict(d) for name, d in sorted(catalog.items())}, args.json)
+    if args.json:  # the summary follows (on stderr when the JSON goes to stdout)
+        _write_json({name: asdict(d) for name, d in sorted(catalog.items())}, args.json)
     print(f"{'device':<18}{'kind':<6}{'DSP':>6}{'BRAM36':>8}{'LUT':>9}{'MHz':>7}{'GFLOP/s':>9}{'DRAM GB/s':>11}{'idle W':>8}  description")
     for name, d in sorted(catalog.items()):
         if d.kind == "fpga":
@@ -583,8 +604,7 @@ def cmd_estimate(args) -> None:
     est = estimate(graph, device, cfg, host)
     if args.json:
         _write_json(est, args.json)
-    else:
-        _print_estimate(est)
+    _print_estimate(est)
     if not est["fits"]:  # the numbers are written either way; the exit status says it cannot be built
         raise EdgesplitError(f"this design does not fit {device.name}: {'; '.join(est['overflow'])}; "
                              "lower the parallelism or bit widths, or run `edgesplit tune`")
@@ -595,8 +615,8 @@ def cmd_tune(args) -> None:
 
     device, graph, cfg, host = _fpga_and_graph(args)
     result = tune(graph, device, cfg, host=host)
-    if args.json:
-        return _write_json(result, args.json)
+    if args.json:  # the summary follows (on stderr when the JSON goes to stdout)
+        _write_json(result, args.json)
     best = result["best"]
     c = best["config"]
     factors = f"tm={c['tm']} tn={c['tn']} td={c['td']} tr={c['tr']} tc={c['tc']}" if c["arch"] == "bundle" else f"mults={c['mults']}"
@@ -612,8 +632,6 @@ def cmd_quantize(args) -> None:
                             args.max_test, sweep, args.qat_images, per_channel=args.per_channel)
     if args.json:
         _write_json(r, args.json)
-        if args.json == "-":
-            return  # stdout is the JSON: no summary mixed into it
     granularity = "per-channel" if r["per_channel"] else "per-tensor"
     print(f"{r['model']} on {r['dataset']} test ({r['test_images']} images), W{r['wbits']}/F{r['fbits']} fixed point, "
           f"{granularity} weight formats")
@@ -700,11 +718,23 @@ def cmd_codesign(args) -> None:
 
 
 # ---------------------------------------------------------------- parser
+class _DefaultsShown(argparse.HelpFormatter):
+    """Every option's default in its help, where the help text does not say it already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and "default" not in text and action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
-    """No prefix matching anywhere (``--token`` must never be taken for ``--token-file``); subcommands inherit it."""
+    """No prefix matching anywhere (``--token`` must never be taken for ``--token-file``); every default shown;
+    subcommands inherit both."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _DefaultsShown)
         super().__init__(*args, **kwargs)
 
 
@@ -731,7 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help='a registered model name (`edgesplit models`)')
     s.add_argument("--data", default="fashion-mnist", help="fashion-mnist (default), cifar10 or imagefolder")
     s.add_argument("--data-dir", help="dataset folder (default for fashion-mnist: /usr/share/datasets/fashion-mnist)")
-    s.add_argument("--input-size", help="resize images to HxW (default: the dataset's size)")
+    s.add_argument("--input", "--input-size", dest="input_size", metavar="HxW|CxHxW",
+                   help="network input HxW or CxHxW, images resized to it (default: the dataset's size; C must be the "
+                        "dataset's channels)")
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model argument, e.g. width_mult=0.5")
     s.add_argument("--epochs", type=int, default=5, help='training epochs (default 5)')
     s.add_argument("--batch-size", type=int, default=128, help='images per training step (default 128)')
@@ -742,7 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--branch-dropout", type=float, default=0.0, help="probability of zeroing a branch's features (split models)")
     s.add_argument("--augment-pad", type=int, default=2, help="random-crop padding; 0 disables augmentation")
     s.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
-    s.add_argument("--max-train-samples", type=int, help="train on the first N training images only")
+    s.add_argument("--train-images", "--max-train-samples", dest="max_train_samples", type=int, metavar="N",
+                   help="train on the first N training images only (default: all)")
     s.add_argument("--seed", type=int, default=0, help="seed of the weights' initialisation and of each epoch's shuffling (default 0)")
     s.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     s.add_argument("--out", required=True, help="run directory")
@@ -771,7 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="checkpoint.pt or its run directory")
     s.add_argument("--out", required=True, help="export directory")
     s.add_argument("--int8", action="store_true", help="int8 QDQ parts (ONNX Runtime static quantization) instead of float32")
-    s.add_argument("--calib-images", type=int, default=256, help="training images to calibrate --int8 (default 256)")
+    s.add_argument("--calib-images", type=int, default=1000, help="training images to calibrate --int8 (default 1000)")
     s.add_argument("--data-dir", help="dataset folder for the calibration images")
     s.add_argument("--code-head", metavar="K,R",
                    help="spread the head's hidden FC layer over K data + R parity workers (coded; any K answers decode); "
@@ -903,7 +936,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sweep", help="also measure e.g. 8,6,4: each width for weights only and for feature maps only (the other at 16)")
     s.add_argument("--per-channel", action="store_true",
                    help="one power-of-two weight format per output channel (a per-channel shift in hardware)")
-    s.add_argument("--max-test", type=int, help="evaluate on the first N test images only")
+    s.add_argument("--test-images", "--max-test", dest="max_test", type=int, metavar="N",
+                   help="evaluate on the first N test images only (default: all)")
     s.add_argument("--data-dir", help="dataset folder")
     s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")
     s.set_defaults(func=cmd_quantize)
@@ -951,7 +985,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="throughput is measured in blocks of this many images, split and unsplit alternating")
     b.add_argument("--transports", default="ipc,grpc",
                    help="how the coordinator reaches the local workers, comma-separated; the first gives the headline figures")
-    b.add_argument("--json", help="write the numbers here")
+    b.add_argument("--json", nargs="?", const="-", help="write the numbers as JSON (to a file, or stdout with no value)")
     b.add_argument("--poll-ms", type=float, default=0.0,
                    help="workers poll their Unix socket this long after each answer (worker --poll-ms; default 0)")
     b.set_defaults(func=cmd_bench_serve)
@@ -962,7 +996,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--parity", type=int, default=1, help="parity workers of the coded run, 1-3 (default 1)")
     b.add_argument("--parity-policy", choices=("eager", "lazy"), default="eager",
                    help="eager: every block asked at once; lazy: parity blocks only when a data block fails or is late")
-    b.add_argument("--json", help="write the numbers here")
+    b.add_argument("--json", nargs="?", const="-", help="write the numbers as JSON (to a file, or stdout with no value)")
     b.set_defaults(func=cmd_bench_faults)
 
     b = bench.add_parser("abuse", help="a worker under malformed, oversized and slow clients beside good traffic")
@@ -970,7 +1004,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--idle-timeout-s", type=float, default=5.0, help="the worker's --idle-timeout-s (default 5)")
     b.add_argument("--max-inflight-mb", type=float, default=256.0, help="the worker's --max-inflight-mb (default 256)")
     b.add_argument("--held", type=int, default=20, help="connections of each slow kind held open (default 20)")
-    b.add_argument("--json", help="write the results here")
+    b.add_argument("--json", nargs="?", const="-", help="write the numbers as JSON (to a file, or stdout with no value)")
     b.set_defaults(func=cmd_bench_abuse)
 
     b = bench.add_parser("int8", help="float32 vs int8 QDQ parts in ONNX Runtime: latency per part and test accuracy")
@@ -979,15 +1013,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--calls", type=int, default=50, help='calls per timing block (default 50)')
     b.add_argument("--rounds", type=int, default=3, help='repeat the timing; medians are reported (default 3)')
     b.add_argument("--test-images", type=int, default=10000, help='test images for the accuracy of both precisions (default 10000)')
-    b.add_argument("--calib-images", type=int, default=256, help='training images to calibrate the int8 quantization (default 256)')
+    b.add_argument("--calib-images", type=int, default=1000, help='training images to calibrate the int8 quantization (default 1000)')
     b.add_argument("--data-dir", help='dataset folder')
-    b.add_argument("--json", help="write the numbers here")
+    b.add_argument("--json", nargs="?", const="-", help="write the numbers as JSON (to a file, or stdout with no value)")
     b.set_defaults(func=cmd_bench_int8)
 
     s = sub.add_parser("demo", help="the main job: split model over local workers vs unsplit, on the test set")
     s.add_argument("--work-dir", default="runs/demo", help="where the cached checkpoints and exports live")
     s.add_argument("--data-dir", help="Fashion-MNIST folder")
-    s.add_argument("--limit", type=int, help="use only the first N images")
+    s.add_argument("--test-images", "--limit", dest="limit", type=int, metavar="N", help="use only the first N test images (default: all)")
     s.add_argument("--images", metavar="DIR", help="a folder of JPEG/PNG images instead of the test set")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--split-only", action="store_true", help="only the split model over local workers")
@@ -995,9 +1029,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--in-process", action="store_true", help="only the split model in this process (the seed's --cpu)")
     g.add_argument("--interactive", action="store_true", help="type image paths, get the top-3 classes")
     s.add_argument("--retrain", action="store_true", help="ignore the cached checkpoints")
-    s.add_argument("--json", help="also write the numbers as JSON to this file")
+    s.add_argument("--json", nargs="?", const="-", help="write the numbers as JSON (to a file, or stdout with no value)")
     s.set_defaults(func=cmd_demo)
     return p
+
+
+@contextlib.contextmanager
+def _json_alone(args):
+    """Every command's `--json` with no value puts the JSON alone on stdout: what else it prints goes to stderr."""
+    if getattr(args, "json", None) != "-":
+        yield
+        return
+    _JSON_OUT.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _JSON_OUT.pop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1009,7 +1057,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        args.func(args)
+        with _json_alone(args):
+            args.func(args)
     except EdgesplitError as err:
         if args.debug:
             raise

@@ -108,6 +108,25 @@ def load_image(path: str | Path, size: Sequence[int], in_chans: int) -> np.ndarr
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def conversion_note(path: str | Path, size: Sequence[int], in_chans: int) -> str | None:
+    """What :func:`load_image` does to ``path`` beyond reading it (greying, resizing, squashing), in words; None
+    when the file already is what the model takes."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            w, h, mode = img.width, img.height, img.mode
+    except (OSError, UnidentifiedImageError):
+        return None  # load_image says what is wrong
+    done = []
+    if in_chans == 1 and mode not in ("L", "1", "I;16", "I", "F"):
+        done.append(f"converted from {mode} to grey")
+    if (h, w) != tuple(size):
+        squash = " (squashed: the aspect ratio is not kept)" if abs(w / h - size[1] / size[0]) > 0.01 else ""
+        done.append(f"resized from {w}x{h} to {size[1]}x{size[0]}{squash}")
+    return f"{path}: {' and '.join(done)}, as the model takes" if done else None
+
+
 def _find(directory: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz"):
         if (directory / name).exists():

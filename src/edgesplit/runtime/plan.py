@@ -19,8 +19,8 @@ or the most replicas.
 """
 from __future__ import annotations
 
+import math
 import os
-
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -161,12 +161,39 @@ def make_plan(export_dir: str, addresses: Sequence[str], speeds: Sequence[float]
             worst = max(replicas, key=lambda i: work[i] / sum(speeds[d] for d in replicas[i]))
             replicas[worst].append(j)
     placements = [PartPlacement(parts[i], tuple(addresses[j] for j in replicas[i])) for i in range(len(parts))]
+    for stage in coded:  # a device holding more blocks than the code can lose would cost answers when it goes
+        blocks = len(stage.parts)
+        if stage.code_r and math.ceil(blocks / len(addresses)) > stage.code_r:
+            need = math.ceil(blocks / stage.code_r)
+            raise EdgesplitError(f"stage {stage.name}: {stage.code_k} data + {stage.code_r} parity blocks on "
+                                 f"{len(addresses)} device(s) would put {math.ceil(blocks / len(addresses))} blocks on one "
+                                 f"device, more than the {stage.code_r} the code can lose; give at least {need} worker "
+                                 f"addresses, or export with more parity blocks (--code-head K,R)")
     for stage in coded:  # block j of every coded stage on device j (mod the number of devices)
         placements += [PartPlacement(p, (addresses[by_speed[j % len(addresses)]],)) for j, p in enumerate(stage.parts)]
     return Plan(str(export_dir), tuple(placements), timeout_ms=timeout_ms, input_dtype=input_dtype)
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def coded_tolerance(plan: Plan) -> list[str]:
+    """One line per coded stage of ``plan``: how its blocks sit on the devices, and how many devices it can lose
+    without a degraded answer."""
+    manifest = load_manifest(plan.export, verify=False)
+    where = {p.name: p.replicas for p in plan.parts}
+    lines = []
+    for stage in (s for s in manifest.stages if s.merge == "decode"):
+        per_device: dict[str, int] = {}
+        for part in stage.parts:
+            for address in where.get(part, ()):
+                per_device[address] = per_device.get(address, 0) + 1
+        most = max(per_device.values(), default=0)
+        lose = stage.code_r // most if most else 0
+        lines.append(f"{stage.name}: {stage.code_k} data + {stage.code_r} parity blocks on {len(per_device)} device(s), "
+                     f"at most {most} per device: " + (f"any {lose} device(s) can be lost without a degraded answer"
+                                                       if lose else "losing any device degrades answers"))
+    return lines
 
 
 def has_local_workers(plan: Plan) -> bool:
