@@ -401,6 +401,13 @@ def test_swapped_addresses_fail_at_once_with_the_servers_answer(tiny_export, clu
             edgesplit.connect(plan, wait_ready_s=30)
         assert time.monotonic() - t0 < 10
         assert "this server has: branch1" in str(err.value) and "check the plan's addresses" in str(err.value)
+    plan = load_plan_dict(tiny_export, {"branch0": cluster.workers["branch1"].address, "branch1": cluster.workers["branch0"].address})
+    plan.write(tiny_export.parent / "swapped.yaml")
+    proc = subprocess.run([sys.executable, "-m", "edgesplit", "serve", "--plan", str(tiny_export.parent / "swapped.yaml"),
+                           "--port", "0"], capture_output=True, text=True, timeout=60)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("edgesplit: error")]
+    assert proc.returncode == 2 and len(errors) == 1 and "this server has: branch1" in errors[0]
+    assert "Traceback" not in proc.stderr
 
 
 def load_plan_dict(export, addresses):

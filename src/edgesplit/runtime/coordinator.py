@@ -359,11 +359,12 @@ class Coordinator:
 
     async def wait_ready(self, timeout_s: float = 30.0, require_all: bool = True, progress_every_s: float = 5.0) -> None:
         """Wait until every replica reports its model ready, saying every ``progress_every_s`` what it still waits
-        for and why. A server that answers without the model (a plan's addresses swapped) fails at once with its
-        answer. With ``require_all=False``, replicas still not ready after ``timeout_s`` (or serving another model)
-        start out unhealthy (skipped, probed, re-admitted when ready)."""
+        for and why. A server that answers without the model (a plan's addresses swapped, a wrong token) fails at
+        once with its answer, whatever ``require_all``: a configuration error, not a device that is down. With
+        ``require_all=False``, replicas still not ready after ``timeout_s`` start out unhealthy (skipped, probed,
+        re-admitted when ready)."""
         t0 = time.monotonic()
-        deadline, next_report = t0 + timeout_s, t0 + progress_every_s
+        deadline, next_report = t0 + timeout_s, t0 + min(0.5, progress_every_s)  # the first look soon: a wrong address fails fast
         pending = [(n, h) for n, hs in self.peers.items() for h in hs]
         while pending:
             ok = await asyncio.gather(*(h.peer.ready() for _, h in pending))
@@ -375,7 +376,7 @@ class Coordinator:
                 reasons = await asyncio.gather(*(_reason(h.peer) for _, h in pending))
                 wrong = [f"{n} at {h.peer.address}: the server answers {text}" for (n, h), (kind, text)
                          in zip(pending, reasons) if kind == "refused"]
-                if wrong and require_all:
+                if wrong:  # a configuration error, not a device that is down: degrading would hide it
                     raise PartUnavailable("; ".join(wrong) + "; check the plan's addresses (and tokens)")
                 if now <= deadline and not wrong:
                     log.warning("waiting for %s (%.0f of %.0f s)", "; ".join(f"{n} at {h.peer.address}: {kind} ({text})"
