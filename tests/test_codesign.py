@@ -163,7 +163,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-SMALL = ["codesign", "--device", "pynq-z1", "--target-fps", "2000", "--time-budget", "150s", "--bundles", "conv3,dw3-pw1",
+SMALL = ["codesign", "--device", "pynq-z1", "--target-fps", "2000", "--time-budget", "200s", "--bundles", "conv3,dw3-pw1",
          "--proxy-images", "256", "--proxy-val-images", "128", "--final-epochs", "1", "--final-images", "512",
          "--finalists", "1"]
 
@@ -280,9 +280,12 @@ def test_budget_sizes_fit_their_shares():
 
     speed = budget.Speed(train_s_per_image=1e-3, eval_s_per_image=1e-3, fixed_s=2.0, eval_fixed_s=1.0, probe_macs=1000)
     shares = budget.Shares.for_run(extras=False)
-    n = budget.proxy_images(60, shares, speed, bundles=3, wanted=10_000, val_images=1000)
+    stages = budget.StageBudget.plan(200, shares, speed, finalists=2, extra_trainings=0, final_eval_images=15_000)
+    assert stages.explore_s + stages.finals_s == pytest.approx(200 * (1 - shares.wrapup))  # scoring set aside, then shares
+    assert stages.finals_s > 2 * speed.eval_s(15_000)
+    n = budget.proxy_images(stages.explore_s, speed, bundles=3, wanted=100_000, val_images=1000)
     per_candidate_s = speed.train_s(n) + speed.eval_s(1000)
-    assert 0 < n < 10_000 and per_candidate_s * (3 + budget.DESCENT_CANDIDATES) <= 60 * shares.explore + 1e-6
+    assert 0 < n < 100_000 and per_candidate_s * (3 + budget.DESCENT_CANDIDATES) <= stages.explore_s + 1e-6
     epochs, images = budget.final_sizes(120, [1e-3, 2e-3], speed, eval_images=15_000, available=55_000)
     spent = sum(epochs * (speed.fixed_s + images * s) + speed.eval_s(15_000) for s in (1e-3, 2e-3))
     assert epochs == 1 and budget.MIN_FINAL_IMAGES <= images < 55_000 and spent <= 120 + 1e-6
@@ -308,6 +311,7 @@ def test_interrupted_search_resumes_where_it_stopped(tmp_path):
     out = tmp_path / "run"
     args = [*SMALL, "--out", str(out)]
     args[args.index("conv3,dw3-pw1")] = "conv3"
+    args[args.index("200s")] = "90s"  # one bundle, one finalist, no fleet: a smaller budget does
     proc = subprocess.Popen([sys.executable, "-m", "edgesplit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120

@@ -4,14 +4,16 @@ The run measures its own speed first (a probe: the first bundle's prototype trai
 ``PROBE_IMAGES`` images and scored on as many validation images, wall time of each), then
 sizes every training from it:
 
-* exploration (bundle selection and descent) gets ``explore`` of the budget; each candidate's
-  proxy training gets ``explore / (bundles + DESCENT_CANDIDATES)`` of it, so the proxy images
-  are what fits that (at most ``--proxy-images``), and the stage stops when its share is spent;
+* scoring the finalists (and the baselines and fleet splits) on the validation and test images
+  is set aside first: it takes as long whatever the training; ``wrapup`` is kept for what is not
+  training (exports, the accelerator's C simulation, reports); the shares split the rest;
+* exploration (bundle selection and descent) gets ``explore``; each candidate's proxy training
+  gets ``1 / (bundles + DESCENT_CANDIDATES)`` of it, so the proxy images are what fits that (at
+  most ``--proxy-images``), and the stage stops when its time is spent;
 * the finalists get ``finals``: epochs (at most 10) and training images that fit, from each
   finalist's own measured proxy speed, plus the scoring of validation and test images;
 * baselines and the fleet's split models (when asked for) get ``extras``, their images sized
   from the probe's speed scaled by their multiply-accumulates;
-* ``wrapup`` is kept for what is not training: exports, the accelerator's C simulation, reports.
 
 A budget too small for one proxy training of ``MIN_PROXY_IMAGES`` per bundle, or for one epoch of
 ``MIN_FINAL_IMAGES`` per finalist, is refused with the smallest budget that would do.
@@ -50,6 +52,7 @@ class Speed:
 
 @dataclass(frozen=True)
 class Shares:
+    """``wrapup``: of the budget; the other three (summing to 1): of what is left for training."""
     explore: float
     finals: float
     extras: float
@@ -57,33 +60,54 @@ class Shares:
 
     @classmethod
     def for_run(cls, extras: bool) -> "Shares":
-        return cls(0.40, 0.25, 0.25, 0.10) if extras else cls(0.55, 0.35, 0.0, 0.10)
+        return cls(0.45, 0.30, 0.25, 0.10) if extras else cls(0.60, 0.40, 0.0, 0.10)
 
 
-def proxy_images(budget_s: float, shares: Shares, speed: Speed, bundles: int, wanted: int, val_images: int) -> int:
-    """Training images for each proxy training: what fits the exploration share, at most ``wanted``."""
-    per_candidate_s = (budget_s * shares.explore / (bundles + DESCENT_CANDIDATES) - speed.eval_s(val_images)
-                       - speed.fixed_s)
+@dataclass(frozen=True)
+class StageBudget:
+    """Seconds for each stage, from a budget: scoring the finalists and extra trainings on the validation and test
+    images is set aside first (it does not shrink with the training), ``wrapup`` of the budget for what is not
+    training, and the shares split the rest."""
+    explore_s: float
+    finals_s: float  # training and scoring the finalists
+    extras_s: float  # training and scoring baselines and fleet splits
+
+    @classmethod
+    def plan(cls, budget_s: float, shares: Shares, speed: Speed, finalists: int, extra_trainings: int,
+             final_eval_images: int) -> "StageBudget":
+        score_s = speed.eval_s(final_eval_images)
+        trainable_s = budget_s * (1 - shares.wrapup) - (finalists + extra_trainings) * score_s
+        return cls(trainable_s * shares.explore, trainable_s * shares.finals + finalists * score_s,
+                   trainable_s * shares.extras + extra_trainings * score_s)
+
+
+def proxy_images(explore_s: float, speed: Speed, bundles: int, wanted: int, val_images: int) -> int:
+    """Training images for each proxy training: what fits the exploration's time, at most ``wanted``."""
+    per_candidate_s = explore_s / (bundles + DESCENT_CANDIDATES) - speed.eval_s(val_images) - speed.fixed_s
     return min(wanted, max(0, math.floor(per_candidate_s / speed.train_s_per_image)))
 
 
 def minimum_budget_s(shares: Shares, speed: Speed, bundles: int, val_images: int, finalists: int,
-                     final_eval_images: int) -> float:
+                     final_eval_images: int, extra_trainings: int = 0) -> float:
     """The smallest budget that trains every bundle's prototype (and the descent's first candidates) on
-    MIN_PROXY_IMAGES, and each finalist for one epoch on MIN_FINAL_IMAGES."""
+    MIN_PROXY_IMAGES, each finalist (and extra training) for one epoch on MIN_FINAL_IMAGES, and scores them."""
     explore_s = (bundles + DESCENT_CANDIDATES) * (speed.train_s(MIN_PROXY_IMAGES) + speed.eval_s(val_images))
-    finals_s = finalists * (speed.train_s(MIN_FINAL_IMAGES) + speed.eval_s(final_eval_images))
-    return max(explore_s / shares.explore, finals_s / shares.finals)
+    need = [explore_s / shares.explore, finalists * speed.train_s(MIN_FINAL_IMAGES) / shares.finals]
+    if extra_trainings:
+        need.append(extra_trainings * speed.train_s(MIN_FINAL_IMAGES) / shares.extras)
+    return (max(need) + (finalists + extra_trainings) * speed.eval_s(final_eval_images)) / (1 - shares.wrapup)
 
 
 def check_budget(budget_s: float, shares: Shares, speed: Speed, bundles: int, val_images: int, finalists: int,
-                 final_eval_images: int) -> None:
-    need_s = minimum_budget_s(shares, speed, bundles, val_images, finalists, final_eval_images)
+                 final_eval_images: int, extra_trainings: int = 0) -> None:
+    need_s = minimum_budget_s(shares, speed, bundles, val_images, finalists, final_eval_images, extra_trainings)
     if budget_s < need_s:
-        raise EdgesplitError(f"--time-budget {_fmt(budget_s)} is too small on this machine: {bundles} bundle(s) and "
-                             f"{finalists} finalist(s) need at least {_fmt(math.ceil(need_s))} (measured: "
-                             f"{speed.train_s_per_image * 1e3:.1f} ms per training image, {speed.eval_s_per_image * 1e3:.2f} "
-                             f"ms per scored image); raise it, or pass fewer --bundles or --finalists")
+        raise EdgesplitError(f"--time-budget {_fmt(budget_s)} is too small on this machine: {bundles} bundle(s), "
+                             f"{finalists} finalist(s)" + (f" and {extra_trainings} baseline/fleet training(s)"
+                                                           if extra_trainings else "")
+                             + f" need at least {_fmt(math.ceil(need_s))} (measured: {speed.train_s_per_image * 1e3:.1f} ms "
+                             f"per training image, {speed.eval_s_per_image * 1e3:.2f} ms per scored image); raise it, or "
+                             f"pass fewer --bundles or --finalists")
 
 
 def final_sizes(remaining_s: float, s_per_image: list[float], speed: Speed, eval_images: int, available: int,

@@ -185,10 +185,12 @@ def _branch_graph(model, i: int, ev):
     return graph_from_model(part, (ev.in_chans, *ev.image_hw), f"branch{i}")
 
 
-def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress, images: int | None = None) -> dict:
+def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress, images: int | None = None,
+               until_s: float = float("inf")) -> dict:
     """Allocate; then, from the highest throughput down, train each split shape (at most
     :data:`MAX_TRAINED_OPTIONS` of them) and check its fixed-point validation accuracy at the option's
-    per-branch widths until one reaches the floor; export it and write plan.yaml."""
+    per-branch widths until one reaches the floor (no more once the journal's time passes ``until_s``); export it
+    and write plan.yaml."""
     from edgesplit.codesign.evaluate import train_final
     from edgesplit.manifest import load_manifest
     from edgesplit.export.onnx_export import export_model
@@ -208,8 +210,8 @@ def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress, im
     for o in options:
         if o["k"] == 1 and o["branch_bits"] == [list(bits)]:
             o["accuracy"] = {"val": chosen_final["val"], "test": chosen_final["test"], "run_dir": chosen_final["run_dir"]}
-        elif o["k"] == 1 or checked >= MAX_CHECKED_OPTIONS:
-            continue  # one device at other widths: not searched; or enough options checked
+        elif o["k"] == 1 or checked >= MAX_CHECKED_OPTIONS or (checked and ev.journal.spent_s >= until_s):
+            continue  # one device at other widths: not searched; or enough options checked, or the time is spent
         else:
             shape = tuple(round(s, 4) for s in o["shares"])
             if shape in trained:

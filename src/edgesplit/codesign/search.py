@@ -121,9 +121,7 @@ class Search:
         self._say(phase, rec)
         return rec
 
-    @property
-    def explore_budget_s(self) -> float:
-        return self.cfg.time_budget_s * self.shares.explore
+    explore_budget_s = float("inf")  # when (journal time) the exploration stops; set from the StageBudget
 
     def bundles(self) -> list[str]:
         bundles = list(self.cfg.bundles or self.space.bundles)
@@ -238,18 +236,24 @@ def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
     bundles, shares = search.bundles(), search.shares
     speed = ev.probe(prototype(bundles[0]))
     final_eval_images = len(ev.val_idx) + ev.test_images()
+    from edgesplit.codesign.fleet import MAX_TRAINED_OPTIONS
+
+    extra_trainings = len(dict.fromkeys(SAME_NETWORK.get(b, b) for b in cfg.baselines)) + (MAX_TRAINED_OPTIONS if cfg.fleet else 0)
     try:
         budget.check_budget(cfg.time_budget_s, shares, speed, len(bundles), cfg.proxy.val_images, cfg.finalists,
-                            final_eval_images)
+                            final_eval_images, extra_trainings)
     except EdgesplitError:
         if not journal.data["trace"]:  # nothing searched yet: leave nothing behind, so the same --out can be used again
             shutil.rmtree(out_dir) if created else (journal_path.unlink(), shutil.rmtree(out_dir / "probe", ignore_errors=True))
         raise
+    stages = budget.StageBudget.plan(cfg.time_budget_s, shares, speed, cfg.finalists, extra_trainings, final_eval_images)
     sizes = journal.data.setdefault("budget", {})
     if "proxy_images" not in sizes:  # a resumed search keeps the size its candidates were trained at
-        sizes["proxy_images"] = max(1, budget.proxy_images(cfg.time_budget_s, shares, speed, len(bundles),
-                                                           cfg.proxy.samples, cfg.proxy.val_images))
+        sizes["proxy_images"] = max(1, budget.proxy_images(stages.explore_s, speed, len(bundles), cfg.proxy.samples,
+                                                           cfg.proxy.val_images))
+        sizes["explore_until_s"] = journal.spent_s + stages.explore_s
         journal.save()
+    search.explore_budget_s = sizes["explore_until_s"]
     ev.proxy = replace(ev.proxy, samples=sizes["proxy_images"])
     progress(f"measured {speed.train_s_per_image * 1e3:.1f} ms per training image, {speed.eval_s_per_image * 1e3:.2f} ms "
              f"per scored image: each candidate trains on {ev.proxy.samples} images")
@@ -259,7 +263,7 @@ def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
     # the search phase's time, fixed when it first ends (a resumed run adds finalists, baselines and fleet to spent_s)
     search_time_s = journal.data["phases"].setdefault("search_time_s", journal.spent_s)
     journal.save()
-    remaining = cfg.time_budget_s * (shares.explore + shares.finals) - search_time_s
+    remaining = sizes["explore_until_s"] + stages.finals_s - search_time_s  # time the exploration left over goes on
     available = min(cfg.final_images or len(ev.train_idx), len(ev.train_idx))
     s_per_image = [r["accuracy"]["train_s"] / r["accuracy"]["train_images"] for r in finalists]
     epochs, final_images = budget.final_sizes(remaining, s_per_image, speed, final_eval_images, available, cfg.final_epochs)
@@ -288,8 +292,6 @@ def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
               "bundles": journal.data["phases"]["bundles"], "finalists": finals, "chosen": chosen}
     _write_chosen(ev, chosen, out_dir / "chosen")
     if cfg.baselines or cfg.fleet:
-        from edgesplit.codesign.fleet import MAX_TRAINED_OPTIONS
-
         extras_s = cfg.time_budget_s * (1 - shares.wrapup) - journal.spent_s
         trainings = [_baseline_macs(ev, name) for name in dict.fromkeys(SAME_NETWORK.get(b, b) for b in cfg.baselines)]
         trainings += [chosen["hardware"]["macs"]] * (MAX_TRAINED_OPTIONS if cfg.fleet else 0)
@@ -301,7 +303,8 @@ def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
     if cfg.fleet:
         from edgesplit.codesign.fleet import plan_fleet
 
-        result["fleet"] = plan_fleet(ev, cfg, chosen, epochs, out_dir / "fleet", progress, extra_images)
+        result["fleet"] = plan_fleet(ev, cfg, chosen, epochs, out_dir / "fleet", progress, extra_images,
+                                     until_s=cfg.time_budget_s * (1 - shares.wrapup))
     result["wall_time_s"] = journal.spent_s
     journal.data["result"] = {k: v for k, v in result.items() if k != "finalists"}
     journal.save()
