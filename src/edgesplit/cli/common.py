@@ -1,0 +1,87 @@
+"""What every subcommand module shares: the parser class, JSON output, model arguments."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from edgesplit.errors import EdgesplitError
+
+_JSON_OUT: list = []  # with `--json` and no value: where the JSON goes (the real stdout; see json_alone)
+
+
+def write_json(obj, path: str | None) -> None:
+    text = json.dumps(obj, indent=2, default=str)
+    if path in (None, "-"):
+        print(text, file=_JSON_OUT[-1] if _JSON_OUT else sys.stdout)
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
+        print(f"wrote {path}")
+
+
+def model_kwargs(args) -> dict:
+    kw = {}
+    for item in getattr(args, "model_arg", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise EdgesplitError(f"bad --model-arg {item!r}; write KEY=VALUE, e.g. width_mult=0.5")
+        kw[key] = model_arg_value(value)
+    return kw
+
+
+def model_arg_value(text: str):
+    """A --model-arg value: JSON (0.5, [0.75,0.25], true), a comma-separated list of them (0.75,0.25), or a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "," in text:
+        return [model_arg_value(item.strip()) for item in text.split(",")]
+    return text
+
+
+def parse_cpus(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise EdgesplitError(f"bad --cpus {text!r}; write a comma-separated list like 0,1") from None
+
+
+class DefaultsShown(argparse.HelpFormatter):
+    """Every option's default in its help, where the help text does not say it already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and "default" not in text and action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """No prefix matching anywhere (``--token`` must never be taken for ``--token-file``); every default shown;
+    subcommands inherit both."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", DefaultsShown)
+        super().__init__(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def json_alone(args):
+    """Every command's `--json` with no value puts the JSON alone on stdout: what else it prints goes to stderr."""
+    if getattr(args, "json", None) != "-":
+        yield
+        return
+    _JSON_OUT.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _JSON_OUT.pop()
+

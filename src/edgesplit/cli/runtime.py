@@ -1,0 +1,178 @@
+"""The CLI of the distributed runtime: ``worker``, ``serve``, ``plan``."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from edgesplit.cli.common import parse_cpus
+from edgesplit.errors import EdgesplitError
+
+
+class _TokenOnCommandLine(argparse.Action):
+    """``--token VALUE``: refused without echoing the value (a secret on a command line shows in ps and history)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise EdgesplitError("there is no --token option (a token on the command line shows in `ps` and shell history): "
+                             "write it in a file readable only by you and pass --token-file FILE")
+
+
+def _security_args(s) -> None:
+    s.add_argument("--token-file", help="file holding the bearer token every call must carry")
+    s.add_argument("--token", action=_TokenOnCommandLine, help=argparse.SUPPRESS)
+    s.add_argument("--tls-cert", help="server certificate (PEM)")
+    s.add_argument("--tls-key", help="server private key (PEM)")
+    s.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM)")
+    s.add_argument("--insecure", action="store_true", help="allow a non-loopback address without TLS or token")
+
+
+def _limits_args(s) -> None:
+    g = s.add_argument_group("limits (what a hostile or broken client can make the server hold)")
+    g.add_argument("--max-message-mb", type=float, help="largest request accepted, MiB (default: --max-batch items of "
+                   "the served model's input, at least 1 MiB)")
+    g.add_argument("--max-batch", type=int, default=256, help="items per request the default message limit admits (default 256)")
+    g.add_argument("--max-inflight-mb", type=float, default=256.0,
+                   help="memory held for requests being handled, MiB; more is refused RESOURCE_EXHAUSTED "
+                        "(default 256: a 1 GiB board)")
+    g.add_argument("--idle-timeout-s", type=float, default=60.0,
+                   help="close connections idle, stalled or not reading their answers for this long (default 60)")
+    g.add_argument("--max-connections", type=int, default=64, help="connections accepted at once (default 64)")
+    g.add_argument("--max-connection-age-s", type=float, default=120.0,
+                   help="gRPC: recycle each connection after this long (clients reconnect; a stream stalled mid-message "
+                        "ends then, after the idle timeout's grace; default 120)")
+
+
+def _server_limits(args):
+    from edgesplit.runtime.transport.limits import ServerLimits
+
+    try:
+        return ServerLimits(None if args.max_message_mb is None else int(args.max_message_mb * (1 << 20)), args.max_batch,
+                            int(args.max_inflight_mb * (1 << 20)), args.idle_timeout_s, args.max_connections,
+                            args.max_connection_age_s)
+    except ValueError as err:
+        raise EdgesplitError(f"{err}; check --max-message-mb, --max-batch, --max-inflight-mb, --idle-timeout-s, "
+                             f"--max-connections and --max-connection-age-s") from None
+
+
+def _server_security(args):
+    from edgesplit.runtime.transport.grpc_server import ServerSecurity
+
+    from edgesplit.runtime.secrets import read_token_file
+
+    token = read_token_file(args.token_file) if args.token_file else None
+    return ServerSecurity(token, args.tls_cert, args.tls_key, args.tls_client_ca, args.insecure)
+
+
+def cmd_worker(args) -> None:
+    from edgesplit.runtime.tuning import tune_runtime_process
+
+    tune_runtime_process()  # before numpy loads
+    import asyncio
+
+    from edgesplit.runtime.worker import WorkerConfig, die_with_parent, serve_worker
+
+    die_with_parent()
+    from edgesplit.runtime.faults import FaultConfig
+
+    faults = FaultConfig(args.inject_delay_ms, args.inject_delay_dist, args.inject_slowdown, args.inject_prob,
+                         args.inject_error_prob, args.crash_after, args.inject_seed)
+    cfg = WorkerConfig(args.source, args.part, args.host, args.port, args.threads, parse_cpus(args.cpus),
+                       providers=tuple(args.providers.split(",")) if args.providers else None,
+                       engine=args.engine, limits=_server_limits(args), faults=faults,
+                       unix_socket=args.unix_socket, poll_ms=args.poll_ms, hls_dir=args.hls)
+    asyncio.run(serve_worker(cfg, _server_security(args)))
+
+
+def cmd_serve(args) -> None:
+    from edgesplit.runtime.tuning import tune_runtime_process
+
+    tune_runtime_process()  # before numpy loads: the coordinator must not take cores from local workers
+    import asyncio
+
+    from edgesplit.runtime.serve import serve
+
+    if bool(args.plan) == bool(args.local):
+        raise EdgesplitError("pass either --plan plan.yaml or --local EXPORT_DIR")
+    if args.poll_ms < 0 or (args.poll_ms and not args.local):
+        raise EdgesplitError("--poll-ms takes 0 or more milliseconds and only goes with --local (for remote workers, "
+                             "pass it to `edgesplit worker`)")
+    if args.wait_ready_s <= 0:
+        raise EdgesplitError(f"--wait-ready-s must be positive, got {args.wait_ready_s}")
+    asyncio.run(serve(args.plan, args.local, args.host, args.port, _server_security(args), _server_limits(args),
+                      args.poll_ms, args.wait_ready_s))
+
+
+def cmd_plan(args) -> None:
+    from edgesplit.runtime.plan import coded_tolerance, make_plan, parts_by_address
+
+    try:
+        speeds = [float(v) for v in args.speeds.split(",")] if args.speeds else None
+    except ValueError:
+        raise EdgesplitError(f"bad --speeds {args.speeds!r}; give one number per worker, comma-separated, e.g. 1,2.5") from None
+    plan = make_plan(args.export_dir, args.workers, speeds, args.timeout_ms, args.input_dtype)
+    plan = replace(plan, export=str(Path(args.export_dir).resolve()))  # written relative to the plan's own folder
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    plan.write(args.out)
+    for p in plan.parts:
+        print(f"{p.name}: {', '.join(p.replicas)}")
+    for address, names in parts_by_address(plan).items():
+        print(f"worker at {address}: --part {','.join(names)}")
+    for line in coded_tolerance(plan):
+        print(line)
+    print(f"wrote {args.out}")
+
+
+
+def register(sub) -> None:
+    s = sub.add_parser("worker", help="serve one model part over KServe v2 gRPC (no torch needed)")
+    s.add_argument("source", help="export directory (with --part) or a bare .onnx file")
+    s.add_argument("--part", help="part name(s), comma-separated: branch0, branch1, ..., head, model, fc6.0, ...")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    s.add_argument("--port", type=int, default=0, help="port (0: any free one, printed when ready)")
+    s.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    s.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "numpy", "auto", "hls-csim"],
+                   help="what runs the part: ONNX Runtime (default), numpy (FC graphs), or hls-csim: the part's "
+                        "generated accelerator in C simulation (needs --hls)")
+    s.add_argument("--hls", metavar="DIR", help="with --engine hls-csim: the project `edgesplit hls ... --branch K` wrote")
+    s.add_argument("--cpus", help="pin to these CPUs, e.g. 0 or 2,3")
+    s.add_argument("--providers", help="ONNX Runtime execution providers in order, e.g. CUDAExecutionProvider")
+    s.add_argument("--unix-socket", metavar="PATH", help="also serve on this Unix socket (plan address ipc://PATH): "
+                   "a coordinator on the same machine skips gRPC's per-call cost")
+    s.add_argument("--poll-ms", type=float, default=0.0,
+                   help="with --unix-socket: after each answer, poll for the next request this long (ms) instead of "
+                        "sleeping, yielding the core to other processes; saves the wake-up of an idle core (default 0)")
+    _security_args(s)
+    _limits_args(s)
+    f = s.add_argument_group("fault injection (tests and benchmarks)")
+    f.add_argument("--inject-delay-ms", type=float, default=0.0, help="extra delay per affected call")
+    f.add_argument("--inject-delay-dist", default="fixed", choices=["fixed", "exp", "lognormal"], help='distribution of the injected delay: fixed, exp or lognormal (default fixed)')
+    f.add_argument("--inject-slowdown", type=float, default=1.0, help="affected calls take this many times their compute time")
+    f.add_argument("--inject-prob", type=float, default=1.0, help="fraction of calls affected by delay/slowdown")
+    f.add_argument("--inject-error-prob", type=float, default=0.0, help="fraction of calls that fail")
+    f.add_argument("--crash-after", type=int, help="exit abruptly after this many requests")
+    f.add_argument("--inject-seed", type=int, default=0, help='seed of the injected faults (default 0)')
+    s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("serve", help="serve the whole split model as one KServe v2 endpoint")
+    s.add_argument("--plan", help="plan.yaml: where each part runs")
+    s.add_argument("--local", metavar="EXPORT_DIR", help="start local worker processes for this export instead")
+    s.add_argument("--host", default="127.0.0.1", help='address to bind (default 127.0.0.1: loopback only)')
+    s.add_argument("--port", type=int, default=8001, help='KServe v2 gRPC port (default 8001; 0: any free one)')
+    s.add_argument("--poll-ms", type=float, default=0.0,
+                   help="with --local: the workers' --poll-ms (poll for the next request this long after each answer)")
+    s.add_argument("--wait-ready-s", type=float, default=30.0,
+                   help="wait this long for every worker (progress every 5 s); then a plan with on_missing: degrade "
+                        "starts without the missing ones and takes each in when it comes up, and one with fail stops "
+                        "(default 30)")
+    _security_args(s)
+    _limits_args(s)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("plan", help="write a plan.yaml placing an export's parts on worker addresses")
+    s.add_argument("export_dir", help='an export folder (`edgesplit export`)')
+    s.add_argument("--workers", nargs="+", required=True, metavar="HOST:PORT", help="the workers' addresses, one per device (a part goes to each)")
+    s.add_argument("--speeds", help="relative device speeds, one per worker, e.g. 2,1")
+    s.add_argument("--timeout-ms", type=float, default=2000.0, help='per-request deadline over all stages, ms (default 2000)')
+    s.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"], help='what the coordinator sends the branches: uint8 pixels (normalised by the workers) or float32 (default uint8)')
+    s.add_argument("--out", default="plan.yaml", help="plan file to write (default plan.yaml); the export path in it is relative to the plan's folder")
+    s.set_defaults(func=cmd_plan)
