@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -57,7 +58,7 @@ class DefaultsShown(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.option_strings and "default" not in text and action.default not in (None, False, argparse.SUPPRESS):
+        if action.option_strings and "(default" not in text and action.default not in (None, False, argparse.SUPPRESS):
             text += " (default %(default)s)"
         return text
 
@@ -85,3 +86,28 @@ def json_alone(args):
     finally:
         _JSON_OUT.pop()
 
+
+def add_dataclass_options(group, cls) -> None:
+    """An option for each field of the dataclass ``cls`` that declares one in its metadata (help, flag, unit,
+    type): its default and help come from the field, so they are written once."""
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        scale, default = f.metadata["scale"], f.default
+        if default is not None and scale != 1:
+            default = default / scale
+        if isinstance(default, float) and default.is_integer():
+            default = int(default)  # shown as 60, not 60.0
+        metavar = "MIB" if scale != 1 else "SECONDS" if f.name.endswith("_s") else "N"
+        group.add_argument(f.metadata["flag"] or "--" + f.name.replace("_", "-"), dest=f.name, default=default,
+                           type=f.metadata["type"] or type(f.default), metavar=metavar, help=f.metadata["help"])
+
+
+def dataclass_from_args(cls, args):
+    """``cls`` from the options :func:`add_dataclass_options` added (values back in the field's unit)."""
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if "help" in f.metadata:
+            value, scale = getattr(args, f.name), f.metadata["scale"]
+            kw[f.name] = value if value is None or scale == 1 else int(value * scale)
+    return cls(**kw)

@@ -5,7 +5,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from edgesplit.cli.common import parse_cpus
+from edgesplit.cli.common import add_dataclass_options, dataclass_from_args, parse_cpus
 from edgesplit.errors import EdgesplitError
 
 
@@ -27,28 +27,17 @@ def _security_args(s) -> None:
 
 
 def _limits_args(s) -> None:
-    g = s.add_argument_group("limits (what a hostile or broken client can make the server hold)")
-    g.add_argument("--max-message-mb", type=float, help="largest request accepted, MiB (default: --max-batch items of "
-                   "the served model's input, at least 1 MiB)")
-    g.add_argument("--max-batch", type=int, default=256, help="items per request the default message limit admits (default 256)")
-    g.add_argument("--max-inflight-mb", type=float, default=256.0,
-                   help="memory held for requests being handled, MiB; more is refused RESOURCE_EXHAUSTED "
-                        "(default 256: a 1 GiB board)")
-    g.add_argument("--idle-timeout-s", type=float, default=60.0,
-                   help="close connections idle, stalled or not reading their answers for this long (default 60)")
-    g.add_argument("--max-connections", type=int, default=64, help="connections accepted at once (default 64)")
-    g.add_argument("--max-connection-age-s", type=float, default=120.0,
-                   help="gRPC: recycle each connection after this long (clients reconnect; a stream stalled mid-message "
-                        "ends then, after the idle timeout's grace; default 120)")
+    from edgesplit.runtime.transport.limits import ServerLimits
+
+    add_dataclass_options(s.add_argument_group("limits (what a hostile or broken client can make the server hold)"),
+                          ServerLimits)
 
 
 def _server_limits(args):
     from edgesplit.runtime.transport.limits import ServerLimits
 
     try:
-        return ServerLimits(None if args.max_message_mb is None else int(args.max_message_mb * (1 << 20)), args.max_batch,
-                            int(args.max_inflight_mb * (1 << 20)), args.idle_timeout_s, args.max_connections,
-                            args.max_connection_age_s)
+        return dataclass_from_args(ServerLimits, args)
     except ValueError as err:
         raise EdgesplitError(f"{err}; check --max-message-mb, --max-batch, --max-inflight-mb, --idle-timeout-s, "
                              f"--max-connections and --max-connection-age-s") from None
