@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import edgesplit
-from edgesplit.runtime.transport.limits import ServerLimits
 from edgesplit.data import load_dataset
 from edgesplit.errors import EdgesplitError
 from edgesplit.runtime.cluster import LocalCluster
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 
 from edgesplit.runtime.transport.ipc import HEADER, INFER, FrameReader, _frame, socket_path
 from edgesplit.runtime.transport.ipc_peer import UnixSocketPeer
+from edgesplit.runtime.transport.limits import ServerLimits
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgesplit.runtime.transport.limits import ServerLimits
 from edgesplit.data import load_dataset
 from edgesplit.runtime.client import AsyncClient
 from edgesplit.runtime.cluster import LocalCluster
@@ -16,6 +15,7 @@ from edgesplit.runtime.shm import SHM_DIR, InputRing, RegionMap, SharedTensor
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 from edgesplit.runtime.transport.ipc import HEADER, INFER, REGISTER, REGISTERED, RESULT
+from edgesplit.runtime.transport.limits import ServerLimits
 
 pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="needs /dev/shm")
 
