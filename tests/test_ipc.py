@@ -11,7 +11,7 @@ import edgesplit
 from edgesplit.data import load_dataset
 from edgesplit.errors import EdgesplitError
 from edgesplit.runtime.cluster import LocalCluster
-from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
+from edgesplit.runtime.errors import DeadlineExceeded, InferError, OverLimit, PartUnavailable
 from edgesplit.runtime.local import LocalModel
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
@@ -221,7 +221,7 @@ def test_message_limits_over_ipc(tiny_export):
             try:
                 with pytest.raises(InferError, match="over the limit"):  # 25 KiB: answered, connection kept
                     await w.infer({"input": np.zeros((8, 1, 28, 28), np.float32)}, timeout_s=10)
-                with pytest.raises(PartUnavailable, match="RESOURCE_EXHAUSTED"):  # 1.6 MiB: skipped unread
+                with pytest.raises(OverLimit, match="is over the limit"):  # 1.6 MiB: skipped unread
                     await w.infer({"input": np.zeros((512, 1, 28, 28), np.float32)}, timeout_s=10)
                 return await w.infer({"input": np.zeros((1, 1, 28, 28), np.float32)}, timeout_s=10)
             finally:

@@ -8,6 +8,10 @@ class InferError(EdgesplitError):
     """The request is wrong (shape, dtype, bytes, values, model name): INVALID_ARGUMENT."""
 
 
+class OverLimit(InferError):
+    """The request is larger than the server takes (bytes, batch): RESOURCE_EXHAUSTED."""
+
+
 class PartUnavailable(EdgesplitError):
     """A part could not be reached or failed on every replica before the deadline: UNAVAILABLE."""
 

@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
+from edgesplit.runtime.errors import DeadlineExceeded, InferError, OverLimit, PartUnavailable
 from edgesplit.runtime.model import TRACE, TRACE_ANSWERED, TRACE_RECEIVED, ServedModel
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
@@ -47,12 +47,14 @@ def decode_call(models: dict[str, ServedModel], max_message_bytes: int, request:
         raise CallFailed("INVALID_ARGUMENT", unknown_model(request.model_name, models))
     try:  # each raw tensor copied out of the message once (upb copies on access); sizes checked before that
         inputs = codec.decode_request(request, regions, max_message_bytes)
+    except OverLimit as err:
+        raise CallFailed("RESOURCE_EXHAUSTED", str(err)) from None
     except InferError as err:
         raise CallFailed("INVALID_ARGUMENT", str(err)) from None
     if max_batch is not None:
         for name, a in inputs.items():
             if a.ndim and a.shape[0] > max_batch:
-                raise CallFailed("INVALID_ARGUMENT", f"input {echo(name)}: a batch of {a.shape[0]} items, over the limit "
+                raise CallFailed("RESOURCE_EXHAUSTED", f"input {echo(name)}: a batch of {a.shape[0]} items, over the limit "
                                                      f"of {max_batch}; send smaller batches (or raise the server's --max-batch)")
     return Call(m, request.id, inputs, TRACE in request.parameters and request.parameters[TRACE].bool_param)
 
@@ -117,6 +119,8 @@ def status_error(status: str, detail: str, peer) -> Exception:
     """The runtime's exception for a call that ended with ``status`` (a gRPC status code name)."""
     if status == "INVALID_ARGUMENT":
         return InferError(detail)
+    if status == "RESOURCE_EXHAUSTED" and "over the limit" in detail:  # the request is too large: the caller's to fix
+        return OverLimit(detail)
     if status == "DEADLINE_EXCEEDED":
         return DeadlineExceeded(f"{peer.model_name} at {peer.address} did not answer in time")
     return PartUnavailable(f"{peer.model_name} at {peer.address}: {status} ({detail})")

@@ -9,7 +9,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from edgesplit.runtime.errors import InferError
+from edgesplit.runtime.errors import InferError, OverLimit
 from edgesplit.runtime.model import TRACE_DECODED, TRACE_RECEIVED, TRACE_SENT
 from edgesplit.runtime.shm import SharedTensor
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
@@ -41,7 +41,7 @@ def _tensor(name: str, datatype: str, shape, raw: bytes | None, contents, max_by
         raise InferError(f"{label}: negative dimension in shape {list(shape)}")
     count = math.prod(shape)  # Python ints: no overflow
     if max_bytes is not None and count * dtype.itemsize > max_bytes:
-        raise InferError(f"{label}: shape {list(shape)} {datatype} takes {count * dtype.itemsize} bytes, over the "
+        raise OverLimit(f"{label}: shape {list(shape)} {datatype} takes {count * dtype.itemsize} bytes, over the "
                          f"limit of {max_bytes}; send smaller batches")
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
