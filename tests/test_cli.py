@@ -175,7 +175,8 @@ def test_every_option_of_every_subcommand_has_help():
                     yield from undocumented(sub, (*path, name))
             elif not action.help and action.dest != "help":
                 yield " ".join(path) + " " + (action.option_strings[0] if action.option_strings else action.dest)
-            elif action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            elif action.option_strings and not (action.default is None or action.default is False
+                                                or action.default is argparse.SUPPRESS):
                 shown = parser._get_formatter()._get_help_string(action)
                 if "default" not in shown:  # every default is in the help a user reads (written, or appended)
                     yield " ".join(path) + " " + action.option_strings[0] + " (default not shown)"

@@ -135,7 +135,7 @@ def register(sub) -> None:
                    help="how the coordinator reaches the local workers, comma-separated; the first gives the headline figures")
     b.add_argument("--json", nargs="?", const="-", help="write the numbers as JSON (to a file, or stdout with no value)")
     b.add_argument("--poll-ms", type=float, default=0.0,
-                   help="workers poll their Unix socket this long after each answer (worker --poll-ms; default 0)")
+                   help="workers poll their Unix socket this long after each answer (worker --poll-ms)")
     b.set_defaults(func=cmd_bench_serve)
     b = bench.add_parser("faults", help="coded vs uncoded AlexNet FC layers under stragglers and a killed worker")
     b.add_argument("--requests", type=int, default=300, help='requests per scenario (default 300)')

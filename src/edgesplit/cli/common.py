@@ -58,7 +58,8 @@ class DefaultsShown(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.option_strings and "(default" not in text and action.default not in (None, False, argparse.SUPPRESS):
+        unset = action.default is None or action.default is False or action.default is argparse.SUPPRESS  # not 0
+        if action.option_strings and "(default" not in text and not unset:
             text += " (default %(default)s)"
         return text
 
@@ -88,26 +89,25 @@ def json_alone(args):
 
 
 def add_dataclass_options(group, cls) -> None:
-    """An option for each field of the dataclass ``cls`` that declares one in its metadata (help, flag, unit,
-    type): its default and help come from the field, so they are written once."""
+    """An option for each field of the dataclass ``cls`` declared with :func:`edgesplit.options.option`: its default
+    and help come from the field, so they are written once."""
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata:
             continue
-        scale, default = f.metadata["scale"], f.default
-        if default is not None and scale != 1:
-            default = default / scale
-        if isinstance(default, float) and default.is_integer():
-            default = int(default)  # shown as 60, not 60.0
-        metavar = "MIB" if scale != 1 else "SECONDS" if f.name.endswith("_s") else "N"
-        group.add_argument(f.metadata["flag"] or "--" + f.name.replace("_", "-"), dest=f.name, default=default,
-                           type=f.metadata["type"] or type(f.default), metavar=metavar, help=f.metadata["help"])
+        m, default = f.metadata, f.default
+        if default is not None and m["scale"] != 1:
+            default = default / m["scale"]
+        if isinstance(default, float) and default.is_integer() and m["scale"] != 1:
+            default = int(default)  # shown as 256, not 256.0
+        group.add_argument(m["flag"] or "--" + f.name.replace("_", "-"), *m["aliases"], dest=f.name, default=default,
+                           type=m["type"] or type(f.default), metavar=m["metavar"], help=m["help"])
 
 
-def dataclass_from_args(cls, args):
-    """``cls`` from the options :func:`add_dataclass_options` added (values back in the field's unit)."""
-    kw = {}
+def dataclass_from_args(cls, args, **fixed):
+    """``cls`` from the options :func:`add_dataclass_options` added (values back in the field's unit), and ``fixed``."""
+    kw = dict(fixed)
     for f in dataclasses.fields(cls):
-        if "help" in f.metadata:
+        if "help" in f.metadata and f.name not in fixed:
             value, scale = getattr(args, f.name), f.metadata["scale"]
             kw[f.name] = value if value is None or scale == 1 else int(value * scale)
     return cls(**kw)

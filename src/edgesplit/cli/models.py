@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from edgesplit.cli.common import model_kwargs, write_json
+from edgesplit.cli.common import add_dataclass_options, dataclass_from_args, model_kwargs, write_json
 from edgesplit.errors import EdgesplitError
 
 
@@ -84,16 +84,12 @@ def _train_input(text: str, dataset: str, data_dir: str | None) -> tuple[int, in
 
 
 def cmd_train(args) -> None:
-    from edgesplit.training.train import TrainConfig, train
+    from edgesplit.training.config import TrainConfig
+    from edgesplit.training.train import train
 
-    cfg = TrainConfig(
-        model=args.model, dataset=args.data, data_dir=args.data_dir,
-        input_size=_train_input(args.input_size, args.data, args.data_dir) if args.input_size else None,
-        model_kwargs=model_kwargs(args), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, branch_dropout=args.branch_dropout,
-        augment_pad=args.augment_pad, val_size=args.val_size, max_train_samples=args.max_train_samples,
-        seed=args.seed, threads=args.threads,
-    )
+    cfg = dataclass_from_args(TrainConfig, args, model=args.model, dataset=args.data, data_dir=args.data_dir,
+                              input_size=_train_input(args.input_size, args.data, args.data_dir) if args.input_size else None,
+                              model_kwargs=model_kwargs(args))
     bar = _ProgressBar(enabled=not args.quiet)
     try:
         if args.resume and not (Path(args.out) / "checkpoint.pt").exists():
@@ -236,19 +232,9 @@ def register(sub) -> None:
                    help="network input HxW or CxHxW, images resized to it (default: the dataset's size; C must be the "
                         "dataset's channels)")
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model argument, e.g. width_mult=0.5")
-    s.add_argument("--epochs", type=int, default=5, help='training epochs (default 5)')
-    s.add_argument("--batch-size", type=int, default=128, help='images per training step (default 128)')
-    s.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (default: the model's: 0.1, "
-                                            "0.02 for SqueezeNet, which has no batch norm)")
-    s.add_argument("--weight-decay", type=float, default=5e-4, help='SGD weight decay (default 5e-4)')
-    s.add_argument("--label-smoothing", type=float, default=0.0, help='label smoothing of the cross-entropy loss, 0 to 1 (default 0)')
-    s.add_argument("--branch-dropout", type=float, default=0.0, help="probability of zeroing a branch's features (split models)")
-    s.add_argument("--augment-pad", type=int, default=2, help="random-crop padding; 0 disables augmentation")
-    s.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
-    s.add_argument("--train-images", "--max-train-samples", dest="max_train_samples", type=int, metavar="N",
-                   help="train on the first N training images only (default: all)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the weights' initialisation and of each epoch's shuffling (default 0)")
-    s.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    from edgesplit.training.config import TrainConfig
+
+    add_dataclass_options(s, TrainConfig)
     s.add_argument("--out", required=True, help="run directory")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,41 +26,10 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.models import SplitNet, create_model
 from edgesplit.models.registry import default_lr
 from edgesplit.training.checkpoint import read_checkpoint, save_checkpoint
+from edgesplit.training.config import TrainConfig  # noqa: F401 (its home is config.py: importable without torch)
 from edgesplit.training.evaluate import evaluate
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    input_size: tuple[int, int] | None = None  # (H, W); None: the dataset's own size
-    model_kwargs: dict = field(default_factory=dict)  # e.g. width_mult, head_hidden
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float | None = None  # peak of the one-cycle schedule; None: the model's default (models.registry.default_lr)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    branch_dropout: float = 0.0
-    augment_pad: int = 2  # random-crop padding in pixels; 0 turns augmentation off
-    val_size: int = 5000
-    max_train_samples: int | None = None  # a subset, for quick runs (demo, tests)
-    seed: int = 0
-    threads: int | None = None  # None: all cores
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise EdgesplitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr is not None and self.lr <= 0:
-            raise EdgesplitError(f"--lr must be positive, got {self.lr}")
-        if not 0 <= self.branch_dropout < 1:
-            raise EdgesplitError(f"--branch-dropout must be in [0, 1), got {self.branch_dropout}")
-        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
-            raise EdgesplitError(f"--input-size must be HxW with positive sizes, got {self.input_size}")
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 
+from edgesplit.options import MIB, option
 from edgesplit.runtime.tuning import release_heap
 
 # A request's peak memory in a server, as a multiple of its bytes on the wire: the bytes as received, the parsed
@@ -26,30 +27,22 @@ MESSAGE_OVERHEAD_BYTES = 64 << 10  # names, shapes, parameters around the tensor
 MAX_NAME_ECHO = 64  # characters of a client-supplied name repeated in an error message
 
 
-MIB = 1 << 20
-
-
-def _option(default, help: str, flag: str | None = None, scale: int = 1, type=None):
-    """A field that is also a command-line option (``cli.common.add_dataclass_options``): its help, its flag (default
-    ``--field-name``), the unit it is given in (``scale``: MIB for a byte count given in MiB) and its type."""
-    return field(default=default, metadata={"help": help, "flag": flag, "scale": scale, "type": type})
-
-
 @dataclass(frozen=True)
 class ServerLimits:
-    max_message_bytes: int | None = _option(
+    max_message_bytes: int | None = option(
         None, "largest request accepted, MiB (default: --max-batch items of the served model's input as float32, "
-              "plus 64 KiB)", "--max-message-mb", MIB, float)
-    max_batch: int = _option(256, "items per request; the default message limit admits this many")
-    max_inflight_bytes: int = _option(
+              "plus 64 KiB)", "--max-message-mb", scale=MIB, type=float, metavar="MIB")
+    max_batch: int = option(256, "items per request; the default message limit admits this many", metavar="N")
+    max_inflight_bytes: int = option(
         256 * MIB, "memory held for requests being handled (3x each request's bytes), MiB; more is refused "
-                   "RESOURCE_EXHAUSTED; the default suits a 1 GiB board", "--max-inflight-mb", MIB, float)
-    idle_timeout_s: float = _option(60.0, "close connections idle, stalled mid-message or not reading their answers "
-                                          "for this long, seconds")
-    max_connections: int = _option(64, "connections accepted at once (more are closed at once)")
-    max_connection_age_s: float = _option(120.0, "gRPC: recycle each connection after this long, seconds (clients "
-                                                 "reconnect; a stream stalled mid-message ends then, after the idle "
-                                                 "timeout's grace)")
+                   "RESOURCE_EXHAUSTED; the default suits a 1 GiB board", "--max-inflight-mb", scale=MIB, type=float,
+        metavar="MIB")
+    idle_timeout_s: float = option(60.0, "close connections idle, stalled mid-message or not reading their answers "
+                                         "for this long, seconds", metavar="SECONDS")
+    max_connections: int = option(64, "connections accepted at once (more are closed at once)", metavar="N")
+    max_connection_age_s: float = option(120.0, "gRPC: recycle each connection after this long, seconds (clients "
+                                                "reconnect; a stream stalled mid-message ends then, after the idle "
+                                                "timeout's grace)", metavar="SECONDS")
 
     def __post_init__(self):
         bad = [f"{k}={getattr(self, k)}" for k in ("max_batch", "max_inflight_bytes", "idle_timeout_s", "max_connections",

@@ -1,0 +1,41 @@
+"""The training configuration, importable without torch (the CLI builds its options from it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgesplit.errors import EdgesplitError
+from edgesplit.options import option
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    input_size: tuple[int, int] | None = None  # (H, W); None: the dataset's own size
+    model_kwargs: dict = field(default_factory=dict)  # e.g. width_mult, head_hidden
+    epochs: int = option(5, "training epochs")
+    batch_size: int = option(128, "images per training step")
+    lr: float | None = option(None, "peak learning rate of the one-cycle schedule (default: the model's: 0.1, 0.02 for "
+                                    "SqueezeNet, which has no batch norm)", type=float)
+    momentum: float = 0.9
+    weight_decay: float = option(5e-4, "SGD weight decay")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss, 0 to 1")
+    branch_dropout: float = option(0.0, "probability of zeroing a branch's features (split models)")
+    augment_pad: int = option(2, "random-crop padding in pixels; 0 turns augmentation off")
+    val_size: int = option(5000, "training images held out for validation")
+    max_train_samples: int | None = option(None, "train on the first N training images only (default: all)",
+                                           "--train-images", aliases=("--max-train-samples",), type=int, metavar="N")
+    seed: int = option(0, "seed of the weights' initialisation and of each epoch's shuffling")
+    threads: int | None = option(None, "torch threads (default: all cores)", type=int)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise EdgesplitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr is not None and self.lr <= 0:
+            raise EdgesplitError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.branch_dropout < 1:
+            raise EdgesplitError(f"--branch-dropout must be in [0, 1), got {self.branch_dropout}")
+        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
+            raise EdgesplitError(f"--input must be HxW with positive sizes, got {self.input_size}")
