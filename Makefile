@@ -18,6 +18,7 @@ demo: $(STAMP) data
 
 test: $(STAMP) data cxx
 	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not slow"
 

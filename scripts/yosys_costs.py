@@ -16,6 +16,7 @@ read by ``hardware/costs.py``; re-run it to check or extend that table:
 
 Needs only the standard library and the ``yosys`` binary. About 5 minutes on 2 cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,15 +36,19 @@ FAMILIES = {"xc7": "DSP48E1", "xcup": "DSP48E2"}
 
 
 def mult_verilog(w: int, f: int) -> str:
-    return (f"module top(input clk, input signed [{w - 1}:0] a, input signed [{f - 1}:0] b,\n"
-            f"           output reg signed [{w + f - 1}:0] p);\n"
-            f"  reg signed [{w - 1}:0] ra; reg signed [{f - 1}:0] rb;\n"
-            "  always @(posedge clk) begin ra <= a; rb <= b; p <= ra * rb; end\nendmodule\n")
+    return (
+        f"module top(input clk, input signed [{w - 1}:0] a, input signed [{f - 1}:0] b,\n"
+        f"           output reg signed [{w + f - 1}:0] p);\n"
+        f"  reg signed [{w - 1}:0] ra; reg signed [{f - 1}:0] rb;\n"
+        "  always @(posedge clk) begin ra <= a; rb <= b; p <= ra * rb; end\nendmodule\n"
+    )
 
 
 def acc_verilog(n: int) -> str:
-    return (f"module top(input clk, input clr, input signed [{n - 1}:0] x, output reg signed [{n - 1}:0] s);\n"
-            "  always @(posedge clk) s <= clr ? x : s + x;\nendmodule\n")
+    return (
+        f"module top(input clk, input clr, input signed [{n - 1}:0] x, output reg signed [{n - 1}:0] s);\n"
+        "  always @(posedge clk) s <= clr ? x : s + x;\nendmodule\n"
+    )
 
 
 def synth(verilog: str, family: str, nodsp: bool) -> dict:
@@ -53,16 +58,19 @@ def synth(verilog: str, family: str, nodsp: bool) -> dict:
         with open(src, "w") as fh:
             fh.write(verilog)
         cmd = f"read_verilog {src}; synth_xilinx -family {family} -top top -noiopad{' -nodsp' if nodsp else ''}; stat"
-        out = subprocess.run(["yosys", "-q", "-p", cmd.replace("stat", f"tee -o {tmp}/stat.txt stat")],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["yosys", "-q", "-p", cmd.replace("stat", f"tee -o {tmp}/stat.txt stat")], capture_output=True, text=True, check=True
+        )
         del out
         with open(os.path.join(tmp, "stat.txt")) as fh:
             text = fh.read()
     cells = {name: int(n) for name, n in re.findall(r"^\s+(\w+)\s+(\d+)\s*$", text, re.M)}
-    return {"dsp": sum(n for c, n in cells.items() if c.startswith("DSP48")),
-            "lut": sum(n for c, n in cells.items() if re.fullmatch(r"LUT[1-6]", c)),
-            "ff": sum(n for c, n in cells.items() if c.startswith("FD")),
-            "carry": sum(n for c, n in cells.items() if c.startswith("CARRY"))}
+    return {
+        "dsp": sum(n for c, n in cells.items() if c.startswith("DSP48")),
+        "lut": sum(n for c, n in cells.items() if re.fullmatch(r"LUT[1-6]", c)),
+        "ff": sum(n for c, n in cells.items() if c.startswith("FD")),
+        "carry": sum(n for c, n in cells.items() if c.startswith("CARRY")),
+    }
 
 
 def jobs():
@@ -91,8 +99,13 @@ def main(argv=None) -> int:
         print("yosys is not installed: apt-get install yosys", file=sys.stderr)
         return 2
     version = subprocess.run(["yosys", "-V"], capture_output=True, text=True).stdout.strip()
-    table = {"source": f"{version}; scripts/yosys_costs.py (synth_xilinx -noiopad, registered operands and result)",
-             "families": FAMILIES, "mult": {}, "mult_lut": {}, "acc": {}}
+    table = {
+        "source": f"{version}; scripts/yosys_costs.py (synth_xilinx -noiopad, registered operands and result)",
+        "families": FAMILIES,
+        "mult": {},
+        "mult_lut": {},
+        "acc": {},
+    }
     with cf.ThreadPoolExecutor(args.jobs) as pool:
         for (kind, family, nodsp, w, f), cost in pool.map(run, list(jobs())):
             if kind == "acc":
@@ -109,7 +122,11 @@ def main(argv=None) -> int:
         lut_s = f"{lut['lut']:>12} {lut['ff']:>4}" if lut else f"{'-':>12} {'-':>4}"
         print(f"{key:>7} | {e1['dsp']:>7} {e1['lut']:>5} | {e2['dsp']:>8} {e2['lut']:>5} | {lut_s}")
     for family, accs in table["acc"].items():
-        print(family, "accumulators (bits: LUT/FF/CARRY):", ", ".join(f"{n}: {c['lut']}/{c['ff']}/{c['carry']}" for n, c in accs.items()))
+        print(
+            family,
+            "accumulators (bits: LUT/FF/CARRY):",
+            ", ".join(f"{n}: {c['lut']}/{c['ff']}/{c['carry']}" for n, c in accs.items()),
+        )
     return 0
 
 

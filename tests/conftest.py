@@ -13,8 +13,15 @@ def tiny_run(tmp_path_factory):
     from edgesplit.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny_split2")
-    cfg = TrainConfig(model="resnet18-split2", model_kwargs={"width_mult": 0.125}, epochs=1, max_train_samples=512,
-                      val_size=256, batch_size=64, threads=1)
+    cfg = TrainConfig(
+        model="resnet18-split2",
+        model_kwargs={"width_mult": 0.125},
+        epochs=1,
+        max_train_samples=512,
+        val_size=256,
+        batch_size=64,
+        threads=1,
+    )
     train(cfg, out)
     return out
 

@@ -1,4 +1,5 @@
 """The command line: bad input gives one line, exit code 2, no traceback."""
+
 import json
 import subprocess
 import sys
@@ -54,20 +55,23 @@ def test_models_and_profile_json(tmp_path):
     assert [b["name"] for b in prof["profile"]["branches"]] == ["branch0", "branch1", "head"]
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (("profile", "resnet19"), "unknown model 'resnet19'"),
-    (("profile", "resnet18", "--input", "224x224"), "bad input shape"),
-    (("train", "resnet18", "--data-dir", "/nonexistent", "--out", "{tmp}/r"), "does not exist"),
-    (("eval", "{tmp}/missing"), "not found"),
-    (("predict", "{tmp}", "x.png"), "has no manifest.json"),
-    (("train", "resnet18", "--model-arg", "width", "--out", "{tmp}/r"), "bad --model-arg"),
-    (("train", "resnet18", "--model-arg", "depth=3", "--out", "{tmp}/r"), "has no argument depth; its arguments: stem"),
-    (("train", "resnet18", "--input-size", "32", "--out", "{tmp}/r"), "bad --input"),
-    (("train", "resnet18", "--epochs", "0", "--out", "{tmp}/r"), "--epochs must be at least 1"),
-    (("train", "resnet18-split2", "--branch-dropout", "1.5", "--out", "{tmp}/r"), "--branch-dropout must be in"),
-    (("serve", "--plan", "{tmp}/plan.yaml", "--poll-ms", "2"), "only goes with --local"),
-    (("bench", "serve", "--poll-ms", "-1"), "--poll-ms must be 0 or more"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (("profile", "resnet19"), "unknown model 'resnet19'"),
+        (("profile", "resnet18", "--input", "224x224"), "bad input shape"),
+        (("train", "resnet18", "--data-dir", "/nonexistent", "--out", "{tmp}/r"), "does not exist"),
+        (("eval", "{tmp}/missing"), "not found"),
+        (("predict", "{tmp}", "x.png"), "has no manifest.json"),
+        (("train", "resnet18", "--model-arg", "width", "--out", "{tmp}/r"), "bad --model-arg"),
+        (("train", "resnet18", "--model-arg", "depth=3", "--out", "{tmp}/r"), "has no argument depth; its arguments: stem"),
+        (("train", "resnet18", "--input-size", "32", "--out", "{tmp}/r"), "bad --input"),
+        (("train", "resnet18", "--epochs", "0", "--out", "{tmp}/r"), "--epochs must be at least 1"),
+        (("train", "resnet18-split2", "--branch-dropout", "1.5", "--out", "{tmp}/r"), "--branch-dropout must be in"),
+        (("serve", "--plan", "{tmp}/plan.yaml", "--poll-ms", "2"), "only goes with --local"),
+        (("bench", "serve", "--poll-ms", "-1"), "--poll-ms must be 0 or more"),
+    ],
+)
 def test_bad_input_one_line(tmp_path, args, pattern):
     assert_one_line_error(run(*(a.format(tmp=tmp_path) for a in args)), pattern)
 
@@ -95,8 +99,7 @@ def test_export_and_predict_cli(tiny_run, tmp_path):
     Image.fromarray(np.stack([np.kron(img, np.ones((2, 3), np.uint8))] * 3, axis=-1)).save(tmp_path / "rgb.png")
     proc = run("predict", str(tmp_path / "e"), str(tmp_path / "rgb.png"), check_rc=0)
     assert proc.stdout.count(",") == 2
-    assert ("converted from RGB to grey and resized from 84x56 to 28x28 (squashed: the aspect ratio is not kept)"
-            in proc.stderr)
+    assert "converted from RGB to grey and resized from 84x56 to 28x28 (squashed: the aspect ratio is not kept)" in proc.stderr
     with open(tmp_path / "e" / "head.onnx", "ab") as f:
         f.write(b"x")
     assert_one_line_error(run("predict", str(tmp_path / "e"), str(tmp_path / "x.png")), "sha256")
@@ -114,8 +117,10 @@ def test_no_option_is_taken_by_a_prefix():
     assert proc.returncode == 2 and "unrecognized arguments: --token-f" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("content,mode,pattern", [(None, 0o600, "does not exist"), ("", 0o600, "is empty"),
-                                                  ("  \n", 0o600, "is empty"), ("s3cret", 0o644, "chmod 600")])
+@pytest.mark.parametrize(
+    "content,mode,pattern",
+    [(None, 0o600, "does not exist"), ("", 0o600, "is empty"), ("  \n", 0o600, "is empty"), ("s3cret", 0o644, "chmod 600")],
+)
 def test_a_missing_empty_or_world_readable_token_file_is_one_line(tiny_export, tmp_path, content, mode, pattern):
     token = tmp_path / "token.txt"
     if content is not None:
@@ -135,10 +140,34 @@ def test_the_refusal_to_bind_names_real_options():
 
 
 def test_model_args_take_lists_both_ways_and_unknown_keys_list_the_valid_ones():
-    a = json.loads(run("profile", "resnet18-split2", "--input", "1x28x28", "--num-classes", "10", "--json",
-                       "--model-arg", "branch_widths=0.75,0.25", check_rc=0).stdout)
-    b = json.loads(run("profile", "resnet18-split2", "--input", "1x28x28", "--num-classes", "10", "--json",
-                       "--model-arg", "branch_widths=[0.75,0.25]", check_rc=0).stdout)
+    a = json.loads(
+        run(
+            "profile",
+            "resnet18-split2",
+            "--input",
+            "1x28x28",
+            "--num-classes",
+            "10",
+            "--json",
+            "--model-arg",
+            "branch_widths=0.75,0.25",
+            check_rc=0,
+        ).stdout
+    )
+    b = json.loads(
+        run(
+            "profile",
+            "resnet18-split2",
+            "--input",
+            "1x28x28",
+            "--num-classes",
+            "10",
+            "--json",
+            "--model-arg",
+            "branch_widths=[0.75,0.25]",
+            check_rc=0,
+        ).stdout
+    )
     assert a == b and a["profile"]["branches"][0]["params"] > a["profile"]["branches"][1]["params"]
     proc = run("profile", "resnet18-split2", "--input", "1x28x28", "--model-arg", "nope=1")
     assert_one_line_error(proc, "has no argument nope; its arguments:")
@@ -152,8 +181,24 @@ def test_a_plan_written_in_another_folder_is_read_back(tiny_export, tmp_path):
 
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "edgesplit", "plan", str(tiny_export), "--workers", "127.0.0.1:1",
-                           "127.0.0.1:2", "--out", "plans/p.yaml"], capture_output=True, text=True, cwd=work, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgesplit",
+            "plan",
+            str(tiny_export),
+            "--workers",
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            "--out",
+            "plans/p.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     plan = load_plan(work / "plans" / "p.yaml")
     assert Path(plan.export).resolve() == Path(tiny_export).resolve()
@@ -175,8 +220,9 @@ def test_every_option_of_every_subcommand_has_help():
                     yield from undocumented(sub, (*path, name))
             elif not action.help and action.dest != "help":
                 yield " ".join(path) + " " + (action.option_strings[0] if action.option_strings else action.dest)
-            elif action.option_strings and not (action.default is None or action.default is False
-                                                or action.default is argparse.SUPPRESS):
+            elif action.option_strings and not (
+                action.default is None or action.default is False or action.default is argparse.SUPPRESS
+            ):
                 shown = parser._get_formatter()._get_help_string(action)
                 if "default" not in shown:  # every default is in the help a user reads (written, or appended)
                     yield " ".join(path) + " " + action.option_strings[0] + " (default not shown)"
@@ -185,8 +231,17 @@ def test_every_option_of_every_subcommand_has_help():
 
 
 def test_plan_speeds_that_are_not_numbers_are_one_line(tiny_export, tmp_path):
-    proc = run("plan", str(tiny_export), "--workers", "127.0.0.1:1", "127.0.0.1:2", "--speeds", "1,fast",
-               "--out", str(tmp_path / "p.yaml"))
+    proc = run(
+        "plan",
+        str(tiny_export),
+        "--workers",
+        "127.0.0.1:1",
+        "127.0.0.1:2",
+        "--speeds",
+        "1,fast",
+        "--out",
+        str(tmp_path / "p.yaml"),
+    )
     assert_one_line_error(proc, "bad --speeds '1,fast'")
 
 

@@ -1,4 +1,5 @@
 """Co-design: the search space, fleet balancing, the CPU roofline, and one small real search end to end."""
+
 import json
 import socket
 from dataclasses import replace
@@ -129,8 +130,13 @@ def test_every_bundle_is_costed_and_quantized(bundle):
 
     torch.manual_seed(0)
     model = create_model("bundlenet", num_classes=10, in_chans=1, bundle=bundle, channels=[8, 16], pools=[True, False]).eval()
-    est = tune(graph_from_model(model, (1, 28, 28)), get_device("pynq-z1"), AccelConfig(wbits=8, fbits=8),
-               COARSE_PAR_CHOICES, COARSE_TILE_CHOICES)["best"]
+    est = tune(
+        graph_from_model(model, (1, 28, 28)),
+        get_device("pynq-z1"),
+        AccelConfig(wbits=8, fbits=8),
+        COARSE_PAR_CHOICES,
+        COARSE_TILE_CHOICES,
+    )["best"]
     assert est["fits"] and est["totals"]["fps"] > 0
     qnet = QuantNet(qgraph_from_model(model, (1, 28, 28)))
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
@@ -139,12 +145,20 @@ def test_every_bundle_is_costed_and_quantized(bundle):
         qnet.calibrate([torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(2))], 8, 8)
         fake = qnet.double()(x.double()).numpy()
     y_int, fmt = run_integer(qnet.float().export_graph(), qnet.scheme, x.numpy())
-    assert np.array_equal(fake, y_int.reshape(len(x), -1) / 2.0 ** fmt.frac)
+    assert np.array_equal(fake, y_int.reshape(len(x), -1) / 2.0**fmt.frac)
 
 
 def test_bundlenet_split_widths_add_up():
-    m = create_model("bundlenet-split", num_classes=10, in_chans=1, bundle="conv3", channels=[16, 32], pools=[True, False],
-                     k=2, branch_widths=[3, 1])
+    m = create_model(
+        "bundlenet-split",
+        num_classes=10,
+        in_chans=1,
+        bundle="conv3",
+        channels=[16, 32],
+        pools=[True, False],
+        k=2,
+        branch_widths=[3, 1],
+    )
     assert m.feature_dims == [24, 8]
 
 
@@ -163,9 +177,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-SMALL = ["codesign", "--device", "pynq-z1", "--target-fps", "2000", "--time-budget", "200s", "--bundles", "conv3,dw3-pw1",
-         "--proxy-images", "256", "--proxy-val-images", "128", "--final-epochs", "1", "--final-images", "512",
-         "--finalists", "1"]
+SMALL = [
+    "codesign",
+    "--device",
+    "pynq-z1",
+    "--target-fps",
+    "2000",
+    "--time-budget",
+    "200s",
+    "--bundles",
+    "conv3,dw3-pw1",
+    "--proxy-images",
+    "256",
+    "--proxy-val-images",
+    "128",
+    "--final-epochs",
+    "1",
+    "--final-images",
+    "512",
+    "--finalists",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -173,18 +205,30 @@ def search(tmp_path_factory):
     out = tmp_path_factory.mktemp("codesign")
     ports = [_free_port(), _free_port()]
     fleet = out / "fleet.yaml"
-    fleet.write_text(f"devices:\n  - {{device: ultra96-v2, addresses: ['127.0.0.1:{ports[0]}']}}\n"
-                     f"  - {{device: raspberry-pi-4, addresses: ['127.0.0.1:{ports[1]}']}}\n")
+    fleet.write_text(
+        f"devices:\n  - {{device: ultra96-v2, addresses: ['127.0.0.1:{ports[0]}']}}\n"
+        f"  - {{device: raspberry-pi-4, addresses: ['127.0.0.1:{ports[1]}']}}\n"
+    )
     run = out / "run"
-    assert main([*SMALL, "--out", str(run), "--fleet", str(fleet), "--accuracy-floor", "0",
-                 "--json", str(out / "result.json")]) == 0
+    assert (
+        main([*SMALL, "--out", str(run), "--fleet", str(fleet), "--accuracy-floor", "0", "--json", str(out / "result.json")]) == 0
+    )
     return run, json.loads((out / "result.json").read_text()), fleet
 
 
 def test_search_writes_every_output(search):
     run, result, _ = search
-    for name in ("report.md", "pareto.png", "result.json", "search.json", "chosen/checkpoint.pt", "chosen/network.json",
-                 "chosen/accelerator.json", "chosen/export/manifest.json", "fleet/plan.yaml"):
+    for name in (
+        "report.md",
+        "pareto.png",
+        "result.json",
+        "search.json",
+        "chosen/checkpoint.pt",
+        "chosen/network.json",
+        "chosen/accelerator.json",
+        "chosen/export/manifest.json",
+        "fleet/plan.yaml",
+    ):
         assert (run / name).exists(), name
     chosen = result["chosen"]
     assert chosen["hardware"]["fps"] >= 2000 and chosen["hardware"]["fits"]
@@ -248,12 +292,15 @@ def test_fleet_plan_serves_on_real_workers(search):
     assert np.abs(got - ref).max() < 1e-4
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--target-fps", "-1"], "--target-fps must be positive"),
-    (["--time-budget", "0s"], "--time-budget must be positive"),
-    (["--time-budget", "5"], "--time-budget needs a unit"),
-    (["--bundles", "conv5"], "unknown bundle"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target-fps", "-1"], "--target-fps must be positive"),
+        (["--time-budget", "0s"], "--time-budget must be positive"),
+        (["--time-budget", "5"], "--time-budget needs a unit"),
+        (["--bundles", "conv5"], "unknown bundle"),
+    ],
+)
 def test_bad_arguments_one_line(tmp_path, capsys, args, message):
     base = ["--device", "pynq-z1", "--target-fps", "100", "--out", str(tmp_path / "o")]
     assert main(["codesign", *base, *args]) == 2
@@ -266,9 +313,27 @@ def test_a_budget_too_small_is_refused_with_the_minimum_and_leaves_nothing(tmp_p
     import sys
 
     out = tmp_path / "o"
-    proc = subprocess.run([sys.executable, "-m", "edgesplit", "codesign", "--device", "pynq-z1", "--target-fps", "100",
-                           "--time-budget", "10s", "--bundles", "conv3", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgesplit",
+            "codesign",
+            "--device",
+            "pynq-z1",
+            "--target-fps",
+            "100",
+            "--time-budget",
+            "10s",
+            "--bundles",
+            "conv3",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     err = [line for line in proc.stderr.strip().splitlines() if not line.startswith("INFO ")]
     assert proc.returncode == 2 and len(err) == 1 and "Traceback" not in proc.stderr
     assert "too small on this machine" in err[0] and "need at least" in err[0]

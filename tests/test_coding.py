@@ -1,4 +1,5 @@
 """Coded linear layers: any k of k + r answers give the layer's output (float32, relative error <= 1e-4)."""
+
 import itertools
 
 import numpy as np
@@ -77,8 +78,7 @@ def test_auto_picks_the_best_conditioned_construction():
 
 
 @settings(max_examples=60, deadline=None)
-@given(k=st.integers(1, 8), r=st.integers(0, 3), batch=st.integers(1, 5), extra_rows=st.integers(0, 7),
-       data=st.data())
+@given(k=st.integers(1, 8), r=st.integers(0, 3), batch=st.integers(1, 5), extra_rows=st.integers(0, 7), data=st.data())
 def test_decode_property(k, r, batch, extra_rows, data):
     rng = np.random.default_rng(k * 1000 + r * 100 + batch)
     out_features = k + extra_rows

@@ -3,6 +3,7 @@
 Each peer is a test double for a worker: it answers (the part's real output, computed with ONNX Runtime from
 the export's file), fails, or never answers, after a scripted delay. The coordinator under test is the real one.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,8 +25,15 @@ class ScriptedPeer:
     """Answers with ``engine`` after ``delay_s``; or fails with ``fail``; or never answers (``never``: honouring its
     timeout as a worker does, unless ``ignore_timeout``)."""
 
-    def __init__(self, name: str, engine: OnnxRuntimeEngine | None, delay_s: float = 0.0, fail: Exception | None = None,
-                 never: bool = False, ignore_timeout: bool = False):
+    def __init__(
+        self,
+        name: str,
+        engine: OnnxRuntimeEngine | None,
+        delay_s: float = 0.0,
+        fail: Exception | None = None,
+        never: bool = False,
+        ignore_timeout: bool = False,
+    ):
         self.address, self.engine, self.delay_s, self.fail = f"scripted://{name}", engine, delay_s, fail
         self.never, self.ignore_timeout = never, ignore_timeout
         self.calls = self.cancelled = 0
@@ -40,8 +48,11 @@ class ScriptedPeer:
                 fut.set_exception(error) if error is not None else fut.set_result(result)
 
         if self.never:
-            handle = None if self.ignore_timeout or timeout_s is None else loop.call_later(
-                timeout_s, settle, None, DeadlineExceeded(f"{self.address}: no answer in time"))
+            handle = (
+                None
+                if self.ignore_timeout or timeout_s is None
+                else loop.call_later(timeout_s, settle, None, DeadlineExceeded(f"{self.address}: no answer in time"))
+            )
         elif timeout_s is not None and self.delay_s > timeout_s:
             handle = loop.call_later(timeout_s, settle, None, DeadlineExceeded(f"{self.address}: no answer in time"))
         elif self.fail is not None:
@@ -80,8 +91,12 @@ def _coordinator(export, scripts: dict, **plan_kw) -> tuple[Coordinator, dict]:
     for part in m.remote_parts:
         engine = OnnxRuntimeEngine(m.path(m.part(part)))
         peers[part] = [ScriptedPeer(f"{part}.{i}", engine, **kw) for i, kw in enumerate(scripts.get(part, [{}]))]
-    plan = Plan(str(export), tuple(PartPlacement(p, tuple(x.address for x in ps)) for p, ps in peers.items()),
-                input_dtype="float32", **plan_kw)
+    plan = Plan(
+        str(export),
+        tuple(PartPlacement(p, tuple(x.address for x in ps)) for p, ps in peers.items()),
+        input_dtype="float32",
+        **plan_kw,
+    )
     return Coordinator(plan, peers), peers
 
 
@@ -221,16 +236,18 @@ def test_a_branch_that_never_answers_ends_at_the_deadline(tiny_export, ignore_ti
     r = _run(_infer(coord, _image()))
     assert 0.25 < time.monotonic() - t0 < 1.0  # never past the deadline, even when the peer ignores it
     assert r.parameters["degraded"] and r.parameters["missing"] == "branch0"
-    coord, _ = _coordinator(tiny_export, {"branch0": [{"never": True, "ignore_timeout": ignore_timeout}]}, timeout_ms=300,
-                            on_missing="fail")
+    coord, _ = _coordinator(
+        tiny_export, {"branch0": [{"never": True, "ignore_timeout": ignore_timeout}]}, timeout_ms=300, on_missing="fail"
+    )
     with pytest.raises(DeadlineExceeded):
         _run(_infer(coord, _image()))
 
 
 def test_a_peer_failing_repeatedly_is_skipped_then_probed(tiny_export):
     async def go():
-        coord, peers = _coordinator(tiny_export, {"branch1": [{"fail": RuntimeError("down")}]}, unhealthy_after=2,
-                                    probe_interval_ms=10_000)
+        coord, peers = _coordinator(
+            tiny_export, {"branch1": [{"fail": RuntimeError("down")}]}, unhealthy_after=2, probe_interval_ms=10_000
+        )
         try:
             for _ in range(4):
                 await coord.infer({"input": _image()})

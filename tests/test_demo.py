@@ -1,4 +1,5 @@
 """The main job end to end on a tiny model: train, export, local workers, report files."""
+
 import json
 
 import numpy as np
@@ -7,8 +8,15 @@ from edgesplit.demo import DemoConfig, run_demo
 
 
 def test_demo_end_to_end(tmp_path, capsys):
-    cfg = DemoConfig(work_dir=str(tmp_path), limit=200, width_mult=0.125, epochs=1, max_train_samples=1024, throughput_images=100,
-                     unplug_images=100)
+    cfg = DemoConfig(
+        work_dir=str(tmp_path),
+        limit=200,
+        width_mult=0.125,
+        epochs=1,
+        max_train_samples=1024,
+        throughput_images=100,
+        unplug_images=100,
+    )
     report = run_demo(cfg, json_path=str(tmp_path / "demo.json"))
     results = report["results"]
     assert set(results) == {"split", "in-process", "nonsplit"}

@@ -26,8 +26,12 @@ def test_split_export_matches_pytorch(tiny_run, tiny_export):
 
 def test_unsplit_export_matches_pytorch(tmp_path):
     model = create_model("squeezenet", num_classes=10, in_chans=1, input_size=(28, 28)).eval()
-    ckpt = {"model": "squeezenet", "model_kwargs": {"num_classes": 10, "in_chans": 1, "input_size": [28, 28]},
-            "preprocess": {"size": [28, 28], "mean": [0.5], "std": [0.5]}, "classes": [str(i) for i in range(10)]}
+    ckpt = {
+        "model": "squeezenet",
+        "model_kwargs": {"num_classes": 10, "in_chans": 1, "input_size": [28, 28]},
+        "preprocess": {"size": [28, 28], "mean": [0.5], "std": [0.5]},
+        "classes": [str(i) for i in range(10)],
+    }
     body = export_model(model, ckpt, tmp_path)
     assert [p["name"] for p in body["parts"]] == ["model"] and body["parity_max_abs_diff"] < PARITY_TOL
     x = np.random.default_rng(2).standard_normal((3, 1, 28, 28)).astype(np.float32)

@@ -1,4 +1,5 @@
 """Stragglers and failures with real worker processes: coded FC layers keep answering exactly."""
+
 import os
 import signal
 import time
@@ -38,8 +39,10 @@ def test_manifest_describes_coded_stages(coded_export):
 def test_killed_worker_mid_stream_every_answer_exact(mlp, coded_export):
     xs = _xs()
     want = reference_forward(mlp, xs)
-    with LocalCluster(coded_export, groups=_groups(K + R), pin=False, timeout_ms=3000) as c, \
-            edgesplit.connect(c.plan()) as client:
+    with (
+        LocalCluster(coded_export, groups=_groups(K + R), pin=False, timeout_ms=3000) as c,
+        edgesplit.connect(c.plan()) as client,
+    ):
         futures = [client.submit(x[None]) for x in xs[:20]]
         c.kill("l1.1,l2.1")
         futures += [client.submit(x[None]) for x in xs[20:]]
@@ -53,8 +56,10 @@ def test_killed_worker_mid_stream_every_answer_exact(mlp, coded_export):
 def test_frozen_worker_does_not_delay_answers(mlp, coded_export):
     xs = _xs(10)
     want = reference_forward(mlp, xs)
-    with LocalCluster(coded_export, groups=_groups(K + R), pin=False, timeout_ms=5000) as c, \
-            edgesplit.connect(c.plan()) as client:
+    with (
+        LocalCluster(coded_export, groups=_groups(K + R), pin=False, timeout_ms=5000) as c,
+        edgesplit.connect(c.plan()) as client,
+    ):
         client.infer(xs[:1])
         pid = c.workers["l1.0,l2.0"].proc.pid
         os.kill(pid, signal.SIGSTOP)
@@ -72,8 +77,10 @@ def test_lazy_parity_asks_parity_blocks_only_when_a_data_block_is_late_or_gone(m
     xs = _xs(12)
     want = reference_forward(mlp, xs)
     # slack 20: a data block is late only at 21x the first one's time, so fault-free runs never ask the parity block
-    with LocalCluster(coded_export, groups=_groups(K + R), pin=False, timeout_ms=5000) as c, \
-            edgesplit.connect(c.plan(parity="lazy", parity_slack=20.0)) as client:
+    with (
+        LocalCluster(coded_export, groups=_groups(K + R), pin=False, timeout_ms=5000) as c,
+        edgesplit.connect(c.plan(parity="lazy", parity_slack=20.0)) as client,
+    ):
         for x, w in zip(xs[:4], want):
             r = client.infer_result(x[None])
             assert "parity_asked" not in r.parameters and not r.parameters["recovered"]
@@ -103,14 +110,17 @@ def test_plan_refuses_unknown_parity_policy(coded_export):
             validate_plan(Plan(str(coded_export), parts, **bad), load_manifest(coded_export))
 
 
-@pytest.mark.parametrize("faulty", [["--inject-error-prob", "0.3", "--inject-seed", "4"], ["--crash-after", "10"]],
-                         ids=["errors", "crash"])
+@pytest.mark.parametrize(
+    "faulty", [["--inject-error-prob", "0.3", "--inject-seed", "4"], ["--crash-after", "10"]], ids=["errors", "crash"]
+)
 def test_injected_faults_on_one_worker_are_recovered_then_it_is_readmitted(mlp, coded_export, faulty):
     xs = _xs(30)
     want = reference_forward(mlp, xs)
     name = "l1.2,l2.2"
-    with LocalCluster(coded_export, groups=_groups(K + R), pin=False, extra_args={name: faulty}, timeout_ms=3000) as c, \
-            edgesplit.connect(c.plan(probe_interval_ms=100)) as client:
+    with (
+        LocalCluster(coded_export, groups=_groups(K + R), pin=False, extra_args={name: faulty}, timeout_ms=3000) as c,
+        edgesplit.connect(c.plan(probe_interval_ms=100)) as client,
+    ):
         for x, w in zip(xs, want):
             r = client.infer_result(x[None])
             assert not r.parameters["degraded"] and _close(r.outputs["logits"][0], w)
@@ -146,7 +156,7 @@ def test_without_parity_a_missing_block_gives_flagged_degraded_answer(mlp, tmp_p
 def test_share_of_requests_parity_cannot_shield():
     from edgesplit.bench.faults import p_more_stragglers_than_parity
 
-    assert p_more_stragglers_than_parity(5, 1, 0.1) == pytest.approx(1 - 0.9 ** 5 - 5 * 0.1 * 0.9 ** 4)
+    assert p_more_stragglers_than_parity(5, 1, 0.1) == pytest.approx(1 - 0.9**5 - 5 * 0.1 * 0.9**4)
     rng = np.random.default_rng(0)
     draws = (rng.random((200_000, 7)) < 0.1).sum(1)
     assert p_more_stragglers_than_parity(7, 3, 0.1) == pytest.approx((draws > 3).mean(), abs=5e-4)
@@ -163,8 +173,12 @@ def coded_head_export(tmp_path_factory):
     torch.manual_seed(0)
     kw = {"num_classes": 10, "in_chans": 1, "input_size": [28, 28], "width_mult": 0.125, "head_hidden": 40}
     model = create_model("resnet18-split2", **kw).eval()
-    ckpt = {"model": "resnet18-split2", "model_kwargs": kw, "classes": [str(i) for i in range(10)],
-            "preprocess": {"size": [28, 28], "mean": [0.5], "std": [0.25]}}
+    ckpt = {
+        "model": "resnet18-split2",
+        "model_kwargs": kw,
+        "classes": [str(i) for i in range(10)],
+        "preprocess": {"size": [28, 28], "mean": [0.5], "std": [0.25]},
+    }
     out = tmp_path_factory.mktemp("coded_head")
     export_model(model, ckpt, out, code_head=(3, 1))
     return model, out
@@ -177,16 +191,21 @@ def test_split_model_with_coded_head_runs_as_stages_and_survives_a_lost_block(co
 
     model, export = coded_head_export
     m = load_manifest(export)
-    assert [(s.name, s.merge, s.local) for s in m.stages] == [("branches", "concat", False), ("head_fc", "decode", False),
-                                                              ("head", "single", True)]
+    assert [(s.name, s.merge, s.local) for s in m.stages] == [
+        ("branches", "concat", False),
+        ("head_fc", "decode", False),
+        ("head", "single", True),
+    ]
     assert m.stages[1].parts == ("head_fc.0", "head_fc.1", "head_fc.2", "head_fc.3") and m.stages[1].activation == "relu"
     x = np.random.default_rng(2).standard_normal((6, 1, 28, 28)).astype(np.float32)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     assert np.abs(LocalModel(export)(x) - want).max() < 1e-4  # the data blocks alone give the head
     groups = [["branch0", "head_fc.0"], ["branch1", "head_fc.1"], ["head_fc.2"], ["head_fc.3"]]
-    with LocalCluster(export, groups=groups, pin=False, timeout_ms=5000, input_dtype="float32") as c, \
-            edgesplit.connect(c.plan()) as client:
+    with (
+        LocalCluster(export, groups=groups, pin=False, timeout_ms=5000, input_dtype="float32") as c,
+        edgesplit.connect(c.plan()) as client,
+    ):
         for xi, w in zip(x[:3], want):
             r = client.infer_result(xi[None])
             assert not r.parameters["degraded"] and _close(r.outputs["logits"][0], w)
@@ -227,13 +246,33 @@ def test_plan_refuses_to_put_more_blocks_on_a_device_than_the_code_can_lose(code
     from edgesplit.runtime.plan import coded_tolerance, make_plan
 
     _, export = coded_head_export
-    with pytest.raises(EdgesplitError, match="would put 2 blocks on one device, more than the 1 the code can lose; give "
-                                             "at least 4 worker addresses"):
+    with pytest.raises(
+        EdgesplitError,
+        match="would put 2 blocks on one device, more than the 1 the code can lose; give at least 4 worker addresses",
+    ):
         make_plan(str(export), ["a:1", "b:1", "c:1"])
     plan = make_plan(str(export), [f"h{i}:1" for i in range(4)])
-    assert coded_tolerance(plan) == ["head_fc: 3 data + 1 parity blocks on 4 device(s), at most 1 per device: any 1 "
-                                     "device(s) can be lost without a degraded answer"]
-    proc = subprocess.run([sys.executable, "-m", "edgesplit", "plan", str(export), "--workers", "a:1", "b:1", "c:1",
-                           "--out", str(tmp_path / "p.yaml")], capture_output=True, text=True, timeout=60)
+    assert coded_tolerance(plan) == [
+        "head_fc: 3 data + 1 parity blocks on 4 device(s), at most 1 per device: any 1 "
+        "device(s) can be lost without a degraded answer"
+    ]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgesplit",
+            "plan",
+            str(export),
+            "--workers",
+            "a:1",
+            "b:1",
+            "c:1",
+            "--out",
+            str(tmp_path / "p.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "at least 4" in proc.stderr
     assert not (tmp_path / "p.yaml").exists()

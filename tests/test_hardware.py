@@ -1,4 +1,5 @@
 """The FPGA accelerator model: formulas against hand-computed cases, fusion, fit/refuse, tuning, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -17,18 +18,21 @@ from edgesplit.hardware.costs import bram18, dsp_per_mult, packs_two
 from edgesplit.hardware.graph import Graph, Layer, UnsupportedLayers, fuse, graph_from_onnx, load_graph
 
 
-@pytest.mark.parametrize("w,f,dsp_type,want", [
-    (16, 8, "DSP48E1", 1.0),    # fits 25x18
-    (16, 16, "DSP48E1", 1.0),
-    (4, 4, "DSP48E1", 0.0),     # yosys builds 4x4 from LUTs (fabric_costs.json)
-    (8, 8, "DSP48E1", 0.5),     # two 8x8 products sharing one operand fit one DSP (WP486)
-    (9, 8, "DSP48E1", 1.0),     # one bit more no longer packs on the 25-bit port: DSPs double
-    (10, 8, "DSP48E2", 0.5),    # the 27-bit port of UltraScale still packs it
-    (11, 8, "DSP48E2", 1.0),
-    (32, 32, "DSP48E1", 4.0),   # synthesized: four DSP48E1
-    (26, 18, "DSP48E1", 2.0),   # measured at 27x18 (the next width in the table): two DSP48E1, one DSP48E2
-    (26, 18, "DSP48E2", 1.0),
-])
+@pytest.mark.parametrize(
+    "w,f,dsp_type,want",
+    [
+        (16, 8, "DSP48E1", 1.0),  # fits 25x18
+        (16, 16, "DSP48E1", 1.0),
+        (4, 4, "DSP48E1", 0.0),  # yosys builds 4x4 from LUTs (fabric_costs.json)
+        (8, 8, "DSP48E1", 0.5),  # two 8x8 products sharing one operand fit one DSP (WP486)
+        (9, 8, "DSP48E1", 1.0),  # one bit more no longer packs on the 25-bit port: DSPs double
+        (10, 8, "DSP48E2", 0.5),  # the 27-bit port of UltraScale still packs it
+        (11, 8, "DSP48E2", 1.0),
+        (32, 32, "DSP48E1", 4.0),  # synthesized: four DSP48E1
+        (26, 18, "DSP48E1", 2.0),  # measured at 27x18 (the next width in the table): two DSP48E1, one DSP48E2
+        (26, 18, "DSP48E2", 1.0),
+    ],
+)
 def test_dsp_per_multiply(w, f, dsp_type, want):
     assert dsp_per_mult(w, f, dsp_type) == want
 
@@ -46,12 +50,20 @@ def test_float32_multiply_accumulate_costs_five_dsps():
     assert dsp_per_mult(32, 32, "DSP48E1", float32=True) == 5.0
 
 
-@pytest.mark.parametrize("depth,width,want", [
-    (512, 36, 1), (513, 36, 2), (1024, 18, 1), (2048, 16, 2), (2048, 9, 1), (16384, 1, 1),
-    (100, 8, 0),      # 800 bits: LUT RAM
-    (1000, 72, 4),    # two 36-bit columns, 2 blocks deep each
-    (1000, 40, 3),    # a 36-bit column (2 blocks) + a 4-bit one (1 block of 4096 x 4)
-])
+@pytest.mark.parametrize(
+    "depth,width,want",
+    [
+        (512, 36, 1),
+        (513, 36, 2),
+        (1024, 18, 1),
+        (2048, 16, 2),
+        (2048, 9, 1),
+        (16384, 1, 1),
+        (100, 8, 0),  # 800 bits: LUT RAM
+        (1000, 72, 4),  # two 36-bit columns, 2 blocks deep each
+        (1000, 40, 3),  # a 36-bit column (2 blocks) + a 4-bit one (1 block of 4096 x 4)
+    ],
+)
 def test_bram18_for_an_array(depth, width, want):
     assert bram18(depth, width) == want
 
@@ -75,7 +87,9 @@ def test_dram_bytes_hand_computed_and_batch_amortises_weights():
     cfg = AccelConfig(wbits=16, fbits=16, tm=16, tn=8, tr=4, tc=4)
     t = _bundle_dram_bytes(CONV, cfg)
     assert t["weights"] == 32 * 16 * 9 * 2 * 4  # 2 bytes per weight, re-fetched for each of the 4 tiles
-    assert t["fm_in"] == pytest.approx(16 * 64 * 2 * 2 * (6 * 6) / (4 * 4))  # read once per output-channel group, with the 3x3 halo
+    assert t["fm_in"] == pytest.approx(
+        16 * 64 * 2 * 2 * (6 * 6) / (4 * 4)
+    )  # read once per output-channel group, with the 3x3 halo
     assert t["fm_out"] == 32 * 64 * 2
     t4 = _bundle_dram_bytes(CONV, AccelConfig(wbits=16, fbits=16, tm=16, tn=8, tr=4, tc=4, batch=4))
     assert t4["weights"] == t["weights"] / 4 and t4["fm_in"] == t["fm_in"]
@@ -174,10 +188,17 @@ def test_pipeline_architecture_balances_stages():
 
 def _onnx_with(op_type: str) -> bytes:
     w = numpy_helper.from_array(np.ones((4, 1, 3, 3), np.float32), "w")
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv0", pads=[1, 1, 1, 1]),
-             helper.make_node(op_type, ["y"], ["z"], name="odd0")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node(op_type, ["y"], ["z"], name="odd0"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [w],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
@@ -202,14 +223,17 @@ def test_estimate_an_onnx_file_and_json(tmp_path, capsys):
     assert "odd0 (Erf)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--device", "no-such-board"], "unknown device"),
-    (["--device", "raspberry-pi-4"], "cpu device"),
-    (["--device", "pynq-z1", "--wbits", "0"], "--wbits must be between 1 and 32"),
-    (["--device", "pynq-z1", "--fbits", "33"], "--fbits must be between 1 and 32"),
-    (["--device", "pynq-z1", "--arch", "systolic"], "--arch must be bundle or pipeline"),
-    (["--device", "pynq-z1", "--batch", "0"], "--batch must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--device", "no-such-board"], "unknown device"),
+        (["--device", "raspberry-pi-4"], "cpu device"),
+        (["--device", "pynq-z1", "--wbits", "0"], "--wbits must be between 1 and 32"),
+        (["--device", "pynq-z1", "--fbits", "33"], "--fbits must be between 1 and 32"),
+        (["--device", "pynq-z1", "--arch", "systolic"], "--arch must be bundle or pipeline"),
+        (["--device", "pynq-z1", "--batch", "0"], "--batch must be at least 1"),
+    ],
+)
 def test_bad_input_is_one_line(argv, needle, capsys):
     assert main(["estimate", "bundlenet-a", "--input", "3x32x32", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -325,19 +349,30 @@ def _chain(*ops: tuple) -> bytes:
             inits.append(numpy_helper.from_array(arr, f"c{i}_{j}"))
             names.append(f"c{i}_{j}")
         nodes.append(helper.make_node(op, [f"t{i}", *names], [f"t{i + 1}"], name=f"{op.lower()}{i}", **attrs))
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
-                          [helper.make_tensor_value_info(f"t{len(ops)}", TensorProto.FLOAT, None)], inits)
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info(f"t{len(ops)}", TensorProto.FLOAT, None)],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
 
 
 def test_every_operator_of_published_designs_is_costed():
-    model = _chain(("SpaceToDepth", {"blocksize": 2}, []),                      # YOLO/SkyNet "reorg"
-                   ("DepthToSpace", {"blocksize": 2}, []),
-                   ("Pad", {}, [np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)]),
-                   ("Resize", {"mode": "nearest"}, [np.array([], np.float32), np.array([1, 1, 2, 2], np.float32)]),
-                   ("Sigmoid", {}, []), ("Mul", {}, [np.ones((1, 8, 1, 1), np.float32)]),
-                   ("Sub", {}, [np.ones(1, np.float32)]), ("Div", {}, [np.full(1, 2, np.float32)]),
-                   ("GlobalMaxPool", {}, []), ("Flatten", {}, []), ("Softmax", {"axis": 1}, []))
+    model = _chain(
+        ("SpaceToDepth", {"blocksize": 2}, []),  # YOLO/SkyNet "reorg"
+        ("DepthToSpace", {"blocksize": 2}, []),
+        ("Pad", {}, [np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)]),
+        ("Resize", {"mode": "nearest"}, [np.array([], np.float32), np.array([1, 1, 2, 2], np.float32)]),
+        ("Sigmoid", {}, []),
+        ("Mul", {}, [np.ones((1, 8, 1, 1), np.float32)]),
+        ("Sub", {}, [np.ones(1, np.float32)]),
+        ("Div", {}, [np.full(1, 2, np.float32)]),
+        ("GlobalMaxPool", {}, []),
+        ("Flatten", {}, []),
+        ("Softmax", {"axis": 1}, []),
+    )
     graph = graph_from_onnx(model)
     ops = [ly.op for ly in graph.layers]
     assert ops == ["conv", "reorg", "reorg", "resize", "eltwise", "eltwise", "eltwise", "eltwise", "gmp", "softmax"]
@@ -351,12 +386,21 @@ def test_every_operator_of_published_designs_is_costed():
 
 def test_concat_off_the_channel_axis_is_a_copy():
     w = numpy_helper.from_array(np.ones((4, 1, 3, 3), np.float32), "w")
-    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
-             helper.make_node("Concat", ["a", "a"], ["b"], name="cat_w", axis=3),
-             helper.make_node("Concat", ["a", "a"], ["c"], name="cat_c", axis=1)]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-                          [helper.make_tensor_value_info("b", TensorProto.FLOAT, None),
-                           helper.make_tensor_value_info("c", TensorProto.FLOAT, None)], [w])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["a", "a"], ["b"], name="cat_w", axis=3),
+        helper.make_node("Concat", ["a", "a"], ["c"], name="cat_c", axis=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, None),
+        ],
+        [w],
+    )
     graph = graph_from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
     rows = {r["name"]: r for r in estimate(graph, get_device("pynq-z1"), AccelConfig(fuse=False))["layers"]}
     assert rows["cat_w"]["cycles"] > 0 and rows["cat_w"]["dram_bytes"] > 0
@@ -386,17 +430,27 @@ def test_buffers_are_listed_with_their_bram_shapes():
 def test_tune_keeps_lut_utilisation_within_the_timing_guideline():
     from edgesplit.hardware.accelerator import TUNE_MAX_LUT_UTILISATION
 
-    best = tune(load_graph("bundlenet-a", (3, 32, 64)), get_device("pynq-z1"), AccelConfig(wbits=2, fbits=2),
-                par_choices=(8, 16, 32, 64, 128), tile_choices=(8, 16))["best"]
+    best = tune(
+        load_graph("bundlenet-a", (3, 32, 64)),
+        get_device("pynq-z1"),
+        AccelConfig(wbits=2, fbits=2),
+        par_choices=(8, 16, 32, 64, 128),
+        tile_choices=(8, 16),
+    )["best"]
     assert best["resources"]["utilisation"]["lut"] <= TUNE_MAX_LUT_UTILISATION
 
 
-@pytest.mark.parametrize("fields,needle", [
-    ({"ps_cores": 2}, "needs all of ps_cores"),
-    ({"ps_cores": 2, "ps_clock_mhz": -5, "ps_flops_per_cycle": 4, "ps_mem_bandwidth_gbs": 1, "ps_active_w": 0.3},
-     "ps_clock_mhz must be positive"),
-    ({"dsp": "many"}, "dsp must be a number"),
-])
+@pytest.mark.parametrize(
+    "fields,needle",
+    [
+        ({"ps_cores": 2}, "needs all of ps_cores"),
+        (
+            {"ps_cores": 2, "ps_clock_mhz": -5, "ps_flops_per_cycle": 4, "ps_mem_bandwidth_gbs": 1, "ps_active_w": 0.3},
+            "ps_clock_mhz must be positive",
+        ),
+        ({"dsp": "many"}, "dsp must be a number"),
+    ],
+)
 def test_a_bad_device_file_is_one_line(tmp_path, fields, needle, capsys):
     import yaml
 

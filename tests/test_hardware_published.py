@@ -5,6 +5,7 @@ parallelism); a prediction error that grows past the one recorded in
 docs/hardware/published.json fails, so a change to the model that moves it away from
 real boards is caught, and one that moves it closer asks for the record to be updated.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,9 @@ def rows():
 
 def test_no_error_grew_past_the_recorded_one(rows):
     recorded = {(r["design"], r["figure"]): r["error"] for r in json.loads(RECORD.read_text())["rows"]}
-    assert set(recorded) == {(r["design"], r["figure"]) for r in rows}, "designs changed: re-run python -m edgesplit.hardware.published --json"
+    assert set(recorded) == {(r["design"], r["figure"]) for r in rows}, (
+        "designs changed: re-run python -m edgesplit.hardware.published --json"
+    )
     for r in rows:
         assert abs(r["error"]) <= abs(recorded[r["design"], r["figure"]]) + SLACK, (r["design"], r["figure"], r["error"])
 

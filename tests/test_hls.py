@@ -1,4 +1,5 @@
 """The generated accelerator: C simulation with g++, bit for bit against the integer reference, on real images."""
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,10 @@ def test_a_wrong_weight_is_named_by_layer_and_element(bundle_project, tmp_path):
     out, _ = bundle_project
     layout = json.loads((out / "layout.json").read_text())
     good = run_csim(out, 1)[0][0]  # the fixture checked this project bit-exact against the integer reference
-    reference = {t: good[v["offset"]: v["offset"] + int(np.prod(v["shape"]))].reshape(1, *v["shape"])
-                 for t, v in layout["tensors"].items()}
+    reference = {
+        t: good[v["offset"] : v["offset"] + int(np.prod(v["shape"]))].reshape(1, *v["shape"])
+        for t, v in layout["tensors"].items()
+    }
     work = tmp_path / "broken"
     shutil.copytree(out, work)
     w = np.fromfile(work / "weights.bin", "<i2")
@@ -80,19 +83,45 @@ def test_a_resnet_branch_from_a_trained_checkpoint_is_bit_exact(tiny_run, tmp_pa
 
 def test_cli_writes_a_project_and_reports(tmp_path, capsys):
     out = tmp_path / "p"
-    assert main(["hls", "bundlenet", "--device", "pynq-z1", "--out", str(out), "--csim", "1",
-                 "--tm", "8", "--tn", "4", "--td", "8", "--tr", "8", "--tc", "8"]) == 0
+    assert (
+        main(
+            [
+                "hls",
+                "bundlenet",
+                "--device",
+                "pynq-z1",
+                "--out",
+                str(out),
+                "--csim",
+                "1",
+                "--tm",
+                "8",
+                "--tn",
+                "4",
+                "--td",
+                "8",
+                "--tr",
+                "8",
+                "--tc",
+                "8",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "bit-exact with the integer reference" in text and "xc7z020clg400-1" in text
     assert "create_clock -period 10.000" in (out / "run_hls.tcl").read_text()
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--wbits", "17"], "--wbits must be between 2 and 16"),
-    (["--device", "raspberry-pi-4"], "builds for FPGA boards"),
-    (["--branch", "0"], "not a split model"),
-    (["--tm", "0"], "--tm must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--wbits", "17"], "--wbits must be between 2 and 16"),
+        (["--device", "raspberry-pi-4"], "builds for FPGA boards"),
+        (["--branch", "0"], "not a split model"),
+        (["--tm", "0"], "--tm must be at least 1"),
+    ],
+)
 def test_bad_input_is_one_line(argv, needle, tmp_path, capsys):
     base = {"--device": "pynq-z1"}
     args = ["hls", "bundlenet", "--out", str(tmp_path / "x")]
@@ -156,7 +185,9 @@ def test_a_split_model_runs_with_one_branch_on_the_accelerator_code(tiny_run, ti
     assert r["bit_exact"]
     layout = json.loads((proj / "layout.json").read_text())
     x = np.fromfile(proj / "images.bin", "<f4").reshape(4, *layout["input"]["shape"])  # preprocessed real images
-    want = np.fromfile(proj / "expected.bin", "<i2").reshape(4, -1).astype(np.float32) * np.float32(2.0 ** -layout["output"]["frac"])
+    want = np.fromfile(proj / "expected.bin", "<i2").reshape(4, -1).astype(np.float32) * np.float32(
+        2.0 ** -layout["output"]["frac"]
+    )
     hls_args = {"branch0": ["--engine", "hls-csim", "--hls", str(proj)]}
     with LocalCluster(tiny_export, timeout_ms=20000, extra_args=hls_args, pin=False) as c:
 

@@ -1,5 +1,6 @@
 """Hostile and broken clients against real worker processes (gRPC on loopback and the Unix socket): every bad
 message gets the right status, memory and connections are bounded, and good requests keep their answers."""
+
 import asyncio
 import os
 import socket
@@ -41,6 +42,7 @@ def expected(tiny_export):
 
 def _grpc_raw(address, bodies, metadata=None):
     """Status name (and answer bytes) of each raw ModelInfer body, on one channel."""
+
     async def go():
         async with grpc.aio.insecure_channel(address) as channel:
             call, out = channel.unary_unary(METHOD), []
@@ -50,11 +52,13 @@ def _grpc_raw(address, bodies, metadata=None):
                 except grpc.aio.AioRpcError as err:
                     out.append((err.code().name, err.details()))
             return out
+
     return asyncio.run(go())
 
 
 def _ipc_raw(path, frames):
     """(kind, body) of the answer to each raw (kind, body) frame, on one Unix socket connection."""
+
     async def go():
         reader, writer = await asyncio.open_unix_connection(path)
         out = []
@@ -66,6 +70,7 @@ def _ipc_raw(path, frames):
         finally:
             writer.close()
         return out
+
     return asyncio.run(go())
 
 
@@ -77,11 +82,12 @@ def _mutate(at, value, cut):
     b = bytearray(GOOD)
     for i, v in zip(at, value):
         b[i % len(b)] = v
-    return bytes(b[:max(1, len(b) - cut)])
+    return bytes(b[: max(1, len(b) - cut)])
 
 
-mutations = st.builds(_mutate, st.lists(st.integers(0, 10_000), max_size=6),
-                      st.lists(st.integers(0, 255), max_size=6), st.integers(0, 40))
+mutations = st.builds(
+    _mutate, st.lists(st.integers(0, 10_000), max_size=6), st.lists(st.integers(0, 255), max_size=6), st.integers(0, 40)
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -124,7 +130,7 @@ def test_typed_contents_are_checked_before_conversion(worker):
     req = pb.ModelInferRequest(model_name="branch0")
     t = req.inputs.add(name="input", datatype="INT64", shape=[10_000, 1, 28, 28])
     t.contents.int64_contents.extend([1] * 10)
-    (status, details), = _grpc_raw(worker.address, [req.SerializeToString()])
+    ((status, details),) = _grpc_raw(worker.address, [req.SerializeToString()])
     assert status == "RESOURCE_EXHAUSTED" and "over the limit" in details
 
 
@@ -192,8 +198,7 @@ def test_shared_memory_fifo_is_refused_at_once(worker):
         request = codec.serialize_request("branch0", {"input": ref}, "1")
         good = f"{ring.region.name}\n{ring.region.path}\n{ring.region.byte_size}".encode()
         t0 = time.monotonic()
-        out = _ipc_raw(str(worker.unix_socket), [(REGISTER, f"f\n{fifo}\n4096".encode()), (REGISTER, good),
-                                                 (INFER, request)])
+        out = _ipc_raw(str(worker.unix_socket), [(REGISTER, f"f\n{fifo}\n4096".encode()), (REGISTER, good), (INFER, request)])
         assert time.monotonic() - t0 < 5  # a FIFO would have blocked the worker in open()
         assert out[0][0] == FAILED and b"not a regular file" in out[0][1]
         assert out[1][0] == REGISTERED and out[2][0] == RESULT
@@ -234,7 +239,7 @@ def test_region_truncated_after_registration_is_answered_not_sigbus(worker):
 
 def test_long_names_are_not_echoed_whole(worker):
     req = codec.encode_request("m" * 20_000, {"input": np.zeros((1, 1, 28, 28), np.float32)}).SerializeToString()
-    (status, details), = _grpc_raw(worker.address, [req])
+    ((status, details),) = _grpc_raw(worker.address, [req])
     assert status == "INVALID_ARGUMENT" and "20000 characters" in details and len(details) < 500
 
 
@@ -270,12 +275,14 @@ def test_server_limits_validate_and_derive_the_message_limit(tiny_export):
 
 def test_peer_errors_keep_their_meaning(worker):
     """The peer maps a request over the limit to OverLimit, an InferError: the caller's to fix, not a part down."""
+
     async def go():
         p = GrpcPeer(worker.address, "branch0", ClientSecurity())
         try:
             return await p.infer({"input": np.zeros((300, 1, 28, 28), np.float32)}, timeout_s=10)
         finally:
             await p.close()
+
     with pytest.raises(OverLimit, match="over the limit of 868352"):
         asyncio.run(go())
 

@@ -1,4 +1,5 @@
 """The Unix socket transport (the local cluster's fast path) with real worker processes, and the fast request encoder."""
+
 import asyncio
 import os
 import stat
@@ -42,15 +43,19 @@ def _call(worker_cls, address, model, inputs, timeout_s=10.0):
             return await w.infer(inputs, timeout_s=timeout_s)
         finally:
             await w.close()
+
     return asyncio.run(go())
 
 
-@pytest.mark.parametrize("inputs", [
-    {"input": np.arange(3 * 32 * 32, dtype=np.uint8).reshape(1, 3, 32, 32)},
-    {"a": np.random.default_rng(0).random((2, 300)).astype(np.float32)[:, ::3], "b": np.arange(5, dtype=np.int64)},
-    {"empty": np.zeros((1, 0), np.float32)},
-    {"big": np.ones((1, 3, 224, 224), np.uint8), "f64": np.zeros((2, 2), np.float64)},
-])
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"input": np.arange(3 * 32 * 32, dtype=np.uint8).reshape(1, 3, 32, 32)},
+        {"a": np.random.default_rng(0).random((2, 300)).astype(np.float32)[:, ::3], "b": np.arange(5, dtype=np.int64)},
+        {"empty": np.zeros((1, 0), np.float32)},
+        {"big": np.ones((1, 3, 224, 224), np.uint8), "f64": np.zeros((2, 2), np.float64)},
+    ],
+)
 def test_fast_request_encoding_is_protobufs_own(inputs):
     fast = codec.serialize_request("m", inputs, "42")
     assert fast == codec.encode_request("m", inputs, "42").SerializeToString()
@@ -58,12 +63,17 @@ def test_fast_request_encoding_is_protobufs_own(inputs):
     assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in inputs.items())
 
 
-@pytest.mark.parametrize("outputs,params", [
-    ({"features": np.random.default_rng(0).random((1, 256)).astype(np.float32)}, {"compute_ms": 13.25, "server_ms": 0.4}),
-    ({"a": np.arange(6, dtype=np.int64).reshape(2, 3)[:, ::2], "b": np.zeros((1, 0), np.float32)},
-     {"flag": True, "off": False, "n": 7, "neg": -3, "big": 2**62, "text": "héllo", "t": 1e-300}),
-    ({"logits": np.ones((4, 1000), np.float32)}, {}),
-])
+@pytest.mark.parametrize(
+    "outputs,params",
+    [
+        ({"features": np.random.default_rng(0).random((1, 256)).astype(np.float32)}, {"compute_ms": 13.25, "server_ms": 0.4}),
+        (
+            {"a": np.arange(6, dtype=np.int64).reshape(2, 3)[:, ::2], "b": np.zeros((1, 0), np.float32)},
+            {"flag": True, "off": False, "n": 7, "neg": -3, "big": 2**62, "text": "héllo", "t": 1e-300},
+        ),
+        ({"logits": np.ones((4, 1000), np.float32)}, {}),
+    ],
+)
 @pytest.mark.parametrize("rid", ["", "1", "x" * 200])
 def test_fast_response_encoding_is_the_same_message(outputs, params, rid):
     fast = pb.ModelInferResponse.FromString(codec.serialize_response("branch0", rid, outputs, params))
@@ -74,21 +84,34 @@ def test_fast_response_encoding_is_the_same_message(outputs, params, rid):
 
 
 _DTYPES = ["float32", "float64", "int64", "int32", "uint8", "int8", "float16"]
-_PARAMS = st.dictionaries(st.text(max_size=12), st.one_of(st.booleans(), st.integers(-2**63, 2**63 - 1),
-                                                           st.floats(allow_nan=False), st.text(max_size=20)), max_size=5)
+_PARAMS = st.dictionaries(
+    st.text(max_size=12),
+    st.one_of(st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False), st.text(max_size=20)),
+    max_size=5,
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(outputs=st.dictionaries(st.text(min_size=1, max_size=10),
-                               st.tuples(st.sampled_from(_DTYPES), st.lists(st.integers(0, 4), min_size=1, max_size=3)),
-                               min_size=1, max_size=3),
-       params=_PARAMS, rid=st.text(max_size=8), fast=st.booleans())
+@given(
+    outputs=st.dictionaries(
+        st.text(min_size=1, max_size=10),
+        st.tuples(st.sampled_from(_DTYPES), st.lists(st.integers(0, 4), min_size=1, max_size=3)),
+        min_size=1,
+        max_size=3,
+    ),
+    params=_PARAMS,
+    rid=st.text(max_size=8),
+    fast=st.booleans(),
+)
 def test_parsed_responses_are_protobufs_decoding(outputs, params, rid, fast):
     """codec.parse_response reads the wire format itself: whatever the message, it gives decode_response's result."""
     rng = np.random.default_rng(0)
     arrays = {k: (rng.standard_normal(shape) * 100).astype(dtype) for k, (dtype, shape) in outputs.items()}
-    body = (codec.serialize_response("m", rid, arrays, params) if fast else
-            codec.encode_response("m", rid, arrays, params).SerializeToString())
+    body = (
+        codec.serialize_response("m", rid, arrays, params)
+        if fast
+        else codec.encode_response("m", rid, arrays, params).SerializeToString()
+    )
     got_out, got_params = codec.parse_response(body)
     want_out, want_params = codec.decode_response(pb.ModelInferResponse.FromString(body))
     assert got_params == want_params and all(type(got_params[k]) is type(v) for k, v in want_params.items())
@@ -167,8 +190,11 @@ def test_traced_requests_over_unix_sockets(cluster, images):
 
 
 @settings(max_examples=200, deadline=None)
-@given(bodies=st.lists(st.binary(max_size=40), min_size=1, max_size=6), cuts=st.lists(st.integers(0, 400), max_size=8),
-       limit=st.sampled_from([None, 0, 8, 20]))
+@given(
+    bodies=st.lists(st.binary(max_size=40), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(0, 400), max_size=8),
+    limit=st.sampled_from([None, 0, 8, 20]),
+)
 def test_frame_reader_cuts_any_chunking_into_the_frames_sent(bodies, cuts, limit):
     """Frames come back whole and in order however the stream is chunked; a frame over the limit is reported
     with no body and its bytes never reach the next frame."""
@@ -325,8 +351,7 @@ def test_polling_worker_answers_and_stops_polling_when_idle(tiny_export, images)
     local = LocalModel(tiny_export)
     x = local.prepare(images[:4])
     want = local(x)
-    with LocalCluster(tiny_export, timeout_ms=5000, poll_ms=300) as c, \
-            edgesplit.connect(c.plan()) as client:
+    with LocalCluster(tiny_export, timeout_ms=5000, poll_ms=300) as c, edgesplit.connect(c.plan()) as client:
         got = np.concatenate([client.infer(xi[None]) for xi in x])
         pid = c.workers["branch0"].proc.pid
         polling = states(pid)  # within 300 ms of the last answer
@@ -474,10 +499,16 @@ def test_requests_read_together_are_answered_in_turn_without_tasks_and_cancelled
         reader, writer = await asyncio.open_unix_connection(str(tmp_path / "b.sock"))
         try:
             x = {i: np.array([[0.0, float(i)]], np.float32) for i in (1, 2, 3)}
-            writer.write(b"".join([_frame(INFER, 1, codec.serialize_request("m", {"x": x[1]}, "1")),
-                                   _frame(INFER, 2, codec.serialize_request("m", {"x": x[2]}, "2")),
-                                   _frame(CANCEL, 2, b""),
-                                   _frame(INFER, 3, codec.serialize_request("m", {"x": x[3]}, "3"))]))
+            writer.write(
+                b"".join(
+                    [
+                        _frame(INFER, 1, codec.serialize_request("m", {"x": x[1]}, "1")),
+                        _frame(INFER, 2, codec.serialize_request("m", {"x": x[2]}, "2")),
+                        _frame(CANCEL, 2, b""),
+                        _frame(INFER, 3, codec.serialize_request("m", {"x": x[3]}, "3")),
+                    ]
+                )
+            )
             answers = []
             for _ in range(2):
                 size, kind, call_id = HEADER.unpack(await reader.readexactly(HEADER.size))
@@ -515,17 +546,35 @@ print(sorted(m for m in sys.modules if m == "grpc" or m.startswith("grpc.")))
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("build,pattern", [
-    (lambda r: r.inputs.add(name="x", datatype="UINT8", shape=[1, 2], contents=pb.InferTensorContents(uint_contents=[1, 300])),
-     "UINT8 values must lie in 0..255"),
-    (lambda r: r.inputs.add(name="x", datatype="UINT8", shape=[1], contents=pb.InferTensorContents(uint_contents=[2**32 - 1])),
-     "UINT8 values must lie in 0..255"),
-    (lambda r: r.inputs.add(name="x", datatype="INT8", shape=[1], contents=pb.InferTensorContents(int_contents=[-200])),
-     "INT8 values must lie in -128..127"),
-    (lambda r: [r.inputs.add(name="x", datatype="FP32", shape=[1], contents=pb.InferTensorContents(fp32_contents=[1.0]))
-                for _ in range(2)], "given twice"),
-    (lambda r: r.inputs.add(name="x", datatype="FP32", shape=[1] * 10_000), "10000 dimensions; at most 32"),
-])
+@pytest.mark.parametrize(
+    "build,pattern",
+    [
+        (
+            lambda r: r.inputs.add(
+                name="x", datatype="UINT8", shape=[1, 2], contents=pb.InferTensorContents(uint_contents=[1, 300])
+            ),
+            "UINT8 values must lie in 0..255",
+        ),
+        (
+            lambda r: r.inputs.add(
+                name="x", datatype="UINT8", shape=[1], contents=pb.InferTensorContents(uint_contents=[2**32 - 1])
+            ),
+            "UINT8 values must lie in 0..255",
+        ),
+        (
+            lambda r: r.inputs.add(name="x", datatype="INT8", shape=[1], contents=pb.InferTensorContents(int_contents=[-200])),
+            "INT8 values must lie in -128..127",
+        ),
+        (
+            lambda r: [
+                r.inputs.add(name="x", datatype="FP32", shape=[1], contents=pb.InferTensorContents(fp32_contents=[1.0]))
+                for _ in range(2)
+            ],
+            "given twice",
+        ),
+        (lambda r: r.inputs.add(name="x", datatype="FP32", shape=[1] * 10_000), "10000 dimensions; at most 32"),
+    ],
+)
 def test_malformed_typed_tensors_are_refused_by_the_shared_decoder(build, pattern):
     """decode_request answers both transports: values that do not fit, a name twice, absurd ranks are InferError
     (INVALID_ARGUMENT), never wrapped, merged or a crash."""

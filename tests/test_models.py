@@ -1,4 +1,5 @@
 """Every registered model: shapes, parts, and parameter/MAC counts against hand-computed values."""
+
 import pytest
 import torch
 
@@ -74,8 +75,12 @@ def test_resnet18_counts_hand_computed():
 def test_split2_branch_is_capella_half_width():
     model = create_model("resnet18-split2")
     branch = model.branches[0]
-    assert [branch.layer1[0].conv1.out_channels, branch.layer2[0].conv1.out_channels,
-            branch.layer3[0].conv1.out_channels, branch.layer4[0].conv1.out_channels] == [32, 64, 128, 256]
+    assert [
+        branch.layer1[0].conv1.out_channels,
+        branch.layer2[0].conv1.out_channels,
+        branch.layer3[0].conv1.out_channels,
+        branch.layer4[0].conv1.out_channels,
+    ] == [32, 64, 128, 256]
     n = sum(p.numel() for p in branch.parameters())
     assert round(n / 1e6, 2) == 2.80
     assert model.head.fc.in_features == 512

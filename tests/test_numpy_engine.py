@@ -1,4 +1,5 @@
 """NumpyEngine against ONNX Runtime on every ONNX graph of fully connected layers the exports produce."""
+
 import numpy as np
 import pytest
 import torch
@@ -10,15 +11,21 @@ from edgesplit.models import SplitNet, create_model, list_models
 from edgesplit.runtime.engines import OnnxRuntimeEngine, create_engine
 from edgesplit.runtime.engines.numpy_engine import NumpyEngine, UnsupportedGraph
 
-SPLIT_MODELS = [n for n in list_models() if isinstance(create_model(n, num_classes=10, in_chans=1, input_size=[32, 32]), SplitNet)]
+SPLIT_MODELS = [
+    n for n in list_models() if isinstance(create_model(n, num_classes=10, in_chans=1, input_size=[32, 32]), SplitNet)
+]
 
 
 def _export(name, out, **kw):
     kw = {"num_classes": 10, "in_chans": 1, "input_size": [32, 32], **kw}
     torch.manual_seed(0)
     model = create_model(name, **kw).eval()
-    ckpt = {"model": name, "model_kwargs": kw, "classes": [str(i) for i in range(10)],
-            "preprocess": {"size": [32, 32], "mean": [0.5], "std": [0.25]}}
+    ckpt = {
+        "model": name,
+        "model_kwargs": kw,
+        "classes": [str(i) for i in range(10)],
+        "preprocess": {"size": [32, 32], "mean": [0.5], "std": [0.25]},
+    }
     export_model(model, ckpt, out)
     return load_manifest(out, verify=False)
 
@@ -109,8 +116,13 @@ def _gemm_model(path, dtype=np.float32, trans_a=0):
     elem = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}[dtype]
     w = numpy_helper.from_array(np.ones((4, 3), dtype), "w")
     node = helper.make_node("Gemm", ["x", "w"], ["y"], transA=trans_a, name="fc")
-    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", elem, [None, 4])],
-                          [helper.make_tensor_value_info("y", elem, [None, 3])], [w])
+    g = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", elem, [None, 4])],
+        [helper.make_tensor_value_info("y", elem, [None, 3])],
+        [w],
+    )
     save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 

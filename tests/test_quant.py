@@ -1,4 +1,5 @@
 """Fixed-point quantization: formats, integer reference == fake-quantized PyTorch model, PTQ/QAT on real data, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -33,10 +34,10 @@ def test_requantize_and_divide_match_real_arithmetic():
     rng = np.random.default_rng(0)
     q = rng.integers(-5000, 5000, 1000)
     out = Fixed(8, 2)
-    assert np.array_equal(requantize(q, 6, out), quantize(q / 2.0 ** 6, out))
+    assert np.array_equal(requantize(q, 6, out), quantize(q / 2.0**6, out))
     assert np.array_equal(requantize(q, 0, Fixed(16, 3)), quantize(q.astype(np.float64), Fixed(16, 3)))
     for n in (3, 7, 49):
-        assert np.array_equal(divide_round(q, n, 4, out), quantize(q / 2.0 ** 4 / n, out))
+        assert np.array_equal(divide_round(q, n, 4, out), quantize(q / 2.0**4 / n, out))
 
 
 def test_per_channel_formats_round_each_channel_on_its_own_grid():
@@ -50,7 +51,7 @@ def test_per_channel_formats_round_each_channel_on_its_own_grid():
     rng = np.random.default_rng(0)
     acc = rng.integers(-5000, 5000, (10, 3))
     frac_in = np.array([0, 6, 9])
-    assert np.array_equal(requantize(acc, frac_in, Fixed(8, 2)), quantize(acc / 2.0 ** frac_in, Fixed(8, 2)))
+    assert np.array_equal(requantize(acc, frac_in, Fixed(8, 2)), quantize(acc / 2.0**frac_in, Fixed(8, 2)))
 
 
 def test_fake_quant_passes_gradients_straight_through():
@@ -71,8 +72,10 @@ def _random_bn(model):
     return model.eval()
 
 
-@pytest.mark.parametrize("name,shape", [("resnet18-split2", (1, 28, 28)), ("squeezenet", (3, 32, 32)),
-                                        ("bundlenet-c", (3, 16, 32)), ("resnet18", (3, 64, 64))])
+@pytest.mark.parametrize(
+    "name,shape",
+    [("resnet18-split2", (1, 28, 28)), ("squeezenet", (3, 32, 32)), ("bundlenet-c", (3, 16, 32)), ("resnet18", (3, 64, 64))],
+)
 @pytest.mark.parametrize("wbits,fbits,per_channel", [(8, 8, False), (4, 6, False), (16, 12, False), (4, 6, True)])
 def test_integer_reference_matches_fake_quantized_model_exactly(name, shape, wbits, fbits, per_channel):
     model = _random_bn(create_model(name, num_classes=10, in_chans=shape[0], input_size=shape[1:]))
@@ -80,12 +83,13 @@ def test_integer_reference_matches_fake_quantized_model_exactly(name, shape, wbi
     x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert (qnet(x) - model(x)).abs().max() < 1e-4  # the folded float graph is the model
-        qnet.calibrate([torch.randn(16, *shape, generator=torch.Generator().manual_seed(2))], wbits, fbits,
-                       per_channel=per_channel)
+        qnet.calibrate(
+            [torch.randn(16, *shape, generator=torch.Generator().manual_seed(2))], wbits, fbits, per_channel=per_channel
+        )
         assert all(w.per_channel == per_channel for w in qnet.scheme.weights.values())
         fq = qnet.double()(x.double()).numpy()
     y_int, fmt = run_integer(qnet.float().export_graph(), qnet.scheme, x.numpy())
-    assert np.array_equal(fq, y_int.reshape(len(x), -1) / 2.0 ** fmt.frac)
+    assert np.array_equal(fq, y_int.reshape(len(x), -1) / 2.0**fmt.frac)
 
 
 def test_per_branch_widths_and_float_parts():
@@ -105,9 +109,17 @@ def test_per_branch_widths_and_float_parts():
     with torch.no_grad():
         y_mixed = qnet(x)
         qnet.calibrate(calib, 8, 8, {"": None})  # everything float but the input: the float model on quantized pixels
-        assert (qnet(x) - model(torch.clamp(torch.floor(x * 2.0 ** scheme.features["input"].frac + 0.5),
-                                            scheme.features["input"].qmin, scheme.features["input"].qmax)
-                                / 2.0 ** scheme.features["input"].frac)).abs().max() < 1e-4
+        assert (
+            qnet(x)
+            - model(
+                torch.clamp(
+                    torch.floor(x * 2.0 ** scheme.features["input"].frac + 0.5),
+                    scheme.features["input"].qmin,
+                    scheme.features["input"].qmax,
+                )
+                / 2.0 ** scheme.features["input"].frac
+            )
+        ).abs().max() < 1e-4
         assert (y_mixed - qnet(x)).abs().max() > 0  # branch0 at 6/5 bits changes the answer
     with pytest.raises(EdgesplitError, match="fully quantized"):
         run_integer(qnet.export_graph(), qnet.calibrate(calib, 8, 8, {"/branches.1/": None}), x.numpy())
@@ -115,8 +127,31 @@ def test_per_branch_widths_and_float_parts():
 
 def test_ptq_and_qat_on_real_data(tiny_run, tmp_path, capsys):
     out = tmp_path / "q.json"
-    assert main(["quantize", str(tiny_run), "--wbits", "4", "--fbits", "4", "--max-test", "300", "--calib-images", "200",
-                 "--qat-epochs", "1", "--qat-images", "512", "--sweep", "6", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(tiny_run),
+                "--wbits",
+                "4",
+                "--fbits",
+                "4",
+                "--max-test",
+                "300",
+                "--calib-images",
+                "200",
+                "--qat-epochs",
+                "1",
+                "--qat-images",
+                "512",
+                "--sweep",
+                "6",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "top-1: float" in capsys.readouterr().out  # a JSON file written, and the summary still printed
     r = json.loads(out.read_text())
     assert 0 <= r["ptq_top1"] <= 1 and 0 <= r["qat_top1"] <= 1 and r["test_images"] == 300
@@ -142,12 +177,15 @@ def test_qat_lowers_the_loss_of_a_quantized_model(tiny_run):
     assert history[2]["loss"] < history[1]["loss"] < history[0]["loss"] - 0.005
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--wbits", "1"], "--wbits must be between 2 and 16"),
-    (["--fbits", "17"], "--fbits must be between 2 and 16"),
-    (["--qat-epochs", "-1"], "--qat-epochs must be 0 or more"),
-    (["--sweep", "40"], "--sweep must be between 2 and 16"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--wbits", "1"], "--wbits must be between 2 and 16"),
+        (["--fbits", "17"], "--fbits must be between 2 and 16"),
+        (["--qat-epochs", "-1"], "--qat-epochs must be 0 or more"),
+        (["--sweep", "40"], "--sweep must be between 2 and 16"),
+    ],
+)
 def test_bad_input_is_one_line(tiny_run, argv, needle, capsys):
     assert main(["quantize", str(tiny_run), *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -211,8 +249,26 @@ def test_int8_export_bad_calibration_count(tiny_run, tmp_path, capsys):
 
 def test_bench_int8_reports_both_precisions(tiny_run, tmp_path):
     out = tmp_path / "b.json"
-    assert main(["bench", "int8", str(tiny_run), "--calls", "3", "--rounds", "1", "--test-images", "100",
-                 "--calib-images", "32", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "int8",
+                str(tiny_run),
+                "--calls",
+                "3",
+                "--rounds",
+                "1",
+                "--test-images",
+                "100",
+                "--calib-images",
+                "32",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     assert set(r["parts"]) == {"branch0", "branch1", "head"}
     assert all(p["float32_ms"] > 0 and p["int8_ms"] > 0 and p["int8_bytes"] < p["float32_bytes"] for p in r["parts"].values())

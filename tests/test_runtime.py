@@ -1,4 +1,5 @@
 """The distributed runtime with real worker processes over real gRPC on loopback (and the local cluster's Unix sockets)."""
+
 import asyncio
 import json
 import os
@@ -52,7 +53,7 @@ def test_distributed_matches_in_process(tiny_export, client, images):
     got_f32 = client.infer(local.prepare(images))  # float32, already normalised
     assert np.abs(got_u8 - ref).max() < 1e-4
     assert np.abs(got_f32 - ref).max() < 1e-4
-    many = client.infer_many([nchw(images[i:i + 1]) for i in range(len(images))], in_flight=8)
+    many = client.infer_many([nchw(images[i : i + 1]) for i in range(len(images))], in_flight=8)
     assert np.abs(np.concatenate([r.outputs["logits"] for r in many]) - ref).max() < 1e-4
     assert "branch0_compute_ms" in many[0].parameters
 
@@ -64,6 +65,7 @@ def _worker_call(address, model, inputs, **kw):
             return await w.infer(inputs, timeout_s=10)
         finally:
             await w.close()
+
     return asyncio.run(go())
 
 
@@ -139,7 +141,7 @@ def test_stock_kserve_client_can_query_worker(tiny_export, cluster, images):
         import tritonclient.grpc as tc
         c = tc.InferenceServerClient("{address}")
         meta = c.get_model_metadata("branch0", as_json=True)
-        x = np.load("{cluster.log_dir / 'x.npy'}")
+        x = np.load("{cluster.log_dir / "x.npy"}")
         inp = tc.InferInput("input", list(x.shape), "FP32"); inp.set_data_from_numpy(x)
         out = c.infer("branch0", [inp], outputs=[tc.InferRequestedOutput("features")]).as_numpy("features")
         print(json.dumps({{"live": c.is_server_live(), "ready": c.is_server_ready(), "model_ready": c.is_model_ready("branch0"),
@@ -175,8 +177,10 @@ def test_killed_worker_fail_policy_gives_clear_error_no_hang(tiny_export, images
 
 
 def test_killed_worker_degrades_then_restarted_worker_is_used_again(tiny_export, images):
-    with LocalCluster(tiny_export, timeout_ms=3000) as c, \
-            edgesplit.connect(c.plan(on_missing="degrade", probe_interval_ms=100)) as client:
+    with (
+        LocalCluster(tiny_export, timeout_ms=3000) as c,
+        edgesplit.connect(c.plan(on_missing="degrade", probe_interval_ms=100)) as client,
+    ):
         x = nchw(images[:1])
         ref = client.infer(x)
         assert client.coordinator._blockwise  # the head runs per branch as branches answer
@@ -230,10 +234,12 @@ def test_no_orphans_after_stop_exception_and_sigkill(tiny_export, tmp_path):
             raise RuntimeError("boom")
     assert not any(_alive(p) for p in pids)
     # the owner process is SIGKILLed: its workers get SIGTERM from the kernel
-    script = (f"from edgesplit.runtime.cluster import LocalCluster\n"
-              f"c = LocalCluster({str(tiny_export)!r}).start()\n"
-              f"print(' '.join(str(w.proc.pid) for w in c.workers.values()), flush=True)\n"
-              f"import time; time.sleep(60)\n")
+    script = (
+        f"from edgesplit.runtime.cluster import LocalCluster\n"
+        f"c = LocalCluster({str(tiny_export)!r}).start()\n"
+        f"print(' '.join(str(w.proc.pid) for w in c.workers.values()), flush=True)\n"
+        f"import time; time.sleep(60)\n"
+    )
     owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     pids = [int(p) for p in owner.stdout.readline().split()]
     assert pids and all(_alive(p) for p in pids)
@@ -292,19 +298,44 @@ def test_non_loopback_needs_tls_or_token():
 
 
 def test_worker_cli_refuses_busy_port_and_public_bind(tiny_export):
-    proc = subprocess.run([sys.executable, "-m", "edgesplit", "worker", str(tiny_export), "--part", "branch0", "--host", "0.0.0.0"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgesplit", "worker", str(tiny_export), "--part", "branch0", "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "refusing to listen on 0.0.0.0" in proc.stderr and "Traceback" not in proc.stderr
     with LocalCluster(tiny_export, parts=["branch0"]) as c:
         port = str(c.workers["branch0"].port)
-        proc = subprocess.run([sys.executable, "-m", "edgesplit", "worker", str(tiny_export), "--part", "branch0", "--port", port],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgesplit", "worker", str(tiny_export), "--part", "branch0", "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 2 and "cannot listen" in proc.stderr
 
 
 def test_serve_local_endpoint_serves_whole_model(tiny_export, images):
-    proc = subprocess.Popen([sys.executable, "-m", "edgesplit", "serve", "--local", str(tiny_export), "--port", "0",
-                             "--poll-ms", "1", "--max-batch", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgesplit",
+            "serve",
+            "--local",
+            str(tiny_export),
+            "--port",
+            "0",
+            "--poll-ms",
+            "1",
+            "--max-batch",
+            "8",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("EDGESPLIT-SERVE-READY"), proc.stderr.read() if proc.poll() is not None else line
@@ -324,6 +355,7 @@ def test_serve_local_endpoint_serves_whole_model(tiny_export, images):
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")(b"\x0a\x05ab", timeout=10)
                 return err.value.code()
+
         assert asyncio.run(garbage()) == grpc.StatusCode.INVALID_ARGUMENT
         children = _children(proc.pid)
         assert len(children) == 2  # one worker per branch
@@ -349,9 +381,11 @@ def test_make_plan_balances_and_validates(tiny_export, tmp_path):
 
 
 def test_worker_and_coordinator_import_no_torch():
-    code = ("import sys, edgesplit.runtime.worker, edgesplit.runtime.coordinator, edgesplit.runtime.cluster, "
-            "edgesplit.runtime.client, edgesplit.runtime.serve, edgesplit.cli; "
-            "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, edgesplit.runtime.worker, edgesplit.runtime.coordinator, edgesplit.runtime.cluster, "
+        "edgesplit.runtime.client, edgesplit.runtime.serve, edgesplit.cli; "
+        "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -367,8 +401,7 @@ def test_malformed_protobuf_is_invalid_argument_and_logs_nothing(cluster):
     before = w.log_path.read_text() if w.log_path.exists() else ""
     good = pb.ModelInferRequest(model_name="branch0", id="7").SerializeToString()
     rng = np.random.default_rng(0)
-    payloads = [rng.bytes(64), rng.bytes(7), good[:-1], b"\x0a\x03\xff\xfe\xfd", b"\x10" + b"\xff" * 10 + b"\x01",
-                b"\x00\x01"]
+    payloads = [rng.bytes(64), rng.bytes(7), good[:-1], b"\x0a\x03\xff\xfe\xfd", b"\x10" + b"\xff" * 10 + b"\x01", b"\x00\x01"]
 
     async def go():
         channel = grpc.aio.insecure_channel(w.address)
@@ -386,7 +419,7 @@ def test_malformed_protobuf_is_invalid_argument_and_logs_nothing(cluster):
         return codes
 
     assert asyncio.run(go()) == ["INVALID_ARGUMENT"] * len(payloads)
-    assert "Traceback" not in w.log_path.read_text()[len(before):]
+    assert "Traceback" not in w.log_path.read_text()[len(before) :]
     assert _worker_call(w.address, "branch0", {"input": np.zeros((1, 1, 28, 28), np.float32)}).outputs["features"].shape[0] == 1
 
 
@@ -401,10 +434,16 @@ def test_swapped_addresses_fail_at_once_with_the_servers_answer(tiny_export, clu
             edgesplit.connect(plan, wait_ready_s=30)
         assert time.monotonic() - t0 < 10
         assert "this server has: branch1" in str(err.value) and "check the plan's addresses" in str(err.value)
-    plan = load_plan_dict(tiny_export, {"branch0": cluster.workers["branch1"].address, "branch1": cluster.workers["branch0"].address})
+    plan = load_plan_dict(
+        tiny_export, {"branch0": cluster.workers["branch1"].address, "branch1": cluster.workers["branch0"].address}
+    )
     plan.write(tiny_export.parent / "swapped.yaml")
-    proc = subprocess.run([sys.executable, "-m", "edgesplit", "serve", "--plan", str(tiny_export.parent / "swapped.yaml"),
-                           "--port", "0"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgesplit", "serve", "--plan", str(tiny_export.parent / "swapped.yaml"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("edgesplit: error")]
     assert proc.returncode == 2 and len(errors) == 1 and "this server has: branch1" in errors[0]
     assert "Traceback" not in proc.stderr
@@ -427,8 +466,12 @@ def test_serve_starts_degraded_and_takes_the_part_in_when_it_comes_up(tiny_expor
         plan_path = tmp_path / "plan.yaml"
         plan = type(plan)(**{**plan.__dict__, "probe_interval_ms": 200})
         plan.write(plan_path)
-        proc = subprocess.Popen([sys.executable, "-m", "edgesplit", "serve", "--plan", str(plan_path), "--port", "0",
-                                 "--wait-ready-s", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgesplit", "serve", "--plan", str(plan_path), "--port", "0", "--wait-ready-s", "1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             line = proc.stdout.readline()
             assert line.startswith("EDGESPLIT-SERVE-READY"), proc.stderr.read() if proc.poll() is not None else line
@@ -473,7 +516,10 @@ def test_waiting_for_a_dead_worker_says_what_it_waits_for(tiny_export, cluster, 
         finally:
             await coord.close()
 
-    with caplog.at_level(logging.WARNING), pytest.raises(PartUnavailable, match=f"not ready after 2 s: branch1 at 127.0.0.1:{free}: unreachable"):
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(PartUnavailable, match=f"not ready after 2 s: branch1 at 127.0.0.1:{free}: unreachable"),
+    ):
         asyncio.run(go())
     waiting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for")]
     assert len(waiting) >= 2 and all(f"branch1 at 127.0.0.1:{free}: unreachable" in m for m in waiting)

@@ -1,4 +1,5 @@
 """TLS, graceful stop, hedged requests and the plan command, with real worker processes."""
+
 import asyncio
 import json
 import shutil
@@ -30,14 +31,34 @@ def _call(address, security=ClientSecurity(), timeout=10):
             return await w.infer(X, timeout_s=timeout)
         finally:
             await w.close()
+
     return asyncio.run(go())
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make certificates")
 def test_tls_worker_on_loopback(tiny_export, tmp_path):
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(tmp_path / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     args = ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
     with LocalCluster(tiny_export, parts=["branch0"], worker_args=args) as c:
         address = c.workers["branch0"].address
@@ -61,8 +82,10 @@ def test_sigterm_lets_the_call_in_flight_finish(tiny_export):
 
 def test_hedged_request_uses_the_fast_replica(tiny_export, images_u8):
     # branch0 has two replicas: the first always takes 2 s more, the second is normal
-    with LocalCluster(tiny_export, parts=["branch0"], worker_args=["--inject-delay-ms", "2000"]) as slow, \
-            LocalCluster(tiny_export, parts=["branch0", "branch1"]) as fast:
+    with (
+        LocalCluster(tiny_export, parts=["branch0"], worker_args=["--inject-delay-ms", "2000"]) as slow,
+        LocalCluster(tiny_export, parts=["branch0", "branch1"]) as fast,
+    ):
         plan = fast.plan(hedge_ms=HEDGE_MS, timeout_ms=5000)
         slow_addr = slow.workers["branch0"].address
         parts = tuple(replace(p, replicas=(slow_addr, *p.replicas)) if p.name == "branch0" else p for p in plan.parts)
@@ -83,13 +106,34 @@ def images_u8():
 
 def test_plan_command(tiny_export, tmp_path):
     out = tmp_path / "plan.yaml"
-    proc = subprocess.run([sys.executable, "-m", "edgesplit", "plan", str(tiny_export), "--workers", "a:1", "b:2",
-                           "--speeds", "1,2", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgesplit",
+            "plan",
+            str(tiny_export),
+            "--workers",
+            "a:1",
+            "b:2",
+            "--speeds",
+            "1,2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     plan = load_plan(out)
     assert {p.name: p.replicas for p in plan.parts} == {"branch0": ("b:2",), "branch1": ("a:1",)}
-    proc = subprocess.run([sys.executable, "-m", "edgesplit", "serve", "--plan", str(tmp_path / "missing.yaml")],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgesplit", "serve", "--plan", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -98,8 +142,10 @@ def test_bench_serve_accounts_for_the_time(tmp_path):
     from edgesplit.cli import main
 
     out = tmp_path / "serve.json"
-    assert main(["bench", "serve", "--input", "1x32x32", "--requests", "12", "--rounds", "1", "--block", "5",
-                 "--json", str(out)]) == 0
+    assert (
+        main(["bench", "serve", "--input", "1x32x32", "--requests", "12", "--rounds", "1", "--block", "5", "--json", str(out)])
+        == 0
+    )
     r = json.loads(out.read_text())
     assert r["transport"] == "ipc" and set(r["transports"]) == {"ipc", "grpc"}
     for t, m in r["transports"].items():
@@ -127,8 +173,10 @@ def test_the_part_that_usually_answers_last_is_asked_first(tiny_export, images_u
     import edgesplit.runtime.coordinator as coordinator_module
 
     monkeypatch.setattr(coordinator_module, "_current_cpu", lambda: None)  # the order by core is another test's
-    with LocalCluster(tiny_export, extra_args={"branch1": ["--inject-delay-ms", "30"]}) as c, \
-            edgesplit.connect(c.plan()) as client:
+    with (
+        LocalCluster(tiny_export, extra_args={"branch1": ["--inject-delay-ms", "30"]}) as c,
+        edgesplit.connect(c.plan()) as client,
+    ):
         client.infer(images_u8)  # branch0 first: nothing is known yet
         client.coordinator.trace = True
         first = client.infer_result(images_u8).parameters
@@ -184,6 +232,8 @@ def test_the_coordinators_thread_defers_to_local_workers(tiny_export, images_u8)
     t.start()
     t.join()
     assert seen == [(True, os.SCHED_BATCH), os.SCHED_OTHER]
-    remote = Plan(str(tiny_export), (PartPlacement("branch0", ("10.0.0.11:50051",)), PartPlacement("branch1", ("jetson.lan:50051",))))
+    remote = Plan(
+        str(tiny_export), (PartPlacement("branch0", ("10.0.0.11:50051",)), PartPlacement("branch1", ("jetson.lan:50051",)))
+    )
     assert not has_local_workers(remote)
     assert has_local_workers(replace(remote, parts=(*remote.parts[:1], PartPlacement("branch1", ("localhost:50052",)))))

@@ -1,4 +1,5 @@
 """The input broadcast through shared memory, with real worker processes over the Unix socket transport."""
+
 import asyncio
 import os
 from pathlib import Path
@@ -33,6 +34,7 @@ def cluster(tiny_export):
 
 def _run(plan, images, ring=None, in_flight=1):
     """Logits for ``images`` through a coordinator (with ``ring`` as its input ring), and the coordinator's peers."""
+
     async def go():
         coord = remote_coordinator(plan)
         if ring is not None:
@@ -44,12 +46,14 @@ def _run(plan, images, ring=None, in_flight=1):
         async def one(img):
             async with sem:
                 return await client.infer(img[None])
+
         try:
             out = await asyncio.gather(*(one(img) for img in images))
             registered = [h.peer._conn.regions for hs in coord.peers.values() for h in hs]
             return np.concatenate(out), registered
         finally:
             await client.close()
+
     return asyncio.run(go())
 
 
@@ -81,8 +85,9 @@ def test_default_coordinator_shares_only_large_inputs(cluster):
 
 def _frames(address, frames):
     """Send raw frames to a worker and read one answer per frame."""
+
     async def go():
-        reader, writer = await asyncio.open_unix_connection(address[len("ipc://"):])
+        reader, writer = await asyncio.open_unix_connection(address[len("ipc://") :])
         answers = []
         for kind, body in frames:
             writer.write(HEADER.pack(len(body), kind, len(answers) + 1) + body)
@@ -90,6 +95,7 @@ def _frames(address, frames):
             answers.append((akind, await reader.readexactly(size)))
         writer.close()
         return answers
+
     return asyncio.run(go())
 
 
@@ -99,14 +105,18 @@ def test_worker_maps_only_edgesplit_rings_and_checks_every_reference(cluster, im
     outside.write_bytes(b"\0" * 4096)
     ring = InputRing(slots=2, min_bytes=0)
     ref = ring.put(np.ascontiguousarray(images[:1]))
-    bad = [f"r\n{outside}\n4096", "r\n/etc/passwd\n10", "r\n/dev/shm/not-ours\n10", f"r\n{ring.region.path}\n{10 ** 9}", "garbage"]
+    bad = [f"r\n{outside}\n4096", "r\n/etc/passwd\n10", "r\n/dev/shm/not-ours\n10", f"r\n{ring.region.path}\n{10**9}", "garbage"]
     good = f"{ring.region.name}\n{ring.region.path}\n{ring.region.byte_size}"
 
     def infer_frame(shared):
         return (1, codec.serialize_request("branch0", {"input": shared}, "1"))
+
     out_of_range = SharedTensor(ref.array, ref.region, ring.region.byte_size - 10)
-    answers = _frames(address, [(REGISTER, b.encode()) for b in bad] + [infer_frame(ref), (REGISTER, good.encode()),
-                                                                        infer_frame(ref), infer_frame(out_of_range)])
+    answers = _frames(
+        address,
+        [(REGISTER, b.encode()) for b in bad]
+        + [infer_frame(ref), (REGISTER, good.encode()), infer_frame(ref), infer_frame(out_of_range)],
+    )
     *refused, unregistered, registered, ok, outside_region = answers
     assert all(kind == 5 and body.startswith(b"INVALID_ARGUMENT") for kind, body in refused)  # FAILED
     assert unregistered[0] == 5 and b"is not registered here" in unregistered[1]
@@ -134,7 +144,7 @@ def test_codec_and_region_map_round_trip(tmp_path):
 
 
 def test_ring_left_by_a_dead_process_is_removed(tmp_path):
-    stale = SHM_DIR / f"edgesplit-{2 ** 22 + 12345}-dead.ring"  # no such pid (above the default pid_max)
+    stale = SHM_DIR / f"edgesplit-{2**22 + 12345}-dead.ring"  # no such pid (above the default pid_max)
     stale.write_bytes(b"\0")
     ring = InputRing(min_bytes=0)
     ring.put(np.zeros(8, np.uint8))
@@ -168,7 +178,7 @@ def test_requests_that_differ_only_by_id_are_answered_with_their_own_id_and_imag
 
     local = LocalModel(tiny_export)
     ring = InputRing(slots=1, min_bytes=0)
-    path = cluster.workers["branch0"].plan_address[len("ipc://"):]
+    path = cluster.workers["branch0"].plan_address[len("ipc://") :]
     ids = ["7", "", "x" * 300, "8", "7"]
 
     async def go():
@@ -181,7 +191,7 @@ def test_requests_that_differ_only_by_id_are_answered_with_their_own_id_and_imag
 
         answers = []
         for i, rid in enumerate(ids):
-            ref = ring.put(np.ascontiguousarray(images[i:i + 1]))
+            ref = ring.put(np.ascontiguousarray(images[i : i + 1]))
             if i == 0:
                 region = f"{ring.region.name}\n{ring.region.path}\n{ring.region.byte_size}".encode()
                 assert (await send(REGISTER, region, 100))[0] == REGISTERED
@@ -195,7 +205,7 @@ def test_requests_that_differ_only_by_id_are_answered_with_their_own_id_and_imag
         assert kind == RESULT
         resp = pb.ModelInferResponse.FromString(body)
         outputs, _ = codec.decode_response(resp)
-        want = local.engines["branch0"].run({"input": local.pre.normalize(images[i:i + 1])})["features"]
+        want = local.engines["branch0"].run({"input": local.pre.normalize(images[i : i + 1])})["features"]
         assert resp.id == rid and np.abs(outputs["features"] - want).max() < 1e-5
     ring.close()
 
@@ -208,7 +218,8 @@ def test_split_request_id():
         body = codec.serialize_request("branch0", {"input": ref}, rid)
         key, got = codec.split_request_id(body)
         assert got == rid and pb.ModelInferRequest.FromString(key) == pb.ModelInferRequest.FromString(
-            codec.serialize_request("branch0", {"input": ref}, ""))
+            codec.serialize_request("branch0", {"input": ref}, "")
+        )
         keys.add(key)
     assert len(keys) == 1
     other = pb.ModelInferRequest(model_name="m", model_version="2", id="9").SerializeToString()  # another layout
@@ -222,7 +233,9 @@ def test_a_worker_decodes_a_repeated_request_once(tiny_export, tmp_path):
     from edgesplit.runtime.worker import WorkerConfig, load_parts
     from edgesplit.runtime.transport.ipc_server import UnixSocketServer, _ServerConnection
 
-    server = UnixSocketServer(load_parts(WorkerConfig(str(tiny_export), part="branch0")), tmp_path / "w.sock", ServerLimits(max_message_bytes=1 << 20))
+    server = UnixSocketServer(
+        load_parts(WorkerConfig(str(tiny_export), part="branch0")), tmp_path / "w.sock", ServerLimits(max_message_bytes=1 << 20)
+    )
     conn = _ServerConnection(server)
     ring = InputRing(slots=1, min_bytes=0)
     ref = ring.put(np.zeros((1, 1, 28, 28), np.uint8))

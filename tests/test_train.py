@@ -7,8 +7,9 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.training.checkpoint import build_model, load_model, read_checkpoint
 from edgesplit.training.train import TrainConfig, train
 
-TINY = dict(model="resnet18-split2", model_kwargs={"width_mult": 0.125}, max_train_samples=384, val_size=128,
-            batch_size=64, threads=1)
+TINY = dict(
+    model="resnet18-split2", model_kwargs={"width_mult": 0.125}, max_train_samples=384, val_size=128, batch_size=64, threads=1
+)
 
 
 def test_short_training_lowers_the_loss(tmp_path):
@@ -31,7 +32,9 @@ def test_resume_continues_from_saved_epoch_exactly(tmp_path):
     a, b = read_checkpoint(tmp_path / "full")["state_dict"], read_checkpoint(part_dir)["state_dict"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert json.loads((part_dir / "history.json").read_text())[-1]["train_loss"] == pytest.approx(full["history"][-1]["train_loss"])
+    assert json.loads((part_dir / "history.json").read_text())[-1]["train_loss"] == pytest.approx(
+        full["history"][-1]["train_loss"]
+    )
 
 
 class _Interrupt(Exception):
@@ -40,9 +43,11 @@ class _Interrupt(Exception):
 
 def _stop_after_epoch(n):
     """A progress callback that interrupts training in the first step after epoch ``n`` was saved."""
+
     def progress(state):
         if state["epoch"] > n:
             raise _Interrupt
+
     return progress
 
 
@@ -113,8 +118,19 @@ def test_retrain_head_keeps_branches_and_learns_missing_branches(tiny_run, tmp_p
     assert ckpt["head_retrained"]["branch_dropout"] == 0.5 and "optimizer" not in ckpt
     assert main(["eval", str(out), "--json", str(tmp_path / "eval.json")]) == 0  # a normal run directory for eval/export
     with pytest.raises(EdgesplitError, match="retrain-head"):  # not a run that can be resumed
-        train(TrainConfig(model="resnet18-split2", model_kwargs={"width_mult": 0.125}, epochs=2, max_train_samples=512,
-                          val_size=256, batch_size=64, threads=1), out, resume=True)
+        train(
+            TrainConfig(
+                model="resnet18-split2",
+                model_kwargs={"width_mult": 0.125},
+                epochs=2,
+                max_train_samples=512,
+                val_size=256,
+                batch_size=64,
+                threads=1,
+            ),
+            out,
+            resume=True,
+        )
     with pytest.raises(EdgesplitError, match="already holds a run"):
         retrain_head(tiny_run, out)
     with pytest.raises(EdgesplitError, match="branch-dropout must be in"):

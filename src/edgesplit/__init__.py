@@ -3,6 +3,7 @@
 ``import edgesplit`` loads neither torch nor grpc; ``edgesplit.connect(plan)`` and
 ``edgesplit.connect_async(plan)`` load the runtime on first use.
 """
+
 __version__ = "0.1.0"
 
 

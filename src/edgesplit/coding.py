@@ -22,6 +22,7 @@ patterns is kept (float32 decoding error grows with that condition number):
   submatrix was checked and is invertible (measured here: worst condition 220
   at k=8, r=3, against 1.1e3 for the best structured code).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -133,7 +134,9 @@ def make_code(k: int, r: int, kind: str = "auto") -> SystematicCode:
     return SystematicCode(k, r, name, p, cond)
 
 
-def split_linear(weight: np.ndarray, bias: np.ndarray | None, k: int, code: SystematicCode) -> list[tuple[np.ndarray, np.ndarray]]:
+def split_linear(
+    weight: np.ndarray, bias: np.ndarray | None, k: int, code: SystematicCode
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(W_i, b_i)`` for the k data blocks then the r parity blocks, each ``ceil(out/k)`` rows.
 
     Rows are padded with zeros to a multiple of k. Parity weights are computed in float64

@@ -12,6 +12,7 @@ Modes: ``split`` (distributed over the workers), ``in-process`` (the split model
 in this process: the seed's ``--cpu``), ``nonsplit`` (the unsplit model in ONNX
 Runtime with all cores).
 """
+
 from __future__ import annotations
 
 import base64
@@ -63,9 +64,16 @@ def _ensure_export(cfg: DemoConfig, role: str) -> Path:
 
     run_dir = Path(cfg.work_dir) / role
     export_dir = run_dir / "export"
-    tcfg = TrainConfig(model=DEMO_MODELS[role], data_dir=cfg.data_dir, model_kwargs={"width_mult": cfg.width_mult},
-                       epochs=cfg.epochs, val_size=0, lr=0.2, max_train_samples=cfg.max_train_samples,
-                       branch_dropout=cfg.branch_dropout if role == "split" else 0.0)
+    tcfg = TrainConfig(
+        model=DEMO_MODELS[role],
+        data_dir=cfg.data_dir,
+        model_kwargs={"width_mult": cfg.width_mult},
+        epochs=cfg.epochs,
+        val_size=0,
+        lr=0.2,
+        max_train_samples=cfg.max_train_samples,
+        branch_dropout=cfg.branch_dropout if role == "split" else 0.0,
+    )
     ckpt_path = run_dir / "checkpoint.pt"
     if ckpt_path.exists() and not cfg.retrain:
         from edgesplit.training.checkpoint import read_checkpoint
@@ -78,7 +86,10 @@ def _ensure_export(cfg: DemoConfig, role: str) -> Path:
         for f in (ckpt_path, run_dir / "history.json"):
             f.unlink(missing_ok=True)
     cached = ckpt_path.exists()
-    print(f"[demo] {'reusing' if cached else 'training'} {tcfg.model} (width x{cfg.width_mult}, {cfg.epochs} epochs) in {run_dir}", flush=True)
+    print(
+        f"[demo] {'reusing' if cached else 'training'} {tcfg.model} (width x{cfg.width_mult}, {cfg.epochs} epochs) in {run_dir}",
+        flush=True,
+    )
     train(tcfg, run_dir, resume=True)  # a finished run returns at once
     manifest = export_dir / "manifest.json"
     if not manifest.exists() or ckpt_path.stat().st_mtime > manifest.stat().st_mtime:
@@ -101,8 +112,11 @@ def folder_labels(files: list[Path], root: Path, classes: tuple[str, ...]) -> np
         return None
     unmatched = sorted({f.parent.name for f, y in zip(files, labels) if y < 0 and f.parent != root})
     if unmatched:
-        print(f"[demo] folders that name no class (their images count in no accuracy): {', '.join(unmatched)}; "
-              f"the classes are: {', '.join(classes)}", flush=True)
+        print(
+            f"[demo] folders that name no class (their images count in no accuracy): {', '.join(unmatched)}; "
+            f"the classes are: {', '.join(classes)}",
+            flush=True,
+        )
     return labels
 
 
@@ -122,7 +136,9 @@ def _load_images(cfg: DemoConfig, shape: tuple[int, int, int], classes: tuple[st
         root = Path(cfg.images_dir)
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
         if not files:
-            raise EdgesplitError(f"no JPEG/PNG images under {root}; pass a folder of images (sub-folders named after classes give accuracy)")
+            raise EdgesplitError(
+                f"no JPEG/PNG images under {root}; pass a folder of images (sub-folders named after classes give accuracy)"
+            )
         files = files[: cfg.limit] if cfg.limit else files
         images = np.stack([load_image(f, (h, w), c) for f in files]).transpose(0, 3, 1, 2)
         names = [str(f) for f in files]
@@ -146,8 +162,15 @@ def _run_sequential(infer, images: np.ndarray) -> tuple[np.ndarray, list[float]]
 
 def _mode_report(mode: str, model: str, preds: np.ndarray, labels, lat_ms: list[float], rps: float) -> dict:
     acc = accuracy(preds, labels)
-    return {"mode": mode, "model": model, "accuracy": acc, "throughput_rps": rps, **latency_summary(lat_ms),
-            "predictions": [int(v) for v in preds], "latencies_ms": lat_ms}
+    return {
+        "mode": mode,
+        "model": model,
+        "accuracy": acc,
+        "throughput_rps": rps,
+        **latency_summary(lat_ms),
+        "predictions": [int(v) for v in preds],
+        "latencies_ms": lat_ms,
+    }
 
 
 def run_demo(cfg: DemoConfig, json_path: str | None = None) -> dict:
@@ -198,15 +221,21 @@ def run_demo(cfg: DemoConfig, json_path: str | None = None) -> dict:
     _print_table(results, n)
     if cfg.images_dir and results:
         _print_predictions(names, labels, next(iter(results.values()))["predictions"], manifest.classes)
-    report = {"config": asdict(cfg), "images": n, "source": cfg.images_dir or "fashion-mnist test set",
-              "results": {m: {k: v for k, v in r.items() if k != "latencies_ms"} for m, r in results.items()},
-              "wall_time_s": time.perf_counter() - t_start}
+    report = {
+        "config": asdict(cfg),
+        "images": n,
+        "source": cfg.images_dir or "fashion-mnist test set",
+        "results": {m: {k: v for k, v in r.items() if k != "latencies_ms"} for m, r in results.items()},
+        "wall_time_s": time.perf_counter() - t_start,
+    }
     if "split" in results and len(manifest.branches) > 1 and cfg.unplug_images:
         report["unplugged"] = unplugged
         acc = f"accuracy {unplugged['accuracy']:.4f}" if unplugged["accuracy"] is not None else "no labels"
-        print(f"\n{unplugged['part']}'s worker unplugged (SIGKILL): {unplugged['images']} images answered, "
-              f"{unplugged['degraded']} flagged degraded, {unplugged['errors']} errors, {acc}, p50 {unplugged['p50_ms']:.3f} ms;"
-              f" the worker was restarted and used again: {unplugged['readmitted']}")
+        print(
+            f"\n{unplugged['part']}'s worker unplugged (SIGKILL): {unplugged['images']} images answered, "
+            f"{unplugged['degraded']} flagged degraded, {unplugged['errors']} errors, {acc}, p50 {unplugged['p50_ms']:.3f} ms;"
+            f" the worker was restarted and used again: {unplugged['readmitted']}"
+        )
     out_dir = Path(cfg.work_dir)
     # a run of some modes only writes its own files: the full run's report is never overwritten by a partial one
     suffix = "" if tuple(cfg.modes) == MODES else "_" + "_".join(m.replace("-", "") for m in cfg.modes)
@@ -225,7 +254,7 @@ def _print_predictions(names: list[str], labels, preds: list[int], classes: tupl
     print("\nimage  ->  predicted class" + ("  (folder's class)" if labels is not None else ""))
     for i, (name, pred) in enumerate(zip(names[:shown], preds)):
         known = labels is not None and labels[i] >= 0
-        mark = ("" if not known else f"  ({classes[labels[i]]}{', right' if labels[i] == pred else ''})")
+        mark = "" if not known else f"  ({classes[labels[i]]}{', right' if labels[i] == pred else ''})"
         print(f"{name}  ->  {classes[pred]}{mark}")
     if len(names) > shown:
         print(f"... {len(names) - shown} more in the JSON (--json)")
@@ -254,8 +283,15 @@ def _unplug(cluster, client, images: np.ndarray, labels, part: str) -> dict:
         readmitted = not client.infer_result(images[:1]).parameters.get("degraded")
         time.sleep(0.05)
     acc = accuracy(np.asarray(preds), labels)
-    return {"part": part, "images": len(images), "degraded": degraded, "errors": errors, "accuracy": acc,
-            "readmitted": readmitted, **latency_summary(lat)}
+    return {
+        "part": part,
+        "images": len(images),
+        "degraded": degraded,
+        "errors": errors,
+        "accuracy": acc,
+        "readmitted": readmitted,
+        **latency_summary(lat),
+    }
 
 
 def _print_table(results: dict, n: int) -> None:
@@ -263,12 +299,16 @@ def _print_table(results: dict, n: int) -> None:
     print(f"{'mode':<12}{'model':<17}{'accuracy':>9}{'mean ms':>9}{'std':>7}{'p50':>7}{'p95':>7}{'p99':>7}{'img/s':>8}")
     for mode, r in results.items():
         acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
-        print(f"{mode:<12}{r['model']:<17}{acc:>9}{r['mean_ms']:>9.3f}{r['std_ms']:>7.3f}{r['p50_ms']:>7.3f}"
-              f"{r['p95_ms']:>7.3f}{r['p99_ms']:>7.3f}{r['throughput_rps']:>8.0f}")
+        print(
+            f"{mode:<12}{r['model']:<17}{acc:>9}{r['mean_ms']:>9.3f}{r['std_ms']:>7.3f}{r['p50_ms']:>7.3f}"
+            f"{r['p95_ms']:>7.3f}{r['p99_ms']:>7.3f}{r['throughput_rps']:>8.0f}"
+        )
     if "split" in results and len(results) > 1:
-        print("Each split request costs a round trip to every worker (a Unix socket between local processes: about\n"
-              "1 ms with the coordinator's work), more than a 28x28 branch computes; splitting pays off when branch\n"
-              "compute dominates, as at 224x224 on devices (`edgesplit bench serve`, docs/benchmarks.md).")
+        print(
+            "Each split request costs a round trip to every worker (a Unix socket between local processes: about\n"
+            "1 ms with the coordinator's work), more than a 28x28 branch computes; splitting pays off when branch\n"
+            "compute dominates, as at 224x224 on devices (`edgesplit bench serve`, docs/benchmarks.md)."
+        )
 
 
 def _histogram(results: dict, path: Path) -> Path:
@@ -280,7 +320,9 @@ def _histogram(results: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
     hi = max(np.percentile(r["latencies_ms"], 99.5) for r in results.values())
     for mode, r in results.items():
-        ax.hist(r["latencies_ms"], bins=80, range=(0, hi), histtype="step", linewidth=1.5, label=f"{mode} (p50 {r['p50_ms']:.2f} ms)")
+        ax.hist(
+            r["latencies_ms"], bins=80, range=(0, hi), histtype="step", linewidth=1.5, label=f"{mode} (p50 {r['p50_ms']:.2f} ms)"
+        )
     ax.set_xlabel("latency per image (ms)")
     ax.set_ylabel("images")
     ax.set_title("edgesplit demo: per-image latency")
@@ -301,14 +343,15 @@ def _html(report: dict, png: Path) -> str:
         f"<tr><td>{html.escape(m)}</td><td>{html.escape(r['model'])}</td><td>{_fmt_acc(r['accuracy'])}</td>"
         f"<td>{r['mean_ms']:.3f}</td><td>{r['std_ms']:.3f}</td><td>{r['p50_ms']:.3f}</td><td>{r['p95_ms']:.3f}</td>"
         f"<td>{r['p99_ms']:.3f}</td><td>{r['throughput_rps']:.0f}</td></tr>"
-        for m, r in report["results"].items())
+        for m, r in report["results"].items()
+    )
     img = base64.b64encode(png.read_bytes()).decode()
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgesplit demo</title>
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:4px 10px;text-align:right}}</style></head>
-<body><h1>edgesplit demo</h1><p>{report['images']} images from {html.escape(str(report['source']))}, one at a time.</p>
+<body><h1>edgesplit demo</h1><p>{report["images"]} images from {html.escape(str(report["source"]))}, one at a time.</p>
 <table><tr><th>mode</th><th>model</th><th>accuracy</th><th>mean ms</th><th>std</th><th>p50</th><th>p95</th><th>p99</th><th>img/s</th></tr>{rows}</table>
 {_unplug_html(report.get("unplugged"))}<img alt="latency histogram" src="data:image/png;base64,{img}">
-<pre>{html.escape(json.dumps(report['config'], indent=1))}</pre></body></html>
+<pre>{html.escape(json.dumps(report["config"], indent=1))}</pre></body></html>
 """
 
 
@@ -317,9 +360,11 @@ def _unplug_html(u: dict | None) -> str:
     if not u:
         return ""
     acc = f"accuracy {u['accuracy']:.4f}" if u["accuracy"] is not None else "no labels"
-    return (f"<p>{html.escape(u['part'])}'s worker unplugged (SIGKILL): {u['images']} images answered, {u['degraded']} "
-            f"flagged degraded, {u['errors']} errors, {acc}, p50 {u['p50_ms']:.3f} ms; the worker was restarted and used "
-            f"again: {u['readmitted']}.</p>")
+    return (
+        f"<p>{html.escape(u['part'])}'s worker unplugged (SIGKILL): {u['images']} images answered, {u['degraded']} "
+        f"flagged degraded, {u['errors']} errors, {acc}, p50 {u['p50_ms']:.3f} ms; the worker was restarted and used "
+        f"again: {u['readmitted']}.</p>"
+    )
 
 
 def _interactive(client, manifest) -> dict:

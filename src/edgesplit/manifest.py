@@ -3,6 +3,7 @@
 ``load_manifest(dir)`` checks the format tag and every file's sha256 before anything
 is loaded, so a worker never runs a file that is not the one that was exported.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,12 +42,24 @@ class PartSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PartSpec":
-        return cls(d["name"], d["role"], d["file"], d["sha256"], tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
-                   tuple(TensorSpec.from_dict(t) for t in d["outputs"]))
+        return cls(
+            d["name"],
+            d["role"],
+            d["file"],
+            d["sha256"],
+            tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+            tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+        )
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "role": self.role, "file": self.file, "sha256": self.sha256,
-                "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
+        return {
+            "name": self.name,
+            "role": self.role,
+            "file": self.file,
+            "sha256": self.sha256,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
 
 
 @dataclass(frozen=True)
@@ -82,8 +95,10 @@ def default_stages(parts: tuple["PartSpec", ...]) -> tuple[StageSpec, ...]:
     """A split model: branches (concat), then the head in the coordinator; else one ``model`` part."""
     branches = tuple(p.name for p in parts if p.role == "branch")
     if branches:
-        return (StageSpec("branches", branches, "concat", "input", "features"),
-                StageSpec("head", ("head",), "single", "features", "logits", local=True))
+        return (
+            StageSpec("branches", branches, "concat", "input", "features"),
+            StageSpec("head", ("head",), "single", "features", "logits", local=True),
+        )
     return (StageSpec("model", ("model",), "single", "input", "logits"),)
 
 
@@ -153,8 +168,18 @@ def load_manifest(directory: str | Path, verify: bool | list[str] = True) -> Man
             raise ValueError(f"format tag {d.get('format')!r}")
         parts = tuple(PartSpec.from_dict(p) for p in d["parts"])
         stages = tuple(StageSpec.from_dict(s) for s in d["stages"]) if d.get("stages") else default_stages(parts)
-        manifest = Manifest(directory, d["model"], d["model_kwargs"], tuple(d["input_shape"]), d["preprocess"],
-                            tuple(d["classes"]), tuple(d["feature_dims"]), parts, int(d["opset"]), stages)
+        manifest = Manifest(
+            directory,
+            d["model"],
+            d["model_kwargs"],
+            tuple(d["input_shape"]),
+            d["preprocess"],
+            tuple(d["classes"]),
+            tuple(d["feature_dims"]),
+            parts,
+            int(d["opset"]),
+            stages,
+        )
     except (ValueError, KeyError, TypeError) as err:
         raise EdgesplitError(f"{path} is not a valid edgesplit manifest ({err}); re-run `edgesplit export`") from None
     if verify:
@@ -170,4 +195,6 @@ def verify_parts(manifest: Manifest, names) -> None:
         if not file.exists():
             raise EdgesplitError(f"{file} listed in the manifest is missing; re-run `edgesplit export`")
         if sha256_file(file) != part.sha256:
-            raise EdgesplitError(f"{file} does not match the sha256 in {MANIFEST_NAME} (changed or corrupted); re-run `edgesplit export`")
+            raise EdgesplitError(
+                f"{file} does not match the sha256 in {MANIFEST_NAME} (changed or corrupted); re-run `edgesplit export`"
+            )

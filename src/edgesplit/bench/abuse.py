@@ -23,6 +23,7 @@ Reported: good requests answered and correct, their p99 against the clean phase;
 every bad request; health-check latency during the flood; the worker's resident memory before,
 at its peak (``VmHWM``) and after, against the in-flight cap; connections reclaimed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -64,7 +65,7 @@ def _mutants(valid: bytes, rng, n: int) -> list[bytes]:
         if kind == 0:
             out.append(rng.bytes(int(rng.integers(1, 256))))
         elif kind == 1:
-            out.append(valid[:int(rng.integers(1, len(valid)))])
+            out.append(valid[: int(rng.integers(1, len(valid)))])
         else:
             b = bytearray(valid)
             for at in rng.integers(0, len(b), int(rng.integers(1, 8))):
@@ -91,10 +92,23 @@ def _hpack_literal(headers: list[tuple[str, str]]) -> bytes:
 def _stalled_stream(port: int) -> bytes:
     """A client's bytes up to a ModelInfer message it never finishes: preface, settings (and the ack of the
     server's), headers, and the first 10 bytes of a message that says it has 1,000."""
-    headers = _hpack_literal([(":method", "POST"), (":scheme", "http"), (":path", GRPC_METHOD),
-                              (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"), ("te", "trailers")])
-    return (_PREFACE + _h2_frame(4, 0, 0, b"") + _h2_frame(4, 1, 0, b"") + _h2_frame(1, 4, 1, headers)
-            + _h2_frame(0, 0, 1, b"\x00" + struct.pack(">I", 1000) + b"\x0a\x07branch0"[:5]))
+    headers = _hpack_literal(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", GRPC_METHOD),
+            (":authority", f"127.0.0.1:{port}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
+    return (
+        _PREFACE
+        + _h2_frame(4, 0, 0, b"")
+        + _h2_frame(4, 1, 0, b"")
+        + _h2_frame(1, 4, 1, headers)
+        + _h2_frame(0, 0, 1, b"\x00" + struct.pack(">I", 1000) + b"\x0a\x07branch0"[:5])
+    )
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
@@ -247,8 +261,9 @@ async def _never_reading(sock: socket.socket, valid: bytes, stop_at: float) -> d
     return {"requests_written": sent, "worker_stopped_reading": False}
 
 
-def bench_abuse(flood_s: float = 20.0, idle_timeout_s: float = 5.0, max_inflight_mb: float = 256.0,
-                held_connections: int = 20, seed: int = 0) -> dict:
+def bench_abuse(
+    flood_s: float = 20.0, idle_timeout_s: float = 5.0, max_inflight_mb: float = 256.0, held_connections: int = 20, seed: int = 0
+) -> dict:
     from edgesplit.runtime.cluster import LocalCluster
     from edgesplit.runtime.transport import codec
     from edgesplit.runtime.transport.limits import ServerLimits
@@ -264,8 +279,14 @@ def bench_abuse(flood_s: float = 20.0, idle_timeout_s: float = 5.0, max_inflight
 
         # connections are recycled after 3 idle timeouts, so that streams stalled mid-message end within the run
         age_s = 3 * idle_timeout_s
-        args = ["--idle-timeout-s", str(idle_timeout_s), "--max-inflight-mb", str(max_inflight_mb),
-                "--max-connection-age-s", str(age_s)]
+        args = [
+            "--idle-timeout-s",
+            str(idle_timeout_s),
+            "--max-inflight-mb",
+            str(max_inflight_mb),
+            "--max-connection-age-s",
+            str(age_s),
+        ]
         with LocalCluster(export, parts=[PART], pin=False, extra_args={PART: args}) as cluster:
             w = cluster.workers[PART]
             pid, address, unix_path = w.proc.pid, w.address, str(w.unix_socket)
@@ -276,10 +297,15 @@ def bench_abuse(flood_s: float = 20.0, idle_timeout_s: float = 5.0, max_inflight
             rss_before = _rss_mib(pid)
 
             # the largest valid request: max_batch float32 images, next to the message limit
-            at_limit = codec.encode_request(PART, {"input": rng.random((ServerLimits().max_batch, *INPUT_SHAPE), np.float32)}).SerializeToString()
-            between = codec.encode_request(PART, {"input": np.zeros((3 * limit // 2 // 784, *INPUT_SHAPE), np.uint8)}).SerializeToString()
+            at_limit = codec.encode_request(
+                PART, {"input": rng.random((ServerLimits().max_batch, *INPUT_SHAPE), np.float32)}
+            ).SerializeToString()
+            between = codec.encode_request(
+                PART, {"input": np.zeros((3 * limit // 2 // 784, *INPUT_SHAPE), np.uint8)}
+            ).SerializeToString()
             over = codec.encode_request(PART, {"input": np.zeros((4 * limit // 784, *INPUT_SHAPE), np.uint8)}).SerializeToString()
             from edgesplit.runtime.transport import kserve_v2_pb2 as pb
+
             typed = pb.ModelInferRequest(model_name=PART)
             t = typed.inputs.add(name="input", datatype="INT64", shape=[1, 1, 512, 512])
             t.contents.int64_contents.extend([1] * (512 * 512))
@@ -306,7 +332,8 @@ def bench_abuse(flood_s: float = 20.0, idle_timeout_s: float = 5.0, max_inflight
                     _bad_grpc(address, [typed] * 20, 2, stop_at),
                     _unix_malformed(unix_path, valid, rng, 300, stop_at),
                     _never_reading(held["never_reading"][0], valid, stop_at),
-                    sample())
+                    sample(),
+                )
                 return results
 
             t0 = time.monotonic()
@@ -324,18 +351,39 @@ def bench_abuse(flood_s: float = 20.0, idle_timeout_s: float = 5.0, max_inflight
             alive = not cluster.dead()
             log_text = w.log_path.read_text() if w.log_path.exists() else ""
     return {
-        "machine": machine_info(), "model": f"resnet18-split2 {PART}, random weights, 1x28x28",
-        "settings": {"flood_s": flood_s, "idle_timeout_s": idle_timeout_s, "max_connection_age_s": age_s,
-                     "max_inflight_mb": max_inflight_mb,
-                     "held_connections_per_kind": held_connections, "message_limit_bytes": limit},
-        "clean": clean, "flood_wall_s": flood_wall,
-        "good_during_flood": good, "health_during_flood": health,
-        "bad": {"malformed_grpc": malformed, "between_and_over_limit_grpc": oversized, "at_limit_grpc": at_limit_r,
-                "typed_int64_grpc": typed_r, "malformed_unix": unix_r, "never_reading_unix": deaf},
+        "machine": machine_info(),
+        "model": f"resnet18-split2 {PART}, random weights, 1x28x28",
+        "settings": {
+            "flood_s": flood_s,
+            "idle_timeout_s": idle_timeout_s,
+            "max_connection_age_s": age_s,
+            "max_inflight_mb": max_inflight_mb,
+            "held_connections_per_kind": held_connections,
+            "message_limit_bytes": limit,
+        },
+        "clean": clean,
+        "flood_wall_s": flood_wall,
+        "good_during_flood": good,
+        "health_during_flood": health,
+        "bad": {
+            "malformed_grpc": malformed,
+            "between_and_over_limit_grpc": oversized,
+            "at_limit_grpc": at_limit_r,
+            "typed_int64_grpc": typed_r,
+            "malformed_unix": unix_r,
+            "never_reading_unix": deaf,
+        },
         "p99_flood_vs_clean": good["latency"]["p99_ms"] / clean["latency"]["p99_ms"],
-        "memory_mib": {"before": rss_before, "flood_peak_sampled": rss_flood_peak, "hwm": rss_hwm, "after": rss_after,
-                       "cap": max_inflight_mb, "peak_over_before": rss_flood_peak - rss_before},
+        "memory_mib": {
+            "before": rss_before,
+            "flood_peak_sampled": rss_flood_peak,
+            "hwm": rss_hwm,
+            "after": rss_after,
+            "cap": max_inflight_mb,
+            "peak_over_before": rss_flood_peak - rss_before,
+        },
         "connections_closed_after_idle_timeout": {k: f"{closed[k]}/{len(v)}" for k, v in held.items()},
-        "good_after": after, "worker_alive": alive,
+        "good_after": after,
+        "worker_alive": alive,
         "worker_log": {"lines": len(log_text.splitlines()), "tracebacks": log_text.count("Traceback")},
     }

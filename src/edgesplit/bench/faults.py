@@ -15,6 +15,7 @@ at all: must be 0); the largest relative error of recovered answers against the
 fault-free float64 reference; decoding time as a share of latency; the arrival times
 of every block's answer (histogram PNG, as on the seed's slide).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -31,8 +32,15 @@ STRAGGLE_PROB, STRAGGLE_SLOWDOWN = 0.1, 10.0
 LAYER_NAMES = ("fc6", "fc7")
 
 
-def _run_scenario(export_dir: Path, n_workers: int, scenario: str, xs: np.ndarray, refs: np.ndarray, timeout_ms: float,
-                  parity_policy: str = "eager") -> dict:
+def _run_scenario(
+    export_dir: Path,
+    n_workers: int,
+    scenario: str,
+    xs: np.ndarray,
+    refs: np.ndarray,
+    timeout_ms: float,
+    parity_policy: str = "eager",
+) -> dict:
     import edgesplit
     from edgesplit.runtime.cluster import LocalCluster
 
@@ -47,8 +55,10 @@ def _run_scenario(export_dir: Path, n_workers: int, scenario: str, xs: np.ndarra
     n = len(xs)
     counts = {"sent": n, "exact": 0, "recovered": 0, "degraded": 0, "errors": 0, "lost": 0, "parity_asked": 0}
     lat, decode_share, arrivals, worst_err = [], [], [], 0.0
-    with LocalCluster(export_dir, groups=groups, pin=False, extra_args=extra, timeout_ms=timeout_ms) as cluster, \
-            edgesplit.connect(cluster.plan(probe_interval_ms=200, parity=parity_policy)) as client:
+    with (
+        LocalCluster(export_dir, groups=groups, pin=False, extra_args=extra, timeout_ms=timeout_ms) as cluster,
+        edgesplit.connect(cluster.plan(probe_interval_ms=200, parity=parity_policy)) as client,
+    ):
         for x in xs[:5]:
             client.infer(x[None])
         for i, x in enumerate(xs):
@@ -80,9 +90,15 @@ def _run_scenario(export_dir: Path, n_workers: int, scenario: str, xs: np.ndarra
             err = float(np.linalg.norm(r.outputs["logits"][0] - refs[i]) / np.linalg.norm(refs[i]))
             worst_err = max(worst_err, err)
             counts["recovered" if p.get("recovered") else "exact"] += 1
-    return {"scenario": scenario, "workers": n_workers, "latency": latency_summary(lat), "counts": counts,
-            "max_rel_error": worst_err, "decode_share_p50": float(np.median(decode_share)) if decode_share else 0.0,
-            "arrival_ms": arrivals}
+    return {
+        "scenario": scenario,
+        "workers": n_workers,
+        "latency": latency_summary(lat),
+        "counts": counts,
+        "max_rel_error": worst_err,
+        "decode_share_p50": float(np.median(decode_share)) if decode_share else 0.0,
+        "arrival_ms": arrivals,
+    }
 
 
 def p_more_stragglers_than_parity(workers: int, parity: int, prob: float) -> float:
@@ -94,12 +110,18 @@ def p_more_stragglers_than_parity(workers: int, parity: int, prob: float) -> flo
     """
     from math import comb
 
-    return sum(comb(workers, j) * prob ** j * (1 - prob) ** (workers - j) for j in range(parity + 1, workers + 1))
+    return sum(comb(workers, j) * prob**j * (1 - prob) ** (workers - j) for j in range(parity + 1, workers + 1))
 
 
-def bench_faults(requests: int = 300, timeout_ms: float = 2000.0, seed: int = 0, histogram: str | None = None,
-                 scenarios=("fault_free", "straggler_one", "straggler_all", "kill"), parity: int = 1,
-                 parity_policy: str = "eager") -> dict:
+def bench_faults(
+    requests: int = 300,
+    timeout_ms: float = 2000.0,
+    seed: int = 0,
+    histogram: str | None = None,
+    scenarios=("fault_free", "straggler_one", "straggler_all", "kill"),
+    parity: int = 1,
+    parity_policy: str = "eager",
+) -> dict:
     from edgesplit.export.coded import export_coded_mlp, random_alexnet_fc, reference_forward
 
     layers = random_alexnet_fc(seed=seed)
@@ -111,18 +133,29 @@ def bench_faults(requests: int = 300, timeout_ms: float = 2000.0, seed: int = 0,
             export_dir = Path(tmp) / label
             export_coded_mlp(layers, export_dir, K_DATA, r, "alexnet-fc", layer_names=LAYER_NAMES)
             for scenario in scenarios:
-                results[f"{label}/{scenario}"] = _run_scenario(export_dir, K_DATA + r, scenario, xs, refs, timeout_ms,
-                                                               parity_policy)
-    out = {"benchmark": "faults", "model": "alexnet FC (9216-4096-4096-1000, random weights)", "requests": requests,
-           "data_workers": K_DATA, "parity_workers": parity, "parity_policy": parity_policy, "straggler": {"prob": STRAGGLE_PROB, "slowdown": STRAGGLE_SLOWDOWN},
-           "machine": machine_info(), "scenarios": {k: {kk: vv for kk, vv in v.items() if kk != "arrival_ms"} for k, v in results.items()}}
+                results[f"{label}/{scenario}"] = _run_scenario(
+                    export_dir, K_DATA + r, scenario, xs, refs, timeout_ms, parity_policy
+                )
+    out = {
+        "benchmark": "faults",
+        "model": "alexnet FC (9216-4096-4096-1000, random weights)",
+        "requests": requests,
+        "data_workers": K_DATA,
+        "parity_workers": parity,
+        "parity_policy": parity_policy,
+        "straggler": {"prob": STRAGGLE_PROB, "slowdown": STRAGGLE_SLOWDOWN},
+        "machine": machine_info(),
+        "scenarios": {k: {kk: vv for kk, vv in v.items() if kk != "arrival_ms"} for k, v in results.items()},
+    }
     ff = results.get("coded/fault_free")
     targets = {}
     for pattern in ("straggler_one", "straggler_all"):
         c, u = results.get(f"coded/{pattern}"), results.get(f"uncoded/{pattern}")
         if c and u and ff:
-            targets[pattern] = {"p99_vs_fault_free": c["latency"]["p99_ms"] / ff["latency"]["p99_ms"],
-                                "p99_vs_uncoded": c["latency"]["p99_ms"] / u["latency"]["p99_ms"]}
+            targets[pattern] = {
+                "p99_vs_fault_free": c["latency"]["p99_ms"] / ff["latency"]["p99_ms"],
+                "p99_vs_uncoded": c["latency"]["p99_ms"] / u["latency"]["p99_ms"],
+            }
     if "straggler_all" in targets:
         per_stage = p_more_stragglers_than_parity(K_DATA + parity, parity, STRAGGLE_PROB)
         targets["straggler_all"]["p_unshielded_stage"] = per_stage
@@ -145,7 +178,14 @@ def _histogram(results: dict, path: str) -> None:
     keys = [k for k in ("uncoded/straggler_all", "uncoded/fault_free") if k in results]
     hi = max(np.percentile(results[k]["arrival_ms"], 99.9) for k in keys)
     for k in keys:
-        ax.hist(results[k]["arrival_ms"], bins=100, range=(0, hi), histtype="step", linewidth=1.5, label=k.split("/")[1].replace("_", " "))
+        ax.hist(
+            results[k]["arrival_ms"],
+            bins=100,
+            range=(0, hi),
+            histtype="step",
+            linewidth=1.5,
+            label=k.split("/")[1].replace("_", " "),
+        )
     ax.set_yscale("log")
     ax.set_xlabel("arrival time of a block's answer after the stage started (ms)")
     ax.set_ylabel("answers")

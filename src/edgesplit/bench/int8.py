@@ -5,6 +5,7 @@ thread (what one worker on a small board runs), float and int8 calls interleaved
 so machine noise hits both alike, medians per round and the median of rounds.
 Accuracy: the whole split model in this process (``LocalModel``) on the test set.
 """
+
 from __future__ import annotations
 
 import platform
@@ -25,8 +26,10 @@ def _time_parts(float_dir: Path, int8_dir: Path, calls: int, rounds: int) -> dic
     for part in m.parts:
         spec = part.inputs[0]
         x = rng.standard_normal((1, *spec.shape[1:])).astype(np.float32)
-        engines = {"float32": OnnxRuntimeEngine(float_dir / part.file, threads=1),
-                   "int8": OnnxRuntimeEngine(int8_dir / part.file, threads=1)}
+        engines = {
+            "float32": OnnxRuntimeEngine(float_dir / part.file, threads=1),
+            "int8": OnnxRuntimeEngine(int8_dir / part.file, threads=1),
+        }
         for e in engines.values():
             for _ in range(3):
                 e.run({spec.name: x})
@@ -41,9 +44,15 @@ def _time_parts(float_dir: Path, int8_dir: Path, calls: int, rounds: int) -> dic
             for k in engines:
                 per_round[k].append(float(np.median(times[k])))
         f, q = float(np.median(per_round["float32"])), float(np.median(per_round["int8"]))
-        out[part.name] = {"float32_ms": f, "int8_ms": q, "speedup": f / q, "rounds_float32_ms": per_round["float32"],
-                          "rounds_int8_ms": per_round["int8"], "float32_bytes": (float_dir / part.file).stat().st_size,
-                          "int8_bytes": (int8_dir / part.file).stat().st_size}
+        out[part.name] = {
+            "float32_ms": f,
+            "int8_ms": q,
+            "speedup": f / q,
+            "rounds_float32_ms": per_round["float32"],
+            "rounds_int8_ms": per_round["int8"],
+            "float32_bytes": (float_dir / part.file).stat().st_size,
+            "int8_bytes": (int8_dir / part.file).stat().st_size,
+        }
     return out
 
 
@@ -57,13 +66,20 @@ def _accuracy(export_dir: Path, ckpt: dict, n: int, data_dir: str | None) -> flo
     idx = np.arange(min(n, len(test)))
     correct = 0
     for start in range(0, len(idx), 500):
-        b = idx[start:start + 500]
+        b = idx[start : start + 500]
         correct += int((model(model.prepare(test.images(b))).argmax(1) == test.labels(b)).sum())
     return correct / len(idx)
 
 
-def bench_int8(checkpoint: str, calls: int = 50, rounds: int = 3, test_images: int = 10000, calib_images: int = 256,
-               data_dir: str | None = None, input_shape: tuple[int, int, int] | None = None) -> dict:
+def bench_int8(
+    checkpoint: str,
+    calls: int = 50,
+    rounds: int = 3,
+    test_images: int = 10000,
+    calib_images: int = 256,
+    data_dir: str | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+) -> dict:
     """``checkpoint``: a trained run (speed and accuracy), or a model name with ``input_shape`` (random weights: speed only)."""
     import os
 
@@ -87,10 +103,23 @@ def bench_int8(checkpoint: str, calls: int = 50, rounds: int = 3, test_images: i
             calib = np.random.default_rng(0).standard_normal((calib_images, *input_shape)).astype(np.float32)
         int8_export(float_dir, int8_dir, calib)
         parts = _time_parts(float_dir, int8_dir, calls, rounds)
-        acc = {k: _accuracy(d, ckpt, test_images, data_dir) for k, d in (("float32", float_dir), ("int8", int8_dir))} if trained else None
+        acc = (
+            {k: _accuracy(d, ckpt, test_images, data_dir) for k, d in (("float32", float_dir), ("int8", int8_dir))}
+            if trained
+            else None
+        )
 
-    return {"checkpoint": str(checkpoint), "model": ckpt["model"], "input_shape": [ckpt["model_kwargs"]["in_chans"],
-            *ckpt["model_kwargs"]["input_size"]], "calls": calls, "rounds": rounds, "threads": 1, "batch": 1,
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-            "parts": parts, "test_images": min(test_images, 10000) if trained else 0, "top1": acc,
-            "branch_speedup_median": float(np.median([p["speedup"] for n, p in parts.items() if n != "head"] or [0.0]))}
+    return {
+        "checkpoint": str(checkpoint),
+        "model": ckpt["model"],
+        "input_shape": [ckpt["model_kwargs"]["in_chans"], *ckpt["model_kwargs"]["input_size"]],
+        "calls": calls,
+        "rounds": rounds,
+        "threads": 1,
+        "batch": 1,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "parts": parts,
+        "test_images": min(test_images, 10000) if trained else 0,
+        "top1": acc,
+        "branch_speedup_median": float(np.median([p["speedup"] for n, p in parts.items() if n != "head"] or [0.0])),
+    }

@@ -7,6 +7,7 @@ Measures, in one run on this machine:
 (d) the unsplit model in ONNX Runtime with all cores, the baseline a user would otherwise pick.
 Weights are random (timing does not depend on them); the export is made in a temp folder.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,14 +34,19 @@ def _export_random(model_name: str, input_shape, num_classes: int, out_dir: Path
     kw = {"num_classes": num_classes, "in_chans": c, "input_size": [h, w]}
     torch.manual_seed(0)
     model = create_model(model_name, **kw).eval()
-    ckpt = {"model": model_name, "model_kwargs": kw, "classes": [str(i) for i in range(num_classes)],
-            "preprocess": {"size": [h, w], "mean": [0.5] * c, "std": [0.25] * c}}
+    ckpt = {
+        "model": model_name,
+        "model_kwargs": kw,
+        "classes": [str(i) for i in range(num_classes)],
+        "preprocess": {"size": [h, w], "mean": [0.5] * c, "std": [0.25] * c},
+    }
     export_model(model, ckpt, out_dir)
     return out_dir
 
 
-async def _drive_coordinator(plan, send: np.ndarray, warmup: int, in_flight: int, pids: dict[str, int],
-                             unsplit, x_float: list[np.ndarray], block: int):
+async def _drive_coordinator(
+    plan, send: np.ndarray, warmup: int, in_flight: int, pids: dict[str, int], unsplit, x_float: list[np.ndarray], block: int
+):
     """(a) + (b): one request at a time through the coordinator, traced; then (c) and (d) in alternating blocks of
     ``block`` images: the split model with ``in_flight`` requests at once, and the unsplit engine (``unsplit``) one
     image at a time, so that both throughputs are measured under the same conditions of this shared machine.
@@ -79,8 +85,9 @@ async def _drive_coordinator(plan, send: np.ndarray, warmup: int, in_flight: int
         await client.close()
 
 
-async def _throughput_blocks(one, send: np.ndarray, pids: dict[str, int], unsplit, x_float: list[np.ndarray],
-                             block: int) -> tuple[float, dict[str, float], list[float], float]:
+async def _throughput_blocks(
+    one, send: np.ndarray, pids: dict[str, int], unsplit, x_float: list[np.ndarray], block: int
+) -> tuple[float, dict[str, float], list[float], float]:
     """(c) and (d): blocks of ``block`` images, alternately through the split model (``one(image)``, as many in
     flight as it allows) and the unsplit engine (one at a time). Returns the split blocks' wall time and CPU per
     request (this process, the coordinator, and each worker of ``pids``), the unsplit latencies and wall time."""
@@ -88,11 +95,11 @@ async def _throughput_blocks(one, send: np.ndarray, pids: dict[str, int], unspli
     cpu = dict.fromkeys(pids, 0.0)
     unsplit_lat = []
     for i, start in enumerate(range(0, len(send), block)):
-        for phase in (("unsplit", "split") if i % 2 == 0 else ("split", "unsplit")):
+        for phase in ("unsplit", "split") if i % 2 == 0 else ("split", "unsplit"):
             await asyncio.sleep(SETTLE_S)  # the unsplit engine's spinning thread pool has stopped spinning
             if phase == "unsplit":
                 t_block = time.perf_counter()
-                for x in x_float[start:start + block]:
+                for x in x_float[start : start + block]:
                     t0 = time.perf_counter()
                     unsplit.run({"input": x})
                     unsplit_lat.append((time.perf_counter() - t0) * 1e3)
@@ -101,7 +108,7 @@ async def _throughput_blocks(one, send: np.ndarray, pids: dict[str, int], unspli
             cpu0 = {name: process_cpu_s(pid) for name, pid in pids.items()}
             t0, own0 = time.perf_counter(), time.process_time()
             with deferring_to_workers():  # the unsplit baseline runs with the default policy
-                await asyncio.gather(*(one(img) for img in send[start:start + block]))
+                await asyncio.gather(*(one(img) for img in send[start : start + block]))
             split_wall += time.perf_counter() - t0
             own += time.process_time() - own0
             for name, pid in pids.items():
@@ -145,20 +152,34 @@ def breakdown(lat: list[float], parts: dict[str, dict[str, list[float]]]) -> dic
     server = np.array([parts[p]["server_ms"] for p in parts])
     compute = np.array([parts[p]["compute_ms"] for p in parts])
     e2e = np.asarray(lat)
-    per_part = {p: {"compute": float(np.median(compute[i])), "handler": float(np.median(server[i] - compute[i])),
-                    "transport": float(np.median(arrival[i] - server[i]))} for i, p in enumerate(parts)}
-    out = {"parts": per_part,
-           "wait_for_slowest": float(np.median(arrival.max(axis=0) - np.median(arrival, axis=0))),
-           "coordinator": float(np.median(e2e - arrival.max(axis=0))),
-           "end_to_end": float(np.median(e2e))}
+    per_part = {
+        p: {
+            "compute": float(np.median(compute[i])),
+            "handler": float(np.median(server[i] - compute[i])),
+            "transport": float(np.median(arrival[i] - server[i])),
+        }
+        for i, p in enumerate(parts)
+    }
+    out = {
+        "parts": per_part,
+        "wait_for_slowest": float(np.median(arrival.max(axis=0) - np.median(arrival, axis=0))),
+        "coordinator": float(np.median(e2e - arrival.max(axis=0))),
+        "end_to_end": float(np.median(e2e)),
+    }
     if all(len(parts[p].get(k, ())) == len(e2e) for p in parts for k in TRACE_HOPS):
         hop = {k: np.array([parts[p][k] for p in parts]) for k in TRACE_HOPS}  # (P, N) each
-        out["hops"] = {"parts": {p: {"before_send": float(np.median(hop["sent_ms"][i])),
-                                     "to_worker": float(np.median(hop["received_ms"][i] - hop["sent_ms"][i])),
-                                     "worker_dispatch": float(np.median(hop["answered_ms"][i] - hop["received_ms"][i] - server[i])),
-                                     "back": float(np.median(hop["decoded_ms"][i] - hop["answered_ms"][i]))}
-                                 for i, p in enumerate(parts)},
-                       "after_last_answer": float(np.median(e2e - hop["decoded_ms"].max(axis=0)))}
+        out["hops"] = {
+            "parts": {
+                p: {
+                    "before_send": float(np.median(hop["sent_ms"][i])),
+                    "to_worker": float(np.median(hop["received_ms"][i] - hop["sent_ms"][i])),
+                    "worker_dispatch": float(np.median(hop["answered_ms"][i] - hop["received_ms"][i] - server[i])),
+                    "back": float(np.median(hop["decoded_ms"][i] - hop["answered_ms"][i])),
+                }
+                for i, p in enumerate(parts)
+            },
+            "after_last_answer": float(np.median(e2e - hop["decoded_ms"].max(axis=0))),
+        }
     return out
 
 
@@ -177,9 +198,19 @@ def machine_info() -> dict:
 TRANSPORTS = ("ipc", "grpc")
 
 
-def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), requests: int = 200, in_flight: int = 4,
-                num_classes: int = 1000, warmup: int = 20, input_dtype: str = "uint8", rounds: int = 3,
-                transports: tuple[str, ...] = TRANSPORTS, poll_ms: float = 0.0, block: int = 50) -> dict:
+def bench_serve(
+    model: str = "resnet18-split2",
+    input_shape=(3, 224, 224),
+    requests: int = 200,
+    in_flight: int = 4,
+    num_classes: int = 1000,
+    warmup: int = 20,
+    input_dtype: str = "uint8",
+    rounds: int = 3,
+    transports: tuple[str, ...] = TRANSPORTS,
+    poll_ms: float = 0.0,
+    block: int = 50,
+) -> dict:
     """Each round measures the split model over each transport (``ipc``: the local cluster's Unix sockets, the
     default; ``grpc``: loopback gRPC) in turn: its latencies one request at a time, then its throughput in blocks
     of ``block`` images alternating with blocks of the unsplit baseline, so that each speedup compares two
@@ -207,24 +238,33 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
         send = images if input_dtype == "uint8" else np.stack(x_float)
         # the baseline as a user would run it: all cores, ONNX Runtime defaults (spinning thread pool)
         unsplit = OnnxRuntimeEngine(Path(unsplit_dir) / "model.onnx", threads=ncores, spin=True)
-        clusters = {t: stack.enter_context(LocalCluster(split_dir, input_dtype=input_dtype, timeout_ms=10_000, transport=t,
-                                                        poll_ms=poll_ms))
-                    for t in transports}
+        clusters = {
+            t: stack.enter_context(
+                LocalCluster(split_dir, input_dtype=input_dtype, timeout_ms=10_000, transport=t, poll_ms=poll_ms)
+            )
+            for t in transports
+        }
         cpus = {p: w.cpus for p, w in clusters[transports[0]].workers.items()}
         for _ in range(rounds):
             row = {}
             for t, cluster in clusters.items():
                 pids = {name: w.proc.pid for name, w in cluster.workers.items()}
                 lat, parts, split_wall, cpu_ms, base_lat, base_wall = asyncio.run(
-                    _drive_coordinator(cluster.plan(), send, warmup, in_flight, pids, unsplit, x_float, block))
+                    _drive_coordinator(cluster.plan(), send, warmup, in_flight, pids, unsplit, x_float, block)
+                )
                 branch = {name: latency_summary(v["compute_ms"]) for name, v in parts.items()}
                 e2e = latency_summary(lat)
                 split_rps, base_rps = requests / split_wall, requests / base_wall
-                row[t] = {"branch_compute": branch, "end_to_end": e2e, "split_throughput_rps": split_rps,
-                          "unsplit": {"latency": latency_summary(base_lat), "throughput_rps": base_rps},
-                          "breakdown_ms": breakdown(lat, parts), "cpu_ms_per_request": cpu_ms,
-                          "overhead_ratio": e2e["p50_ms"] / max(b["p50_ms"] for b in branch.values()),
-                          "throughput_speedup": split_rps / base_rps}
+                row[t] = {
+                    "branch_compute": branch,
+                    "end_to_end": e2e,
+                    "split_throughput_rps": split_rps,
+                    "unsplit": {"latency": latency_summary(base_lat), "throughput_rps": base_rps},
+                    "breakdown_ms": breakdown(lat, parts),
+                    "cpu_ms_per_request": cpu_ms,
+                    "overhead_ratio": e2e["p50_ms"] / max(b["p50_ms"] for b in branch.values()),
+                    "throughput_speedup": split_rps / base_rps,
+                }
             per_round.append(row)
         with edgesplit.connect(clusters[transports[0]].plan()) as client:  # the blocking API, for reference
             for img in send[:warmup]:
@@ -242,28 +282,56 @@ def bench_serve(model: str = "resnet18-split2", input_shape=(3, 224, 224), reque
         rs = [r[t] for r in per_round]
         parts = rs[0]["branch_compute"]
         return {
-            "overhead_ratio": med(r["overhead_ratio"] for r in rs), "throughput_speedup": med(r["throughput_speedup"] for r in rs),
+            "overhead_ratio": med(r["overhead_ratio"] for r in rs),
+            "throughput_speedup": med(r["throughput_speedup"] for r in rs),
             "branch_compute_p50_ms": {n: med(r["branch_compute"][n]["p50_ms"] for r in rs) for n in parts},
-            "end_to_end_p50_ms": med(r["end_to_end"]["p50_ms"] for r in rs), "end_to_end_p99_ms": med(r["end_to_end"]["p99_ms"] for r in rs),
+            "end_to_end_p50_ms": med(r["end_to_end"]["p50_ms"] for r in rs),
+            "end_to_end_p99_ms": med(r["end_to_end"]["p99_ms"] for r in rs),
             "split_throughput_rps": med(r["split_throughput_rps"] for r in rs),
             "unsplit_p50_ms": med(r["unsplit"]["latency"]["p50_ms"] for r in rs),  # in the blocks beside the split ones
             "unsplit_throughput_rps": med(r["unsplit"]["throughput_rps"] for r in rs),
             "cpu_ms_per_request": {k: med(r["cpu_ms_per_request"][k] for r in rs) for k in rs[0]["cpu_ms_per_request"]},
             "breakdown_ms": {
-                "parts": {n: {k: med(r["breakdown_ms"]["parts"][n][k] for r in rs) for k in ("compute", "handler", "transport")} for n in parts},
+                "parts": {
+                    n: {k: med(r["breakdown_ms"]["parts"][n][k] for r in rs) for k in ("compute", "handler", "transport")}
+                    for n in parts
+                },
                 **{k: med(r["breakdown_ms"][k] for r in rs) for k in ("wait_for_slowest", "coordinator", "end_to_end")},
-                **({"hops": {"parts": {n: {k: med(r["breakdown_ms"]["hops"]["parts"][n][k] for r in rs)
-                                           for k in rs[0]["breakdown_ms"]["hops"]["parts"][n]} for n in parts},
-                             "after_last_answer": med(r["breakdown_ms"]["hops"]["after_last_answer"] for r in rs)}}
-                   if all("hops" in r["breakdown_ms"] for r in rs) else {})},
+                **(
+                    {
+                        "hops": {
+                            "parts": {
+                                n: {
+                                    k: med(r["breakdown_ms"]["hops"]["parts"][n][k] for r in rs)
+                                    for k in rs[0]["breakdown_ms"]["hops"]["parts"][n]
+                                }
+                                for n in parts
+                            },
+                            "after_last_answer": med(r["breakdown_ms"]["hops"]["after_last_answer"] for r in rs),
+                        }
+                    }
+                    if all("hops" in r["breakdown_ms"] for r in rs)
+                    else {}
+                ),
+            },
         }
 
     by_transport = {t: summary(t) for t in transports}
     return {
-        "benchmark": "serve", "model": model, "unsplit_model": unsplit_name, "input_shape": list(input_shape),
-        "input_dtype": input_dtype, "requests": requests, "in_flight": in_flight, "rounds": rounds, "worker_poll_ms": poll_ms,
+        "benchmark": "serve",
+        "model": model,
+        "unsplit_model": unsplit_name,
+        "input_shape": list(input_shape),
+        "input_dtype": input_dtype,
+        "requests": requests,
+        "in_flight": in_flight,
+        "rounds": rounds,
+        "worker_poll_ms": poll_ms,
         "throughput_block": block,
-        "machine": machine_info(), "worker_cpus": cpus, "unsplit_threads": ncores, "transport": transports[0],
+        "machine": machine_info(),
+        "worker_cpus": cpus,
+        "unsplit_threads": ncores,
+        "transport": transports[0],
         **by_transport[transports[0]],  # the headline figures, unsplit ones included (measured beside this transport)
         "end_to_end_blocking_client": latency_summary(blocking),
         "transports": by_transport,

@@ -4,6 +4,7 @@ Errors the user can fix are :class:`EdgesplitError`: printed as one line, exit c
 no traceback unless ``--debug``. Heavy imports (torch, onnxruntime, grpc) happen inside
 the subcommand that needs them, so ``edgesplit worker`` never loads torch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,4 +53,3 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 0
-

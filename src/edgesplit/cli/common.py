@@ -1,4 +1,5 @@
 """What every subcommand module shares: the parser class, JSON output, model arguments."""
+
 from __future__ import annotations
 
 import argparse
@@ -99,8 +100,15 @@ def add_dataclass_options(group, cls) -> None:
             default = default / m["scale"]
         if isinstance(default, float) and default.is_integer() and m["scale"] != 1:
             default = int(default)  # shown as 256, not 256.0
-        group.add_argument(m["flag"] or "--" + f.name.replace("_", "-"), *m["aliases"], dest=f.name, default=default,
-                           type=m["type"] or type(f.default), metavar=m["metavar"], help=m["help"])
+        group.add_argument(
+            m["flag"] or "--" + f.name.replace("_", "-"),
+            *m["aliases"],
+            dest=f.name,
+            default=default,
+            type=m["type"] or type(f.default),
+            metavar=m["metavar"],
+            help=m["help"],
+        )
 
 
 def dataclass_from_args(cls, args, **fixed):

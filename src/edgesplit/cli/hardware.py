@@ -1,4 +1,5 @@
 """The CLI of the FPGA half: ``devices``, ``estimate``, ``tune``, ``quantize``, ``hls``."""
+
 from __future__ import annotations
 
 
@@ -14,21 +15,41 @@ def cmd_devices(args) -> None:
     catalog = load_catalog(args.devices_dir)
     if args.json:  # the summary follows (on stderr when the JSON goes to stdout)
         write_json({name: asdict(d) for name, d in sorted(catalog.items())}, args.json)
-    print(f"{'device':<18}{'kind':<6}{'DSP':>6}{'BRAM36':>8}{'LUT':>9}{'MHz':>7}{'GFLOP/s':>9}{'DRAM GB/s':>11}{'idle W':>8}  description")
+    print(
+        f"{'device':<18}{'kind':<6}{'DSP':>6}{'BRAM36':>8}{'LUT':>9}{'MHz':>7}{'GFLOP/s':>9}{'DRAM GB/s':>11}{'idle W':>8}  description"
+    )
     for name, d in sorted(catalog.items()):
         if d.kind == "fpga":
-            print(f"{name:<18}{d.kind:<6}{d.dsp:>6}{d.bram36:>8}{d.lut:>9}{d.clock_mhz:>7.0f}{'-':>9}{d.dram_bandwidth_gbs:>11.1f}{d.static_power_w:>8.1f}  {d.description}")
+            print(
+                f"{name:<18}{d.kind:<6}{d.dsp:>6}{d.bram36:>8}{d.lut:>9}{d.clock_mhz:>7.0f}{'-':>9}{d.dram_bandwidth_gbs:>11.1f}{d.static_power_w:>8.1f}  {d.description}"
+            )
         else:
-            print(f"{name:<18}{d.kind:<6}{'-':>6}{'-':>8}{'-':>9}{d.clock_mhz:>7.0f}{d.peak_gflops:>9.1f}{d.mem_bandwidth_gbs:>11.1f}{d.static_power_w:>8.1f}  {d.description}")
+            print(
+                f"{name:<18}{d.kind:<6}{'-':>6}{'-':>8}{'-':>9}{d.clock_mhz:>7.0f}{d.peak_gflops:>9.1f}{d.mem_bandwidth_gbs:>11.1f}{d.static_power_w:>8.1f}  {d.description}"
+            )
 
 
 def _accel_config(args):
     from edgesplit.hardware.accelerator import AccelConfig
 
-    return AccelConfig(arch=args.arch, wbits=args.wbits, fbits=args.fbits, float32=args.float32, batch=args.batch,
-                       fuse=not args.no_fuse, tm=args.tm, tn=args.tn, td=args.td, tr=args.tr, tc=args.tc,
-                       mults=args.mults, overlap=not args.no_overlap, pack=not args.no_pack,
-                       clock_mhz=args.clock_mhz, dram_gbs=args.dram_gbs)
+    return AccelConfig(
+        arch=args.arch,
+        wbits=args.wbits,
+        fbits=args.fbits,
+        float32=args.float32,
+        batch=args.batch,
+        fuse=not args.no_fuse,
+        tm=args.tm,
+        tn=args.tn,
+        td=args.td,
+        tr=args.tr,
+        tc=args.tc,
+        mults=args.mults,
+        overlap=not args.no_overlap,
+        pack=not args.no_pack,
+        clock_mhz=args.clock_mhz,
+        dram_gbs=args.dram_gbs,
+    )
 
 
 def _host_config(args):
@@ -51,7 +72,9 @@ def _fpga_and_graph(args):
 
     device = get_device(args.device, args.devices_dir)
     if device.kind != "fpga":
-        raise EdgesplitError(f"{device.name} is a {device.kind} device; estimate and tune model FPGA boards (see `edgesplit devices`)")
+        raise EdgesplitError(
+            f"{device.name} is a {device.kind} device; estimate and tune model FPGA boards (see `edgesplit devices`)"
+        )
     cfg = _accel_config(args)  # validate the numbers before the (slow) graph export
     host = _host_config(args)
     return device, load_graph(args.model, parse_input_shape(args.input) if args.input else None), cfg, host
@@ -60,34 +83,54 @@ def _fpga_and_graph(args):
 def _print_estimate(est: dict) -> None:
     c, t, r = est["config"], est["totals"], est["resources"]
     bits = "float32" if c["float32"] else f"W{c['wbits']}/F{c['fbits']}"
-    print(f"{est['model']} on {est['device']} ({c['arch']}, {bits}, batch {c['batch']}, "
-          f"{'fused' if c['fuse'] else 'no fusion'}, {est['clock_mhz']:.0f} MHz)")
+    print(
+        f"{est['model']} on {est['device']} ({c['arch']}, {bits}, batch {c['batch']}, "
+        f"{'fused' if c['fuse'] else 'no fusion'}, {est['clock_mhz']:.0f} MHz)"
+    )
     print(f"{'layer':<34}{'op':<8}{'out':>15}{'MMACs':>8}{'cycles':>10}{'DRAM kB':>9}{'ms':>8}  {'bound':<8}{'GOP/s':>7}")
     for row in est["layers"]:
         name = row["name"] if len(row["name"]) <= 33 else "..." + row["name"][-30:]
         shape = "x".join(str(v) for v in row["out_shape"])
-        print(f"{name:<34}{row['op']:<8}{shape:>15}{row['macs'] / 1e6:>8.2f}{row['cycles']:>10}{row['dram_bytes'] / 1e3:>9.1f}"
-              f"{row['ms']:>8.3f}  {row['bound']:<8}{row['gops']:>7.2f}")
+        print(
+            f"{name:<34}{row['op']:<8}{shape:>15}{row['macs'] / 1e6:>8.2f}{row['cycles']:>10}{row['dram_bytes'] / 1e3:>9.1f}"
+            f"{row['ms']:>8.3f}  {row['bound']:<8}{row['gops']:>7.2f}"
+        )
     if r.get("buffers"):
-        print("buffers: " + "; ".join(f"{b['name']} {b['banks']}x{2 if b['double_buffered'] else 1} x {b['depth']}x{b['width_bits']}b "
-                                      f"({b['bram18_shape']}) = {b['bram18']} BRAM18" for b in r["buffers"]))
+        print(
+            "buffers: "
+            + "; ".join(
+                f"{b['name']} {b['banks']}x{2 if b['double_buffered'] else 1} x {b['depth']}x{b['width_bits']}b "
+                f"({b['bram18_shape']}) = {b['bram18']} BRAM18"
+                for b in r["buffers"]
+            )
+        )
     u = r["utilisation"]
-    print(f"resources: DSP {r['dsp']} ({u['dsp']:.0%}), BRAM18 {r['bram18']} ({u['bram18']:.0%}), LUT {r['lut']} ({u['lut']:.0%}), "
-          f"FF {r['ff']} ({u['ff']:.0%}); {r['dsp_per_multiply']:g} DSP per multiply")
-    print(f"accelerator: {t['macs'] / 1e6:.1f} MMACs, {t['dram_bytes_per_image'] / 1e6:.2f} MB DRAM/image, "
-          f"{t['image_ms']:.2f} ms/image, {t['fps']:.1f} FPS, latency {t['latency_ms']:.2f} ms (batch {c['batch']}), "
-          f"{t['gops']:.1f} GOP/s, {'loads overlap compute' if c['overlap'] else 'loads, compute and stores in sequence'}")
+    print(
+        f"resources: DSP {r['dsp']} ({u['dsp']:.0%}), BRAM18 {r['bram18']} ({u['bram18']:.0%}), LUT {r['lut']} ({u['lut']:.0%}), "
+        f"FF {r['ff']} ({u['ff']:.0%}); {r['dsp_per_multiply']:g} DSP per multiply"
+    )
+    print(
+        f"accelerator: {t['macs'] / 1e6:.1f} MMACs, {t['dram_bytes_per_image'] / 1e6:.2f} MB DRAM/image, "
+        f"{t['image_ms']:.2f} ms/image, {t['fps']:.1f} FPS, latency {t['latency_ms']:.2f} ms (batch {c['batch']}), "
+        f"{t['gops']:.1f} GOP/s, {'loads overlap compute' if c['overlap'] else 'loads, compute and stores in sequence'}"
+    )
     e = t["end_to_end"]
     if e:
-        print(f"host ({'JPEG ' if e['jpeg'] else ''}{e['frame_hw'][0]}x{e['frame_hw'][1]} frames): {e['host_ms']:.2f} ms/frame "
-              f"(decode {e['decode_ms']:.2f}, resize {e['resize_ms']:.2f}, normalise {e['normalise_ms']:.2f}, "
-              f"accelerator starts {e['accelerator_starts_ms']:.2f}, layers on the CPU {e['cpu_layers_ms']:.2f})")
-        print(f"end to end: {e['frame_ms']:.2f} ms/frame, {e['fps']:.1f} FPS "
-              f"({'host and accelerator overlap' if e['overlap'] else 'host then accelerator'}; bound: {e['bound']}), "
-              f"{t['watts']:.2f} W, {t['images_per_joule']:.2f} images/J")
+        print(
+            f"host ({'JPEG ' if e['jpeg'] else ''}{e['frame_hw'][0]}x{e['frame_hw'][1]} frames): {e['host_ms']:.2f} ms/frame "
+            f"(decode {e['decode_ms']:.2f}, resize {e['resize_ms']:.2f}, normalise {e['normalise_ms']:.2f}, "
+            f"accelerator starts {e['accelerator_starts_ms']:.2f}, layers on the CPU {e['cpu_layers_ms']:.2f})"
+        )
+        print(
+            f"end to end: {e['frame_ms']:.2f} ms/frame, {e['fps']:.1f} FPS "
+            f"({'host and accelerator overlap' if e['overlap'] else 'host then accelerator'}; bound: {e['bound']}), "
+            f"{t['watts']:.2f} W, {t['images_per_joule']:.2f} images/J"
+        )
     else:
-        print(f"power: {t['watts']:.2f} W, {t['images_per_joule']:.2f} images/J "
-              f"(no processing system in the device file: accelerator only)")
+        print(
+            f"power: {t['watts']:.2f} W, {t['images_per_joule']:.2f} images/J "
+            f"(no processing system in the device file: accelerator only)"
+        )
     if not est["fits"]:
         print(f"DOES NOT FIT {est['device']}: " + "; ".join(est["overflow"]))
 
@@ -101,8 +144,10 @@ def cmd_estimate(args) -> None:
         write_json(est, args.json)
     _print_estimate(est)
     if not est["fits"]:  # the numbers are written either way; the exit status says it cannot be built
-        raise EdgesplitError(f"this design does not fit {device.name}: {'; '.join(est['overflow'])}; "
-                             "lower the parallelism or bit widths, or run `edgesplit tune`")
+        raise EdgesplitError(
+            f"this design does not fit {device.name}: {'; '.join(est['overflow'])}; "
+            "lower the parallelism or bit widths, or run `edgesplit tune`"
+        )
 
 
 def cmd_tune(args) -> None:
@@ -114,7 +159,9 @@ def cmd_tune(args) -> None:
         write_json(result, args.json)
     best = result["best"]
     c = best["config"]
-    factors = f"tm={c['tm']} tn={c['tn']} td={c['td']} tr={c['tr']} tc={c['tc']}" if c["arch"] == "bundle" else f"mults={c['mults']}"
+    factors = (
+        f"tm={c['tm']} tn={c['tn']} td={c['td']} tr={c['tr']} tc={c['tc']}" if c["arch"] == "bundle" else f"mults={c['mults']}"
+    )
     print(f"searched {result['tried']} designs, {result['fitted']} fit {device.name}; best: {factors}")
     _print_estimate(best)
 
@@ -123,17 +170,31 @@ def cmd_quantize(args) -> None:
     from edgesplit.quant.quantize import quantize_checkpoint
 
     sweep = [int(b) for b in args.sweep.split(",")] if args.sweep else None
-    r = quantize_checkpoint(args.checkpoint, args.wbits, args.fbits, args.qat_epochs, args.calib_images, args.data_dir,
-                            args.max_test, sweep, args.qat_images, per_channel=args.per_channel)
+    r = quantize_checkpoint(
+        args.checkpoint,
+        args.wbits,
+        args.fbits,
+        args.qat_epochs,
+        args.calib_images,
+        args.data_dir,
+        args.max_test,
+        sweep,
+        args.qat_images,
+        per_channel=args.per_channel,
+    )
     if args.json:
         write_json(r, args.json)
     granularity = "per-channel" if r["per_channel"] else "per-tensor"
-    print(f"{r['model']} on {r['dataset']} test ({r['test_images']} images), W{r['wbits']}/F{r['fbits']} fixed point, "
-          f"{granularity} weight formats")
+    print(
+        f"{r['model']} on {r['dataset']} test ({r['test_images']} images), W{r['wbits']}/F{r['fbits']} fixed point, "
+        f"{granularity} weight formats"
+    )
     print(f"{'layer':<40}{'op':<8}{'weights':>9}{'max |w|':>9}{'w format':>10}{'out format':>11}")
     for row in r["layers"]:
         name = row["layer"] if len(row["layer"]) <= 39 else "..." + row["layer"][-36:]
-        print(f"{name:<40}{row['op']:<8}{row['weights']:>9}{row['weight_max_abs']:>9.3f}{row['weight_format']:>10}{row['output_format']:>11}")
+        print(
+            f"{name:<40}{row['op']:<8}{row['weights']:>9}{row['weight_max_abs']:>9.3f}{row['weight_format']:>10}{row['output_format']:>11}"
+        )
     size = r["size"]
     print(f"model size: {size['float32_bytes'] / 1e6:.2f} MB float32 -> {size['quantized_bytes'] / 1e6:.2f} MB")
     for row in r.get("sweep", []):
@@ -151,29 +212,44 @@ def cmd_hls(args) -> None:
 
     device = get_device(args.device, args.devices_dir)
     if device.kind != "fpga":
-        raise EdgesplitError(f"{device.name} is a {device.kind} device; `edgesplit hls` builds for FPGA boards (see `edgesplit devices`)")
+        raise EdgesplitError(
+            f"{device.name} is a {device.kind} device; `edgesplit hls` builds for FPGA boards (see `edgesplit devices`)"
+        )
     cfg = hls_config_for(device, tm=args.tm, tn=args.tn, td=args.td, tr=args.tr, tc=args.tc, fuse=not args.no_fuse)
-    r = build_hls(args.model, args.out, args.wbits, args.fbits, cfg, args.csim, args.branch, args.data_dir,
-                  tuned_device=device if args.tuned else None, image_size=args.image_size)
+    r = build_hls(
+        args.model,
+        args.out,
+        args.wbits,
+        args.fbits,
+        cfg,
+        args.csim,
+        args.branch,
+        args.data_dir,
+        tuned_device=device if args.tuned else None,
+        image_size=args.image_size,
+    )
     if args.json:
         write_json(r, args.json)
     else:
         print(format_report(r))
     if args.csim and not r["bit_exact"]:
         m = r["first_mismatch"]
-        raise EdgesplitError(f"the C simulation differs from the integer reference: image {m['image']}, call {m['call']} "
-                             f"({' + '.join(m['ops'])}), element {m['index']}: {m['got']} instead of {m['want']}")
-
+        raise EdgesplitError(
+            f"the C simulation differs from the integer reference: image {m['image']}, call {m['call']} "
+            f"({' + '.join(m['ops'])}), element {m['index']}: {m['got']} instead of {m['want']}"
+        )
 
 
 def register(sub) -> None:
     s = sub.add_parser("devices", help="the device catalog (FPGA boards and CPU-class devices)")
     s.add_argument("--devices-dir", help="a folder of your own device YAML files (also $EDGESPLIT_DEVICES)")
-    s.add_argument("--json", nargs="?", const="-", help='write JSON (to a file, or stdout with no value)')
+    s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")
     s.set_defaults(func=cmd_devices)
 
-    for name, helptext, func in (("estimate", "FPGA accelerator model: per-layer resources, cycles, FPS and power", cmd_estimate),
-                                 ("tune", "search tiling and parallelism for the fastest design that fits", cmd_tune)):
+    for name, helptext, func in (
+        ("estimate", "FPGA accelerator model: per-layer resources, cycles, FPS and power", cmd_estimate),
+        ("tune", "search tiling and parallelism for the fastest design that fits", cmd_tune),
+    ):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("model", help="registered model name, checkpoint (file or run folder), or .onnx file")
         s.add_argument("--device", required=True, help="an FPGA board from `edgesplit devices`")
@@ -185,17 +261,33 @@ def register(sub) -> None:
         s.add_argument("--float32", action="store_true", help="a float32 datapath instead of fixed point")
         s.add_argument("--batch", type=int, default=1, help="images sharing each weight load")
         s.add_argument("--no-fuse", action="store_true", help="no layer fusion: every feature map goes to DRAM")
-        for f, default, h in (("tm", 16, "output channels in parallel"), ("tn", 8, "input channels in parallel"),
-                              ("td", 16, "depth-wise channels in parallel"), ("tr", 16, "tile rows"), ("tc", 16, "tile columns"),
-                              ("mults", 128, "pipeline: multipliers in total")):
-            s.add_argument(f"--{f}", type=int, default=default, help=f"{h} (default {default})" + (" (tune searches it)" if name == "tune" else ""))
-        s.add_argument("--no-overlap", action="store_true",
-                       help="tiles are not double-buffered: loads, compute and stores add up instead of overlapping")
+        for f, default, h in (
+            ("tm", 16, "output channels in parallel"),
+            ("tn", 8, "input channels in parallel"),
+            ("td", 16, "depth-wise channels in parallel"),
+            ("tr", 16, "tile rows"),
+            ("tc", 16, "tile columns"),
+            ("mults", 128, "pipeline: multipliers in total"),
+        ):
+            s.add_argument(
+                f"--{f}",
+                type=int,
+                default=default,
+                help=f"{h} (default {default})" + (" (tune searches it)" if name == "tune" else ""),
+            )
+        s.add_argument(
+            "--no-overlap",
+            action="store_true",
+            help="tiles are not double-buffered: loads, compute and stores add up instead of overlapping",
+        )
         s.add_argument("--no-pack", action="store_true", help="never put two multiplies in one DSP slice")
         s.add_argument("--frame", help="camera frame HxW the board's cores resize to the input (default: the input size)")
         s.add_argument("--jpeg", action="store_true", help="frames arrive as JPEG files, decoded on the board's cores")
-        s.add_argument("--host-overlap", action="store_true",
-                       help="the cores prepare the next frame while the accelerator runs (a multi-threaded host)")
+        s.add_argument(
+            "--host-overlap",
+            action="store_true",
+            help="the cores prepare the next frame while the accelerator runs (a multi-threaded host)",
+        )
         s.add_argument("--clock-mhz", type=float, help="override the board's clock")
         s.add_argument("--dram-gbs", type=float, help="override the board's DRAM bandwidth (GB/s)")
         s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")
@@ -208,16 +300,27 @@ def register(sub) -> None:
     s.add_argument("--wbits", type=int, default=8, help="weight bits, 2 to 16 (default 8)")
     s.add_argument("--fbits", type=int, default=8, help="feature-map bits, 2 to 16 (default 8)")
     s.add_argument("--branch", type=int, help="one branch of a split model (the part a device serves)")
-    s.add_argument("--image-size", type=int, help="a registered model at this square input (Fashion-MNIST images resized; "
-                                                   "default 28)")
-    for f, default, h in (("tm", 16, "output channels in parallel"), ("tn", 8, "input channels in parallel"),
-                          ("td", 16, "depth-wise channels in parallel"), ("tr", 16, "tile rows"), ("tc", 16, "tile columns")):
+    s.add_argument(
+        "--image-size", type=int, help="a registered model at this square input (Fashion-MNIST images resized; default 28)"
+    )
+    for f, default, h in (
+        ("tm", 16, "output channels in parallel"),
+        ("tn", 8, "input channels in parallel"),
+        ("td", 16, "depth-wise channels in parallel"),
+        ("tr", 16, "tile rows"),
+        ("tc", 16, "tile columns"),
+    ):
         s.add_argument(f"--{f}", type=int, default=default, help=f"{h} (default {default})")
     s.add_argument("--tuned", action="store_true", help="the parallelism `edgesplit tune` finds for the board instead")
     s.add_argument("--no-fuse", action="store_true", help="no DW->PW bundles or conv+pool: every layer through DRAM")
     s.add_argument("--out", required=True, help="folder for the project")
-    s.add_argument("--csim", type=int, default=0, metavar="N",
-                   help="compile with g++ and run N real test images; every tensor must equal the integer reference")
+    s.add_argument(
+        "--csim",
+        type=int,
+        default=0,
+        metavar="N",
+        help="compile with g++ and run N real test images; every tensor must equal the integer reference",
+    )
     s.add_argument("--data-dir", help="dataset folder")
     s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")
     s.set_defaults(func=cmd_hls)
@@ -229,11 +332,22 @@ def register(sub) -> None:
     s.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware training epochs after calibration")
     s.add_argument("--calib-images", type=int, default=1000, help="training images for calibration (default 1000)")
     s.add_argument("--qat-images", type=int, help="train QAT on the first N training images (default: all)")
-    s.add_argument("--sweep", help="also measure e.g. 8,6,4: each width for weights only and for feature maps only (the other at 16)")
-    s.add_argument("--per-channel", action="store_true",
-                   help="one power-of-two weight format per output channel (a per-channel shift in hardware)")
-    s.add_argument("--test-images", "--max-test", dest="max_test", type=int, metavar="N",
-                   help="evaluate on the first N test images only (default: all)")
+    s.add_argument(
+        "--sweep", help="also measure e.g. 8,6,4: each width for weights only and for feature maps only (the other at 16)"
+    )
+    s.add_argument(
+        "--per-channel",
+        action="store_true",
+        help="one power-of-two weight format per output channel (a per-channel shift in hardware)",
+    )
+    s.add_argument(
+        "--test-images",
+        "--max-test",
+        dest="max_test",
+        type=int,
+        metavar="N",
+        help="evaluate on the first N test images only (default: all)",
+    )
     s.add_argument("--data-dir", help="dataset folder")
     s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")
     s.set_defaults(func=cmd_quantize)

@@ -1,4 +1,5 @@
 """The CLI of models, training and export: ``models``, ``profile``, ``train``, ``eval``, ``retrain-head``, ``export``, ``predict``."""
+
 from __future__ import annotations
 
 import sys
@@ -46,23 +47,33 @@ def cmd_profile(args) -> None:
     print(f"{args.model} at {args.input}: {prof.params / 1e6:.3f} M parameters, {prof.macs / 1e6:.1f} M MACs")
     print(f"{'layer':<40}{'kind':<18}{'params':>10}{'MMACs':>10}{'act KiB':>10}  out shape")
     for c in prof.layers:
-        print(f"{c.name:<40}{c.kind:<18}{c.params:>10}{c.macs / 1e6:>10.2f}{c.out_bytes / 1024:>10.1f}  {'x'.join(map(str, c.out_shape))}")
+        print(
+            f"{c.name:<40}{c.kind:<18}{c.params:>10}{c.macs / 1e6:>10.2f}{c.out_bytes / 1024:>10.1f}  {'x'.join(map(str, c.out_shape))}"
+        )
     if prof.branches:
         print("\nper part:")
         for b in prof.branches:
-            print(f"  {b['name']:<10} params {b['params'] / 1e6:8.3f} M   MACs {b['macs'] / 1e6:9.1f} M   output {b['feature_dim']} floats")
+            print(
+                f"  {b['name']:<10} params {b['params'] / 1e6:8.3f} M   MACs {b['macs'] / 1e6:9.1f} M   output {b['feature_dim']} floats"
+            )
     if comm:
-        print(f"\nbytes over the network per inference, {len(model.branches)} devices "
-              f"(layer-wise: {comm['unsplit_model']} cut into balanced contiguous groups):")
+        print(
+            f"\nbytes over the network per inference, {len(model.branches)} devices "
+            f"(layer-wise: {comm['unsplit_model']} cut into balanced contiguous groups):"
+        )
         for enc in ("float32", "uint8"):
             s, lw = comm[enc]["split"], comm[enc]["layerwise"]
             print(f"  input as {enc}:")
-            print(f"    split network   {s['total_bytes'] / 1024:10.1f} KiB  ({s['transfers']} transfers, "
-                  f"{s['sequential_transfers']} on the critical path: broadcast {s['input_broadcast_bytes'] / 1024:.1f} KiB, "
-                  f"features back {s['features_back_bytes'] / 1024:.1f} KiB)")
-            print(f"    layer-wise      {lw['total_bytes'] / 1024:10.1f} KiB  ({lw['transfers']} transfers, all sequential: "
-                  f"input {lw['input_bytes'] / 1024:.1f} KiB, cuts after {', '.join(lw['cuts_after'])} "
-                  f"{'+'.join(f'{b / 1024:.1f}' for b in lw['cut_activation_bytes'])} KiB float32)")
+            print(
+                f"    split network   {s['total_bytes'] / 1024:10.1f} KiB  ({s['transfers']} transfers, "
+                f"{s['sequential_transfers']} on the critical path: broadcast {s['input_broadcast_bytes'] / 1024:.1f} KiB, "
+                f"features back {s['features_back_bytes'] / 1024:.1f} KiB)"
+            )
+            print(
+                f"    layer-wise      {lw['total_bytes'] / 1024:10.1f} KiB  ({lw['transfers']} transfers, all sequential: "
+                f"input {lw['input_bytes'] / 1024:.1f} KiB, cuts after {', '.join(lw['cuts_after'])} "
+                f"{'+'.join(f'{b / 1024:.1f}' for b in lw['cut_activation_bytes'])} KiB float32)"
+            )
 
 
 def _train_input(text: str, dataset: str, data_dir: str | None) -> tuple[int, int]:
@@ -78,8 +89,10 @@ def _train_input(text: str, dataset: str, data_dir: str | None) -> tuple[int, in
 
         channels = load_dataset(dataset, "train", data_dir).image_shape[0]
         if dims[0] != channels:
-            raise EdgesplitError(f"--input {text}: {dataset} images have {channels} channel(s), not {dims[0]}; "
-                                 f"write {channels}x{dims[1]}x{dims[2]} or {dims[1]}x{dims[2]}")
+            raise EdgesplitError(
+                f"--input {text}: {dataset} images have {channels} channel(s), not {dims[0]}; "
+                f"write {channels}x{dims[1]}x{dims[2]} or {dims[1]}x{dims[2]}"
+            )
     return dims[-2], dims[-1]
 
 
@@ -87,9 +100,15 @@ def cmd_train(args) -> None:
     from edgesplit.training.config import TrainConfig
     from edgesplit.training.train import train
 
-    cfg = dataclass_from_args(TrainConfig, args, model=args.model, dataset=args.data, data_dir=args.data_dir,
-                              input_size=_train_input(args.input_size, args.data, args.data_dir) if args.input_size else None,
-                              model_kwargs=model_kwargs(args))
+    cfg = dataclass_from_args(
+        TrainConfig,
+        args,
+        model=args.model,
+        dataset=args.data,
+        data_dir=args.data_dir,
+        input_size=_train_input(args.input_size, args.data, args.data_dir) if args.input_size else None,
+        model_kwargs=model_kwargs(args),
+    )
     bar = _ProgressBar(enabled=not args.quiet)
     try:
         if args.resume and not (Path(args.out) / "checkpoint.pt").exists():
@@ -98,8 +117,10 @@ def cmd_train(args) -> None:
     finally:
         bar.close()
     last = summary["history"][-1] if summary["history"] else {}
-    print(f"trained {args.model} for {summary['epochs']} epochs in {summary['train_time_s'] / 60:.1f} min; "
-          f"val top-1 {last.get('val_top1')}; checkpoint {args.out}/checkpoint.pt")
+    print(
+        f"trained {args.model} for {summary['epochs']} epochs in {summary['train_time_s'] / 60:.1f} min; "
+        f"val top-1 {last.get('val_top1')}; checkpoint {args.out}/checkpoint.pt"
+    )
 
 
 class _ProgressBar:
@@ -137,8 +158,13 @@ def cmd_eval(args) -> None:
     dataset = load_dataset(data, "test", args.data_dir, size=pre.size, in_chans=ckpt["model_kwargs"]["in_chans"])
     if list(dataset.classes) != list(ckpt["classes"]):
         raise EdgesplitError(f"dataset {data} has other classes than the checkpoint was trained on; pass the matching --data")
-    report = {"checkpoint": str(args.checkpoint), "model": ckpt["model"], "dataset": data, "split": "test",
-              **evaluate(model, dataset, None, pre)}
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "model": ckpt["model"],
+        "dataset": data,
+        "split": "test",
+        **evaluate(model, dataset, None, pre),
+    }
     if args.json:  # the summary follows (on stderr when the JSON goes to stdout)
         write_json(report, args.json)
     print(f"{ckpt['model']} on {data} test ({report['n']} images): top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}")
@@ -151,8 +177,9 @@ def cmd_eval(args) -> None:
 def cmd_retrain_head(args) -> None:
     from edgesplit.training.head import HeadConfig, retrain_head
 
-    r = retrain_head(args.checkpoint, args.out, HeadConfig(args.branch_dropout, args.epochs, args.lr, seed=args.seed,
-                                                           data_dir=args.data_dir))
+    r = retrain_head(
+        args.checkpoint, args.out, HeadConfig(args.branch_dropout, args.epochs, args.lr, seed=args.seed, data_dir=args.data_dir)
+    )
     print(f"features of the frozen branches: {r['features_s']:.0f} s; head: {r['train_s']:.0f} s ({args.epochs} epochs)")
     for label, acc in (("before", r["val_before"]), ("after", r["val_after"])):
         print(f"  validation top-1 {label}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in acc.items()))
@@ -170,15 +197,18 @@ def cmd_export(args) -> None:
         except ValueError:
             code_head = ()
         if len(code_head) != 2 or not (1 <= code_head[0] <= 8 and 0 <= code_head[1] <= 3):
-            raise EdgesplitError(f"--code-head takes K,R with 1 <= K <= 8 data blocks and 0 <= R <= 3 parity blocks, "
-                                 f"got {args.code_head!r}")
+            raise EdgesplitError(
+                f"--code-head takes K,R with 1 <= K <= 8 data blocks and 0 <= R <= 3 parity blocks, got {args.code_head!r}"
+            )
         if args.int8:
             raise EdgesplitError("--code-head and --int8 cannot be combined; export the coded head in float32")
     model, ckpt = load_model(args.checkpoint)
     if not args.int8:
         body = export_model(model, ckpt, args.out, code_head=code_head)
-        print(f"exported {ckpt['model']} to {args.out}: {', '.join(p['file'] for p in body['parts'])} + manifest.json "
-              f"(max |onnxruntime - torch| = {body['parity_max_abs_diff']:.1e})")
+        print(
+            f"exported {ckpt['model']} to {args.out}: {', '.join(p['file'] for p in body['parts'])} + manifest.json "
+            f"(max |onnxruntime - torch| = {body['parity_max_abs_diff']:.1e})"
+        )
         return
     import tempfile
 
@@ -189,8 +219,10 @@ def cmd_export(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         export_model(model, ckpt, tmp)
         body = int8_export(tmp, args.out, calibration_images(ckpt, args.calib_images, args.data_dir))
-    print(f"exported {ckpt['model']} as int8 QDQ to {args.out}: {', '.join(p['file'] for p in body['parts'])} + manifest.json "
-          f"(calibrated on {body['calibration_images']} training images)")
+    print(
+        f"exported {ckpt['model']} as int8 QDQ to {args.out}: {', '.join(p['file'] for p in body['parts'])} + manifest.json "
+        f"(calibrated on {body['calibration_images']} training images)"
+    )
 
 
 def cmd_predict(args) -> None:
@@ -208,7 +240,6 @@ def cmd_predict(args) -> None:
         print(f"{path}: " + ", ".join(f"{cls} {p:.3f}" for cls, p in top))
 
 
-
 def register(sub) -> None:
     s = sub.add_parser("models", help="list registered models with parameters and MACs")
     s.add_argument("--input", default="3x224x224", help="input shape CxHxW (default 3x224x224)")
@@ -217,20 +248,24 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("profile", help="per-layer cost and the bytes a distributed inference sends")
-    s.add_argument("model", help='a registered model name (`edgesplit models`)')
+    s.add_argument("model", help="a registered model name (`edgesplit models`)")
     s.add_argument("--input", default="3x224x224", help="input shape CxHxW")
     s.add_argument("--num-classes", type=int, default=1000, help="classes of the model's head (default 1000)")
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model argument, e.g. width_mult=0.5")
-    s.add_argument("--json", nargs="?", const="-", help='write JSON (to a file, or stdout with no value)')
+    s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")
     s.set_defaults(func=cmd_profile)
 
     s = sub.add_parser("train", help="train a model; checkpoint every epoch")
-    s.add_argument("model", help='a registered model name (`edgesplit models`)')
+    s.add_argument("model", help="a registered model name (`edgesplit models`)")
     s.add_argument("--data", default="fashion-mnist", help="fashion-mnist (default), cifar10 or imagefolder")
     s.add_argument("--data-dir", help="dataset folder (default for fashion-mnist: /usr/share/datasets/fashion-mnist)")
-    s.add_argument("--input", "--input-size", dest="input_size", metavar="HxW|CxHxW",
-                   help="network input HxW or CxHxW, images resized to it (default: the dataset's size; C must be the "
-                        "dataset's channels)")
+    s.add_argument(
+        "--input",
+        "--input-size",
+        dest="input_size",
+        metavar="HxW|CxHxW",
+        help="network input HxW or CxHxW, images resized to it (default: the dataset's size; C must be the dataset's channels)",
+    )
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model argument, e.g. width_mult=0.5")
     from edgesplit.training.config import TrainConfig
 
@@ -244,14 +279,14 @@ def register(sub) -> None:
     s.add_argument("checkpoint", help="checkpoint.pt or its run directory")
     s.add_argument("--data", help="dataset (default: the one it was trained on)")
     s.add_argument("--data-dir", help="dataset folder (default: the checkpoint's dataset in its usual place)")
-    s.add_argument("--json", nargs="?", const="-", help='write JSON (to a file, or stdout with no value)')
+    s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("retrain-head", help="retrain a split model's head with branch dropout (branches frozen)")
     s.add_argument("checkpoint", help="checkpoint.pt of a split model, or its run directory")
     s.add_argument("--out", required=True, help="run directory for the new checkpoint")
     s.add_argument("--branch-dropout", type=float, default=0.3, help="probability of zeroing a branch's features per sample")
-    s.add_argument("--epochs", type=int, default=15, help='epochs of head training (default 15)')
+    s.add_argument("--epochs", type=int, default=15, help="epochs of head training (default 15)")
     s.add_argument("--lr", type=float, default=1e-3, help="AdamW peak rate (cosine to zero)")
     s.add_argument("--seed", type=int, default=0, help="seed of the head's training (default 0)")
     s.add_argument("--data-dir", help="dataset folder, if not where the model was trained")
@@ -263,14 +298,17 @@ def register(sub) -> None:
     s.add_argument("--int8", action="store_true", help="int8 QDQ parts (ONNX Runtime static quantization) instead of float32")
     s.add_argument("--calib-images", type=int, default=1000, help="training images to calibrate --int8 (default 1000)")
     s.add_argument("--data-dir", help="dataset folder for the calibration images")
-    s.add_argument("--code-head", metavar="K,R",
-                   help="spread the head's hidden FC layer over K data + R parity workers (coded; any K answers decode); "
-                        "needs a head trained with --model-arg head_hidden=N")
+    s.add_argument(
+        "--code-head",
+        metavar="K,R",
+        help="spread the head's hidden FC layer over K data + R parity workers (coded; any K answers decode); "
+        "needs a head trained with --model-arg head_hidden=N",
+    )
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("predict", help="classify image files with an export, in this process")
-    s.add_argument("export_dir", help='an export folder (`edgesplit export`)')
+    s.add_argument("export_dir", help="an export folder (`edgesplit export`)")
     s.add_argument("images", nargs="+", help="JPEG/PNG files")
-    s.add_argument("--top", type=int, default=3, help='how many classes to print per image (default 3)')
-    s.add_argument("--threads", type=int, default=1, help='ONNX Runtime threads (default 1)')
+    s.add_argument("--top", type=int, default=3, help="how many classes to print per image (default 3)")
+    s.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     s.set_defaults(func=cmd_predict)

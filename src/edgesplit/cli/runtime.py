@@ -1,4 +1,5 @@
 """The CLI of the distributed runtime: ``worker``, ``serve``, ``plan``."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,10 @@ class _TokenOnCommandLine(argparse.Action):
     """``--token VALUE``: refused without echoing the value (a secret on a command line shows in ps and history)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        raise EdgesplitError("there is no --token option (a token on the command line shows in `ps` and shell history): "
-                             "write it in a file readable only by you and pass --token-file FILE")
+        raise EdgesplitError(
+            "there is no --token option (a token on the command line shows in `ps` and shell history): "
+            "write it in a file readable only by you and pass --token-file FILE"
+        )
 
 
 def _security_args(s) -> None:
@@ -29,8 +32,7 @@ def _security_args(s) -> None:
 def _limits_args(s) -> None:
     from edgesplit.runtime.transport.limits import ServerLimits
 
-    add_dataclass_options(s.add_argument_group("limits (what a hostile or broken client can make the server hold)"),
-                          ServerLimits)
+    add_dataclass_options(s.add_argument_group("limits (what a hostile or broken client can make the server hold)"), ServerLimits)
 
 
 def _server_limits(args):
@@ -39,8 +41,10 @@ def _server_limits(args):
     try:
         return dataclass_from_args(ServerLimits, args)
     except ValueError as err:
-        raise EdgesplitError(f"{err}; check --max-message-mb, --max-batch, --max-inflight-mb, --idle-timeout-s, "
-                             f"--max-connections and --max-connection-age-s") from None
+        raise EdgesplitError(
+            f"{err}; check --max-message-mb, --max-batch, --max-inflight-mb, --idle-timeout-s, "
+            f"--max-connections and --max-connection-age-s"
+        ) from None
 
 
 def _server_security(args):
@@ -63,12 +67,30 @@ def cmd_worker(args) -> None:
     die_with_parent()
     from edgesplit.runtime.faults import FaultConfig
 
-    faults = FaultConfig(args.inject_delay_ms, args.inject_delay_dist, args.inject_slowdown, args.inject_prob,
-                         args.inject_error_prob, args.crash_after, args.inject_seed)
-    cfg = WorkerConfig(args.source, args.part, args.host, args.port, args.threads, parse_cpus(args.cpus),
-                       providers=tuple(args.providers.split(",")) if args.providers else None,
-                       engine=args.engine, limits=_server_limits(args), faults=faults,
-                       unix_socket=args.unix_socket, poll_ms=args.poll_ms, hls_dir=args.hls)
+    faults = FaultConfig(
+        args.inject_delay_ms,
+        args.inject_delay_dist,
+        args.inject_slowdown,
+        args.inject_prob,
+        args.inject_error_prob,
+        args.crash_after,
+        args.inject_seed,
+    )
+    cfg = WorkerConfig(
+        args.source,
+        args.part,
+        args.host,
+        args.port,
+        args.threads,
+        parse_cpus(args.cpus),
+        providers=tuple(args.providers.split(",")) if args.providers else None,
+        engine=args.engine,
+        limits=_server_limits(args),
+        faults=faults,
+        unix_socket=args.unix_socket,
+        poll_ms=args.poll_ms,
+        hls_dir=args.hls,
+    )
     asyncio.run(serve_worker(cfg, _server_security(args)))
 
 
@@ -83,12 +105,24 @@ def cmd_serve(args) -> None:
     if bool(args.plan) == bool(args.local):
         raise EdgesplitError("pass either --plan plan.yaml or --local EXPORT_DIR")
     if args.poll_ms < 0 or (args.poll_ms and not args.local):
-        raise EdgesplitError("--poll-ms takes 0 or more milliseconds and only goes with --local (for remote workers, "
-                             "pass it to `edgesplit worker`)")
+        raise EdgesplitError(
+            "--poll-ms takes 0 or more milliseconds and only goes with --local (for remote workers, "
+            "pass it to `edgesplit worker`)"
+        )
     if args.wait_ready_s <= 0:
         raise EdgesplitError(f"--wait-ready-s must be positive, got {args.wait_ready_s}")
-    asyncio.run(serve(args.plan, args.local, args.host, args.port, _server_security(args), _server_limits(args),
-                      args.poll_ms, args.wait_ready_s))
+    asyncio.run(
+        serve(
+            args.plan,
+            args.local,
+            args.host,
+            args.port,
+            _server_security(args),
+            _server_limits(args),
+            args.poll_ms,
+            args.wait_ready_s,
+        )
+    )
 
 
 def cmd_plan(args) -> None:
@@ -111,7 +145,6 @@ def cmd_plan(args) -> None:
     print(f"wrote {args.out}")
 
 
-
 def register(sub) -> None:
     s = sub.add_parser("worker", help="serve one model part over KServe v2 gRPC (no torch needed)")
     s.add_argument("source", help="export directory (with --part) or a bare .onnx file")
@@ -119,49 +152,89 @@ def register(sub) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     s.add_argument("--port", type=int, default=0, help="port (0: any free one, printed when ready)")
     s.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
-    s.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "numpy", "auto", "hls-csim"],
-                   help="what runs the part: ONNX Runtime (default), numpy (FC graphs), or hls-csim: the part's "
-                        "generated accelerator in C simulation (needs --hls)")
+    s.add_argument(
+        "--engine",
+        default="onnxruntime",
+        choices=["onnxruntime", "numpy", "auto", "hls-csim"],
+        help="what runs the part: ONNX Runtime (default), numpy (FC graphs), or hls-csim: the part's "
+        "generated accelerator in C simulation (needs --hls)",
+    )
     s.add_argument("--hls", metavar="DIR", help="with --engine hls-csim: the project `edgesplit hls ... --branch K` wrote")
     s.add_argument("--cpus", help="pin to these CPUs, e.g. 0 or 2,3")
     s.add_argument("--providers", help="ONNX Runtime execution providers in order, e.g. CUDAExecutionProvider")
-    s.add_argument("--unix-socket", metavar="PATH", help="also serve on this Unix socket (plan address ipc://PATH): "
-                   "a coordinator on the same machine skips gRPC's per-call cost")
-    s.add_argument("--poll-ms", type=float, default=0.0,
-                   help="with --unix-socket: after each answer, poll for the next request this long (ms) instead of "
-                        "sleeping, yielding the core to other processes; saves the wake-up of an idle core (default 0)")
+    s.add_argument(
+        "--unix-socket",
+        metavar="PATH",
+        help="also serve on this Unix socket (plan address ipc://PATH): "
+        "a coordinator on the same machine skips gRPC's per-call cost",
+    )
+    s.add_argument(
+        "--poll-ms",
+        type=float,
+        default=0.0,
+        help="with --unix-socket: after each answer, poll for the next request this long (ms) instead of "
+        "sleeping, yielding the core to other processes; saves the wake-up of an idle core (default 0)",
+    )
     _security_args(s)
     _limits_args(s)
     f = s.add_argument_group("fault injection (tests and benchmarks)")
     f.add_argument("--inject-delay-ms", type=float, default=0.0, help="extra delay per affected call")
-    f.add_argument("--inject-delay-dist", default="fixed", choices=["fixed", "exp", "lognormal"], help='distribution of the injected delay: fixed, exp or lognormal (default fixed)')
+    f.add_argument(
+        "--inject-delay-dist",
+        default="fixed",
+        choices=["fixed", "exp", "lognormal"],
+        help="distribution of the injected delay: fixed, exp or lognormal (default fixed)",
+    )
     f.add_argument("--inject-slowdown", type=float, default=1.0, help="affected calls take this many times their compute time")
     f.add_argument("--inject-prob", type=float, default=1.0, help="fraction of calls affected by delay/slowdown")
     f.add_argument("--inject-error-prob", type=float, default=0.0, help="fraction of calls that fail")
     f.add_argument("--crash-after", type=int, help="exit abruptly after this many requests")
-    f.add_argument("--inject-seed", type=int, default=0, help='seed of the injected faults (default 0)')
+    f.add_argument("--inject-seed", type=int, default=0, help="seed of the injected faults (default 0)")
     s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("serve", help="serve the whole split model as one KServe v2 endpoint")
     s.add_argument("--plan", help="plan.yaml: where each part runs")
     s.add_argument("--local", metavar="EXPORT_DIR", help="start local worker processes for this export instead")
-    s.add_argument("--host", default="127.0.0.1", help='address to bind (default 127.0.0.1: loopback only)')
-    s.add_argument("--port", type=int, default=8001, help='KServe v2 gRPC port (default 8001; 0: any free one)')
-    s.add_argument("--poll-ms", type=float, default=0.0,
-                   help="with --local: the workers' --poll-ms (poll for the next request this long after each answer)")
-    s.add_argument("--wait-ready-s", type=float, default=30.0,
-                   help="wait this long for every worker (progress every 5 s); then a plan with on_missing: degrade "
-                        "starts without the missing ones and takes each in when it comes up, and one with fail stops "
-                        "(default 30)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
+    s.add_argument("--port", type=int, default=8001, help="KServe v2 gRPC port (default 8001; 0: any free one)")
+    s.add_argument(
+        "--poll-ms",
+        type=float,
+        default=0.0,
+        help="with --local: the workers' --poll-ms (poll for the next request this long after each answer)",
+    )
+    s.add_argument(
+        "--wait-ready-s",
+        type=float,
+        default=30.0,
+        help="wait this long for every worker (progress every 5 s); then a plan with on_missing: degrade "
+        "starts without the missing ones and takes each in when it comes up, and one with fail stops "
+        "(default 30)",
+    )
     _security_args(s)
     _limits_args(s)
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("plan", help="write a plan.yaml placing an export's parts on worker addresses")
-    s.add_argument("export_dir", help='an export folder (`edgesplit export`)')
-    s.add_argument("--workers", nargs="+", required=True, metavar="HOST:PORT", help="the workers' addresses, one per device (a part goes to each)")
+    s.add_argument("export_dir", help="an export folder (`edgesplit export`)")
+    s.add_argument(
+        "--workers",
+        nargs="+",
+        required=True,
+        metavar="HOST:PORT",
+        help="the workers' addresses, one per device (a part goes to each)",
+    )
     s.add_argument("--speeds", help="relative device speeds, one per worker, e.g. 2,1")
-    s.add_argument("--timeout-ms", type=float, default=2000.0, help='per-request deadline over all stages, ms (default 2000)')
-    s.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"], help='what the coordinator sends the branches: uint8 pixels (normalised by the workers) or float32 (default uint8)')
-    s.add_argument("--out", default="plan.yaml", help="plan file to write (default plan.yaml); the export path in it is relative to the plan's folder")
+    s.add_argument("--timeout-ms", type=float, default=2000.0, help="per-request deadline over all stages, ms (default 2000)")
+    s.add_argument(
+        "--input-dtype",
+        default="uint8",
+        choices=["uint8", "float32"],
+        help="what the coordinator sends the branches: uint8 pixels (normalised by the workers) or float32 (default uint8)",
+    )
+    s.add_argument(
+        "--out",
+        default="plan.yaml",
+        help="plan file to write (default plan.yaml); the export path in it is relative to the plan's folder",
+    )
     s.set_defaults(func=cmd_plan)

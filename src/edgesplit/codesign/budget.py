@@ -18,6 +18,7 @@ sizes every training from it:
 A budget too small for one proxy training of ``MIN_PROXY_IMAGES`` per bundle, or for one epoch of
 ``MIN_FINAL_IMAGES`` per finalist, is refused with the smallest budget that would do.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,6 +37,7 @@ MAX_FINAL_EPOCHS = 10
 class Speed:
     """What the probe measured (wall time). A training of ``n`` images for ``e`` epochs, scored on ``v`` images,
     takes ``e * (fixed_s + n * train_s_per_image) + eval_fixed_s + v * eval_s_per_image``."""
+
     train_s_per_image: float  # one epoch of the training loop, per image
     eval_s_per_image: float  # float and fixed-point scoring, per image
     fixed_s: float  # per epoch, whatever the images: the validation pass after it, building the model, loading
@@ -53,6 +55,7 @@ class Speed:
 @dataclass(frozen=True)
 class Shares:
     """``wrapup``: of the budget; the other three (summing to 1): of what is left for training."""
+
     explore: float
     finals: float
     extras: float
@@ -68,17 +71,22 @@ class StageBudget:
     """Seconds for each stage, from a budget: scoring the finalists and extra trainings on the validation and test
     images is set aside first (it does not shrink with the training), ``wrapup`` of the budget for what is not
     training, and the shares split the rest."""
+
     explore_s: float
     finals_s: float  # training and scoring the finalists
     extras_s: float  # training and scoring baselines and fleet splits
 
     @classmethod
-    def plan(cls, budget_s: float, shares: Shares, speed: Speed, finalists: int, extra_trainings: int,
-             final_eval_images: int) -> "StageBudget":
+    def plan(
+        cls, budget_s: float, shares: Shares, speed: Speed, finalists: int, extra_trainings: int, final_eval_images: int
+    ) -> "StageBudget":
         score_s = speed.eval_s(final_eval_images)
         trainable_s = budget_s * (1 - shares.wrapup) - (finalists + extra_trainings) * score_s
-        return cls(trainable_s * shares.explore, trainable_s * shares.finals + finalists * score_s,
-                   trainable_s * shares.extras + extra_trainings * score_s)
+        return cls(
+            trainable_s * shares.explore,
+            trainable_s * shares.finals + finalists * score_s,
+            trainable_s * shares.extras + extra_trainings * score_s,
+        )
 
 
 def proxy_images(explore_s: float, speed: Speed, bundles: int, wanted: int, val_images: int) -> int:
@@ -87,8 +95,9 @@ def proxy_images(explore_s: float, speed: Speed, bundles: int, wanted: int, val_
     return min(wanted, max(0, math.floor(per_candidate_s / speed.train_s_per_image)))
 
 
-def minimum_budget_s(shares: Shares, speed: Speed, bundles: int, val_images: int, finalists: int,
-                     final_eval_images: int, extra_trainings: int = 0) -> float:
+def minimum_budget_s(
+    shares: Shares, speed: Speed, bundles: int, val_images: int, finalists: int, final_eval_images: int, extra_trainings: int = 0
+) -> float:
     """The smallest budget that trains every bundle's prototype (and the descent's first candidates) on
     MIN_PROXY_IMAGES, each finalist (and extra training) for one epoch on MIN_FINAL_IMAGES, and scores them."""
     explore_s = (bundles + DESCENT_CANDIDATES) * (speed.train_s(MIN_PROXY_IMAGES) + speed.eval_s(val_images))
@@ -98,20 +107,31 @@ def minimum_budget_s(shares: Shares, speed: Speed, bundles: int, val_images: int
     return (max(need) + (finalists + extra_trainings) * speed.eval_s(final_eval_images)) / (1 - shares.wrapup)
 
 
-def check_budget(budget_s: float, shares: Shares, speed: Speed, bundles: int, val_images: int, finalists: int,
-                 final_eval_images: int, extra_trainings: int = 0) -> None:
+def check_budget(
+    budget_s: float,
+    shares: Shares,
+    speed: Speed,
+    bundles: int,
+    val_images: int,
+    finalists: int,
+    final_eval_images: int,
+    extra_trainings: int = 0,
+) -> None:
     need_s = minimum_budget_s(shares, speed, bundles, val_images, finalists, final_eval_images, extra_trainings)
     if budget_s < need_s:
-        raise EdgesplitError(f"--time-budget {_fmt(budget_s)} is too small on this machine: {bundles} bundle(s), "
-                             f"{finalists} finalist(s)" + (f" and {extra_trainings} baseline/fleet training(s)"
-                                                           if extra_trainings else "")
-                             + f" need at least {_fmt(math.ceil(need_s))} (measured: {speed.train_s_per_image * 1e3:.1f} ms "
-                             f"per training image, {speed.eval_s_per_image * 1e3:.2f} ms per scored image); raise it, or "
-                             f"pass fewer --bundles or --finalists")
+        raise EdgesplitError(
+            f"--time-budget {_fmt(budget_s)} is too small on this machine: {bundles} bundle(s), "
+            f"{finalists} finalist(s)"
+            + (f" and {extra_trainings} baseline/fleet training(s)" if extra_trainings else "")
+            + f" need at least {_fmt(math.ceil(need_s))} (measured: {speed.train_s_per_image * 1e3:.1f} ms "
+            f"per training image, {speed.eval_s_per_image * 1e3:.2f} ms per scored image); raise it, or "
+            f"pass fewer --bundles or --finalists"
+        )
 
 
-def final_sizes(remaining_s: float, s_per_image: list[float], speed: Speed, eval_images: int, available: int,
-                epochs: int | None = None) -> tuple[int, int]:
+def final_sizes(
+    remaining_s: float, s_per_image: list[float], speed: Speed, eval_images: int, available: int, epochs: int | None = None
+) -> tuple[int, int]:
     """(epochs, images) for the finalists' training in ``remaining_s``: each finalist's own seconds per training image
     (``s_per_image``); ``epochs`` fixed by the user or as many as fit (1-10) on all ``available`` images; then as
     many images as fit those epochs (at least MIN_FINAL_IMAGES)."""

@@ -8,6 +8,7 @@ then quantized to the candidate's bit widths (post-training, per-layer formats) 
 run bit-exactly in fixed point. Training depends only on the architecture, so the
 bit-width moves of the search reuse the trained network.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,10 +68,15 @@ class Journal:
         if path.exists():
             self.data = json.loads(path.read_text())
             if self.data.get("header") != header:
-                changed = sorted(k for k in set(header) | set(self.data.get("header", {}))
-                                 if header.get(k) != self.data.get("header", {}).get(k))
-                raise EdgesplitError(f"{path.parent} holds a search with other settings ({', '.join(changed)}); "
-                                     "use the same arguments to resume, or another --out")
+                changed = sorted(
+                    k
+                    for k in set(header) | set(self.data.get("header", {}))
+                    if header.get(k) != self.data.get("header", {}).get(k)
+                )
+                raise EdgesplitError(
+                    f"{path.parent} holds a search with other settings ({', '.join(changed)}); "
+                    "use the same arguments to resume, or another --out"
+                )
         else:
             self.data = {"header": header, "spent_s": 0.0, "hardware": {}, "accuracy": {}, "trace": [], "phases": {}}
         self._base_s = self.data["spent_s"]
@@ -90,8 +96,18 @@ class Journal:
 class Evaluator:
     """Hardware estimate and proxy accuracy of candidates, cached in a :class:`Journal`."""
 
-    def __init__(self, device, targets: Targets, journal: Journal, out_dir: Path, dataset: str, data_dir: str | None,
-                 proxy: ProxyTraining = ProxyTraining(), arch: str = "bundle", seed: int = 0):
+    def __init__(
+        self,
+        device,
+        targets: Targets,
+        journal: Journal,
+        out_dir: Path,
+        dataset: str,
+        data_dir: str | None,
+        proxy: ProxyTraining = ProxyTraining(),
+        arch: str = "bundle",
+        seed: int = 0,
+    ):
         from edgesplit.data.datasets import load_dataset, train_val_split
 
         self.device, self.targets, self.journal, self.out_dir = device, targets, journal, out_dir
@@ -108,8 +124,14 @@ class Evaluator:
     def build(self, c: Candidate, width_mult: float = 1.0):
         from edgesplit.models import create_model
 
-        return create_model("bundlenet", num_classes=self.num_classes, in_chans=self.in_chans,
-                            input_size=c.input_size(self.image_hw), width_mult=width_mult, **c.model_kwargs())
+        return create_model(
+            "bundlenet",
+            num_classes=self.num_classes,
+            in_chans=self.in_chans,
+            input_size=c.input_size(self.image_hw),
+            width_mult=width_mult,
+            **c.model_kwargs(),
+        )
 
     def hardware(self, c: Candidate, device=None, width_mult: float = 1.0, fine: bool = False) -> dict:
         """FPS, resources and power of ``c`` (scaled by ``width_mult``) on ``device`` (default: the target)."""
@@ -130,20 +152,35 @@ class Evaluator:
         """FPS, fit, resources and power of ``graph`` on ``device`` at ``bits`` (the tuned design on an FPGA)."""
         if device.kind == "cpu":
             est = estimate_cpu(graph, device)
-            return {"fps": est["totals"]["fps"], "fits": True, "watts": None, "dsp": 0, "bram18": 0, "lut": 0,
-                    "macs": graph.macs}
+            return {"fps": est["totals"]["fps"], "fits": True, "watts": None, "dsp": 0, "bram18": 0, "lut": 0, "macs": graph.macs}
         grid = {} if fine else {"par_choices": COARSE_PAR_CHOICES, "tile_choices": COARSE_TILE_CHOICES}
         try:
             est = tune(graph, device, AccelConfig(arch=self.arch, wbits=bits[0], fbits=bits[1]), **grid)["best"]
         except EdgesplitError as err:  # nothing fits the device
-            return {"fps": 0.0, "fits": False, "watts": None, "dsp": None, "bram18": None, "lut": None,
-                    "macs": graph.macs, "error": str(err)}
+            return {
+                "fps": 0.0,
+                "fits": False,
+                "watts": None,
+                "dsp": None,
+                "bram18": None,
+                "lut": None,
+                "macs": graph.macs,
+                "error": str(err),
+            }
         res = est["resources"]
         e2e = est["totals"]["end_to_end"]  # the frame rate a user of the board sees, with its cores' work per frame
-        hw = {"fps": e2e["fps"] if e2e else est["totals"]["fps"], "accelerator_fps": est["totals"]["fps"],
-              "fits": est["fits"], "watts": est["totals"]["watts"], "dsp": res["dsp"],
-              "bram18": res["bram18"], "lut": res["lut"], "macs": graph.macs,
-              "memory_bound_layers": est["totals"]["memory_bound_layers"], "accelerator": est["config"]}
+        hw = {
+            "fps": e2e["fps"] if e2e else est["totals"]["fps"],
+            "accelerator_fps": est["totals"]["fps"],
+            "fits": est["fits"],
+            "watts": est["totals"]["watts"],
+            "dsp": res["dsp"],
+            "bram18": res["bram18"],
+            "lut": res["lut"],
+            "macs": graph.macs,
+            "memory_bound_layers": est["totals"]["memory_bound_layers"],
+            "accelerator": est["config"],
+        }
         if fine:
             hw["estimate"] = est
         return hw
@@ -159,10 +196,17 @@ class Evaluator:
             return cached
         from edgesplit.training.train import TrainConfig, train
 
-        cfg = TrainConfig(model="bundlenet", dataset=self.dataset_name, data_dir=self.data_dir,
-                          input_size=c.input_size(self.image_hw), model_kwargs=c.model_kwargs(),
-                          epochs=self.proxy.epochs, batch_size=self.proxy.batch_size,
-                          max_train_samples=self.proxy.samples, seed=self.seed)
+        cfg = TrainConfig(
+            model="bundlenet",
+            dataset=self.dataset_name,
+            data_dir=self.data_dir,
+            input_size=c.input_size(self.image_hw),
+            model_kwargs=c.model_kwargs(),
+            epochs=self.proxy.epochs,
+            batch_size=self.proxy.batch_size,
+            max_train_samples=self.proxy.samples,
+            seed=self.seed,
+        )
         summary = train(cfg, self.train_dir(c), resume=True)
         acc = self.quantized_accuracy(self.train_dir(c), (c.wbits, c.fbits), self.val_idx[: self.proxy.val_images])
         acc["train_s"] = summary["train_time_s"]
@@ -182,9 +226,17 @@ class Evaluator:
         from edgesplit.training.train import TrainConfig, train
 
         run_dir = self.out_dir / "probe"
-        cfg = TrainConfig(model="bundlenet", dataset=self.dataset_name, data_dir=self.data_dir,
-                          input_size=c.input_size(self.image_hw), model_kwargs=c.model_kwargs(), epochs=1,
-                          batch_size=self.proxy.batch_size, max_train_samples=PROBE_IMAGES, seed=self.seed)
+        cfg = TrainConfig(
+            model="bundlenet",
+            dataset=self.dataset_name,
+            data_dir=self.data_dir,
+            input_size=c.input_size(self.image_hw),
+            model_kwargs=c.model_kwargs(),
+            epochs=1,
+            batch_size=self.proxy.batch_size,
+            max_train_samples=PROBE_IMAGES,
+            seed=self.seed,
+        )
         t0 = time.monotonic()
         loop_s = train(cfg, run_dir, resume=True)["train_time_s"]
         train_s = time.monotonic() - t0
@@ -201,8 +253,13 @@ class Evaluator:
         per_image = max((scored[1] - scored[0]) / (sizes[1] - sizes[0]), scored[1] / sizes[1] / 2)
         # a scoring's fixed part: what a new network's first scoring costs beyond its images (the quantizer built and
         # calibrated); later scorings of the same network cost less, so this errs long
-        speed = Speed(loop_s / PROBE_IMAGES, per_image, max(0.0, train_s - loop_s),
-                      max(0.0, first_s - first * per_image, scored[1] - sizes[1] * per_image), int(self.hardware(c)["macs"]))
+        speed = Speed(
+            loop_s / PROBE_IMAGES,
+            per_image,
+            max(0.0, train_s - loop_s),
+            max(0.0, first_s - first * per_image, scored[1] - sizes[1] * per_image),
+            int(self.hardware(c)["macs"]),
+        )
         self.journal.data["speed"] = asdict(speed)
         self.journal.save()
         return speed
@@ -217,11 +274,14 @@ class Evaluator:
     def val_and_test(self, run_dir: Path, bits: tuple[int, int], overrides: dict | None = None) -> dict:
         """:meth:`quantized_accuracy` on the validation images and on the whole test set."""
         self.test_images()  # loads the test set once
-        return {"val": self.quantized_accuracy(run_dir, bits, self.val_idx, overrides=overrides),
-                "test": self.quantized_accuracy(run_dir, bits, np.arange(len(self._test_set)), self._test_set, overrides)}
+        return {
+            "val": self.quantized_accuracy(run_dir, bits, self.val_idx, overrides=overrides),
+            "test": self.quantized_accuracy(run_dir, bits, np.arange(len(self._test_set)), self._test_set, overrides),
+        }
 
-    def quantized_accuracy(self, run_dir: Path, bits: tuple[int, int], idx: np.ndarray, dataset=None,
-                           overrides: dict | None = None) -> dict:
+    def quantized_accuracy(
+        self, run_dir: Path, bits: tuple[int, int], idx: np.ndarray, dataset=None, overrides: dict | None = None
+    ) -> dict:
         """Float and fixed-point (``bits`` = weight, feature-map widths; ``overrides`` per part, see
         :meth:`QuantNet.calibrate`) top-1 of the network in ``run_dir`` on ``idx``."""
         from edgesplit.quant.qnet import QuantNet, qgraph_from_model
@@ -256,23 +316,49 @@ class Evaluator:
         return record
 
 
-def train_final(ev: Evaluator, model: str, model_kwargs: dict, input_size, epochs: int, out_dir: Path,
-                bits: tuple[int, int], progress: Progress, max_images: int | None = None, overrides: dict | None = None) -> dict:
+def train_final(
+    ev: Evaluator,
+    model: str,
+    model_kwargs: dict,
+    input_size,
+    epochs: int,
+    out_dir: Path,
+    bits: tuple[int, int],
+    progress: Progress,
+    max_images: int | None = None,
+    overrides: dict | None = None,
+) -> dict:
     """Full-data training (label smoothing 0.1), then quantized accuracy on validation and test images
     (``overrides``: per-part widths, see :meth:`QuantNet.calibrate`)."""
     from edgesplit.training.train import TrainConfig, train
 
-    cfg = TrainConfig(model=model, dataset=ev.dataset_name, data_dir=ev.data_dir, input_size=tuple(input_size),
-                      model_kwargs=model_kwargs, epochs=epochs, label_smoothing=0.1, seed=ev.seed,
-                      max_train_samples=max_images)
+    cfg = TrainConfig(
+        model=model,
+        dataset=ev.dataset_name,
+        data_dir=ev.data_dir,
+        input_size=tuple(input_size),
+        model_kwargs=model_kwargs,
+        epochs=epochs,
+        label_smoothing=0.1,
+        seed=ev.seed,
+        max_train_samples=max_images,
+    )
     last = [0]
 
     def show(p: dict) -> None:
         if p["step"] == p["steps"] or p["step"] - last[0] >= max(1, p["steps"] // 4):
             last[0] = p["step"] % p["steps"]
-            progress(f"    {out_dir.name}: epoch {p['epoch']}/{p['epochs']} step {p['step']}/{p['steps']} "
-                     f"loss {p['loss']:.3f} acc {p['acc']:.3f}")
+            progress(
+                f"    {out_dir.name}: epoch {p['epoch']}/{p['epochs']} step {p['step']}/{p['steps']} "
+                f"loss {p['loss']:.3f} acc {p['acc']:.3f}"
+            )
 
     summary = train(cfg, out_dir, resume=True, progress=show)
-    return {"run_dir": str(out_dir), "epochs": epochs, "train_time_s": summary["train_time_s"], "wbits": bits[0],
-            "fbits": bits[1], **ev.val_and_test(out_dir, bits, overrides)}
+    return {
+        "run_dir": str(out_dir),
+        "epochs": epochs,
+        "train_time_s": summary["train_time_s"],
+        "wbits": bits[0],
+        "fbits": bits[1],
+        **ev.val_and_test(out_dir, bits, overrides),
+    }

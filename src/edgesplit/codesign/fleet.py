@@ -19,6 +19,7 @@ Fleet file (YAML)::
       - {device: ultra96-v2, addresses: ["10.0.0.13:50051"]}
       - {device: raspberry-pi-4}          # addresses default to 127.0.0.1:50051, 50052, ...
 """
+
 from __future__ import annotations
 
 import itertools
@@ -61,7 +62,9 @@ def load_fleet(path: str | Path, devices_dir: str | None = None) -> Fleet:
         entries = d["devices"]
         link = float(d.get("link_mbps", 1000.0))
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as err:
-        raise EdgesplitError(f"{path} is not a valid fleet file ({type(err).__name__}: {err}); it needs a devices: list") from None
+        raise EdgesplitError(
+            f"{path} is not a valid fleet file ({type(err).__name__}: {err}); it needs a devices: list"
+        ) from None
     out, port = [], DEFAULT_PORT
     for i, e in enumerate(entries or []):
         if not isinstance(e, dict) or "device" not in e:
@@ -134,13 +137,24 @@ def allocate(ev, chosen: Candidate, fleet: Fleet) -> list[dict]:
                 if found is None:
                     continue
                 _, shares = found
-                fps = [ev.hardware(_at_bits(chosen, b), device=d.device, width_mult=s)["fps"]
-                       for d, b, s in zip(devices, bits, shares)]
+                fps = [
+                    ev.hardware(_at_bits(chosen, b), device=d.device, width_mult=s)["fps"]
+                    for d, b, s in zip(devices, bits, shares)
+                ]
                 link_fps = link_bytes_s / (k * in_bytes + feat_bytes)
-                options.append({"k": k, "devices": [d.device.name for d in devices], "addresses": [d.address for d in devices],
-                                "shares": shares, "branch_fps": fps, "link_fps": link_fps, "fps": min(min(fps), link_fps),
-                                "branch_bits": [list(b) if b else None for b in bits],
-                                "bits": [f"W{b[0]}/F{b[1]}" if b else "float32" for b in bits]})
+                options.append(
+                    {
+                        "k": k,
+                        "devices": [d.device.name for d in devices],
+                        "addresses": [d.address for d in devices],
+                        "shares": shares,
+                        "branch_fps": fps,
+                        "link_fps": link_fps,
+                        "fps": min(min(fps), link_fps),
+                        "branch_bits": [list(b) if b else None for b in bits],
+                        "bits": [f"W{b[0]}/F{b[1]}" if b else "float32" for b in bits],
+                    }
+                )
     return sorted(options, key=lambda o: (-o["fps"], -sum(b[0] + b[1] for b in o["branch_bits"] if b)))
 
 
@@ -173,8 +187,13 @@ def _branch_accelerators(ev, option: dict, out: Path, fleet) -> list[dict]:
             built.append({"branch": i, "device": name, "error": "no design of this branch fits the board"})
             continue
         part = i if hasattr(model, "branches") else None  # k=1: the whole network
-        built.append({"branch": i, "device": name, **build_for_design(option["accuracy"]["run_dir"], out / f"branch{i}",
-                                                                     tuple(bits), accel, dev, part, ev.data_dir)})
+        built.append(
+            {
+                "branch": i,
+                "device": name,
+                **build_for_design(option["accuracy"]["run_dir"], out / f"branch{i}", tuple(bits), accel, dev, part, ev.data_dir),
+            }
+        )
     return built
 
 
@@ -185,8 +204,9 @@ def _branch_graph(model, i: int, ev):
     return graph_from_model(part, (ev.in_chans, *ev.image_hw), f"branch{i}")
 
 
-def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress, images: int | None = None,
-               until_s: float = float("inf")) -> dict:
+def plan_fleet(
+    ev, cfg, chosen_final: dict, epochs: int, out: Path, progress, images: int | None = None, until_s: float = float("inf")
+) -> dict:
     """Allocate; then, from the highest throughput down, train each split shape (at most
     :data:`MAX_TRAINED_OPTIONS` of them) and check its fixed-point validation accuracy at the option's
     per-branch widths until one reaches the floor (no more once the journal's time passes ``until_s``); export it
@@ -204,8 +224,10 @@ def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress, im
     options = allocate(ev, chosen, fleet)
     progress(f"{len(options)} fleet options; the fastest:")
     for o in options[:SHOWN_OPTIONS]:
-        progress(f"  k={o['k']}: {', '.join(f'{d} {b}' for d, b in zip(o['devices'], o['bits']))}, shares "
-                 f"{', '.join(f'{s:.2f}' for s in o['shares'])} -> {o['fps']:.1f} FPS")
+        progress(
+            f"  k={o['k']}: {', '.join(f'{d} {b}' for d, b in zip(o['devices'], o['bits']))}, shares "
+            f"{', '.join(f'{s:.2f}' for s in o['shares'])} -> {o['fps']:.1f} FPS"
+        )
     accepted, trained, checked = None, {}, 0
     for o in options:
         if o["k"] == 1 and o["branch_bits"] == [list(bits)]:
@@ -220,17 +242,31 @@ def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress, im
             elif len(trained) < MAX_TRAINED_OPTIONS:
                 kw = {**chosen.model_kwargs(), "k": o["k"], "branch_widths": o["shares"]}
                 run = out / f"split{o['k']}_{'-'.join(f'{s:.3f}' for s in shape)}_e{epochs}_n{images}"
-                progress(f"training the {o['k']}-branch split (shares {', '.join(f'{s:.2f}' for s in shape)}) for {epochs} epoch(s)")
-                r = train_final(ev, "bundlenet-split", kw, chosen.input_size(ev.image_hw), epochs, run, bits, progress,
-                                images, quant_overrides(o))
+                progress(
+                    f"training the {o['k']}-branch split (shares {', '.join(f'{s:.2f}' for s in shape)}) for {epochs} epoch(s)"
+                )
+                r = train_final(
+                    ev,
+                    "bundlenet-split",
+                    kw,
+                    chosen.input_size(ev.image_hw),
+                    epochs,
+                    run,
+                    bits,
+                    progress,
+                    images,
+                    quant_overrides(o),
+                )
                 trained[shape] = r["run_dir"]
             else:
                 continue
             o["accuracy"] = {"val": r["val"], "test": r["test"], "run_dir": r["run_dir"]}
             checked += 1
         o["meets_floor"] = o["accuracy"]["val"]["ptq_top1"] >= floor
-        progress(f"  k={o['k']} ({', '.join(o['bits'])}): val {o['accuracy']['val']['ptq_top1']:.4f} (floor {floor:.4f}), "
-                 f"test {o['accuracy']['test']['ptq_top1']:.4f}")
+        progress(
+            f"  k={o['k']} ({', '.join(o['bits'])}): val {o['accuracy']['val']['ptq_top1']:.4f} (floor {floor:.4f}), "
+            f"test {o['accuracy']['test']['ptq_top1']:.4f}"
+        )
         if o["meets_floor"]:
             accepted = o
             break
@@ -243,5 +279,9 @@ def plan_fleet(ev, cfg, chosen_final: dict, epochs: int, out: Path, progress, im
     plan.write(out / "plan.yaml")
     load_plan(out / "plan.yaml")  # the runtime accepts it
     accepted["hls"] = _branch_accelerators(ev, accepted, out / "hls", fleet)
-    return {"floor": floor, "options": [o for i, o in enumerate(options) if i < SHOWN_OPTIONS or "accuracy" in o],
-            "accepted": accepted, "plan": str(out / "plan.yaml")}
+    return {
+        "floor": floor,
+        "options": [o for i, o in enumerate(options) if i < SHOWN_OPTIONS or "accuracy" in o],
+        "accepted": accepted,
+        "plan": str(out / "plan.yaml"),
+    }

@@ -24,6 +24,7 @@ per bundle, and sizes every training to its stage's share.
 A fleet (``--fleet``) then gets the chosen network split over its devices
 (:mod:`edgesplit.codesign.fleet`).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -85,8 +86,6 @@ class CodesignConfig:
         return d
 
 
-
-
 def _fmt_time(s: float) -> str:
     return f"{int(s // 60):d}:{int(s % 60):02d}"
 
@@ -94,8 +93,9 @@ def _fmt_time(s: float) -> str:
 class Search:
     """Steps 1-3 over one :class:`Evaluator`; every evaluation is appended to the journal's trace."""
 
-    def __init__(self, cfg: CodesignConfig, evaluator: Evaluator, space: SearchSpace, progress: Progress,
-                 shares: Shares | None = None):
+    def __init__(
+        self, cfg: CodesignConfig, evaluator: Evaluator, space: SearchSpace, progress: Progress, shares: Shares | None = None
+    ):
         self.cfg, self.ev, self.space, self.progress = cfg, evaluator, space, progress
         self.shares = shares or Shares.for_run(bool(cfg.baselines or cfg.fleet))
         self.journal = evaluator.journal
@@ -108,15 +108,18 @@ class Search:
         hw = rec["hardware"]
         acc = rec.get("accuracy")
         acc_s = f"val {acc['ptq_top1']:.3f} (float {acc['float_top1']:.3f})" if acc else f"off target by {rec['violation']:.2f}"
-        self.progress(f"[{_fmt_time(self.journal.spent_s)}/{_fmt_time(self.cfg.time_budget_s)}] {phase:<7} "
-                      f"{rec['key']:<40} {hw['fps']:9.1f} FPS  {acc_s}{extra}")
+        self.progress(
+            f"[{_fmt_time(self.journal.spent_s)}/{_fmt_time(self.cfg.time_budget_s)}] {phase:<7} "
+            f"{rec['key']:<40} {hw['fps']:9.1f} FPS  {acc_s}{extra}"
+        )
 
     def evaluate(self, c: Candidate, phase: str) -> dict:
         if c.key in self.records:
             return self.records[c.key]
         rec = self.records[c.key] = self.ev.evaluate(c)  # records mirror the trace, so c is not in it yet
-        self.journal.data["trace"].append({"phase": phase, "key": c.key, "candidate": c.to_dict(),
-                                           "spent_s": self.journal.spent_s})
+        self.journal.data["trace"].append(
+            {"phase": phase, "key": c.key, "candidate": c.to_dict(), "spent_s": self.journal.spent_s}
+        )
         self.journal.save()
         self._say(phase, rec)
         return rec
@@ -183,8 +186,10 @@ class Search:
                 self.progress(f"  {b}: moved along {coord} to {best['key']} (score {best['score']:.3f})")
             else:
                 stalled[b] += 1
-        best = {b: max((r for r in self.records.values() if r["candidate"]["bundle"] == b), key=lambda r: r["score"])["key"]
-                for b in bundles}
+        best = {
+            b: max((r for r in self.records.values() if r["candidate"]["bundle"] == b), key=lambda r: r["score"])["key"]
+            for b in bundles
+        }
         self.journal.data["phases"]["descent"] = {"steps": step, "restarts": restarts, "best": best}
         self.journal.save()
 
@@ -208,40 +213,63 @@ class Search:
             if len(chosen) == self.cfg.finalists:
                 break
         if not chosen:
-            raise EdgesplitError(f"no candidate reached {self.cfg.target_fps:g} FPS on {self.cfg.device} within the "
-                                 "search; lower --target-fps, raise --time-budget or pick a faster device")
+            raise EdgesplitError(
+                f"no candidate reached {self.cfg.target_fps:g} FPS on {self.cfg.device} within the "
+                "search; lower --target-fps, raise --time-budget or pick a faster device"
+            )
         return chosen
 
 
-def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
-                 progress: Progress = lambda s: None, space: SearchSpace = SearchSpace()) -> dict:
+def run_codesign(
+    cfg: CodesignConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: Progress = lambda s: None,
+    space: SearchSpace = SearchSpace(),
+) -> dict:
     from edgesplit.hardware.catalog import get_device
 
     out_dir = Path(out_dir)
     device = get_device(cfg.device, cfg.devices_dir)
     if device.kind != "fpga":
-        raise EdgesplitError(f"--device must be an FPGA board (the accelerator is designed for it); {device.name} is a "
-                             f"{device.kind}: put CPU devices in --fleet")
+        raise EdgesplitError(
+            f"--device must be an FPGA board (the accelerator is designed for it); {device.name} is a "
+            f"{device.kind}: put CPU devices in --fleet"
+        )
     journal_path = out_dir / "search.json"
     if journal_path.exists() and not resume:
         raise EdgesplitError(f"{out_dir} already holds a search; add --resume to continue it or choose another --out")
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     journal = Journal(journal_path, cfg.header())
-    ev = Evaluator(device, Targets(cfg.target_fps, cfg.max_watts), journal, out_dir, cfg.dataset, cfg.data_dir,
-                   cfg.proxy, cfg.arch, cfg.seed)
+    ev = Evaluator(
+        device, Targets(cfg.target_fps, cfg.max_watts), journal, out_dir, cfg.dataset, cfg.data_dir, cfg.proxy, cfg.arch, cfg.seed
+    )
     search = Search(cfg, ev, space, progress)
-    progress(f"co-design for {device.name} at >= {cfg.target_fps:g} FPS"
-             + (f" and <= {cfg.max_watts:g} W" if cfg.max_watts else "") + f"; budget {_fmt_time(cfg.time_budget_s)}")
+    progress(
+        f"co-design for {device.name} at >= {cfg.target_fps:g} FPS"
+        + (f" and <= {cfg.max_watts:g} W" if cfg.max_watts else "")
+        + f"; budget {_fmt_time(cfg.time_budget_s)}"
+    )
     bundles, shares = search.bundles(), search.shares
     speed = ev.probe(prototype(bundles[0]))
     final_eval_images = len(ev.val_idx) + ev.test_images()
     from edgesplit.codesign.fleet import MAX_TRAINED_OPTIONS
 
-    extra_trainings = len(dict.fromkeys(SAME_NETWORK.get(b, b) for b in cfg.baselines)) + (MAX_TRAINED_OPTIONS if cfg.fleet else 0)
+    extra_trainings = len(dict.fromkeys(SAME_NETWORK.get(b, b) for b in cfg.baselines)) + (
+        MAX_TRAINED_OPTIONS if cfg.fleet else 0
+    )
     try:
-        budget.check_budget(cfg.time_budget_s, shares, speed, len(bundles), cfg.proxy.val_images, cfg.finalists,
-                            final_eval_images, extra_trainings)
+        budget.check_budget(
+            cfg.time_budget_s,
+            shares,
+            speed,
+            len(bundles),
+            cfg.proxy.val_images,
+            cfg.finalists,
+            final_eval_images,
+            extra_trainings,
+        )
     except EdgesplitError:
         if not journal.data["trace"]:  # nothing searched yet: leave nothing behind, so the same --out can be used again
             shutil.rmtree(out_dir) if created else (journal_path.unlink(), shutil.rmtree(out_dir / "probe", ignore_errors=True))
@@ -249,14 +277,17 @@ def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
     stages = budget.StageBudget.plan(cfg.time_budget_s, shares, speed, cfg.finalists, extra_trainings, final_eval_images)
     sizes = journal.data.setdefault("budget", {})
     if "proxy_images" not in sizes:  # a resumed search keeps the size its candidates were trained at
-        sizes["proxy_images"] = max(1, budget.proxy_images(stages.explore_s, speed, len(bundles), cfg.proxy.samples,
-                                                           cfg.proxy.val_images))
+        sizes["proxy_images"] = max(
+            1, budget.proxy_images(stages.explore_s, speed, len(bundles), cfg.proxy.samples, cfg.proxy.val_images)
+        )
         sizes["explore_until_s"] = journal.spent_s + stages.explore_s
         journal.save()
     search.explore_budget_s = sizes["explore_until_s"]
     ev.proxy = replace(ev.proxy, samples=sizes["proxy_images"])
-    progress(f"measured {speed.train_s_per_image * 1e3:.1f} ms per training image, {speed.eval_s_per_image * 1e3:.2f} ms "
-             f"per scored image: each candidate trains on {ev.proxy.samples} images")
+    progress(
+        f"measured {speed.train_s_per_image * 1e3:.1f} ms per training image, {speed.eval_s_per_image * 1e3:.2f} ms "
+        f"per scored image: each candidate trains on {ev.proxy.samples} images"
+    )
     front = search.select_bundles()
     search.descend(front)
     finalists = search.finalists()
@@ -267,29 +298,60 @@ def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
     available = min(cfg.final_images or len(ev.train_idx), len(ev.train_idx))
     s_per_image = [r["accuracy"]["train_s"] / r["accuracy"]["train_images"] for r in finalists]
     epochs, final_images = budget.final_sizes(remaining, s_per_image, speed, final_eval_images, available, cfg.final_epochs)
-    progress(f"training {len(finalists)} finalist(s) for {epochs} epoch(s) on {final_images} images "
-             f"({_fmt_time(max(remaining, 0))} left for them)")
+    progress(
+        f"training {len(finalists)} finalist(s) for {epochs} epoch(s) on {final_images} images "
+        f"({_fmt_time(max(remaining, 0))} left for them)"
+    )
     finals = []
     for rec in finalists:
         c = Candidate.from_dict(rec["candidate"])
-        result = train_final(ev, "bundlenet", c.model_kwargs(), c.input_size(ev.image_hw), epochs,
-                             out_dir / "finalists" / f"{c.arch_key}_e{epochs}_n{final_images}", (c.wbits, c.fbits),
-                             progress, final_images)
+        result = train_final(
+            ev,
+            "bundlenet",
+            c.model_kwargs(),
+            c.input_size(ev.image_hw),
+            epochs,
+            out_dir / "finalists" / f"{c.arch_key}_e{epochs}_n{final_images}",
+            (c.wbits, c.fbits),
+            progress,
+            final_images,
+        )
         hw = ev.hardware(c, fine=True)
-        finals.append({"candidate": c.to_dict(), "key": c.key, "proxy": rec["accuracy"], "hardware": hw,
-                       "train_images": final_images, **result})
-        progress(f"  {c.key}: val {result['val']['ptq_top1']:.4f}, test {result['test']['ptq_top1']:.4f} "
-                 f"(float {result['test']['float_top1']:.4f}), {hw['fps']:.1f} FPS")
+        finals.append(
+            {
+                "candidate": c.to_dict(),
+                "key": c.key,
+                "proxy": rec["accuracy"],
+                "hardware": hw,
+                "train_images": final_images,
+                **result,
+            }
+        )
+        progress(
+            f"  {c.key}: val {result['val']['ptq_top1']:.4f}, test {result['test']['ptq_top1']:.4f} "
+            f"(float {result['test']['float_top1']:.4f}), {hw['fps']:.1f} FPS"
+        )
     journal.data["finals"] = finals
     journal.save()
     chosen = max(finals, key=lambda f: f["val"]["ptq_top1"])
-    result = {"device": device.name, "targets": {"fps": cfg.target_fps, "max_watts": cfg.max_watts},
-              "time_budget_s": cfg.time_budget_s, "speed": asdict(speed), "proxy_images": ev.proxy.samples,
-              "final_epochs": epochs, "final_images": final_images, "train_split_images": len(ev.train_idx),
-              "search_time_s": search_time_s, "evaluated": len(search.records),
-              "trained_proxies": len({Candidate.from_dict(r["candidate"]).arch_key for r in search.records.values()
-                                      if "accuracy" in r}),
-              "bundles": journal.data["phases"]["bundles"], "finalists": finals, "chosen": chosen}
+    result = {
+        "device": device.name,
+        "targets": {"fps": cfg.target_fps, "max_watts": cfg.max_watts},
+        "time_budget_s": cfg.time_budget_s,
+        "speed": asdict(speed),
+        "proxy_images": ev.proxy.samples,
+        "final_epochs": epochs,
+        "final_images": final_images,
+        "train_split_images": len(ev.train_idx),
+        "search_time_s": search_time_s,
+        "evaluated": len(search.records),
+        "trained_proxies": len(
+            {Candidate.from_dict(r["candidate"]).arch_key for r in search.records.values() if "accuracy" in r}
+        ),
+        "bundles": journal.data["phases"]["bundles"],
+        "finalists": finals,
+        "chosen": chosen,
+    }
     _write_chosen(ev, chosen, out_dir / "chosen")
     if cfg.baselines or cfg.fleet:
         extras_s = cfg.time_budget_s * (1 - shares.wrapup) - journal.spent_s
@@ -303,8 +365,9 @@ def run_codesign(cfg: CodesignConfig, out_dir: str | Path, resume: bool = False,
     if cfg.fleet:
         from edgesplit.codesign.fleet import plan_fleet
 
-        result["fleet"] = plan_fleet(ev, cfg, chosen, epochs, out_dir / "fleet", progress, extra_images,
-                                     until_s=cfg.time_budget_s * (1 - shares.wrapup))
+        result["fleet"] = plan_fleet(
+            ev, cfg, chosen, epochs, out_dir / "fleet", progress, extra_images, until_s=cfg.time_budget_s * (1 - shares.wrapup)
+        )
     result["wall_time_s"] = journal.spent_s
     journal.data["result"] = {k: v for k, v in result.items() if k != "finalists"}
     journal.save()
@@ -326,14 +389,21 @@ def _write_chosen(ev: Evaluator, chosen: dict, out: Path) -> None:
     shutil.copyfile(Path(chosen["run_dir"]) / "checkpoint.pt", out / "checkpoint.pt")
     model, ckpt = load_model(out / "checkpoint.pt")
     export_model(model, ckpt, out / "export")
-    (out / "network.json").write_text(json.dumps({"model": "bundlenet", "model_kwargs": ckpt["model_kwargs"],
-                                                  "candidate": c.to_dict()}, indent=1))
+    (out / "network.json").write_text(
+        json.dumps({"model": "bundlenet", "model_kwargs": ckpt["model_kwargs"], "candidate": c.to_dict()}, indent=1)
+    )
     (out / "accelerator.json").write_text(json.dumps(chosen["hardware"].get("estimate", chosen["hardware"]), indent=1))
     if "accelerator" in chosen["hardware"]:  # the accelerator itself, checked in C simulation
         from edgesplit.hls.build import build_for_design
 
-        chosen["hls"] = build_for_design(out / "checkpoint.pt", out / "hls", (c.wbits, c.fbits),
-                                         chosen["hardware"]["accelerator"], ev.device, data_dir=ev.data_dir)
+        chosen["hls"] = build_for_design(
+            out / "checkpoint.pt",
+            out / "hls",
+            (c.wbits, c.fbits),
+            chosen["hardware"]["accelerator"],
+            ev.device,
+            data_dir=ev.data_dir,
+        )
 
 
 BASELINE_BITS = {"bundlenet-a": (16, 8), "bundlenet-b": (16, 16), "bundlenet-c": (11, 8)}  # the seed's Table 2
@@ -348,8 +418,9 @@ def _baseline_macs(ev: Evaluator, name: str) -> int:
     return int(graph_from_model(create_model(name, **kw), (ev.in_chans, *ev.image_hw), name).macs)
 
 
-def run_baselines(ev: Evaluator, cfg: CodesignConfig, chosen: dict, epochs: int, out: Path, progress: Progress,
-                  images: int) -> list:
+def run_baselines(
+    ev: Evaluator, cfg: CodesignConfig, chosen: dict, epochs: int, out: Path, progress: Progress, images: int
+) -> list:
     """Hand-made networks trained with the finalists' recipe, costed on the same device (at the chosen bits,
     or the seed's bits for DNN-A/B/C)."""
     from edgesplit.hardware.graph import graph_from_model
@@ -364,8 +435,9 @@ def run_baselines(ev: Evaluator, cfg: CodesignConfig, chosen: dict, epochs: int,
         hw.pop("estimate", None)
         progress(f"baseline {name}: {hw['fps']:.1f} FPS on {ev.device.name} at W{bits[0]}/F{bits[1]}; training {epochs} epoch(s)")
         trained_as = SAME_NETWORK.get(name, name)
-        result = train_final(ev, trained_as, {}, ev.image_hw, epochs, out / f"{trained_as}_e{epochs}_n{images}", bits,
-                             progress, images)
+        result = train_final(
+            ev, trained_as, {}, ev.image_hw, epochs, out / f"{trained_as}_e{epochs}_n{images}", bits, progress, images
+        )
         rows.append({"model": name, "hardware": hw, "meets_target": ev.targets.violation(hw) == 0, **result})
         progress(f"  {name}: test {result['test']['ptq_top1']:.4f} (float {result['test']['float_top1']:.4f})")
     return rows

@@ -8,6 +8,7 @@ the feature map is down-sampled, ``wbits``/``fbits`` are the fixed-point widths 
 weights and feature maps, and ``resize`` scales the dataset's images before the
 network sees them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -48,7 +49,7 @@ class Candidate:
     def channels(self) -> tuple[int, ...]:
         out, p = [], 0
         for pool in self.pools:
-            out.append(max(CHANNEL_ALIGN, int(round(self.base_chs * self.growth ** p / CHANNEL_ALIGN)) * CHANNEL_ALIGN))
+            out.append(max(CHANNEL_ALIGN, int(round(self.base_chs * self.growth**p / CHANNEL_ALIGN)) * CHANNEL_ALIGN))
             p += pool
         return tuple(out)
 
@@ -69,9 +70,17 @@ class Candidate:
         return {"bundle": self.bundle, "channels": list(self.channels), "pools": list(self.pools)}
 
     def to_dict(self) -> dict:
-        return {"bundle": self.bundle, "depth": self.depth, "base_chs": self.base_chs, "growth": self.growth,
-                "pools": list(self.pools), "wbits": self.wbits, "fbits": self.fbits, "resize": self.resize,
-                "channels": list(self.channels)}
+        return {
+            "bundle": self.bundle,
+            "depth": self.depth,
+            "base_chs": self.base_chs,
+            "growth": self.growth,
+            "pools": list(self.pools),
+            "wbits": self.wbits,
+            "fbits": self.fbits,
+            "resize": self.resize,
+            "channels": list(self.channels),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Candidate":
@@ -95,19 +104,20 @@ def _pool_moves(pools: tuple[bool, ...], max_pools: int) -> list[tuple[bool, ...
     moves = []
     for i, p in enumerate(pools):
         if p:
-            moves.append(pools[:i] + (False,) + pools[i + 1:])  # drop
+            moves.append(pools[:i] + (False,) + pools[i + 1 :])  # drop
             for j in (i - 1, i + 1):
                 if 0 <= j < len(pools) and not pools[j]:
                     q = list(pools)
                     q[i], q[j] = False, True
                     moves.append(tuple(q))
         elif sum(pools) < max_pools:
-            moves.append(pools[:i] + (True,) + pools[i + 1:])
+            moves.append(pools[:i] + (True,) + pools[i + 1 :])
     return moves
 
 
-def neighbours(c: Candidate, coord: str, space: SearchSpace, image_hw: tuple[int, int],
-               rng: np.random.Generator) -> list[Candidate]:
+def neighbours(
+    c: Candidate, coord: str, space: SearchSpace, image_hw: tuple[int, int], rng: np.random.Generator
+) -> list[Candidate]:
     """At most two valid candidates one step away from ``c`` along ``coord`` (up and down, or two pool moves)."""
     if coord not in COORDINATES:
         raise ValueError(f"unknown coordinate {coord!r}")
@@ -123,7 +133,7 @@ def neighbours(c: Candidate, coord: str, space: SearchSpace, image_hw: tuple[int
             pools = c.pools[:-1]
             if c.pools[-1] and False in pools:  # keep the dropped bundle's down-sampling
                 last_free = max(i for i, p in enumerate(pools) if not p)
-                pools = pools[:last_free] + (True,) + pools[last_free + 1:]
+                pools = pools[:last_free] + (True,) + pools[last_free + 1 :]
             out.append(replace(c, depth=c.depth - 1, pools=pools))
     else:
         choices = space.choices(coord)

@@ -1,4 +1,5 @@
 """Datasets (uint8 images + labels) and batch transforms."""
+
 from edgesplit.data.datasets import DATASETS, ArrayDataset, ImageFolderDataset, load_dataset, train_val_split
 from edgesplit.data.idx import read_idx
 

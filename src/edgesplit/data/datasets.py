@@ -4,6 +4,7 @@ Nothing is downloaded. Every dataset yields uint8 images (H, W, C) and int64 lab
 normalisation and resizing happen on batches (:mod:`edgesplit.data.transforms`), so
 the same :class:`Preprocess` record travels into the ONNX manifest and the workers.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -167,8 +168,9 @@ def load_cifar10(split: str, data_dir: str | Path) -> ArrayDataset:
             batch = pickle.load(f, encoding="bytes")
         data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
-    return ArrayDataset(np.concatenate(data), np.concatenate(labels), CIFAR10_CLASSES,
-                        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    return ArrayDataset(
+        np.concatenate(data), np.concatenate(labels), CIFAR10_CLASSES, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    )
 
 
 DATASETS = ("fashion-mnist", "cifar10", "imagefolder")

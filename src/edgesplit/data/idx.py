@@ -3,6 +3,7 @@
 Header: two zero bytes, a type code, the number of dimensions, then one big-endian
 uint32 per dimension; then the data, row-major, big-endian.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -13,8 +14,14 @@ import numpy as np
 
 from edgesplit.errors import EdgesplitError
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:

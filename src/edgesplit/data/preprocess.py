@@ -1,4 +1,5 @@
 """What a deployed model expects of its input; numpy only, so workers and the coordinator share it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Batch transforms in torch: uint8 (B, H, W, C) -> normalised float (B, C, H, W), and augmentation."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -8,6 +8,7 @@ model was measured slower than float here. The int8 export has the same parts,
 tensors and manifest as the float one, plus ``"precision": "int8-qdq"``, so a worker
 serves it unchanged. Needs ``onnxruntime`` and ``onnx``, not torch.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ class _Reader:
     """ONNX Runtime's CalibrationDataReader protocol over an array, in batches."""
 
     def __init__(self, name: str, data: np.ndarray):
-        self._it = iter([{name: data[i:i + CALIB_BATCH]} for i in range(0, len(data), CALIB_BATCH)])
+        self._it = iter([{name: data[i : i + CALIB_BATCH]} for i in range(0, len(data), CALIB_BATCH)])
 
     def get_next(self):
         return next(self._it, None)
@@ -40,8 +41,9 @@ def calibration_images(ckpt: dict, n: int, data_dir: str | None = None) -> np.nd
     from edgesplit.data.preprocess import Preprocess, nhwc_to_nchw
 
     pre = Preprocess.from_dict(ckpt["preprocess"])
-    data = load_dataset(ckpt.get("dataset") or "fashion-mnist", "train", data_dir, size=pre.size,
-                        in_chans=ckpt["model_kwargs"]["in_chans"])
+    data = load_dataset(
+        ckpt.get("dataset") or "fashion-mnist", "train", data_dir, size=pre.size, in_chans=ckpt["model_kwargs"]["in_chans"]
+    )
     train_idx, _ = train_val_split(len(data), ckpt.get("config", {}).get("val_size", 5000))
     return pre.normalize(nhwc_to_nchw(data.images(train_idx[:n]))).astype(np.float32)
 
@@ -69,9 +71,16 @@ def int8_export(float_dir: str | Path, out_dir: str | Path, calib: np.ndarray) -
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             data = head_calib if part["role"] == "head" else calib
             dst = out_dir / part["file"]
-            quantize_static(str(pre), str(dst), _Reader(part["inputs"][0]["name"], data), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+            quantize_static(
+                str(pre),
+                str(dst),
+                _Reader(part["inputs"][0]["name"], data),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
             part["sha256"] = sha256_file(dst)
             log.info("int8 %s: %.1f kB -> %.1f kB", part["name"], src.stat().st_size / 1e3, dst.stat().st_size / 1e3)
     body.update(precision="int8-qdq", calibration_images=int(len(calib)), float_export=str(float_dir))

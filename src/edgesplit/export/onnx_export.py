@@ -10,6 +10,7 @@ manifest and an export that differs by more than ``PARITY_TOL`` is refused.
 is spread over ``k`` data and ``r`` parity row blocks (``head_fc.{j}.onnx``, a ``decode`` stage:
 any ``k`` answers give it), and only its last layer stays in the coordinator.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,16 @@ def _export_module(module: nn.Module, example: torch.Tensor, path: Path, input_n
     module.eval()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript; it is exact here
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET, input_names=[input_name],
-                          output_names=[output_name], dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+        )
 
 
 def _parity(module: nn.Module, path: Path, x: torch.Tensor) -> float:
@@ -48,13 +57,15 @@ def _parity(module: nn.Module, path: Path, x: torch.Tensor) -> float:
     return float(np.abs(got - ref).max())
 
 
-def export_model(model: nn.Module, ckpt: dict, out_dir: str | Path, seed: int = 0,
-                 code_head: tuple[int, int] | None = None) -> dict:
+def export_model(
+    model: nn.Module, ckpt: dict, out_dir: str | Path, seed: int = 0, code_head: tuple[int, int] | None = None
+) -> dict:
     """Export ``model`` (rebuilt from ``ckpt``) into ``out_dir``; returns the manifest body."""
     hidden_head = isinstance(model, SplitNet) and isinstance(model.head.fc, nn.Sequential)
     if code_head and not hidden_head:
-        raise EdgesplitError("--code-head needs a split model whose head has a hidden layer; train one with "
-                             "--model-arg head_hidden=N (e.g. 1024)")
+        raise EdgesplitError(
+            "--code-head needs a split model whose head has a hidden layer; train one with --model-arg head_hidden=N (e.g. 1024)"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -72,8 +83,16 @@ def export_model(model: nn.Module, ckpt: dict, out_dir: str | Path, seed: int = 
             pieces.append((f"branch{i}", "branch", branch, x, image, TensorSpec("features", (-1, f.shape[1]), "float32")))
         fcat = torch.cat(feats, 1)
         if not code_head:
-            pieces.append(("head", "head", model.head, fcat, TensorSpec("features", (-1, fcat.shape[1]), "float32"),
-                           TensorSpec("logits", (-1, model.num_classes), "float32")))
+            pieces.append(
+                (
+                    "head",
+                    "head",
+                    model.head,
+                    fcat,
+                    TensorSpec("features", (-1, fcat.shape[1]), "float32"),
+                    TensorSpec("logits", (-1, model.num_classes), "float32"),
+                )
+            )
         feature_dims = list(model.feature_dims)
     else:
         pieces.append(("model", "model", model, x, image, TensorSpec("logits", (-1, kw["num_classes"]), "float32")))
@@ -85,14 +104,26 @@ def export_model(model: nn.Module, ckpt: dict, out_dir: str | Path, seed: int = 
         _export_module(module, example, path, inp.name, outp.name)
         diff = _parity(module, path, example)
         if diff > PARITY_TOL:
-            raise EdgesplitError(f"ONNX Runtime output of {name} differs from PyTorch by {diff:.2e} (> {PARITY_TOL}); export refused")
+            raise EdgesplitError(
+                f"ONNX Runtime output of {name} differs from PyTorch by {diff:.2e} (> {PARITY_TOL}); export refused"
+            )
         max_diff = max(max_diff, diff)
         parts.append(PartSpec(name, role, path.name, sha256_file(path), (inp,), (outp,)).to_dict())
         log.info("exported %s (max |ort - torch| = %.2e)", path, diff)
 
-    body = {"model": ckpt["model"], "model_kwargs": kw, "input_shape": list(input_shape), "preprocess": ckpt["preprocess"],
-            "classes": list(ckpt["classes"]), "feature_dims": feature_dims, "parts": parts, "opset": OPSET,
-            "parity_max_abs_diff": max_diff, "dataset": ckpt.get("dataset"), "trained_epochs": ckpt.get("epoch")}
+    body = {
+        "model": ckpt["model"],
+        "model_kwargs": kw,
+        "input_shape": list(input_shape),
+        "preprocess": ckpt["preprocess"],
+        "classes": list(ckpt["classes"]),
+        "feature_dims": feature_dims,
+        "parts": parts,
+        "opset": OPSET,
+        "parity_max_abs_diff": max_diff,
+        "dataset": ckpt.get("dataset"),
+        "trained_epochs": ckpt.get("epoch"),
+    }
     if code_head:
         body.update(_coded_head(model, out_dir, *code_head, parts))
         write_manifest(out_dir, body)

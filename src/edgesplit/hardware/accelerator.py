@@ -24,6 +24,7 @@ Cost functions per layer kind are in ``LAYER_CYCLES`` (keyed like FINN's per-lay
 estimates); ``estimate`` only sums them, and refuses a layer kind it has no
 function for.
 """
+
 from __future__ import annotations
 
 import math
@@ -117,7 +118,9 @@ def _conv_cycles(layer: Layer, cfg: AccelConfig) -> int:
 
 
 def _linear_cycles(layer: Layer, cfg: AccelConfig) -> int:
-    return _ceil(layer.out_shape[0], cfg.tm) * (_ceil(layer.in_shape[0], cfg.tn) + PIPELINE_DEPTH_CYCLES)  # a fill per output block
+    return _ceil(layer.out_shape[0], cfg.tm) * (
+        _ceil(layer.in_shape[0], cfg.tn) + PIPELINE_DEPTH_CYCLES
+    )  # a fill per output block
 
 
 def _vector_cycles(layer: Layer, cfg: AccelConfig) -> int:
@@ -141,10 +144,20 @@ def _cpu_cycles(layer: Layer, cfg: AccelConfig) -> int:
 
 # Reorg (SpaceToDepth), resize and element-wise ops stream through the tm-wide vector unit of the
 # output stage, one value per lane per cycle; their DRAM traffic is counted like any layer's.
-LAYER_CYCLES = {"conv": _conv_cycles, "linear": _linear_cycles, "maxpool": _vector_cycles, "avgpool": _vector_cycles,
-                "gap": _vector_cycles, "gmp": _vector_cycles, "add": _vector_cycles, "concat": _concat_cycles,
-                "reorg": _vector_cycles, "resize": _vector_cycles, "eltwise": _vector_cycles,
-                **{op: _cpu_cycles for op in CPU_OPS}}
+LAYER_CYCLES = {
+    "conv": _conv_cycles,
+    "linear": _linear_cycles,
+    "maxpool": _vector_cycles,
+    "avgpool": _vector_cycles,
+    "gap": _vector_cycles,
+    "gmp": _vector_cycles,
+    "add": _vector_cycles,
+    "concat": _concat_cycles,
+    "reorg": _vector_cycles,
+    "resize": _vector_cycles,
+    "eltwise": _vector_cycles,
+    **{op: _cpu_cycles for op in CPU_OPS},
+}
 
 
 def _halo(layer: Layer, cfg: AccelConfig) -> float:
@@ -186,16 +199,24 @@ def _bundle_buffers(graph: Graph, cfg: AccelConfig) -> list[Buffer]:
     convs = [ly for ly in graph.layers if ly.op == "conv"]
     k_max = max((max(ly.kernel) for ly in convs if not ly.is_depthwise), default=1)
     s_max = max((ly.stride for ly in convs), default=1)
-    n_max = max((ly.in_shape[0] // ly.groups * ly.kernel[0] * ly.kernel[1] for ly in graph.layers if ly.op in ("conv", "linear")), default=1)
+    n_max = max(
+        (ly.in_shape[0] // ly.groups * ly.kernel[0] * ly.kernel[1] for ly in graph.layers if ly.op in ("conv", "linear")),
+        default=1,
+    )
     fb, wb = (32, 32) if cfg.float32 else (cfg.fbits, cfg.wbits)
     acc = 32 if cfg.float32 else min(accumulator_bits(cfg.wbits, cfg.fbits, n_max), 48)
     in_depth = (cfg.tr * s_max + k_max - s_max) * (cfg.tc * s_max + k_max - s_max)
-    buffers = [Buffer("input", cfg.tn, in_depth, fb),
-               Buffer("weights", cfg.tm, k_max * k_max, cfg.tn * wb),
-               # one image's tile of partial sums: images of a batch take turns, sharing the loaded weights
-               Buffer("output", cfg.tm, cfg.tr * cfg.tc, acc)]
+    buffers = [
+        Buffer("input", cfg.tn, in_depth, fb),
+        Buffer("weights", cfg.tm, k_max * k_max, cfg.tn * wb),
+        # one image's tile of partial sums: images of a batch take turns, sharing the loaded weights
+        Buffer("output", cfg.tm, cfg.tr * cfg.tc, acc),
+    ]
     if any(ly.is_depthwise for ly in convs):
-        buffers += [Buffer("dw_input", cfg.td, (cfg.tr + 2) * (cfg.tc + 2), fb), Buffer("dw_weights", cfg.td, DW_KERNEL_MULTS, wb)]
+        buffers += [
+            Buffer("dw_input", cfg.td, (cfg.tr + 2) * (cfg.tc + 2), fb),
+            Buffer("dw_weights", cfg.td, DW_KERNEL_MULTS, wb),
+        ]
     if cfg.fuse and any(ly.on_chip_out and ly.op == "conv" for ly in graph.layers):
         # a fused producer's output tile, one channel group at a time (with a 3x3 halo for a Fire expand):
         # its consumer accumulates over the groups in its own output buffer, so no layer is held whole
@@ -210,13 +231,24 @@ def _bundle_resources(graph: Graph, cfg: AccelConfig, dev: FpgaDevice) -> dict:
     fb = 32 if cfg.float32 else cfg.fbits
     buffers = _bundle_buffers(graph, cfg)
     dsp = math.ceil(mults * m.dsp)
-    lut = (ENGINE_FIXED["lut"] + mults * luts_per_mult(cfg.wbits, cfg.fbits, dev.dsp_type, cfg.float32, cfg.pack)
-           + sum(b.luts for b in buffers) + cfg.tm * fb * (LUTS_PER_COMPARATOR_BIT + OUTPUT_STAGE_LUTS_PER_BIT))
+    lut = (
+        ENGINE_FIXED["lut"]
+        + mults * luts_per_mult(cfg.wbits, cfg.fbits, dev.dsp_type, cfg.float32, cfg.pack)
+        + sum(b.luts for b in buffers)
+        + cfg.tm * fb * (LUTS_PER_COMPARATOR_BIT + OUTPUT_STAGE_LUTS_PER_BIT)
+    )
     ff = ENGINE_FIXED["ff"] + mults * m.ff + cfg.tm * 48  # operand/product registers; one accumulator register per lane
     bram = ENGINE_FIXED["bram18"] + sum(b.bram18 for b in buffers)
-    return {"dsp": dsp, "bram18": bram, "lut": int(lut), "ff": int(ff), "multipliers": mults,
-            "dsp_per_multiply": m.dsp, "buffers": [b.row() for b in buffers],
-            "buffers_bram18": {b.name: b.bram18 for b in buffers}}
+    return {
+        "dsp": dsp,
+        "bram18": bram,
+        "lut": int(lut),
+        "ff": int(ff),
+        "multipliers": mults,
+        "dsp_per_multiply": m.dsp,
+        "buffers": [b.row() for b in buffers],
+        "buffers_bram18": {b.name: b.bram18 for b in buffers},
+    }
 
 
 # ---------------------------------------------------------------- estimate
@@ -320,21 +352,36 @@ def _row(ly: Layer, cycles: int, traffic: dict, clock_mhz: float, bw: float, ove
     compute_ms = cycles / (clock_mhz * 1e3)
     dram_ms = dram_bytes / bw * 1e3
     ms = max(compute_ms, dram_ms) if overlap else compute_ms + dram_ms
-    return {"name": ly.name, "op": "dwconv" if ly.is_depthwise else ly.op, "in_shape": list(ly.in_shape),
-            "out_shape": list(ly.out_shape), "macs": ly.macs, "cycles": int(cycles), "compute_ms": compute_ms,
-            "dram_bytes": int(dram_bytes), "dram_ms": dram_ms, "ms": ms,
-            "bound": "-" if ms == 0 else ("compute" if compute_ms >= dram_ms else "memory"),
-            "gops": (2 * ly.macs / (ms * 1e-3) / 1e9) if ms > 0 else 0.0,
-            "fused_in": ly.on_chip_in, "fused_out": ly.on_chip_out, "placement": "cpu" if ly.op in CPU_OPS else "fpga"}
+    return {
+        "name": ly.name,
+        "op": "dwconv" if ly.is_depthwise else ly.op,
+        "in_shape": list(ly.in_shape),
+        "out_shape": list(ly.out_shape),
+        "macs": ly.macs,
+        "cycles": int(cycles),
+        "compute_ms": compute_ms,
+        "dram_bytes": int(dram_bytes),
+        "dram_ms": dram_ms,
+        "ms": ms,
+        "bound": "-" if ms == 0 else ("compute" if compute_ms >= dram_ms else "memory"),
+        "gops": (2 * ly.macs / (ms * 1e-3) / 1e9) if ms > 0 else 0.0,
+        "fused_in": ly.on_chip_in,
+        "fused_out": ly.on_chip_out,
+        "placement": "cpu" if ly.op in CPU_OPS else "fpga",
+    }
 
 
 def _overflow(res: dict, available: dict) -> list[str]:
-    return [f"{k}: needs {res[k]}, has {available[k]} ({res[k] - available[k]} over, {res[k] / available[k]:.0%})"
-            for k in available if res[k] > available[k]]
+    return [
+        f"{k}: needs {res[k]}, has {available[k]} ({res[k] - available[k]} over, {res[k] / available[k]:.0%})"
+        for k in available
+        if res[k] > available[k]
+    ]
 
 
-def _totals(graph: Graph, cfg: AccelConfig, device: FpgaDevice, clock_mhz: float, res: dict, rows: list[dict],
-            host: HostConfig | None) -> dict:
+def _totals(
+    graph: Graph, cfg: AccelConfig, device: FpgaDevice, clock_mhz: float, res: dict, rows: list[dict], host: HostConfig | None
+) -> dict:
     if cfg.arch == "bundle":
         image_ms = sum(r["ms"] for r in rows)
         latency_ms = image_ms * cfg.batch
@@ -352,38 +399,64 @@ def _totals(graph: Graph, cfg: AccelConfig, device: FpgaDevice, clock_mhz: float
     # power over one input: the fabric's dynamic power while it computes, DRAM energy per byte moved,
     # the processing system's extra power while its core works, on top of the board's idle power
     fabric_duty = min(1.0, busy * image_ms / input_ms) if input_ms > 0 else 0.0
-    dynamic_w = clock_mhz * (res["dsp"] * DSP_W_PER_MHZ + res["bram18"] * BRAM18_W_PER_MHZ + res["lut"] * LUT_W_PER_MHZ) * fabric_duty
+    dynamic_w = (
+        clock_mhz * (res["dsp"] * DSP_W_PER_MHZ + res["bram18"] * BRAM18_W_PER_MHZ + res["lut"] * LUT_W_PER_MHZ) * fabric_duty
+    )
     dram_w = dram_bytes * 1e3 / input_ms * DRAM_J_PER_BYTE if input_ms > 0 else 0.0
     host_w = device.ps_active_w * min(1.0, e2e["host_ms"] / input_ms) if e2e else 0.0
     watts = device.static_power_w + dynamic_w + dram_w + host_w
     frame_fps = e2e["fps"] if e2e else fps
-    totals = {"macs": macs, "weights": graph.weights, "cycles": sum(r["cycles"] for r in rows),
-              "dram_bytes_per_image": dram_bytes, "image_ms": image_ms, "latency_ms": latency_ms, "fps": fps,
-              "gops": 2 * macs * fps / 1e9, "memory_bound_layers": sum(r["bound"] == "memory" for r in rows),
-              "compute_bound_layers": sum(r["bound"] == "compute" for r in rows),
-              "watts": watts, "static_w": device.static_power_w, "dynamic_w": dynamic_w, "dram_w": dram_w, "host_w": host_w,
-              "images_per_joule": frame_fps / watts, "joules_per_image": watts / frame_fps,
-              "end_to_end": e2e}
+    totals = {
+        "macs": macs,
+        "weights": graph.weights,
+        "cycles": sum(r["cycles"] for r in rows),
+        "dram_bytes_per_image": dram_bytes,
+        "image_ms": image_ms,
+        "latency_ms": latency_ms,
+        "fps": fps,
+        "gops": 2 * macs * fps / 1e9,
+        "memory_bound_layers": sum(r["bound"] == "memory" for r in rows),
+        "compute_bound_layers": sum(r["bound"] == "compute" for r in rows),
+        "watts": watts,
+        "static_w": device.static_power_w,
+        "dynamic_w": dynamic_w,
+        "dram_w": dram_w,
+        "host_w": host_w,
+        "images_per_joule": frame_fps / watts,
+        "joules_per_image": watts / frame_fps,
+        "end_to_end": e2e,
+    }
     return {
-        "model": graph.name, "device": device.name, "input_shape": list(graph.input_shape), "config": asdict(cfg),
-        "clock_mhz": clock_mhz, "layers": rows,
-        "resources": {**res, "available": available,
-                      "utilisation": {k: res[k] / available[k] for k in available}},
-        "fits": not overflow, "overflow": overflow, "totals": totals,
+        "model": graph.name,
+        "device": device.name,
+        "input_shape": list(graph.input_shape),
+        "config": asdict(cfg),
+        "clock_mhz": clock_mhz,
+        "layers": rows,
+        "resources": {**res, "available": available, "utilisation": {k: res[k] / available[k] for k in available}},
+        "fits": not overflow,
+        "overflow": overflow,
+        "totals": totals,
     }
 
 
-def _end_to_end(graph: Graph, cfg: AccelConfig, device: FpgaDevice, rows: list[dict], image_ms: float,
-                host: HostConfig) -> dict:
+def _end_to_end(graph: Graph, cfg: AccelConfig, device: FpgaDevice, rows: list[dict], image_ms: float, host: HostConfig) -> dict:
     """Host work per frame beside the accelerator's, and the frame rate of the two together."""
     cpu_layers = [ly for ly in graph.layers if ly.op in CPU_OPS]
-    invocations = len({r["group"] for r in rows if r.get("group") and r["placement"] == "fpga" and r["cycles"] + r["dram_bytes"] > 0})
+    invocations = len(
+        {r["group"] for r in rows if r.get("group") and r["placement"] == "fpga" and r["cycles"] + r["dram_bytes"] > 0}
+    )
     h = host_frame(graph.input_shape, cpu_layers, invocations / max(cfg.batch, 1) if cfg.arch == "bundle" else 1, device, host)
     input_ms = max(h["host_ms"], image_ms) if host.overlap else h["host_ms"] + image_ms  # per network input
     bound = "host" if h["host_ms"] > image_ms else "accelerator"
-    return {**h, "accelerator_ms": image_ms, "frame_ms": input_ms / host.frames_per_input,
-            "latency_ms": h["host_ms"] + image_ms * cfg.batch,
-            "fps": 1e3 * host.frames_per_input / input_ms, "bound": bound if host.overlap else f"serial ({bound} larger)"}
+    return {
+        **h,
+        "accelerator_ms": image_ms,
+        "frame_ms": input_ms / host.frames_per_input,
+        "latency_ms": h["host_ms"] + image_ms * cfg.batch,
+        "fps": 1e3 * host.frames_per_input / input_ms,
+        "bound": bound if host.overlap else f"serial ({bound} larger)",
+    }
 
 
 # ---------------------------------------------------------------- pipeline architecture
@@ -412,18 +485,27 @@ def _pipeline(graph: Graph, cfg: AccelConfig, device: FpgaDevice, clock_mhz: flo
     first = graph.layers[0].name
     for ly in graph.layers:
         cycles = _ceil(ly.macs, par[ly.name]) + PIPELINE_DEPTH_CYCLES if ly.name in par else 0
-        traffic = {"weights": 0.0 if ly.name in on_chip else ly.weights * wbytes / cfg.batch,
-                   "fm_in": ly.in_values * fbytes if ly.name == first else 0.0,
-                   "fm_out": ly.out_values * fbytes if ly is graph.layers[-1] else 0.0}
+        traffic = {
+            "weights": 0.0 if ly.name in on_chip else ly.weights * wbytes / cfg.batch,
+            "fm_in": ly.in_values * fbytes if ly.name == first else 0.0,
+            "fm_out": ly.out_values * fbytes if ly is graph.layers[-1] else 0.0,
+        }
         rows.append(_row(ly, cycles, traffic, clock_mhz, bw, cfg.overlap))
     mults = sum(par.values())
     m = mult_cost(cfg.wbits, cfg.fbits, device.dsp_type, cfg.float32, cfg.pack)
-    res = {"dsp": math.ceil(sum(math.ceil(p * m.dsp) for p in par.values())),
-           "bram18": ENGINE_FIXED["bram18"] + line_bram + weight_bram,
-           "lut": int(ENGINE_FIXED["lut"] + mults * luts_per_mult(cfg.wbits, cfg.fbits, device.dsp_type, cfg.float32, cfg.pack)
-                      + len(graph.layers) * PIPELINE_STAGE_LUTS),
-           "ff": int(ENGINE_FIXED["ff"] + mults * m.ff + len(graph.layers) * PIPELINE_STAGE_LUTS),
-           "multipliers": mults, "dsp_per_multiply": m.dsp, "weights_streamed": sorted(set(par) - on_chip)}
+    res = {
+        "dsp": math.ceil(sum(math.ceil(p * m.dsp) for p in par.values())),
+        "bram18": ENGINE_FIXED["bram18"] + line_bram + weight_bram,
+        "lut": int(
+            ENGINE_FIXED["lut"]
+            + mults * luts_per_mult(cfg.wbits, cfg.fbits, device.dsp_type, cfg.float32, cfg.pack)
+            + len(graph.layers) * PIPELINE_STAGE_LUTS
+        ),
+        "ff": int(ENGINE_FIXED["ff"] + mults * m.ff + len(graph.layers) * PIPELINE_STAGE_LUTS),
+        "multipliers": mults,
+        "dsp_per_multiply": m.dsp,
+        "weights_streamed": sorted(set(par) - on_chip),
+    }
     return res, rows
 
 
@@ -436,8 +518,14 @@ COARSE_PAR_CHOICES = (1, 2, 4, 8, 16, 32, 64)  # a 10x faster grid for searches 
 COARSE_TILE_CHOICES = (7, 14, 28)
 
 
-def tune(graph: Graph, device: FpgaDevice, base: AccelConfig, par_choices=PAR_CHOICES, tile_choices=TILE_CHOICES,
-         host: HostConfig | None = None) -> dict:
+def tune(
+    graph: Graph,
+    device: FpgaDevice,
+    base: AccelConfig,
+    par_choices=PAR_CHOICES,
+    tile_choices=TILE_CHOICES,
+    host: HostConfig | None = None,
+) -> dict:
     """Search the parallelism and tiling factors of ``base.arch`` for the highest FPS that fits.
 
     Exhaustive over a grid (``par_choices`` x ``tile_choices``; ``mults`` in steps for the
@@ -454,7 +542,7 @@ def tune(graph: Graph, device: FpgaDevice, base: AccelConfig, par_choices=PAR_CH
         has_dw = any(ly.is_depthwise for ly in graph.layers)
         for tm in par_choices:
             for tn in par_choices:
-                for td in (par_choices if has_dw else (1,)):
+                for td in par_choices if has_dw else (1,):
                     if (tm * tn + (td * DW_KERNEL_MULTS if has_dw else 0)) * per_mult > device.dsp:
                         continue  # cannot fit: skip before costing it
                     for t in tile_choices:
@@ -472,8 +560,10 @@ def tune(graph: Graph, device: FpgaDevice, base: AccelConfig, par_choices=PAR_CH
         if best is None or key > best[0]:
             best = (key, cfg, est)
     if best is None:
-        raise EdgesplitError(f"no {base.arch} design of {graph.name} fits {device.name} at W{base.wbits}/F{base.fbits} "
-                             f"batch {base.batch}; try fewer bits, a smaller batch or a bigger device")
+        raise EdgesplitError(
+            f"no {base.arch} design of {graph.name} fits {device.name} at W{base.wbits}/F{base.fbits} "
+            f"batch {base.batch}; try fewer bits, a smaller batch or a bigger device"
+        )
     _, cfg, est = best
     est = dict(est, config=asdict(cfg))
     return {"best": est, "tried": tried, "fitted": fitted}

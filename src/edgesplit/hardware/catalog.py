@@ -5,6 +5,7 @@ one: a file with a new ``name`` adds a board, one with an existing name replaces
 Every file is checked: unknown or missing fields, wrong types and impossible values
 are refused with the file and field named.
 """
+
 from __future__ import annotations
 
 import os
@@ -101,8 +102,10 @@ def parse_device(d: dict, origin: str) -> FpgaDevice | CpuDevice:
         ps = [f for f in PS_FIELDS if f in values]
         if ps and len(ps) != len(PS_FIELDS):
             missing = ", ".join(f for f in PS_FIELDS if f not in values)
-            raise EdgesplitError(f"{origin}: the processing system needs all of {', '.join(PS_FIELDS)}; missing {missing} "
-                                 "(or remove every ps_ field for a bare accelerator)")
+            raise EdgesplitError(
+                f"{origin}: the processing system needs all of {', '.join(PS_FIELDS)}; missing {missing} "
+                "(or remove every ps_ field for a bare accelerator)"
+            )
     return cls(**values)
 
 
@@ -131,5 +134,7 @@ def load_catalog(user_dir: str | Path | None = None) -> dict[str, FpgaDevice | C
 def get_device(name: str, user_dir: str | Path | None = None) -> FpgaDevice | CpuDevice:
     catalog = load_catalog(user_dir)
     if name not in catalog:
-        raise EdgesplitError(f"unknown device {name!r}; known: {', '.join(sorted(catalog))} (see `edgesplit devices`, or add a YAML file)")
+        raise EdgesplitError(
+            f"unknown device {name!r}; known: {', '.join(sorted(catalog))} (see `edgesplit devices`, or add a YAML file)"
+        )
     return catalog[name]

@@ -7,6 +7,7 @@ after synthesizing each width pair with yosys's ``synth_xilinx`` for 7-series
 estimates, not vendor data: calibrate them against a synthesis or power report of
 your own design (``docs/hardware-model.md`` says how).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -46,8 +47,10 @@ def _measured_width(bits: int, widths: list[int]) -> int:
     """The smallest measured width that holds ``bits`` (a narrower multiplier never costs more)."""
     i = bisect.bisect_left(widths, bits)
     if bits < 1 or i == len(widths):
-        raise EdgesplitError(f"{bits}-bit operands are outside the multiplier table (1 to {widths[-1]} bits); "
-                             f"choose a width in that range or extend scripts/yosys_costs.py")
+        raise EdgesplitError(
+            f"{bits}-bit operands are outside the multiplier table (1 to {widths[-1]} bits); "
+            f"choose a width in that range or extend scripts/yosys_costs.py"
+        )
     return widths[i]
 
 
@@ -90,8 +93,9 @@ class MultCost:
     ff: float
 
 
-def mult_cost(wbits: int, fbits: int, dsp_type: str, float32: bool = False, pack: bool = True,
-              symmetric: bool = False) -> MultCost:
+def mult_cost(
+    wbits: int, fbits: int, dsp_type: str, float32: bool = False, pack: bool = True, symmetric: bool = False
+) -> MultCost:
     """What one weight x feature multiply costs: measured (yosys) for the width pair, halved DSPs when it packs."""
     if float32:
         return MultCost(float(FP32_MAC_DSP), float(FP32_MAC_LUTS), float(FP32_MAC_FFS))
@@ -106,8 +110,9 @@ def mult_cost(wbits: int, fbits: int, dsp_type: str, float32: bool = False, pack
     return MultCost(float(c["dsp"]), float(c["lut"]), float(c["ff"]))
 
 
-def dsp_per_mult(wbits: int, fbits: int, dsp_type: str, float32: bool = False, pack: bool = True,
-                 symmetric: bool = False) -> float:
+def dsp_per_mult(
+    wbits: int, fbits: int, dsp_type: str, float32: bool = False, pack: bool = True, symmetric: bool = False
+) -> float:
     return mult_cost(wbits, fbits, dsp_type, float32, pack, symmetric).dsp
 
 
@@ -169,6 +174,7 @@ def lutram_luts(depth: int, width_bits: int) -> int:
 @dataclass(frozen=True)
 class Buffer:
     """An on-chip array split in ``banks`` for parallel access, doubled when ``double`` (ping-pong)."""
+
     name: str
     banks: int
     depth: int
@@ -188,6 +194,13 @@ class Buffer:
         return self.copies * lutram_luts(self.depth, self.width_bits)
 
     def row(self) -> dict:
-        return {"name": self.name, "banks": self.banks, "depth": self.depth, "width_bits": self.width_bits,
-                "double_buffered": self.double, "bram18_shape": bram18_config(self.depth, self.width_bits),
-                "bram18": self.bram18, "lutram_luts": self.luts}
+        return {
+            "name": self.name,
+            "banks": self.banks,
+            "depth": self.depth,
+            "width_bits": self.width_bits,
+            "double_buffered": self.double,
+            "bram18_shape": bram18_config(self.depth, self.width_bits),
+            "bram18": self.bram18,
+            "lutram_luts": self.luts,
+        }

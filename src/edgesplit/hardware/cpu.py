@@ -7,6 +7,7 @@ float32) at a sustained fraction of the memory bandwidth. Both fractions are
 third of peak); replace them with a measurement of yours (`edgesplit bench`).
 Power is not modelled for CPUs.
 """
+
 from __future__ import annotations
 
 from edgesplit.errors import EdgesplitError
@@ -29,10 +30,31 @@ def estimate_cpu(graph: Graph, device: CpuDevice) -> dict:
         compute_ms = 2 * ly.macs / flops_per_s * 1e3
         dram_bytes = (ly.weights + ly.in_values + ly.out_values) * BYTES_PER_VALUE
         dram_ms = dram_bytes / bytes_per_s * 1e3
-        rows.append({"name": ly.name, "op": ly.op, "macs": ly.macs, "compute_ms": compute_ms, "dram_ms": dram_ms,
-                     "ms": max(compute_ms, dram_ms), "bound": "compute" if compute_ms >= dram_ms else "memory"})
+        rows.append(
+            {
+                "name": ly.name,
+                "op": ly.op,
+                "macs": ly.macs,
+                "compute_ms": compute_ms,
+                "dram_ms": dram_ms,
+                "ms": max(compute_ms, dram_ms),
+                "bound": "compute" if compute_ms >= dram_ms else "memory",
+            }
+        )
     image_ms = sum(r["ms"] for r in rows)
-    return {"model": graph.name, "device": device.name, "input_shape": list(graph.input_shape), "layers": rows,
-            "fits": True, "overflow": [],
-            "totals": {"macs": graph.macs, "weights": graph.weights, "image_ms": image_ms, "latency_ms": image_ms,
-                       "fps": 1e3 / image_ms if image_ms > 0 else float("inf"), "watts": None}}
+    return {
+        "model": graph.name,
+        "device": device.name,
+        "input_shape": list(graph.input_shape),
+        "layers": rows,
+        "fits": True,
+        "overflow": [],
+        "totals": {
+            "macs": graph.macs,
+            "weights": graph.weights,
+            "image_ms": image_ms,
+            "latency_ms": image_ms,
+            "fps": 1e3 / image_ms if image_ms > 0 else float("inf"),
+            "watts": None,
+        },
+    }

@@ -20,6 +20,7 @@ Operators fall into three groups:
 DRAM round trip: conv+pool, DW-conv+PW-conv, a Fire module's squeeze+expands, and a
 conv's output with the residual add that consumes it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -46,19 +47,29 @@ FOLDED = {
 POOL_OPS = ("maxpool", "avgpool", "gap", "gmp")
 CPU_OPS = ("softmax", "transpose")  # left to the board's processing system (hardware/host.py)
 # ONNX operator -> layer kind for the element-wise and data-movement operators (beyond conv, linear and pools)
-VECTOR_OPS = {"SpaceToDepth": "reorg", "DepthToSpace": "reorg", "Resize": "resize", "Upsample": "resize",
-              "Sigmoid": "eltwise", "Mul": "eltwise", "Sub": "eltwise", "Div": "eltwise",
-              "Softmax": "softmax", "Transpose": "transpose"}
-SUPPORTED = ("Conv, Gemm/MatMul, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Add, Concat, "
-             + ", ".join(VECTOR_OPS))
+VECTOR_OPS = {
+    "SpaceToDepth": "reorg",
+    "DepthToSpace": "reorg",
+    "Resize": "resize",
+    "Upsample": "resize",
+    "Sigmoid": "eltwise",
+    "Mul": "eltwise",
+    "Sub": "eltwise",
+    "Div": "eltwise",
+    "Softmax": "softmax",
+    "Transpose": "transpose",
+}
+SUPPORTED = "Conv, Gemm/MatMul, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Add, Concat, " + ", ".join(VECTOR_OPS)
 
 
 class UnsupportedLayers(EdgesplitError):
     def __init__(self, unsupported: Sequence[str]):
         self.unsupported = list(unsupported)
         shown = ", ".join(self.unsupported[:8]) + (f" and {len(self.unsupported) - 8} more" if len(self.unsupported) > 8 else "")
-        super().__init__(f"the hardware model cannot cost {len(self.unsupported)} layer(s): {shown}; "
-                         f"supported: {SUPPORTED} (folded: {', '.join(sorted(FOLDED))})")
+        super().__init__(
+            f"the hardware model cannot cost {len(self.unsupported)} layer(s): {shown}; "
+            f"supported: {SUPPORTED} (folded: {', '.join(sorted(FOLDED))})"
+        )
 
 
 @dataclass(frozen=True)
@@ -213,36 +224,76 @@ def graph_from_onnx(source, name: str = "", input_shape: Sequence[int] | None = 
         try:
             if op == "Conv":
                 w = shapes[node.input[1]]
-                layer = Layer(nname, "conv", _chw(shapes[node.input[0]], nname), _chw(out_shape, nname),
-                              (int(w[2]), int(w[3])), int(a.get("strides", [1, 1])[0]), int(a.get("group", 1)),
-                              (src(node.input[0]),))
+                layer = Layer(
+                    nname,
+                    "conv",
+                    _chw(shapes[node.input[0]], nname),
+                    _chw(out_shape, nname),
+                    (int(w[2]), int(w[3])),
+                    int(a.get("strides", [1, 1])[0]),
+                    int(a.get("group", 1)),
+                    (src(node.input[0]),),
+                )
             elif op in ("Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in inits:
-                layer = Layer(nname, "linear", _chw(shapes[node.input[0]], nname), _chw(out_shape, nname),
-                              inputs=(src(node.input[0]),))
+                layer = Layer(
+                    nname, "linear", _chw(shapes[node.input[0]], nname), _chw(out_shape, nname), inputs=(src(node.input[0]),)
+                )
             elif op in ("MaxPool", "AveragePool"):
                 k = a["kernel_shape"]
-                layer = Layer(nname, "maxpool" if op == "MaxPool" else "avgpool", _chw(shapes[node.input[0]], nname),
-                              _chw(out_shape, nname), (int(k[0]), int(k[1])), int(a.get("strides", k)[0]), 1,
-                              (src(node.input[0]),))
+                layer = Layer(
+                    nname,
+                    "maxpool" if op == "MaxPool" else "avgpool",
+                    _chw(shapes[node.input[0]], nname),
+                    _chw(out_shape, nname),
+                    (int(k[0]), int(k[1])),
+                    int(a.get("strides", k)[0]),
+                    1,
+                    (src(node.input[0]),),
+                )
             elif op in ("GlobalAveragePool", "GlobalMaxPool") or (op == "ReduceMean" and len(shapes[node.input[0]]) == 4):
                 ins = _chw(shapes[node.input[0]], nname)
-                layer = Layer(nname, "gmp" if op == "GlobalMaxPool" else "gap", ins, (ins[0], 1, 1), (ins[1], ins[2]), 1, 1,
-                              (src(node.input[0]),))
+                layer = Layer(
+                    nname,
+                    "gmp" if op == "GlobalMaxPool" else "gap",
+                    ins,
+                    (ins[0], 1, 1),
+                    (ins[1], ins[2]),
+                    1,
+                    1,
+                    (src(node.input[0]),),
+                )
             elif op == "Add" and len(data_inputs) == 2:
-                layer = Layer(nname, "add", _chw(shapes[data_inputs[0]], nname), _chw(out_shape, nname),
-                              inputs=tuple(src(t) for t in data_inputs))
+                layer = Layer(
+                    nname,
+                    "add",
+                    _chw(shapes[data_inputs[0]], nname),
+                    _chw(out_shape, nname),
+                    inputs=tuple(src(t) for t in data_inputs),
+                )
             elif op == "Add" and len(data_inputs) == 1:  # a bias: folded like batch norm
                 producer[node.output[0]] = src(data_inputs[0])
                 continue
             elif op == "Concat" and data_inputs:
                 axis = int(a.get("axis", 1))
                 axis = axis + len(out_shape) if axis < 0 else axis
-                layer = Layer(nname, "concat", _chw(out_shape, nname), _chw(out_shape, nname),
-                              inputs=tuple(src(t) for t in data_inputs), axis=axis)
+                layer = Layer(
+                    nname,
+                    "concat",
+                    _chw(out_shape, nname),
+                    _chw(out_shape, nname),
+                    inputs=tuple(src(t) for t in data_inputs),
+                    axis=axis,
+                )
             elif op in VECTOR_OPS and data_inputs:
                 ins = _chw(shapes[data_inputs[0]], nname)
-                layer = Layer(nname, VECTOR_OPS[op], ins, _chw(out_shape, nname), inputs=tuple(src(t) for t in data_inputs),
-                              arity=len(data_inputs) if op in ("Mul", "Sub", "Div") else 1)
+                layer = Layer(
+                    nname,
+                    VECTOR_OPS[op],
+                    ins,
+                    _chw(out_shape, nname),
+                    inputs=tuple(src(t) for t in data_inputs),
+                    arity=len(data_inputs) if op in ("Mul", "Sub", "Div") else 1,
+                )
             else:
                 unsupported.append(f"{nname} ({op})")
                 continue
@@ -264,7 +315,9 @@ def graph_from_model(model, input_shape: Sequence[int], name: str = "") -> Graph
     """Export a PyTorch module to ONNX in memory and read it (needs torch)."""
     from edgesplit.models.to_onnx import onnx_bytes
 
-    return graph_from_onnx(onnx_bytes(model, input_shape), name or getattr(model, "model_name", type(model).__name__), input_shape)
+    return graph_from_onnx(
+        onnx_bytes(model, input_shape), name or getattr(model, "model_name", type(model).__name__), input_shape
+    )
 
 
 def load_graph(spec: str, input_shape: Sequence[int] | None = None) -> Graph:
@@ -282,8 +335,9 @@ def load_graph(spec: str, input_shape: Sequence[int] | None = None) -> Graph:
     from edgesplit.models import create_model, list_models
 
     if spec not in list_models():
-        raise EdgesplitError(f"{spec!r} is neither a registered model ({', '.join(list_models())}), "
-                             "a checkpoint nor an .onnx file")
+        raise EdgesplitError(
+            f"{spec!r} is neither a registered model ({', '.join(list_models())}), a checkpoint nor an .onnx file"
+        )
     shape = tuple(input_shape) if input_shape else (3, 224, 224)
     model = create_model(spec, in_chans=shape[0], input_size=shape[1:])
     return graph_from_model(model, shape, spec)
@@ -332,5 +386,3 @@ def dram_input_values(layer: Layer) -> int:
     if layer.op == "add":
         return layer.in_values // 2 if layer.on_chip_in else layer.in_values
     return 0 if layer.on_chip_in else layer.in_values
-
-

@@ -12,6 +12,7 @@ its DRAM bandwidth, layers on the CPU with the roofline of ``hardware/cpu.py``. 
 the host and the accelerator overlap (frame n+1 prepared while the fabric runs frame n,
 a multi-threaded host) is the design's choice: ``HostConfig.overlap``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,12 +56,12 @@ def cpu_layer_ms(layer: Layer, device) -> float:
     return max(flops / flops_per_s, traffic / bytes_per_s) * 1e3
 
 
-def host_frame(input_shape: tuple[int, int, int], cpu_layers: list[Layer], invocations: int, device,
-               host: HostConfig) -> dict:
+def host_frame(input_shape: tuple[int, int, int], cpu_layers: list[Layer], invocations: int, device, host: HostConfig) -> dict:
     """Milliseconds of processing-system work per frame, step by step."""
     if not device.has_host:
-        raise EdgesplitError(f"{device.name} has no processing system in its device file (ps_cores ...); "
-                             "end-to-end figures need one")
+        raise EdgesplitError(
+            f"{device.name} has no processing system in its device file (ps_cores ...); end-to-end figures need one"
+        )
     c, h, w = input_shape
     n = host.frames_per_input
     frame_h, frame_w = host.frame_hw or (h, w)
@@ -71,10 +72,17 @@ def host_frame(input_shape: tuple[int, int, int], cpu_layers: list[Layer], invoc
         "resize_ms": c * h * w * RESIZE_CYCLES_PER_VALUE / hz * 1e3 if (n, frame_h, frame_w) != (1, h, w) else 0.0,
         # the RGB frames read once and the network's input written once, at the cores' memory bandwidth,
         # or the per-value work, whichever is longer
-        "normalise_ms": max(c * h * w * NORMALISE_CYCLES_PER_VALUE / hz,
-                            (n * frame_h * frame_w * c + c * h * w) / bytes_per_s) * 1e3,
+        "normalise_ms": max(c * h * w * NORMALISE_CYCLES_PER_VALUE / hz, (n * frame_h * frame_w * c + c * h * w) / bytes_per_s)
+        * 1e3,
         "accelerator_starts_ms": invocations * GROUP_START_US / 1e3,
         "cpu_layers_ms": sum(cpu_layer_ms(ly, device) for ly in cpu_layers),
     }
-    return {**steps, "host_ms": sum(steps.values()), "cpu_layers": [ly.name for ly in cpu_layers],
-            "frame_hw": [frame_h, frame_w], "jpeg": host.jpeg, "overlap": host.overlap, "frames_per_input": n}
+    return {
+        **steps,
+        "host_ms": sum(steps.values()),
+        "cpu_layers": [ly.name for ly in cpu_layers],
+        "frame_hw": [frame_h, frame_w],
+        "jpeg": host.jpeg,
+        "overlap": host.overlap,
+        "frames_per_input": n,
+    }

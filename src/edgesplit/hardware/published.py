@@ -12,6 +12,7 @@ it and ``tests/test_hardware_published.py`` fails when an error grows past the r
 
     python -m edgesplit.hardware.published [--json OUT]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,21 @@ from edgesplit.hardware.host import HostConfig
 
 DEVICES_DIR = Path(__file__).with_name("devices")
 VALIDATION_DEVICES = {  # boards that only the published designs use, with their sources
-    "vc707": {"name": "vc707", "kind": "fpga", "description": "Xilinx VC707 (Virtex-7 XC7VX485T)", "part": "xc7vx485t",
-              "dsp": 2800, "dsp_type": "DSP48E1", "bram36": 1030, "lut": 303600, "ff": 607200, "clock_mhz": 100,
-              "dram_bandwidth_gbs": 12.8, "static_power_w": 0.0,  # one DDR3-1600 SODIMM, 64 bits (UG885)
-              "source": "Xilinx DS180 (7 series overview); UG885 (VC707 user guide)"},
+    "vc707": {
+        "name": "vc707",
+        "kind": "fpga",
+        "description": "Xilinx VC707 (Virtex-7 XC7VX485T)",
+        "part": "xc7vx485t",
+        "dsp": 2800,
+        "dsp_type": "DSP48E1",
+        "bram36": 1030,
+        "lut": 303600,
+        "ff": 607200,
+        "clock_mhz": 100,
+        "dram_bandwidth_gbs": 12.8,
+        "static_power_w": 0.0,  # one DDR3-1600 SODIMM, 64 bits (UG885)
+        "source": "Xilinx DS180 (7 series overview); UG885 (VC707 user guide)",
+    },
 }
 
 
@@ -96,12 +108,14 @@ class OnnxNet:
 # ---------------------------------------------------------------- the networks
 def bundlenet_detector(channels: tuple[int, ...], pools: tuple[bool, ...]) -> Callable[[], Graph]:
     """DNN-A/B/C of the co-design seed (Table 2): bundles, then its PW-Conv1(10) bounding-box layer, at 3x160x360."""
+
     def build() -> Graph:
         net = OnnxNet("dnn-" + "-".join(map(str, channels)), (3, 160, 360))
         for c, p in zip(channels, pools):
             net.bundle(c, p)
         net.conv(10, 1, relu=False)
         return net.graph()
+
     return build
 
 
@@ -159,26 +173,68 @@ class Design:
 
 
 DESIGNS = (
-    Design("dnn-a", SEED, "pynq-z1", bundlenet_detector((48, 96, 192, 384), (True, True, True, False)),
-           AccelConfig(wbits=16, fbits=8), {"fps": 29.7, "watts": 29.7 / 12.38}, "calibration", DAC_SDC_FRAME, tuned=True,
-           notes="watts from 12.38 images/W", fitted=("host.FRAME_DECODE_CYCLES_PER_PIXEL", "pynq-z1 static_power_w")),
-    Design("dnn-b", SEED, "pynq-z1", bundlenet_detector((48, 96, 192, 384), (True, True, True, False)),
-           AccelConfig(wbits=16, fbits=16), {"fps": 22.7, "watts": 22.7 / 9.46}, "validation", DAC_SDC_FRAME, tuned=True,
-           notes="watts from 9.46 images/W"),
-    Design("dnn-c", SEED, "pynq-z1", bundlenet_detector((48, 96, 192, 384, 512), (True, True, True, False, False)),
-           AccelConfig(wbits=11, fbits=8), {"fps": 17.4, "watts": 17.4 / 6.96}, "validation", DAC_SDC_FRAME, tuned=True,
-           notes="watts from 6.96 images/W"),
-    Design("skynet-ultra96", "SkyNet (Zhang, Hao et al., MLSys 2020, abstract: 25.05 FPS on Ultra96); configuration from "
-           "its repository TomG008/SkyNet (FPGA/HLS, FPGA/Deploy, README)", "ultra96-v2", skynet_mosaic,
-           AccelConfig(wbits=11, fbits=9, tm=32, tn=8, td=32, tr=40, tc=80, clock_mhz=214),
-           {"fps": 25.05}, "validation", HostConfig(frame_hw=(360, 640), jpeg=True, overlap=True, frames_per_input=4),
-           notes="W11/F9 (ap_fixed<11,4>, <9,3>), 214 MHz; 32 output x 16 input channels at II=2 (= tn 8); DW 32 "
-                 "channels; 40x80 tiles of a 2x2 mosaic of frames; ping-pong loads; host stitches in a second process"),
-    Design("zhang-fpga15-alexnet", "Zhang et al., Optimizing FPGA-based accelerator design for deep CNNs, FPGA'15, "
-           "Tables 4-5 (61.62 GFLOPS on AlexNet's 1.33 GFLOP of convolutions)", "vc707", alexnet_convs,
-           AccelConfig(float32=True, wbits=32, fbits=32, tm=64, tn=7, tr=13, tc=13),
-           {"fps": 61.62 / 1.33, "dsp": 2240, "bram18": 1024, "lut": 186251, "ff": 205704}, "validation",
-           accelerator_only=True, notes="conv layers only, 100 MHz, float32, Tm=64 Tn=7, 13x13 tiles, as published"),
+    Design(
+        "dnn-a",
+        SEED,
+        "pynq-z1",
+        bundlenet_detector((48, 96, 192, 384), (True, True, True, False)),
+        AccelConfig(wbits=16, fbits=8),
+        {"fps": 29.7, "watts": 29.7 / 12.38},
+        "calibration",
+        DAC_SDC_FRAME,
+        tuned=True,
+        notes="watts from 12.38 images/W",
+        fitted=("host.FRAME_DECODE_CYCLES_PER_PIXEL", "pynq-z1 static_power_w"),
+    ),
+    Design(
+        "dnn-b",
+        SEED,
+        "pynq-z1",
+        bundlenet_detector((48, 96, 192, 384), (True, True, True, False)),
+        AccelConfig(wbits=16, fbits=16),
+        {"fps": 22.7, "watts": 22.7 / 9.46},
+        "validation",
+        DAC_SDC_FRAME,
+        tuned=True,
+        notes="watts from 9.46 images/W",
+    ),
+    Design(
+        "dnn-c",
+        SEED,
+        "pynq-z1",
+        bundlenet_detector((48, 96, 192, 384, 512), (True, True, True, False, False)),
+        AccelConfig(wbits=11, fbits=8),
+        {"fps": 17.4, "watts": 17.4 / 6.96},
+        "validation",
+        DAC_SDC_FRAME,
+        tuned=True,
+        notes="watts from 6.96 images/W",
+    ),
+    Design(
+        "skynet-ultra96",
+        "SkyNet (Zhang, Hao et al., MLSys 2020, abstract: 25.05 FPS on Ultra96); configuration from "
+        "its repository TomG008/SkyNet (FPGA/HLS, FPGA/Deploy, README)",
+        "ultra96-v2",
+        skynet_mosaic,
+        AccelConfig(wbits=11, fbits=9, tm=32, tn=8, td=32, tr=40, tc=80, clock_mhz=214),
+        {"fps": 25.05},
+        "validation",
+        HostConfig(frame_hw=(360, 640), jpeg=True, overlap=True, frames_per_input=4),
+        notes="W11/F9 (ap_fixed<11,4>, <9,3>), 214 MHz; 32 output x 16 input channels at II=2 (= tn 8); DW 32 "
+        "channels; 40x80 tiles of a 2x2 mosaic of frames; ping-pong loads; host stitches in a second process",
+    ),
+    Design(
+        "zhang-fpga15-alexnet",
+        "Zhang et al., Optimizing FPGA-based accelerator design for deep CNNs, FPGA'15, "
+        "Tables 4-5 (61.62 GFLOPS on AlexNet's 1.33 GFLOP of convolutions)",
+        "vc707",
+        alexnet_convs,
+        AccelConfig(float32=True, wbits=32, fbits=32, tm=64, tn=7, tr=13, tc=13),
+        {"fps": 61.62 / 1.33, "dsp": 2240, "bram18": 1024, "lut": 186251, "ff": 205704},
+        "validation",
+        accelerator_only=True,
+        notes="conv layers only, 100 MHz, float32, Tm=64 Tn=7, 13x13 tiles, as published",
+    ),
 )
 
 
@@ -212,11 +268,21 @@ def table(designs=DESIGNS) -> list[dict]:
         est = predict(d)
         for what, measured in d.measured.items():
             pred = _predicted(est, what, d)
-            rows.append({"design": d.key, "role": d.role, "device": d.device, "figure": what, "measured": measured,
-                         "predicted": pred, "error": (pred - measured) / measured if pred is not None else None,
-                         "source": d.source, "notes": d.notes,
-                         "config": {k: est["config"][k] for k in ("wbits", "fbits", "float32", "tm", "tn", "td", "tr", "tc", "batch")},
-                         "bound": (est["totals"]["end_to_end"] or {}).get("bound", "accelerator")})
+            rows.append(
+                {
+                    "design": d.key,
+                    "role": d.role,
+                    "device": d.device,
+                    "figure": what,
+                    "measured": measured,
+                    "predicted": pred,
+                    "error": (pred - measured) / measured if pred is not None else None,
+                    "source": d.source,
+                    "notes": d.notes,
+                    "config": {k: est["config"][k] for k in ("wbits", "fbits", "float32", "tm", "tn", "td", "tr", "tc", "batch")},
+                    "bound": (est["totals"]["end_to_end"] or {}).get("bound", "accelerator"),
+                }
+            )
     return rows
 
 
@@ -225,10 +291,12 @@ def summary(rows: list[dict]) -> dict:
         errs = [abs(r["error"]) for r in rows if r["role"] == role and r["figure"] in figures and r["error"] is not None]
         return statistics.median(errs) if errs else None
 
-    return {"validation_fps_median_abs_error": med("validation", ("fps",)),
-            "validation_resources_median_abs_error": med("validation", ("dsp", "bram18", "lut", "ff")),
-            "validation_power_median_abs_error": med("validation", ("watts",)),
-            "calibration_fps_median_abs_error": med("calibration", ("fps",))}
+    return {
+        "validation_fps_median_abs_error": med("validation", ("fps",)),
+        "validation_resources_median_abs_error": med("validation", ("dsp", "bram18", "lut", "ff")),
+        "validation_power_median_abs_error": med("validation", ("watts",)),
+        "calibration_fps_median_abs_error": med("calibration", ("fps",)),
+    }
 
 
 def calibrate() -> dict:

@@ -6,6 +6,7 @@ with ``csim_images``, compiled with g++ and run on that many real test images: e
 tensor must equal the integer reference's (``quant.fixed.run_integer_tensors``) bit for
 bit, and each call's pipelined-loop iterations are set beside the cost model's cycles.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,10 @@ def _load(spec: str, branch: int | None, data_dir: str | None, image_size: int |
 
     path = Path(spec)
     if (path / "manifest.json").is_file():
-        raise EdgesplitError(f"{path} is an export: float ONNX parts without fixed-point formats; pass the checkpoint "
-                             "(run folder) it came from, with --branch K for one branch")
+        raise EdgesplitError(
+            f"{path} is an export: float ONNX parts without fixed-point formats; pass the checkpoint "
+            "(run folder) it came from, with --branch K for one branch"
+        )
     if path.exists():
         if image_size:
             raise EdgesplitError("--image-size applies to registered model names; a checkpoint keeps its own input size")
@@ -59,9 +62,18 @@ def _load(spec: str, branch: int | None, data_dir: str | None, image_size: int |
     return model, name, pre, (in_chans, *pre.size), data
 
 
-def build_hls(spec: str, out_dir: str | Path, wbits: int, fbits: int, cfg: HlsConfig, csim_images: int = 0,
-              branch: int | None = None, data_dir: str | None = None, tuned_device=None,
-              image_size: int | None = None) -> dict:
+def build_hls(
+    spec: str,
+    out_dir: str | Path,
+    wbits: int,
+    fbits: int,
+    cfg: HlsConfig,
+    csim_images: int = 0,
+    branch: int | None = None,
+    data_dir: str | None = None,
+    tuned_device=None,
+    image_size: int | None = None,
+) -> dict:
     """Write the project for ``spec``; with ``csim_images``, compile and check it. Returns a report."""
     import torch
 
@@ -94,9 +106,16 @@ def build_hls(spec: str, out_dir: str | Path, wbits: int, fbits: int, cfg: HlsCo
     layout = write_project(graph, scheme, cfg, Path(out_dir), images, {k: v[:1] for k, v in reference.items()}, name)
     # the integer reference's outputs for images.bin: what the board (and the hls-csim engine) must answer
     reference[graph.output_name].reshape(len(images), -1).astype("<i2").tofile(Path(out_dir) / "expected.bin")
-    report = {"model": name, "out": str(out_dir), "input_shape": list(shape), "wbits": wbits, "fbits": fbits,
-              "config": layout["config"],
-              "calls": len(layout["calls"]), "generate_s": time.perf_counter() - t0}
+    report = {
+        "model": name,
+        "out": str(out_dir),
+        "input_shape": list(shape),
+        "wbits": wbits,
+        "fbits": fbits,
+        "config": layout["config"],
+        "calls": len(layout["calls"]),
+        "generate_s": time.perf_counter() - t0,
+    }
     if csim_images:
         from edgesplit.hls.csim import compare, compile_csim, run_csim
 
@@ -110,19 +129,26 @@ def build_hls(spec: str, out_dir: str | Path, wbits: int, fbits: int, cfg: HlsCo
         if branch is None:  # a whole classifier: its top-1 on the checked images (a branch outputs features)
             report["labels"] = [int(v) for v in test.labels(np.arange(csim_images))]
             out = layout["output"]
-            report["predictions"] = [int(np.argmax(a[out["offset"]: out["offset"] + int(np.prod(out["shape"]))]))
-                                     for a in arenas]
+            report["predictions"] = [
+                int(np.argmax(a[out["offset"] : out["offset"] + int(np.prod(out["shape"]))])) for a in arenas
+            ]
         report["cycles"] = cycle_table(model, shape, name, layout, iterations, wbits, fbits)
-        report["cycles_within_10_percent"] = all(r["ratio"] is not None and abs(r["ratio"] - 1) <= 0.10
-                                                 for r in report["cycles"])
+        report["cycles_within_10_percent"] = all(r["ratio"] is not None and abs(r["ratio"] - 1) <= 0.10 for r in report["cycles"])
     return report
 
 
 CODESIGN_CSIM_IMAGES = 8
 
 
-def build_for_design(checkpoint: str | Path, out_dir: Path, bits: tuple[int, int], accelerator: dict, device,
-                     branch: int | None = None, data_dir: str | None = None) -> dict:
+def build_for_design(
+    checkpoint: str | Path,
+    out_dir: Path,
+    bits: tuple[int, int],
+    accelerator: dict,
+    device,
+    branch: int | None = None,
+    data_dir: str | None = None,
+) -> dict:
     """The HLS project of one designed network or branch (``codesign``): the tiling ``tune`` chose for ``device``,
     checked in C simulation on a few real images. A failure (no g++, no headers) is recorded, not raised: the
     search's result stands without it."""
@@ -133,8 +159,21 @@ def build_for_design(checkpoint: str | Path, out_dir: Path, bits: tuple[int, int
         r = build_hls(str(checkpoint), out_dir, bits[0], bits[1], cfg, CODESIGN_CSIM_IMAGES, branch, data_dir)
     except EdgesplitError as err:
         return {"out": str(out_dir), "error": str(err)}
-    return {k: r[k] for k in ("out", "model", "wbits", "fbits", "config", "calls", "bit_exact", "first_mismatch",
-                              "cycles_within_10_percent", "csim_images")}
+    return {
+        k: r[k]
+        for k in (
+            "out",
+            "model",
+            "wbits",
+            "fbits",
+            "config",
+            "calls",
+            "bit_exact",
+            "first_mismatch",
+            "cycles_within_10_percent",
+            "csim_images",
+        )
+    }
 
 
 def _tuned(model, shape, name, device, wbits, fbits, cfg: HlsConfig) -> HlsConfig:
@@ -163,9 +202,16 @@ def cycle_table(model, shape, name, layout: dict, counts: dict[int, dict], wbits
 
     def row(call: dict, layer: str, kind: str, iterations: int, invocations: int, loads: int, model_cycles: int) -> dict:
         csim = iterations + invocations * PIPELINE_DEPTH_CYCLES
-        return {"call": call["index"], "layer": layer, "kind": kind, "csim_compute_cycles": csim, "csim_iterations": iterations,
-                "csim_load_cycles": loads, "model_compute_cycles": model_cycles,
-                "ratio": csim / model_cycles if model_cycles else None}
+        return {
+            "call": call["index"],
+            "layer": layer,
+            "kind": kind,
+            "csim_compute_cycles": csim,
+            "csim_iterations": iterations,
+            "csim_load_cycles": loads,
+            "model_compute_cycles": model_cycles,
+            "ratio": csim / model_cycles if model_cycles else None,
+        }
 
     for call in layout["calls"]:
         n = counts.get(call["index"], {"iterations": 0, "invocations": 0, "loads": 0, "dw_iterations": 0, "dw_invocations": 0})
@@ -186,23 +232,31 @@ def cycle_table(model, shape, name, layout: dict, counts: dict[int, dict], wbits
 
 def format_report(r: dict) -> str:
     c = r["config"]
-    lines = [f"{r['model']}: W{r['wbits']}/F{r['fbits']}, tm={c['tm']} tn={c['tn']} td={c['td']} tiles {c['tr']}x{c['tc']}, "
-             f"{c['part']} at {c['clock_mhz']:g} MHz: {r['calls']} layer calls written to {r['out']} "
-             f"({r['generate_s']:.1f} s)"]
+    lines = [
+        f"{r['model']}: W{r['wbits']}/F{r['fbits']}, tm={c['tm']} tn={c['tn']} td={c['td']} tiles {c['tr']}x{c['tc']}, "
+        f"{c['part']} at {c['clock_mhz']:g} MHz: {r['calls']} layer calls written to {r['out']} "
+        f"({r['generate_s']:.1f} s)"
+    ]
     if "csim_images" not in r:
         lines.append("not compiled (pass --csim N to check it in C simulation)")
         return "\n".join(lines)
-    lines.append(f"C simulation: compiled in {r['compile_s']:.1f} s, {r['csim_images']} real test image(s) in "
-                 f"{r['csim_s']:.2f} s ({r['csim_images_per_s']:.1f} images/s): "
-                 + ("bit-exact with the integer reference on every tensor" if r["bit_exact"] else "MISMATCH"))
+    lines.append(
+        f"C simulation: compiled in {r['compile_s']:.1f} s, {r['csim_images']} real test image(s) in "
+        f"{r['csim_s']:.2f} s ({r['csim_images_per_s']:.1f} images/s): "
+        + ("bit-exact with the integer reference on every tensor" if r["bit_exact"] else "MISMATCH")
+    )
     if "predictions" in r:
         lines.append(f"predicted classes {r['predictions']}, labels {r['labels']}")
     lines.append(f"{'call':>4}  {'layer':<40}{'kind':<8}{'csim cycles':>12}{'model cycles':>13}{'ratio':>7}{'loads':>9}")
     for row in r["cycles"]:
         name = row["layer"] if len(row["layer"]) <= 39 else "..." + row["layer"][-36:]
-        lines.append(f"{row['call']:>4}  {name:<40}{row['kind']:<8}{row['csim_compute_cycles']:>12}"
-                     f"{row['model_compute_cycles']:>13}{row['ratio']:>7.3f}{row['csim_load_cycles']:>9}")
-    lines.append("compute cycles " + ("agree within 10% on every layer" if r["cycles_within_10_percent"] else
-                                      "DIFFER by more than 10% on some layer") +
-                 "; the generated engine loads tiles between computes (cost it with `estimate --no-overlap`)")
+        lines.append(
+            f"{row['call']:>4}  {name:<40}{row['kind']:<8}{row['csim_compute_cycles']:>12}"
+            f"{row['model_compute_cycles']:>13}{row['ratio']:>7.3f}{row['csim_load_cycles']:>9}"
+        )
+    lines.append(
+        "compute cycles "
+        + ("agree within 10% on every layer" if r["cycles_within_10_percent"] else "DIFFER by more than 10% on some layer")
+        + "; the generated engine loads tiles between computes (cost it with `estimate --no-overlap`)"
+    )
     return "\n".join(lines)

@@ -4,6 +4,7 @@ The arbitrary-precision types come from a maintained open-source package: the ``
 wheel ships Xilinx's ``ap_types`` headers; edgesplit depends on it (``pip install
 edgesplit[hls]``) and never copies them.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ def ap_types_dir() -> Path:
 
         path = Path(str(resources.files("hls4ml") / "templates" / "vivado" / "ap_types"))
     except ModuleNotFoundError:
-        raise EdgesplitError("C simulation needs the ap_types headers of the hls4ml package: "
-                             "pip install 'edgesplit[hls]' (or pip install hls4ml)") from None
+        raise EdgesplitError(
+            "C simulation needs the ap_types headers of the hls4ml package: pip install 'edgesplit[hls]' (or pip install hls4ml)"
+        ) from None
     if not (path / "ap_int.h").is_file():
         raise EdgesplitError(f"the hls4ml package has no ap_types headers at {path}; reinstall it (pip install hls4ml)")
     return path
@@ -38,8 +40,20 @@ def compile_csim(project: Path) -> tuple[Path, float]:
         raise EdgesplitError("C simulation needs g++: apt-get install g++")
     project = Path(project)
     exe = project / "csim_tb"
-    cmd = [gxx, "-O2", "-std=c++14", "-DEDGESPLIT_CSIM", "-I", str(ap_types_dir()), "-I", str(project),
-           str(project / "net.cpp"), str(project / "tb.cpp"), "-o", str(exe)]
+    cmd = [
+        gxx,
+        "-O2",
+        "-std=c++14",
+        "-DEDGESPLIT_CSIM",
+        "-I",
+        str(ap_types_dir()),
+        "-I",
+        str(project),
+        str(project / "net.cpp"),
+        str(project / "tb.cpp"),
+        "-o",
+        str(exe),
+    ]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -59,8 +73,22 @@ def compile_library(project: Path) -> Path:
     if lib.exists() and all(lib.stat().st_mtime >= p.stat().st_mtime for p in sources):
         return lib
     tmp = project / f".libedgesplit_csim.{os.getpid()}.so"
-    cmd = [gxx, "-O2", "-std=c++14", "-shared", "-fPIC", "-DEDGESPLIT_CSIM", "-I", str(ap_types_dir()), "-I", str(project),
-           str(project / "net.cpp"), str(project / "engine_abi.cpp"), "-o", str(tmp)]
+    cmd = [
+        gxx,
+        "-O2",
+        "-std=c++14",
+        "-shared",
+        "-fPIC",
+        "-DEDGESPLIT_CSIM",
+        "-I",
+        str(ap_types_dir()),
+        "-I",
+        str(project),
+        str(project / "net.cpp"),
+        str(project / "engine_abi.cpp"),
+        "-o",
+        str(tmp),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         first = next((ln for ln in done.stderr.splitlines() if "error" in ln), done.stderr.strip()[:300])
@@ -88,8 +116,13 @@ def run_csim(project: Path, images: int) -> tuple[list[np.ndarray], dict[int, di
     for line in (out / "cycles.txt").read_text().split("\n"):
         if line.strip():
             c, n, inv, loads, dw, dw_inv = line.split()
-            cycles[int(c)] = {"iterations": int(n), "invocations": int(inv), "loads": int(loads),
-                              "dw_iterations": int(dw), "dw_invocations": int(dw_inv)}
+            cycles[int(c)] = {
+                "iterations": int(n),
+                "invocations": int(inv),
+                "loads": int(loads),
+                "dw_iterations": int(dw),
+                "dw_invocations": int(dw_inv),
+            }
     return arenas, cycles, seconds
 
 
@@ -98,11 +131,19 @@ def compare(layout: dict, arena: np.ndarray, reference: dict[str, np.ndarray], i
     final = {"index": len(layout["calls"]), "ops": ["(the network's output)"], "output": layout["output"]["name"]}
     for call in [*layout["calls"], final]:
         t = layout["tensors"][call["output"]]
-        got = arena[t["offset"]: t["offset"] + int(np.prod(t["shape"]))]
+        got = arena[t["offset"] : t["offset"] + int(np.prod(t["shape"]))]
         want = reference[call["output"]][image].reshape(-1)
         if not np.array_equal(got, want):
             i = int(np.flatnonzero(got != want)[0])
-            return {"image": image, "call": call["index"], "ops": call["ops"], "tensor": call["output"],
-                    "element": int(i), "index": [int(v) for v in np.unravel_index(i, t["shape"])],
-                    "got": int(got[i]), "want": int(want[i]), "differing": int((got != want).sum())}
+            return {
+                "image": image,
+                "call": call["index"],
+                "ops": call["ops"],
+                "tensor": call["output"],
+                "element": int(i),
+                "index": [int(v) for v in np.unravel_index(i, t["shape"])],
+                "got": int(got[i]),
+                "want": int(want[i]),
+                "differing": int((got != want).sum()),
+            }
     return None

@@ -14,6 +14,7 @@ weights, an AXI-lite control port), ``weights.bin`` / ``bias.bin`` with ``weight
 (offsets and formats), ``tb.cpp`` (a testbench that reads real test images, quantizes
 them as the board's cores would and writes every tensor back), ``run_hls.tcl`` and a README.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,6 +41,7 @@ BOARD_PARTS = {"xc7z020": "xc7z020clg400-1", "xczu3eg": "xczu3eg-sbva484-1-i", "
 @dataclass(frozen=True)
 class HlsConfig:
     """The engine's parallelism and the board it is built for."""
+
     tm: int = 16
     tn: int = 8
     td: int = 16
@@ -58,6 +60,7 @@ class HlsConfig:
 @dataclass(frozen=True)
 class Call:
     """One generated layer call: the ops it covers, the tensor it writes, and its C++ text."""
+
     index: int
     ops: tuple[str, ...]  # QGraph op names covered (conv, its ReLU, its pool)
     kind: str  # conv | dwconv | linear | maxpool | gap | add | copy
@@ -77,12 +80,15 @@ def _shapes(graph: QGraph, tensors: dict[str, np.ndarray]) -> dict[str, tuple[in
 def check_supported(graph: QGraph, scheme: QScheme, wbits: int, fbits: int) -> None:
     bad = sorted({f"{op.name} ({op.op})" for op in graph.ops if op.op not in SUPPORTED_OPS})
     if bad:
-        raise EdgesplitError(f"the HLS generator cannot build {len(bad)} op(s): {', '.join(bad[:6])}; "
-                             f"supported: {', '.join(SUPPORTED_OPS)}")
+        raise EdgesplitError(
+            f"the HLS generator cannot build {len(bad)} op(s): {', '.join(bad[:6])}; supported: {', '.join(SUPPORTED_OPS)}"
+        )
     per_channel = [name for name, f in scheme.weights.items() if f is not None and f.per_channel]
     if per_channel:
-        raise EdgesplitError("per-channel weight formats need a variable shift per output lane, which the generated "
-                             "engine does not have; quantize per tensor (without --per-channel)")
+        raise EdgesplitError(
+            "per-channel weight formats need a variable shift per output lane, which the generated "
+            "engine does not have; quantize per tensor (without --per-channel)"
+        )
     if any(f is None for f in (*scheme.features.values(), *scheme.weights.values())):
         raise EdgesplitError("this network has ops left in float; the accelerator needs every op quantized")
     if not (2 <= wbits <= 16 and 2 <= fbits <= 16):
@@ -101,8 +107,15 @@ def _acc_bits(wbits: int, fbits: int, fan_in: int) -> int:
     return min(MAX_ACC_BITS, max(BIAS_BITS, wbits + fbits + math.ceil(math.log2(max(fan_in, 2)))) + 2)
 
 
-def plan_calls(graph: QGraph, scheme: QScheme, shapes: dict[str, tuple[int, ...]], cfg: HlsConfig,
-               woff: dict[str, int], boff: dict[str, int], fmoff: dict[str, int]) -> tuple[list[Call], dict[str, str]]:
+def plan_calls(
+    graph: QGraph,
+    scheme: QScheme,
+    shapes: dict[str, tuple[int, ...]],
+    cfg: HlsConfig,
+    woff: dict[str, int],
+    boff: dict[str, int],
+    fmoff: dict[str, int],
+) -> tuple[list[Call], dict[str, str]]:
     """The layer calls of ``edgesplit_kernel`` (fusing DW -> PW bundles and conv -> ReLU -> max-pool where the
     output stage can), and the tensors that are another's values under a new name (flatten) -> that tensor."""
     feats, wb, fb = scheme.features, scheme.wbits, scheme.fbits
@@ -146,24 +159,30 @@ def plan_calls(graph: QGraph, scheme: QScheme, shapes: dict[str, tuple[int, ...]
             w, b = f"wgt + {woff[op.name]}", f"bias + {boff[op.name]}"
             if op.op == "linear":
                 n = int(np.prod(ci))
-                code = (f"es::linear<fm_t, wt_t, ap_int<{acc}>, {n}, {co[0]}, {cfg.tm}, {cfg.tn}, {shift}, {fb}, "
-                        f"{str(relu).lower()}>({src(op.inputs[0])}, {w}, {b}, fm + {fmoff[out]});")
+                code = (
+                    f"es::linear<fm_t, wt_t, ap_int<{acc}>, {n}, {co[0]}, {cfg.tm}, {cfg.tn}, {shift}, {fb}, "
+                    f"{str(relu).lower()}>({src(op.inputs[0])}, {w}, {b}, fm + {fmoff[out]});"
+                )
                 kind = "linear"
             else:
                 m, k = op.weight.shape[0], op.weight.shape[2]
                 s, (pt, pl, _pb, _pr) = op.attrs["stride"], op.attrs["pads"]
                 g = op.attrs["groups"]
                 if g > 1 and g == ci[0] == m:
-                    code = (f"es::dwconv<fm_t, wt_t, ap_int<{acc}>, {ci[0]}, {ci[1]}, {ci[2]}, {co[1]}, {co[2]}, {k}, {s}, "
-                            f"{pt}, {pl}, {cfg.td}, {cfg.tr}, {cfg.tc}, {shift}, {fb}, {str(relu).lower()}>"
-                            f"({src(op.inputs[0])}, {w}, {b}, fm + {fmoff[out]});")
+                    code = (
+                        f"es::dwconv<fm_t, wt_t, ap_int<{acc}>, {ci[0]}, {ci[1]}, {ci[2]}, {co[1]}, {co[2]}, {k}, {s}, "
+                        f"{pt}, {pl}, {cfg.td}, {cfg.tr}, {cfg.tc}, {shift}, {fb}, {str(relu).lower()}>"
+                        f"({src(op.inputs[0])}, {w}, {b}, fm + {fmoff[out]});"
+                    )
                     kind = "dwconv"
                     if pool > 1:
                         raise AssertionError("a depth-wise conv never fuses a pool here")
                 else:
-                    code = (f"es::conv<fm_t, wt_t, ap_int<{acc}>, {ci[0]}, {ci[1]}, {ci[2]}, {m}, {co[1]}, {co[2]}, {k}, {s}, "
-                            f"{pt}, {pl}, {g}, {cfg.tm}, {cfg.tn}, {cfg.tr}, {cfg.tc}, {shift}, {fb}, {str(relu).lower()}, {pool}>"
-                            f"({src(op.inputs[0])}, {w}, {b}, fm + {fmoff[out]});")
+                    code = (
+                        f"es::conv<fm_t, wt_t, ap_int<{acc}>, {ci[0]}, {ci[1]}, {ci[2]}, {m}, {co[1]}, {co[2]}, {k}, {s}, "
+                        f"{pt}, {pl}, {g}, {cfg.tm}, {cfg.tn}, {cfg.tr}, {cfg.tc}, {shift}, {fb}, {str(relu).lower()}, {pool}>"
+                        f"({src(op.inputs[0])}, {w}, {b}, fm + {fmoff[out]});"
+                    )
                     kind = "conv"
         elif op.op == "maxpool":
             from edgesplit.quant.fixed import pool_pads
@@ -173,8 +192,10 @@ def plan_calls(graph: QGraph, scheme: QScheme, shapes: dict[str, tuple[int, ...]
             pt, pl, _pb, _pr = pool_pads(h, w_, k, s, op.attrs["pads"], op.attrs["ceil_mode"])
             _, ho, wo = shapes[op.output]
             out, kind = op.output, "maxpool"
-            code = (f"es::maxpool<fm_t, {c}, {h}, {w_}, {ho}, {wo}, {k}, {s}, {pt}, {pl}, {cfg.tm}, "
-                    f"{fa - feats[out].frac}, {fb}>({src(op.inputs[0])}, fm + {fmoff[out]});")
+            code = (
+                f"es::maxpool<fm_t, {c}, {h}, {w_}, {ho}, {wo}, {k}, {s}, {pt}, {pl}, {cfg.tm}, "
+                f"{fa - feats[out].frac}, {fb}>({src(op.inputs[0])}, fm + {fmoff[out]});"
+            )
         elif op.op == "gap":
             c, h, w_ = shapes[op.inputs[0]]
             out, kind = op.output, "gap"
@@ -189,8 +210,10 @@ def plan_calls(graph: QGraph, scheme: QScheme, shapes: dict[str, tuple[int, ...]
                 if nxt is not None and nxt.op == "relu":  # the residual block's ReLU in the add's output stage
                     relu, out = True, nxt.output
                     covered.append(nxt.name)
-                code = (f"es::add<fm_t, {n}, {f - fa}, {f - fb_}, {f - feats[out].frac}, {fb}, {str(relu).lower()}>"
-                        f"({src(op.inputs[0])}, {src(op.inputs[1])}, fm + {fmoff[out]});")
+                code = (
+                    f"es::add<fm_t, {n}, {f - fa}, {f - fb_}, {f - feats[out].frac}, {fb}, {str(relu).lower()}>"
+                    f"({src(op.inputs[0])}, {src(op.inputs[1])}, fm + {fmoff[out]});"
+                )
                 kind = "add"
             else:
                 code = f"es::copy<fm_t, {n}, {fa - feats[out].frac}, {fb}, true>({src(op.inputs[0])}, fm + {fmoff[out]});"
@@ -199,8 +222,9 @@ def plan_calls(graph: QGraph, scheme: QScheme, shapes: dict[str, tuple[int, ...]
             out, kind, parts, offset = op.output, "copy", [], 0
             for t in op.inputs:
                 n = int(np.prod(shapes[t]))
-                parts.append(f"es::copy<fm_t, {n}, {feats[t].frac - feats[out].frac}, {fb}, false>({src(t)}, "
-                             f"fm + {fmoff[out] + offset});")
+                parts.append(
+                    f"es::copy<fm_t, {n}, {feats[t].frac - feats[out].frac}, {fb}, false>({src(t)}, fm + {fmoff[out] + offset});"
+                )
                 offset += n
             code = "\n    ".join(parts)
         else:
@@ -220,8 +244,14 @@ def _bundle_partner(op: QOp, shapes, consumers, single) -> QOp | None:
         return None
     relu = single(op.output)
     pw = single(relu.output) if relu is not None and relu.op == "relu" else None
-    if (pw is None or pw.op != "conv" or pw.weight.shape[2:] != (1, 1) or pw.attrs["groups"] != 1
-            or pw.attrs["stride"] != 1 or tuple(pw.attrs["pads"]) != (0, 0, 0, 0)):
+    if (
+        pw is None
+        or pw.op != "conv"
+        or pw.weight.shape[2:] != (1, 1)
+        or pw.attrs["groups"] != 1
+        or pw.attrs["stride"] != 1
+        or tuple(pw.attrs["pads"]) != (0, 0, 0, 0)
+    ):
         return None
     return pw
 
@@ -236,10 +266,12 @@ def _bundle_call(dw: QOp, dw_relu: QOp, pw: QOp, scheme: QScheme, shapes, cfg: H
     co = pw.weight.shape[0]
     dshift = scheme.bias_frac(dw) - feats[dw_relu.output].frac
     shift = scheme.bias_frac(pw) - feats[out].frac
-    code = (f"es::bundle<fm_t, wt_t, ap_int<{_acc_bits(wb, fb, c)}>, ap_int<{_acc_bits(wb, fb, k * k)}>, {c}, {hi}, {wi}, "
-            f"{h}, {w}, {k}, {s}, {pt}, {pl}, {co}, {cfg.td}, {cfg.tm}, {cfg.tn}, {cfg.tr}, {cfg.tc}, {dshift}, true, "
-            f"{shift}, {fb}, {str(relu).lower()}, {pool}>({src(dw.inputs[0])}, wgt + {woff[dw.name]}, bias + {boff[dw.name]}, "
-            f"wgt + {woff[pw.name]}, bias + {boff[pw.name]}, fm + {fmoff[out]});")
+    code = (
+        f"es::bundle<fm_t, wt_t, ap_int<{_acc_bits(wb, fb, c)}>, ap_int<{_acc_bits(wb, fb, k * k)}>, {c}, {hi}, {wi}, "
+        f"{h}, {w}, {k}, {s}, {pt}, {pl}, {co}, {cfg.td}, {cfg.tm}, {cfg.tn}, {cfg.tr}, {cfg.tc}, {dshift}, true, "
+        f"{shift}, {fb}, {str(relu).lower()}, {pool}>({src(dw.inputs[0])}, wgt + {woff[dw.name]}, bias + {boff[dw.name]}, "
+        f"wgt + {woff[pw.name]}, bias + {boff[pw.name]}, fm + {fmoff[out]});"
+    )
     return code, out, covered
 
 
@@ -258,12 +290,20 @@ def _fusable_pool(pool: QOp, conv_out: tuple[int, ...], cfg: HlsConfig) -> bool:
     """A max-pool the conv's output stage can do: K == stride, no padding, tiles made of whole windows."""
     k, s = pool.attrs["kernel"], pool.attrs["stride"]
     _, h, w = conv_out
-    return (k == s and tuple(pool.attrs["pads"]) == (0, 0, 0, 0) and h % k == 0 and w % k == 0
-            and cfg.tr % k == 0 and cfg.tc % k == 0)
+    return (
+        k == s and tuple(pool.attrs["pads"]) == (0, 0, 0, 0) and h % k == 0 and w % k == 0 and cfg.tr % k == 0 and cfg.tc % k == 0
+    )
 
 
-def write_project(graph: QGraph, scheme: QScheme, cfg: HlsConfig, out_dir: Path, images: np.ndarray,
-                  tensors: dict[str, np.ndarray], model_name: str) -> dict:
+def write_project(
+    graph: QGraph,
+    scheme: QScheme,
+    cfg: HlsConfig,
+    out_dir: Path,
+    images: np.ndarray,
+    tensors: dict[str, np.ndarray],
+    model_name: str,
+) -> dict:
     """Write the project; ``tensors`` are the integer reference's (one image) for shapes; returns the layout."""
     check_supported(graph, scheme, scheme.wbits, scheme.fbits)
     out_dir = Path(out_dir)
@@ -273,8 +313,11 @@ def write_project(graph: QGraph, scheme: QScheme, cfg: HlsConfig, out_dir: Path,
     for op in graph.ops:
         if op.has_weights:
             wq = quantize(op.weight, scheme.weights[op.name]).reshape(-1)
-            bq = (quantize(op.bias, Fixed(BIAS_BITS, scheme.bias_frac(op))) if op.bias is not None
-                  else np.zeros(op.weight.shape[0], np.int64))
+            bq = (
+                quantize(op.bias, Fixed(BIAS_BITS, scheme.bias_frac(op)))
+                if op.bias is not None
+                else np.zeros(op.weight.shape[0], np.int64)
+            )
             woff[op.name], boff[op.name] = sum(len(a) for a in weights), sum(len(a) for a in biases)
             weights.append(wq)
             biases.append(bq)
@@ -295,15 +338,30 @@ def write_project(graph: QGraph, scheme: QScheme, cfg: HlsConfig, out_dir: Path,
     shutil.copy(TEMPLATES, out_dir / TEMPLATES.name)
     feats = scheme.features
     in_c, in_h, in_w = shapes[graph.input_name]
-    layout = {"model": model_name, "config": asdict(cfg), "wbits": scheme.wbits, "fbits": scheme.fbits,
-              "fm_size": fm_size, "weights_size": int(len(wq_all)), "bias_size": int(len(bq_all)),
-              "input": {"name": graph.input_name, "offset": fmoff[graph.input_name], "shape": [in_c, in_h, in_w],
-                        "frac": feats[graph.input_name].frac},
-              "output": {"name": graph.output_name, "offset": fmoff[graph.output_name],
-                         "shape": list(shapes[graph.output_name]), "frac": feats[graph.output_name].frac},
-              "tensors": {t: {"offset": o, "shape": list(shapes[t]), "frac": feats[t].frac} for t, o in fmoff.items()},
-              "calls": [{"index": c.index, "ops": list(c.ops), "kind": c.kind, "output": c.output} for c in calls],
-              "images": int(len(images))}
+    layout = {
+        "model": model_name,
+        "config": asdict(cfg),
+        "wbits": scheme.wbits,
+        "fbits": scheme.fbits,
+        "fm_size": fm_size,
+        "weights_size": int(len(wq_all)),
+        "bias_size": int(len(bq_all)),
+        "input": {
+            "name": graph.input_name,
+            "offset": fmoff[graph.input_name],
+            "shape": [in_c, in_h, in_w],
+            "frac": feats[graph.input_name].frac,
+        },
+        "output": {
+            "name": graph.output_name,
+            "offset": fmoff[graph.output_name],
+            "shape": list(shapes[graph.output_name]),
+            "frac": feats[graph.output_name].frac,
+        },
+        "tensors": {t: {"offset": o, "shape": list(shapes[t]), "frac": feats[t].frac} for t, o in fmoff.items()},
+        "calls": [{"index": c.index, "ops": list(c.ops), "kind": c.kind, "output": c.output} for c in calls],
+        "images": int(len(images)),
+    }
     (out_dir / "layout.json").write_text(json.dumps(layout, indent=1))
     (out_dir / "net.h").write_text(_net_h(layout))
     (out_dir / "weights.h").write_text(_weights_h(graph, scheme, woff, boff, model_name))
@@ -316,25 +374,25 @@ def write_project(graph: QGraph, scheme: QScheme, cfg: HlsConfig, out_dir: Path,
 
 
 def _net_h(layout: dict) -> str:
-    return f"""// Generated by edgesplit hls for {layout['model']} (W{layout['wbits']}/F{layout['fbits']}).
+    return f"""// Generated by edgesplit hls for {layout["model"]} (W{layout["wbits"]}/F{layout["fbits"]}).
 #ifndef EDGESPLIT_NET_H
 #define EDGESPLIT_NET_H
 #include <ap_int.h>
 
-typedef ap_int<{layout['fbits']}> fm_t;  // a feature-map value: an integer, its fraction bits fixed per tensor
-typedef ap_int<{layout['wbits']}> wt_t;  // a weight
+typedef ap_int<{layout["fbits"]}> fm_t;  // a feature-map value: an integer, its fraction bits fixed per tensor
+typedef ap_int<{layout["wbits"]}> wt_t;  // a weight
 typedef ap_int<32> bias_t;  // a bias, at its layer's accumulator fraction bits
 
-#define ES_FM_SIZE {layout['fm_size']}
-#define ES_WEIGHTS_SIZE {layout['weights_size']}
-#define ES_BIAS_SIZE {layout['bias_size']}
-#define ES_INPUT_OFFSET {layout['input']['offset']}
-#define ES_INPUT_SIZE {int(np.prod(layout['input']['shape']))}
-#define ES_INPUT_FRAC {layout['input']['frac']}
-#define ES_OUTPUT_OFFSET {layout['output']['offset']}
-#define ES_OUTPUT_SIZE {int(np.prod(layout['output']['shape']))}
-#define ES_OUTPUT_FRAC {layout['output']['frac']}
-#define ES_CALLS {len(layout['calls'])}
+#define ES_FM_SIZE {layout["fm_size"]}
+#define ES_WEIGHTS_SIZE {layout["weights_size"]}
+#define ES_BIAS_SIZE {layout["bias_size"]}
+#define ES_INPUT_OFFSET {layout["input"]["offset"]}
+#define ES_INPUT_SIZE {int(np.prod(layout["input"]["shape"]))}
+#define ES_INPUT_FRAC {layout["input"]["frac"]}
+#define ES_OUTPUT_OFFSET {layout["output"]["offset"]}
+#define ES_OUTPUT_SIZE {int(np.prod(layout["output"]["shape"]))}
+#define ES_OUTPUT_FRAC {layout["output"]["frac"]}
+#define ES_CALLS {len(layout["calls"])}
 
 void edgesplit_kernel(fm_t *fm, const wt_t *wgt, const bias_t *bias);
 #endif
@@ -343,13 +401,18 @@ void edgesplit_kernel(fm_t *fm, const wt_t *wgt, const bias_t *bias);
 
 def _weights_h(graph: QGraph, scheme: QScheme, woff: dict[str, int], boff: dict[str, int], model_name: str) -> str:
     """Where each layer's weights and biases start in weights.bin / bias.bin, and their formats."""
-    lines = [f"// Generated by edgesplit hls for {model_name}: offsets (in values) into weights.bin (int16) and",
-             "// bias.bin (int32), and each layer's formats: Qi.f = i integer bits (with sign), f fraction bits.",
-             "#ifndef EDGESPLIT_WEIGHTS_H", "#define EDGESPLIT_WEIGHTS_H"]
+    lines = [
+        f"// Generated by edgesplit hls for {model_name}: offsets (in values) into weights.bin (int16) and",
+        "// bias.bin (int32), and each layer's formats: Qi.f = i integer bits (with sign), f fraction bits.",
+        "#ifndef EDGESPLIT_WEIGHTS_H",
+        "#define EDGESPLIT_WEIGHTS_H",
+    ]
     for i, op in enumerate(op for op in graph.ops if op.has_weights):
         acc = scheme.bias_frac(op)
-        lines.append(f"// {op.name}: weights {list(op.weight.shape)} {scheme.weights[op.name]}, bias at {acc} fraction bits, "
-                     f"input {scheme.features[op.inputs[0]]}")
+        lines.append(
+            f"// {op.name}: weights {list(op.weight.shape)} {scheme.weights[op.name]}, bias at {acc} fraction bits, "
+            f"input {scheme.features[op.inputs[0]]}"
+        )
         lines.append(f"#define ES_W{i}_OFFSET {woff[op.name]}")
         lines.append(f"#define ES_B{i}_OFFSET {boff[op.name]}")
     lines.append("#endif")
@@ -357,23 +420,30 @@ def _weights_h(graph: QGraph, scheme: QScheme, woff: dict[str, int], boff: dict[
 
 
 def _net_cpp(layout: dict, calls: list[Call]) -> str:
-    lines = [f"// Generated by edgesplit hls: {layout['model']}, one call per layer group (see layout.json).",
-             '#include "net.h"', '#include "edgesplit_layers.h"', "",
-             "#ifdef EDGESPLIT_CSIM",
-             "long long edgesplit_cycles = 0, edgesplit_invocations = 0, edgesplit_loads = 0;",
-             "long long edgesplit_dw_cycles = 0, edgesplit_dw_invocations = 0;",
-             "long long edgesplit_call_cycles[ES_CALLS][5];",
-             "#define ES_CALL(i, ...) do { edgesplit_cycles = edgesplit_invocations = edgesplit_loads = 0; "
-             "edgesplit_dw_cycles = edgesplit_dw_invocations = 0; __VA_ARGS__; "
-             "edgesplit_call_cycles[i][0] = edgesplit_cycles; edgesplit_call_cycles[i][1] = edgesplit_invocations; "
-             "edgesplit_call_cycles[i][2] = edgesplit_loads; edgesplit_call_cycles[i][3] = edgesplit_dw_cycles; "
-             "edgesplit_call_cycles[i][4] = edgesplit_dw_invocations; } while (0)",
-             "#else", "#define ES_CALL(i, ...) do { __VA_ARGS__; } while (0)", "#endif", "",
-             "void edgesplit_kernel(fm_t *fm, const wt_t *wgt, const bias_t *bias) {",
-             f"#pragma HLS INTERFACE m_axi port=fm offset=slave bundle=FM depth={layout['fm_size']}",
-             f"#pragma HLS INTERFACE m_axi port=wgt offset=slave bundle=WT depth={layout['weights_size']}",
-             f"#pragma HLS INTERFACE m_axi port=bias offset=slave bundle=WT depth={layout['bias_size']}",
-             "#pragma HLS INTERFACE s_axilite port=return"]
+    lines = [
+        f"// Generated by edgesplit hls: {layout['model']}, one call per layer group (see layout.json).",
+        '#include "net.h"',
+        '#include "edgesplit_layers.h"',
+        "",
+        "#ifdef EDGESPLIT_CSIM",
+        "long long edgesplit_cycles = 0, edgesplit_invocations = 0, edgesplit_loads = 0;",
+        "long long edgesplit_dw_cycles = 0, edgesplit_dw_invocations = 0;",
+        "long long edgesplit_call_cycles[ES_CALLS][5];",
+        "#define ES_CALL(i, ...) do { edgesplit_cycles = edgesplit_invocations = edgesplit_loads = 0; "
+        "edgesplit_dw_cycles = edgesplit_dw_invocations = 0; __VA_ARGS__; "
+        "edgesplit_call_cycles[i][0] = edgesplit_cycles; edgesplit_call_cycles[i][1] = edgesplit_invocations; "
+        "edgesplit_call_cycles[i][2] = edgesplit_loads; edgesplit_call_cycles[i][3] = edgesplit_dw_cycles; "
+        "edgesplit_call_cycles[i][4] = edgesplit_dw_invocations; } while (0)",
+        "#else",
+        "#define ES_CALL(i, ...) do { __VA_ARGS__; } while (0)",
+        "#endif",
+        "",
+        "void edgesplit_kernel(fm_t *fm, const wt_t *wgt, const bias_t *bias) {",
+        f"#pragma HLS INTERFACE m_axi port=fm offset=slave bundle=FM depth={layout['fm_size']}",
+        f"#pragma HLS INTERFACE m_axi port=wgt offset=slave bundle=WT depth={layout['weights_size']}",
+        f"#pragma HLS INTERFACE m_axi port=bias offset=slave bundle=WT depth={layout['bias_size']}",
+        "#pragma HLS INTERFACE s_axilite port=return",
+    ]
     for c in calls:
         t = layout["tensors"][c.output]
         fmt = Fixed(layout["fbits"], t["frac"])
@@ -408,8 +478,8 @@ template <typename T> static std::vector<T> read_all(const char *path, size_t n)
 }}
 
 int main(int argc, char **argv) {{
-    const int images = argc > 1 ? atoi(argv[1]) : {layout['images']};
-    if (images > {layout['images']}) {{ fprintf(stderr, "images.bin holds {layout['images']} images\\n"); return 2; }}
+    const int images = argc > 1 ? atoi(argv[1]) : {layout["images"]};
+    if (images > {layout["images"]}) {{ fprintf(stderr, "images.bin holds {layout["images"]} images\\n"); return 2; }}
     std::vector<short> wq = read_all<short>("weights.bin", ES_WEIGHTS_SIZE);
     std::vector<int> bq = read_all<int>("bias.bin", ES_BIAS_SIZE);
     std::vector<float> x = read_all<float>("images.bin", (size_t)images * ES_INPUT_SIZE);
@@ -421,7 +491,7 @@ int main(int argc, char **argv) {{
     FILE *cyc = fopen("csim_out/cycles.txt", "w");
     if (!cyc) {{ fprintf(stderr, "cannot write csim_out/\\n"); return 2; }}
     const double scale = std::ldexp(1.0, ES_INPUT_FRAC);
-    const long long qmin = -(1LL << ({layout['fbits']} - 1)), qmax = (1LL << ({layout['fbits']} - 1)) - 1;
+    const long long qmin = -(1LL << ({layout["fbits"]} - 1)), qmax = (1LL << ({layout["fbits"]} - 1)) - 1;
     std::vector<short> dump(ES_FM_SIZE);
     std::vector<short> expected = read_all<short>("expected.bin", (size_t)images * ES_OUTPUT_SIZE);
     int wrong = 0;
@@ -521,11 +591,11 @@ exit
 
 def _readme(layout: dict) -> str:
     cfg = layout["config"]
-    return f"""# {layout['model']}: a generated bundle engine (W{layout['wbits']}/F{layout['fbits']})
+    return f"""# {layout["model"]}: a generated bundle engine (W{layout["wbits"]}/F{layout["fbits"]})
 
-Generated by `edgesplit hls`. Parallelism: tm={cfg['tm']} x tn={cfg['tn']} multipliers for convs and
-linear layers, td={cfg['td']} x 9 for depth-wise convs, {cfg['tr']}x{cfg['tc']} output tiles; target
-{cfg['part']} at {cfg['clock_mhz']:g} MHz. `layout.json` lists every call, tensor, offset and format.
+Generated by `edgesplit hls`. Parallelism: tm={cfg["tm"]} x tn={cfg["tn"]} multipliers for convs and
+linear layers, td={cfg["td"]} x 9 for depth-wise convs, {cfg["tr"]}x{cfg["tc"]} output tiles; target
+{cfg["part"]} at {cfg["clock_mhz"]:g} MHz. `layout.json` lists every call, tensor, offset and format.
 
 ## What was verified where it was generated
 - C simulation with g++ against the arbitrary-precision headers of the `hls4ml` package:
@@ -539,9 +609,9 @@ Not verified: synthesis, timing at the target clock, co-simulation, the board.
 2. In Vivado: a block design with the Zynq processing system, this IP (`edgesplit_kernel`), its two AXI
    master bundles (`FM`, `WT`) on the PS's high-performance ports and its AXI-lite control port on a
    general-purpose port; generate the bitstream and the `.hwh`.
-3. On a PYNQ board: `Overlay("design.bit")`; allocate `fm` ({layout['fm_size']} x int16),
+3. On a PYNQ board: `Overlay("design.bit")`; allocate `fm` ({layout["fm_size"]} x int16),
    `weights.bin` (int16) and `bias.bin` (int32) with `pynq.allocate`; write the quantized input at
-   offset {layout['input']['offset']} (frac {layout['input']['frac']}: round(x * 2^{layout['input']['frac']})),
+   offset {layout["input"]["offset"]} (frac {layout["input"]["frac"]}: round(x * 2^{layout["input"]["frac"]})),
    set the three buffer addresses in the IP's registers, start it, and read
-   {int(np.prod(layout['output']['shape']))} values at offset {layout['output']['offset']} (frac {layout['output']['frac']}).
+   {int(np.prod(layout["output"]["shape"]))} values at offset {layout["output"]["offset"]} (frac {layout["output"]["frac"]}).
 """

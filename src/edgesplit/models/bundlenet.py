@@ -11,6 +11,7 @@ classification head replaces its bounding-box back-end and its final PW-Conv1(10
 The seed's bit widths (A: W16/F8, B: W16/F16, C: W11/F8) are kept as
 ``default_bits`` for the hardware model; the PyTorch network is float.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,8 +76,9 @@ class InvertedBundle(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, pool: bool, expand: int = 2):
         super().__init__()
         mid = in_chs * expand
-        self.body = nn.Sequential(*_conv_bn_relu(in_chs, mid, 1), *_conv_bn_relu(mid, mid, 3, groups=mid),
-                                  *_conv_bn_relu(mid, out_chs, 1))
+        self.body = nn.Sequential(
+            *_conv_bn_relu(in_chs, mid, 1), *_conv_bn_relu(mid, mid, 3, groups=mid), *_conv_bn_relu(mid, out_chs, 1)
+        )
         self.pool = nn.MaxPool2d(2, 2) if pool else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,15 +120,20 @@ class FireBundle(nn.Module):
 
 
 # The layer pool of the co-design search: bundle name -> module class (in_chs, out_chs, pool).
-BUNDLES = {"dw3-pw1": Bundle, "conv3": ConvBundle, "pw1-dw3-pw1": InvertedBundle, "conv3-res": ResBundle,
-           "fire": FireBundle}
+BUNDLES = {"dw3-pw1": Bundle, "conv3": ConvBundle, "pw1-dw3-pw1": InvertedBundle, "conv3-res": ResBundle, "fire": FireBundle}
 
 
 class BundleNet(nn.Module):
     """Bundles of one kind stacked with the given output channels, global average pooling, a linear head."""
 
-    def __init__(self, specs: Sequence[BundleSpec], num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0,
-                 bundle: str = "dw3-pw1"):
+    def __init__(
+        self,
+        specs: Sequence[BundleSpec],
+        num_classes: int = 10,
+        in_chans: int = 3,
+        width_mult: float = 1.0,
+        bundle: str = "dw3-pw1",
+    ):
         super().__init__()
         if bundle not in BUNDLES:
             raise ValueError(f"unknown bundle {bundle!r}; choose one of {', '.join(BUNDLES)}")
@@ -168,36 +175,57 @@ def _bundlenet(specs, variant: str, num_classes: int, in_chans: int, width_mult:
 
 
 @register_model
-def bundlenet_a(num_classes: int = 10, in_chans: int = 3, input_size: Sequence[int] = (160, 360), width_mult: float = 1.0) -> BundleNet:
+def bundlenet_a(
+    num_classes: int = 10, in_chans: int = 3, input_size: Sequence[int] = (160, 360), width_mult: float = 1.0
+) -> BundleNet:
     """The seed's DNN-A (W16/F8): 48P-96P-192P-384 DW+PW bundles."""
     return _bundlenet(DNN_A, "a", num_classes, in_chans, width_mult)
 
 
 @register_model
-def bundlenet_b(num_classes: int = 10, in_chans: int = 3, input_size: Sequence[int] = (160, 360), width_mult: float = 1.0) -> BundleNet:
+def bundlenet_b(
+    num_classes: int = 10, in_chans: int = 3, input_size: Sequence[int] = (160, 360), width_mult: float = 1.0
+) -> BundleNet:
     """The seed's DNN-B: DNN-A's layers at W16/F16."""
     return _bundlenet(DNN_A, "b", num_classes, in_chans, width_mult)
 
 
 @register_model
-def bundlenet_c(num_classes: int = 10, in_chans: int = 3, input_size: Sequence[int] = (160, 360), width_mult: float = 1.0) -> BundleNet:
+def bundlenet_c(
+    num_classes: int = 10, in_chans: int = 3, input_size: Sequence[int] = (160, 360), width_mult: float = 1.0
+) -> BundleNet:
     """The seed's DNN-C (W11/F8): 48P-96P-192P-384-512 DW+PW bundles."""
     return _bundlenet(DNN_C, "c", num_classes, in_chans, width_mult)
 
 
 @register_model
-def bundlenet(num_classes: int = 10, in_chans: int = 3, input_size: Sequence[int] = (28, 28), bundle: str = "dw3-pw1",
-              channels: Sequence[int] = (48, 96, 192, 384), pools: Sequence[bool] = (True, True, True, False),
-              width_mult: float = 1.0) -> BundleNet:
+def bundlenet(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    input_size: Sequence[int] = (28, 28),
+    bundle: str = "dw3-pw1",
+    channels: Sequence[int] = (48, 96, 192, 384),
+    pools: Sequence[bool] = (True, True, True, False),
+    width_mult: float = 1.0,
+) -> BundleNet:
     """Any stack of one bundle kind (see ``BUNDLES``): what `edgesplit codesign` searches over."""
     return BundleNet(bundle_specs(channels, pools), num_classes, in_chans, width_mult, bundle)
 
 
 @register_model
-def bundlenet_split(num_classes: int = 10, in_chans: int = 3, input_size: Sequence[int] = (28, 28), bundle: str = "dw3-pw1",
-                    channels: Sequence[int] = (48, 96, 192, 384), pools: Sequence[bool] = (True, True, True, False),
-                    width_mult: float = 1.0, k: int = 2, branch_widths: Sequence[float] | None = None,
-                    head_hidden: int = 0, drop_rate: float = 0.0) -> SplitNet:
+def bundlenet_split(
+    num_classes: int = 10,
+    in_chans: int = 3,
+    input_size: Sequence[int] = (28, 28),
+    bundle: str = "dw3-pw1",
+    channels: Sequence[int] = (48, 96, 192, 384),
+    pools: Sequence[bool] = (True, True, True, False),
+    width_mult: float = 1.0,
+    k: int = 2,
+    branch_widths: Sequence[float] | None = None,
+    head_hidden: int = 0,
+    drop_rate: float = 0.0,
+) -> SplitNet:
     """``bundlenet`` as k branches whose channels add up to the unsplit widths (unequal with ``branch_widths``)."""
     specs = bundle_specs(channels, pools)
     branches = []

@@ -11,6 +11,7 @@ each branch sends back its feature vector; (b) a layer-wise (pipeline) partition
 the unsplit model into k contiguous groups of blocks balanced by MACs: the input
 goes to device 1, each cut's activation to the next device, one after another.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -65,8 +66,11 @@ def _leaf_costs(model: nn.Module, x: torch.Tensor, prefix: str = "") -> list[Lay
 
         def hook(m, _inp, out, name=name):
             params = sum(p.numel() for p in m.parameters(recurse=False))
-            costs.append(LayerCost(prefix + name, type(m).__name__, params, _macs(m, out), tuple(out.shape[1:]),
-                                   out[0].numel() * FLOAT32_BYTES))
+            costs.append(
+                LayerCost(
+                    prefix + name, type(m).__name__, params, _macs(m, out), tuple(out.shape[1:]), out[0].numel() * FLOAT32_BYTES
+                )
+            )
 
         hooks.append(mod.register_forward_hook(hook))
     try:
@@ -89,14 +93,32 @@ def profile_model(model: nn.Module, input_shape: Sequence[int], name: str = "") 
         if isinstance(model, SplitNet):
             for i, branch in enumerate(model.branches):
                 b_layers = [c for c in layers if c.name.startswith(f"branches.{i}.")]
-                branches.append({"name": f"branch{i}", "params": sum(p.numel() for p in branch.parameters()),
-                                 "macs": sum(c.macs for c in b_layers), "feature_dim": model.feature_dims[i]})
-            branches.append({"name": "head", "params": sum(p.numel() for p in model.head.parameters()),
-                             "macs": sum(c.macs for c in layers if c.name.startswith("head.")), "feature_dim": model.num_classes})
+                branches.append(
+                    {
+                        "name": f"branch{i}",
+                        "params": sum(p.numel() for p in branch.parameters()),
+                        "macs": sum(c.macs for c in b_layers),
+                        "feature_dim": model.feature_dims[i],
+                    }
+                )
+            branches.append(
+                {
+                    "name": "head",
+                    "params": sum(p.numel() for p in model.head.parameters()),
+                    "macs": sum(c.macs for c in layers if c.name.startswith("head.")),
+                    "feature_dim": model.num_classes,
+                }
+            )
     finally:
         model.train(was_training)
-    return ModelProfile(name or getattr(model, "model_name", type(model).__name__), tuple(input_shape), layers,
-                        sum(p.numel() for p in model.parameters()), sum(c.macs for c in layers), branches)
+    return ModelProfile(
+        name or getattr(model, "model_name", type(model).__name__),
+        tuple(input_shape),
+        layers,
+        sum(p.numel() for p in model.parameters()),
+        sum(c.macs for c in layers),
+        branches,
+    )
 
 
 @dataclass(frozen=True)
@@ -146,7 +168,9 @@ def balanced_partition(macs: Sequence[int], k: int) -> list[int]:
     return sorted(cuts)[1:]  # drop the leading 0
 
 
-def communication(split_model: SplitNet, unsplit_model: nn.Module, input_shape: Sequence[int], input_bytes_per_value: int = FLOAT32_BYTES) -> dict:
+def communication(
+    split_model: SplitNet, unsplit_model: nn.Module, input_shape: Sequence[int], input_bytes_per_value: int = FLOAT32_BYTES
+) -> dict:
     """Bytes and transfers per inference: split network versus a layer-wise partition over the same k devices."""
     k = split_model.num_branches
     input_bytes = int(torch.Size(input_shape).numel()) * input_bytes_per_value
@@ -175,4 +199,9 @@ def communication(split_model: SplitNet, unsplit_model: nn.Module, input_shape: 
         "transfers": len(cuts) + 2,
         "sequential_transfers": len(cuts) + 2,  # a pipeline: every hop waits for the one before
     }
-    return {"input_shape": list(input_shape), "input_bytes_per_value": input_bytes_per_value, "split": split, "layerwise": layerwise}
+    return {
+        "input_shape": list(input_shape),
+        "input_bytes_per_value": input_bytes_per_value,
+        "split": split,
+        "layerwise": layerwise,
+    }

@@ -5,6 +5,7 @@ functions; the rest of edgesplit only knows names. All factories take the same
 keyword arguments: ``num_classes``, ``in_chans`` and ``input_size`` (H, W), plus
 family-specific ones.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -50,8 +51,10 @@ def create_model(name: str, **kwargs) -> nn.Module:
     var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = [] if var_keyword else sorted(set(kwargs) - set(params))
     if unknown:
-        raise EdgesplitError(f"model {name!r} has no argument {', '.join(unknown)}; its arguments: "
-                             f"{', '.join(takes) or 'none'} (pass them with --model-arg KEY=VALUE)")
+        raise EdgesplitError(
+            f"model {name!r} has no argument {', '.join(unknown)}; its arguments: "
+            f"{', '.join(takes) or 'none'} (pass them with --model-arg KEY=VALUE)"
+        )
     try:
         model = factory(**kwargs)
     except TypeError as err:

@@ -10,6 +10,7 @@ Stems:
   4x the MACs (26 min per Fashion-MNIST epoch on a 2-core CPU, against 9 min).
 ``stem=None`` picks ``imagenet`` for inputs of 64 px and more, else ``small``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -51,11 +52,15 @@ class BasicBlock(nn.Module):
 def _stem(in_chans: int, width: int, stem: str, stem_stride: int) -> nn.Sequential:
     if stem == "imagenet":
         return nn.Sequential(
-            nn.Conv2d(in_chans, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(in_chans, width, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2, 1),
         )
     if stem == "small":
-        return nn.Sequential(nn.Conv2d(in_chans, width, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
     raise ValueError(f"unknown stem {stem!r}; use 'imagenet' or 'small'")
 
 

@@ -10,6 +10,7 @@ Deployment seam: :meth:`SplitNet.parts` hands out each branch and the head as
 separate modules (``branch0`` ... ``branch{k-1}``, ``head``), which
 :mod:`edgesplit.export` turns into one ONNX file each.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

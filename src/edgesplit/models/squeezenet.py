@@ -8,6 +8,7 @@ the seam where a split network's branches end.
 Stems: ``imagenet`` is the original 3x3/2 conv (224 px); ``small`` a 3x3/1 conv for
 28-32 px inputs (the three max-pools then take 28 px to 4 px).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -20,8 +21,19 @@ from edgesplit.models.resnet import pick_stem
 from edgesplit.models.splitnet import SplitNet, branch_shares
 
 # (squeeze, expand1x1, expand3x3) of the eight Fire modules; "M" is a 3x3/2 max-pool.
-SQUEEZENET_V11_CFG = ["M", (16, 64, 64), (16, 64, 64), "M", (32, 128, 128), (32, 128, 128), "M",
-                      (48, 192, 192), (48, 192, 192), (64, 256, 256), (64, 256, 256)]
+SQUEEZENET_V11_CFG = [
+    "M",
+    (16, 64, 64),
+    (16, 64, 64),
+    "M",
+    (32, 128, 128),
+    (32, 128, 128),
+    "M",
+    (48, 192, 192),
+    (48, 192, 192),
+    (64, 256, 256),
+    (64, 256, 256),
+]
 SQUEEZENET_STEM_WIDTH = 64
 
 
@@ -44,7 +56,9 @@ class Fire(nn.Module):
 
 
 class SqueezeNet(nn.Module):
-    def __init__(self, num_classes: int = 1000, in_chans: int = 3, stem: str = "imagenet", width_mult: float = 1.0, drop_rate: float = 0.5):
+    def __init__(
+        self, num_classes: int = 1000, in_chans: int = 3, stem: str = "imagenet", width_mult: float = 1.0, drop_rate: float = 0.5
+    ):
         super().__init__()
         self.num_classes = num_classes
 
@@ -88,8 +102,13 @@ class SqueezeNet(nn.Module):
 
 
 @register_model
-def squeezenet(num_classes: int = 1000, in_chans: int = 3, input_size: Sequence[int] = (224, 224),
-                  stem: str | None = None, width_mult: float = 1.0) -> SqueezeNet:
+def squeezenet(
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    input_size: Sequence[int] = (224, 224),
+    stem: str | None = None,
+    width_mult: float = 1.0,
+) -> SqueezeNet:
     """SqueezeNet v1.1: 1.24 M parameters, 0.35 GMACs at 3x224x224."""
     return SqueezeNet(num_classes, in_chans, pick_stem(input_size, stem), width_mult)
 
@@ -100,9 +119,15 @@ squeezenet.default_lr = 0.02
 
 
 @register_model
-def squeezenet_split2(num_classes: int = 1000, in_chans: int = 3, input_size: Sequence[int] = (224, 224),
-                         stem: str | None = None, width_mult: float = 1.0,
-                         branch_widths: Sequence[float] | None = None, head_hidden: int = 0) -> SplitNet:
+def squeezenet_split2(
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    input_size: Sequence[int] = (224, 224),
+    stem: str | None = None,
+    width_mult: float = 1.0,
+    branch_widths: Sequence[float] | None = None,
+    head_hidden: int = 0,
+) -> SplitNet:
     """Two SqueezeNet v1.1 branches, each with every layer's channels halved."""
     stem = pick_stem(input_size, stem)
     branches = [SqueezeNet(0, in_chans, stem, width_mult * share) for share in branch_shares(2, branch_widths)]

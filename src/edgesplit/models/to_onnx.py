@@ -3,6 +3,7 @@
 It lives beside the models (not in ``export``) so that reading a network needs nothing of the
 export and runtime packages: ``quant`` and ``hardware`` depend on ``models``, never on ``export``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,12 +32,22 @@ def onnx_bytes(model: nn.Module, input_shape, constant_folding: bool = False) ->
     try:
         with warnings.catch_warnings(), _silence_native_output():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (torch.zeros(1, *input_shape),), buf, dynamo=False, opset_version=OPSET,
-                              input_names=["input"], output_names=["output"], do_constant_folding=constant_folding)
+            torch.onnx.export(
+                model,
+                (torch.zeros(1, *input_shape),),
+                buf,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["input"],
+                output_names=["output"],
+                do_constant_folding=constant_folding,
+            )
     except Exception as err:  # the exporter raises many types; the first line says what failed
         name = getattr(model, "model_name", type(model).__name__)
-        raise EdgesplitError(f"cannot export {name} at input {'x'.join(map(str, input_shape))} to ONNX "
-                             f"({str(err).splitlines()[0][:160]}); try another --input size") from None
+        raise EdgesplitError(
+            f"cannot export {name} at input {'x'.join(map(str, input_shape))} to ONNX "
+            f"({str(err).splitlines()[0][:160]}); try another --input size"
+        ) from None
     return buf.getvalue()
 
 

@@ -13,6 +13,7 @@ accumulators, shifts with rounding, saturation). The fake-quantized PyTorch mode
 exact (products of <=16-bit values summed over <= 2**20 terms stay below 2**53), so
 the two agree bit for bit; the tests check it.
 """
+
 from __future__ import annotations
 
 import math
@@ -147,6 +148,7 @@ class QGraph:
 @dataclass
 class QScheme:
     """Formats per tensor (feature maps, by tensor name) and per weighted op (weights, by op name)."""
+
     wbits: int
     fbits: int
     features: dict[str, Fixed | None]  # None: left in float (QuantNet only; the integer reference refuses it)
@@ -191,8 +193,8 @@ def conv_int(x: np.ndarray, w: np.ndarray, stride: int, pads, groups: int) -> np
     outs = []
     mg = m // groups
     for g in range(groups):
-        xg = win[:, g * cg:(g + 1) * cg]
-        wg = w[g * mg:(g + 1) * mg]
+        xg = win[:, g * cg : (g + 1) * cg]
+        wg = w[g * mg : (g + 1) * mg]
         outs.append(np.einsum("bchwij,mcij->bmhw", xg, wg, optimize=True))
     return np.concatenate(outs, axis=1) if groups > 1 else outs[0]
 
@@ -228,7 +230,7 @@ def run_integer_tensors(graph: QGraph, scheme: QScheme, x: np.ndarray) -> dict[s
         elif op.op == "maxpool":
             k, s = op.attrs["kernel"], op.attrs["stride"]
             pads = pool_pads(a.shape[2], a.shape[3], k, s, op.attrs["pads"], op.attrs["ceil_mode"])
-            y = requantize(_windows(_pad(a, pads, fo.qmin * 2 ** 40), k, k, s).max(axis=(4, 5)), fa, fo)
+            y = requantize(_windows(_pad(a, pads, fo.qmin * 2**40), k, k, s).max(axis=(4, 5)), fa, fo)
         elif op.op == "gap":
             n = a.shape[2] * a.shape[3]
             y = divide_round(a.sum(axis=(2, 3), keepdims=True), n, fa, fo)

@@ -12,6 +12,7 @@ each weight tensor (or of each of its output channels, ``per_channel``) and of e
 feature map over calibration images sets its integer bits; the rest of the width is
 fraction bits.
 """
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -22,8 +23,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.quant.fixed import (BIAS_BITS, MAX_FRAC, Fixed, QGraph, QOp, QScheme, check_bits, format_for,
-                                  format_per_channel, pool_pads, weight_frac_limit)
+from edgesplit.quant.fixed import (
+    BIAS_BITS,
+    MAX_FRAC,
+    Fixed,
+    QGraph,
+    QOp,
+    QScheme,
+    check_bits,
+    format_for,
+    format_per_channel,
+    pool_pads,
+    weight_frac_limit,
+)
 
 PASS_THROUGH = ("relu", "maxpool", "flatten")  # outputs keep their input's format: no rounding needed
 
@@ -55,20 +67,48 @@ def qgraph_from_model(model: nn.Module, input_shape: tuple[int, ...]) -> QGraph:
             continue
         if node.op_type == "Conv":
             pads = tuple(attrs.get("pads", [0, 0, 0, 0]))
-            ops.append(QOp("conv", nname, [ins[0]], node.output[0],
-                           {"stride": int(attrs.get("strides", [1, 1])[0]), "pads": pads, "groups": int(attrs.get("group", 1))},
-                           consts[ins[1]], consts[ins[2]] if len(ins) > 2 else None))
+            ops.append(
+                QOp(
+                    "conv",
+                    nname,
+                    [ins[0]],
+                    node.output[0],
+                    {"stride": int(attrs.get("strides", [1, 1])[0]), "pads": pads, "groups": int(attrs.get("group", 1))},
+                    consts[ins[1]],
+                    consts[ins[2]] if len(ins) > 2 else None,
+                )
+            )
         elif node.op_type == "Gemm":
             w = consts[ins[1]] if attrs.get("transB", 0) else consts[ins[1]].T
-            ops.append(QOp("linear", nname, [ins[0]], node.output[0], {}, np.ascontiguousarray(w),
-                           consts[ins[2]] if len(ins) > 2 else None))
+            ops.append(
+                QOp(
+                    "linear",
+                    nname,
+                    [ins[0]],
+                    node.output[0],
+                    {},
+                    np.ascontiguousarray(w),
+                    consts[ins[2]] if len(ins) > 2 else None,
+                )
+            )
         elif node.op_type == "Relu":
             ops.append(QOp("relu", nname, ins, node.output[0]))
         elif node.op_type == "MaxPool":
             k = attrs["kernel_shape"]
-            ops.append(QOp("maxpool", nname, ins, node.output[0], {"kernel": int(k[0]), "stride": int(attrs.get("strides", k)[0]),
-                                                                   "pads": tuple(attrs.get("pads", [0, 0, 0, 0])),
-                                                                   "ceil_mode": bool(attrs.get("ceil_mode", 0))}))
+            ops.append(
+                QOp(
+                    "maxpool",
+                    nname,
+                    ins,
+                    node.output[0],
+                    {
+                        "kernel": int(k[0]),
+                        "stride": int(attrs.get("strides", k)[0]),
+                        "pads": tuple(attrs.get("pads", [0, 0, 0, 0])),
+                        "ceil_mode": bool(attrs.get("ceil_mode", 0)),
+                    },
+                )
+            )
         elif node.op_type == "GlobalAveragePool":
             ops.append(QOp("gap", nname, ins, node.output[0]))
         elif node.op_type == "Add" and len(ins) == 2 and not any(t in consts for t in ins):
@@ -78,8 +118,10 @@ def qgraph_from_model(model: nn.Module, input_shape: tuple[int, ...]) -> QGraph:
         elif node.op_type == "Flatten":
             ops.append(QOp("flatten", nname, ins, node.output[0]))
         else:
-            raise EdgesplitError(f"quantization has no fixed-point rule for {nname} ({node.op_type}); "
-                                 "supported: Conv, Gemm, Relu, MaxPool, GlobalAveragePool, Add, Concat, Flatten")
+            raise EdgesplitError(
+                f"quantization has no fixed-point rule for {nname} ({node.op_type}); "
+                "supported: Conv, Gemm, Relu, MaxPool, GlobalAveragePool, Add, Concat, Flatten"
+            )
     return QGraph(proto.graph.input[0].name, name_of(proto.graph.output[0].name), tuple(input_shape), ops)
 
 
@@ -135,8 +177,9 @@ class QuantNet(nn.Module):
             elif op.op == "relu":
                 y = F.relu(a)
             elif op.op == "maxpool":
-                t, left, bottom, right = pool_pads(a.shape[2], a.shape[3], op.attrs["kernel"], op.attrs["stride"],
-                                                   op.attrs["pads"], op.attrs["ceil_mode"])
+                t, left, bottom, right = pool_pads(
+                    a.shape[2], a.shape[3], op.attrs["kernel"], op.attrs["stride"], op.attrs["pads"], op.attrs["ceil_mode"]
+                )
                 y = F.max_pool2d(F.pad(a, (left, right, t, bottom), value=float("-inf")), op.attrs["kernel"], op.attrs["stride"])
             elif op.op == "gap":
                 y = a.mean(dim=(2, 3), keepdim=True)
@@ -158,8 +201,14 @@ class QuantNet(nn.Module):
 
     # ------------------------------------------------------------ calibration
     @torch.no_grad()
-    def calibrate(self, batches: Iterable[torch.Tensor], wbits: int, fbits: int,
-                  overrides: dict[str, tuple[int, int] | None] | None = None, per_channel: bool = False) -> QScheme:
+    def calibrate(
+        self,
+        batches: Iterable[torch.Tensor],
+        wbits: int,
+        fbits: int,
+        overrides: dict[str, tuple[int, int] | None] | None = None,
+        per_channel: bool = False,
+    ) -> QScheme:
         """Post-training quantization: formats from the largest magnitudes seen on ``batches``.
 
         ``per_channel``: each output channel of a weight tensor gets its own fraction bits (batch-norm
@@ -228,7 +277,14 @@ class QuantNet(nn.Module):
         for i, op in enumerate(self.graph.ops):
             if op.has_weights:
                 w = self.weights[str(i)].detach()
-                out.append({"layer": op.name, "op": op.op, "weights": int(w.numel()), "weight_max_abs": float(w.abs().max()),
-                            "weight_format": str(s.weights[op.name]) if s else None,
-                            "output_format": str(s.features[op.output]) if s else None})
+                out.append(
+                    {
+                        "layer": op.name,
+                        "op": op.op,
+                        "weights": int(w.numel()),
+                        "weight_max_abs": float(w.abs().max()),
+                        "weight_format": str(s.weights[op.name]) if s else None,
+                        "output_format": str(s.features[op.output]) if s else None,
+                    }
+                )
         return out

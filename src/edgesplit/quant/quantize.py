@@ -5,6 +5,7 @@ quantization-aware training then fine-tunes the folded weights through the fake
 quantizers (STE) with the formats kept. Test accuracy is measured with the
 fake-quantized model in float64, which equals the integer reference bit for bit.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,8 +50,17 @@ def calibration_batches(dataset, idx: np.ndarray, pre, n: int, batch_size: int =
     return [to_tensor(dataset.images(idx[b]), pre) for b in batches(len(idx), batch_size, shuffle=False)]
 
 
-def qat(qnet: QuantNet, dataset, idx: np.ndarray, pre, epochs: int, seed: int = 0, batch_size: int = 128,
-        lr: float = QAT_LR, progress: Callable[[dict], None] | None = None) -> list[dict]:
+def qat(
+    qnet: QuantNet,
+    dataset,
+    idx: np.ndarray,
+    pre,
+    epochs: int,
+    seed: int = 0,
+    batch_size: int = 128,
+    lr: float = QAT_LR,
+    progress: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """Quantization-aware training: SGD through the fake quantizers (cosine from ``lr``), formats fixed."""
     rng = np.random.default_rng(seed)
     opt = torch.optim.SGD(qnet.parameters(), lr=lr, momentum=0.9, nesterov=True)
@@ -83,10 +93,19 @@ def model_bytes(qnet: QuantNet, wbits: int) -> dict:
     return {"float32_bytes": 4 * (weights + biases), "quantized_bytes": math.ceil(weights * wbits / 8) + biases * BIAS_BITS // 8}
 
 
-def quantize_checkpoint(path: str, wbits: int, fbits: int, qat_epochs: int = 0, calib_images: int = 1000,
-                        data_dir: str | None = None, max_test: int | None = None, sweep: list[int] | None = None,
-                        qat_images: int | None = None, per_channel: bool = False,
-                        progress: Callable[[dict], None] | None = None) -> dict:
+def quantize_checkpoint(
+    path: str,
+    wbits: int,
+    fbits: int,
+    qat_epochs: int = 0,
+    calib_images: int = 1000,
+    data_dir: str | None = None,
+    max_test: int | None = None,
+    sweep: list[int] | None = None,
+    qat_images: int | None = None,
+    per_channel: bool = False,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
     check_bits("wbits", wbits)
     check_bits("fbits", fbits)
     for b in sweep or []:
@@ -108,9 +127,17 @@ def quantize_checkpoint(path: str, wbits: int, fbits: int, qat_epochs: int = 0, 
 
     qnet = QuantNet(qgraph_from_model(model, (in_chans, *pre.size)))
     calib = calibration_batches(train, train_idx, pre, calib_images)
-    report = {"checkpoint": str(path), "model": ckpt["model"], "dataset": data, "test_images": int(len(test_idx)),
-              "wbits": wbits, "fbits": fbits, "calibration_images": int(min(calib_images, len(train_idx))),
-              "per_channel": per_channel, "float_top1": float_top1}
+    report = {
+        "checkpoint": str(path),
+        "model": ckpt["model"],
+        "dataset": data,
+        "test_images": int(len(test_idx)),
+        "wbits": wbits,
+        "fbits": fbits,
+        "calibration_images": int(min(calib_images, len(train_idx))),
+        "per_channel": per_channel,
+        "float_top1": float_top1,
+    }
     if sweep:  # one width varied, the other kept at 16 bits: which is more sensitive?
         rows = []
         for bits in sweep:
@@ -126,7 +153,7 @@ def quantize_checkpoint(path: str, wbits: int, fbits: int, qat_epochs: int = 0, 
     if qat_epochs:
         t0 = time.perf_counter()
         report["qat_images"] = int(len(train_idx) if qat_images is None else min(qat_images, len(train_idx)))
-        report["qat_history"] = qat(qnet, train, train_idx[:report["qat_images"]], pre, qat_epochs, progress=progress)
+        report["qat_history"] = qat(qnet, train, train_idx[: report["qat_images"]], pre, qat_epochs, progress=progress)
         report["qat_time_s"] = time.perf_counter() - t0
         report["qat_top1"] = quantized_top1(qnet, test, test_idx, pre)
     return report

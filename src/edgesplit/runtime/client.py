@@ -9,6 +9,7 @@ With workers on this machine that thread defers to them (``tuning.defer_to_worke
 application running :class:`AsyncClient` on its own event loop next to local workers can call
 that function on its loop's thread too.
 """
+
 from __future__ import annotations
 
 import asyncio

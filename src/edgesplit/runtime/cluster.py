@@ -8,6 +8,7 @@ Each worker is pinned to its own core when there are at least as many cores as
 workers, runs ONNX Runtime with one thread, and asks Linux for SIGTERM when this
 process dies (parent-death signal), so no worker outlives its cluster, also after SIGKILL.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,11 +58,22 @@ class WorkerProcess:
 
 
 class LocalCluster:
-    def __init__(self, export_dir: str | Path, parts: Sequence[str] | None = None, threads: int = 1,
-                 pin: bool = True, startup_timeout_s: float = 60.0, worker_args: Sequence[str] = (),
-                 log_dir: str | Path | None = None, timeout_ms: float = 2000.0, input_dtype: str = "uint8",
-                 groups: Sequence[Sequence[str]] | None = None, extra_args: dict[str, Sequence[str]] | None = None,
-                 transport: str = "ipc", poll_ms: float = 0.0):
+    def __init__(
+        self,
+        export_dir: str | Path,
+        parts: Sequence[str] | None = None,
+        threads: int = 1,
+        pin: bool = True,
+        startup_timeout_s: float = 60.0,
+        worker_args: Sequence[str] = (),
+        log_dir: str | Path | None = None,
+        timeout_ms: float = 2000.0,
+        input_dtype: str = "uint8",
+        groups: Sequence[Sequence[str]] | None = None,
+        extra_args: dict[str, Sequence[str]] | None = None,
+        transport: str = "ipc",
+        poll_ms: float = 0.0,
+    ):
         """``parts``: one worker each (default: every part workers serve). ``groups``: instead, one worker per
         group of parts (a device serving several FC blocks). ``extra_args``: more worker arguments by worker
         name (the group's parts joined by commas), e.g. fault injection for one device. ``transport``: how the
@@ -91,14 +103,27 @@ class LocalCluster:
         n = len(self.groups)
         if not self.pin or len(cpus) < n * self.threads:
             return [None] * n
-        return [tuple(cpus[i * self.threads:(i + 1) * self.threads]) for i in range(n)]
+        return [tuple(cpus[i * self.threads : (i + 1) * self.threads]) for i in range(n)]
 
     def start_worker(self, part: str, cpus: tuple[int, ...] | None = None, port: int = 0) -> WorkerProcess:
         """Start (or restart) the worker named ``part`` (a part, or a group's parts joined by commas)
         and wait for its ready line."""
         log_path = self.log_dir / f"{part}.log"
-        cmd = [sys.executable, "-m", "edgesplit", "worker", str(self.export_dir), "--part", part, "--port", str(port),
-               "--threads", str(self.threads), *self.worker_args, *self.extra_args.get(part, [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "edgesplit",
+            "worker",
+            str(self.export_dir),
+            "--part",
+            part,
+            "--port",
+            str(port),
+            "--threads",
+            str(self.threads),
+            *self.worker_args,
+            *self.extra_args.get(part, []),
+        ]
         if cpus:
             cmd += ["--cpus", ",".join(map(str, cpus))]
         sock = Path(self._sockets.name) / f"w{list(self.groups).index(part)}.sock" if self._sockets else None
@@ -126,8 +151,11 @@ class LocalCluster:
         while not found:
             if proc.poll() is not None:
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
-                raise EdgesplitError(f"worker {part} exited with code {proc.returncode} before it was ready"
-                                     + (f": {tail[0]}" if tail else "") + f" (log: {log_path})")
+                raise EdgesplitError(
+                    f"worker {part} exited with code {proc.returncode} before it was ready"
+                    + (f": {tail[0]}" if tail else "")
+                    + f" (log: {log_path})"
+                )
             if time.monotonic() > deadline:
                 _stop_process(proc)
                 raise EdgesplitError(f"worker {part} not ready after {self.startup_timeout_s:.0f} s (log: {log_path})")
@@ -147,8 +175,11 @@ class LocalCluster:
     def plan(self, **settings) -> Plan:
         """A plan placing each part on its local worker; ``settings`` override Plan fields (on_missing, ...)."""
         address = {p: self.workers[name].plan_address for name, group in self.groups.items() for p in group}
-        return Plan(str(self.export_dir), tuple(PartPlacement(p, (address[p],)) for p in self.parts),
-                    **{"timeout_ms": self.timeout_ms, "input_dtype": self.input_dtype, **settings})
+        return Plan(
+            str(self.export_dir),
+            tuple(PartPlacement(p, (address[p],)) for p in self.parts),
+            **{"timeout_ms": self.timeout_ms, "input_dtype": self.input_dtype, **settings},
+        )
 
     def dead(self) -> list[str]:
         return [p for p, w in self.workers.items() if not w.alive()]

@@ -22,6 +22,7 @@ counts as missing at once, or another replica is used) until a background readin
 probe sees it ready again. Parts with several replicas can be hedged: if the first
 replica has not answered after ``hedge_ms``, the next one is asked too.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,17 @@ from edgesplit.manifest import StageSpec, TensorSpec, load_manifest, verify_part
 from edgesplit.coding import make_code, merge_blocks
 from edgesplit.runtime.engines import InferenceEngine, create_engine
 from edgesplit.runtime.errors import DeadlineExceeded, PartUnavailable
-from edgesplit.runtime.model import (TRACE, TRACE_ANSWERED, TRACE_DECODED, TRACE_RECEIVED, TRACE_SENT, InferResult,
-                                     ModelMeta, check_inputs, input_specs)
+from edgesplit.runtime.model import (
+    TRACE,
+    TRACE_ANSWERED,
+    TRACE_DECODED,
+    TRACE_RECEIVED,
+    TRACE_SENT,
+    InferResult,
+    ModelMeta,
+    check_inputs,
+    input_specs,
+)
 from edgesplit.runtime.plan import Plan, validate_plan
 from edgesplit.runtime.shm import InputRing
 
@@ -49,14 +59,16 @@ log = logging.getLogger(__name__)
 class Peer(Protocol):
     address: str
 
-    def start(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "",
-              parameters: dict | None = None) -> asyncio.Future:
+    def start(
+        self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "", parameters: dict | None = None
+    ) -> asyncio.Future:
         """``infer`` begun now (the request written before this returns where the transport can): a future of
         the :class:`InferResult`; cancelling it cancels the call. ``parameters``: the request's KServe v2 ones."""
         ...
 
-    async def infer(self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "",
-                    parameters: dict | None = None) -> InferResult: ...
+    async def infer(
+        self, inputs: dict[str, np.ndarray], timeout_s: float | None = None, request_id: str = "", parameters: dict | None = None
+    ) -> InferResult: ...
     async def ready(self, timeout_s: float = 1.0) -> bool: ...
     async def close(self) -> None: ...
 
@@ -76,8 +88,6 @@ PART_TIMINGS = ("compute_ms", "server_ms")
 TRACE_HOPS = {"sent_ms": TRACE_SENT, "received_ms": TRACE_RECEIVED, "answered_ms": TRACE_ANSWERED, "decoded_ms": TRACE_DECODED}
 
 
-
-
 class _Missing(Exception):
     """A part gave no answer in time (internal: the stage decides what that means)."""
 
@@ -85,6 +95,7 @@ class _Missing(Exception):
 @dataclass
 class RequestReport:
     """What one request's stages found out; its answer's KServe v2 parameters (:meth:`parameters`)."""
+
     trace_t0: float | None = None  # monotonic() at the request's start when traced (Coordinator.trace)
     degraded: bool = False  # a part's answer was replaced by zeros
     recovered: bool = False  # a coded stage decoded with a parity block
@@ -114,6 +125,7 @@ class PartStats:
     """What the coordinator learns across requests: each part's typical time from its send to its answer (the
     slowest is asked first), and per coded stage when its first data block typically answers (lazy parity's
     yardstick before this request's first one is in). Exponential moving averages."""
+
     typical_ms: dict[str, float] = field(default_factory=dict)  # per part
     typical_first_ms: dict[str, float] = field(default_factory=dict)  # per coded stage
 
@@ -125,8 +137,9 @@ class PartStats:
 
 
 class Coordinator:
-    def __init__(self, plan: Plan, peers: dict[str, list[Peer]], head: InferenceEngine | None = None,
-                 ring: InputRing | None = None):
+    def __init__(
+        self, plan: Plan, peers: dict[str, list[Peer]], head: InferenceEngine | None = None, ring: InputRing | None = None
+    ):
         """``ring``: shared memory for inputs sent to several workers on this machine (closed with the coordinator)."""
         self.plan = plan
         self.ring = ring
@@ -136,17 +149,28 @@ class Coordinator:
         self.peers = {name: [PeerHealth(p) for p in ps] for name, ps in peers.items()}
         self.preprocess = Preprocess.from_dict(self.manifest.preprocess)
         self.stages = self.manifest.stages
-        self.local = {p: (head if head is not None and p == "head" else
-                          create_engine("auto", self.manifest.path(self.manifest.part(p)), threads=1))
-                      for s in self.stages if s.local for p in s.parts}
+        self.local = {
+            p: (
+                head
+                if head is not None and p == "head"
+                else create_engine("auto", self.manifest.path(self.manifest.part(p)), threads=1)
+            )
+            for s in self.stages
+            if s.local
+            for p in s.parts
+        }
         self.codes = {s.name: make_code(s.code_k, s.code_r, s.code_kind) for s in self.stages if s.merge == "decode"}
         self._blockwise = self._find_blockwise()
         first = self.stages[0]
         in_spec = self.manifest.part(first.parts[0]).inputs[0]
         out_dim = len(self.manifest.classes)
         self.input_shape = tuple(in_spec.shape[1:])
-        self.meta = ModelMeta(self.manifest.model, "edgesplit_pipeline", (TensorSpec("input", (-1, *self.input_shape), "float32"),),
-                              (TensorSpec("logits", (-1, out_dim), "float32"),))
+        self.meta = ModelMeta(
+            self.manifest.model,
+            "edgesplit_pipeline",
+            (TensorSpec("input", (-1, *self.input_shape), "float32"),),
+            (TensorSpec("logits", (-1, out_dim), "float32"),),
+        )
         self._specs = input_specs(self.meta.inputs)
         self._pixels = self.preprocess.normalize if plan.input_dtype == "float32" else _as_is
         self._rr = {name: itertools.count() for name in peers}
@@ -189,6 +213,7 @@ class Coordinator:
 
     def _start_on(self, h: PeerHealth, stage: StageSpec, name: str, x: np.ndarray, timeout_s: float, rid: str) -> asyncio.Future:
         """The call to one replica, begun now; its outcome updates the replica's health."""
+
         def settle(f: asyncio.Future) -> None:
             if f.cancelled():
                 return
@@ -197,7 +222,9 @@ class Coordinator:
             else:
                 self._failed(h, name)
 
-        fut = h.peer.start({stage.input: x}, timeout_s=timeout_s, request_id=rid, parameters={TRACE: True} if self.trace else None)
+        fut = h.peer.start(
+            {stage.input: x}, timeout_s=timeout_s, request_id=rid, parameters={TRACE: True} if self.trace else None
+        )
         fut.add_done_callback(settle)
         return fut
 
@@ -221,8 +248,9 @@ class Coordinator:
         except Exception as err:  # DeadlineExceeded and transport surprises: a missing answer, never a hang
             raise _Missing(_missing(name, h.peer, err)) from None
 
-    async def _call_part(self, stage: StageSpec, name: str, x: np.ndarray, deadline: float, rid: str,
-                         queue: list[PeerHealth]) -> InferResult:
+    async def _call_part(
+        self, stage: StageSpec, name: str, x: np.ndarray, deadline: float, rid: str, queue: list[PeerHealth]
+    ) -> InferResult:
         """The part's answer from one of its healthy replicas (``queue``, in the order to ask them): the next
         replica is asked when the one in flight fails (retry) or, with ``hedge_ms``, when it has not answered
         after that long (hedge)."""
@@ -242,8 +270,11 @@ class Coordinator:
                 if wait_s <= 0 or not pending:
                     break
                 hedge = bool(self.plan.hedge_ms and queue)
-                done, pending = await asyncio.wait(pending, timeout=min(wait_s, self.plan.hedge_ms / 1e3) if hedge else wait_s,
-                                                   return_when=asyncio.FIRST_COMPLETED)
+                done, pending = await asyncio.wait(
+                    pending,
+                    timeout=min(wait_s, self.plan.hedge_ms / 1e3) if hedge else wait_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 for t in done:
                     if t.exception() is None:
                         return t.result()
@@ -287,8 +318,9 @@ class Coordinator:
         def start(name: str) -> asyncio.Future:
             return self._start_part(stage, name, x_sent, deadline, rid)
 
-        run = _StageRun(stage, start, self.stats, report, t_stage, deadline, self.plan, self._pinned_to,
-                        self._blockwise.get(stage.name))
+        run = _StageRun(
+            stage, start, self.stats, report, t_stage, deadline, self.plan, self._pinned_to, self._blockwise.get(stage.name)
+        )
         try:
             run.ask(i for i in range(len(stage.parts)) if i not in run.held_back)
             await run.wait()
@@ -303,8 +335,15 @@ class Coordinator:
             return run.blockwise[0].finish(run.head_sum)[run.blockwise[1].output]
         return merged
 
-    def _merge(self, stage: StageSpec, answers: dict[int, np.ndarray], errors: list[str], report: RequestReport,
-               batch: int, concat: bool = True) -> np.ndarray | None:
+    def _merge(
+        self,
+        stage: StageSpec,
+        answers: dict[int, np.ndarray],
+        errors: list[str],
+        report: RequestReport,
+        batch: int,
+        concat: bool = True,
+    ) -> np.ndarray | None:
         """The stage's output; for a concat stage with ``concat=False`` only the checks and the report (None)."""
         missing = [stage.parts[i] for i in range(len(stage.parts)) if i not in answers]
         if stage.merge == "single":
@@ -320,8 +359,9 @@ class Coordinator:
             if not concat:
                 return None
             dims = self.manifest.feature_dims
-            return np.concatenate([answers[i] if i in answers else np.zeros((batch, dims[i]), np.float32)
-                                   for i in range(len(stage.parts))], axis=1)
+            return np.concatenate(
+                [answers[i] if i in answers else np.zeros((batch, dims[i]), np.float32) for i in range(len(stage.parts))], axis=1
+            )
         code = self.codes[stage.name]
         if len(answers) >= code.k:
             t0 = time.perf_counter()
@@ -374,14 +414,20 @@ class Coordinator:
             now = time.monotonic()
             if now >= next_report or now > deadline:
                 reasons = await asyncio.gather(*(_reason(h.peer) for _, h in pending))
-                wrong = [f"{n} at {h.peer.address}: the server answers {text}" for (n, h), (kind, text)
-                         in zip(pending, reasons) if kind == "refused"]
+                wrong = [
+                    f"{n} at {h.peer.address}: the server answers {text}"
+                    for (n, h), (kind, text) in zip(pending, reasons)
+                    if kind == "refused"
+                ]
                 if wrong:  # a configuration error, not a device that is down: degrading would hide it
                     raise PartUnavailable("; ".join(wrong) + "; check the plan's addresses (and tokens)")
                 if now <= deadline and not wrong:
-                    log.warning("waiting for %s (%.0f of %.0f s)", "; ".join(f"{n} at {h.peer.address}: {kind} ({text})"
-                                                                      for (n, h), (kind, text) in zip(pending, reasons)),
-                                now - t0, timeout_s)
+                    log.warning(
+                        "waiting for %s (%.0f of %.0f s)",
+                        "; ".join(f"{n} at {h.peer.address}: {kind} ({text})" for (n, h), (kind, text) in zip(pending, reasons)),
+                        now - t0,
+                        timeout_s,
+                    )
                     next_report = now + progress_every_s
                     await asyncio.sleep(0.1)
                     continue
@@ -419,9 +465,18 @@ class _StageRun:
     every answer needed is in, nothing is pending, or k can no longer be reached, and asks the lazy parity
     blocks when a data block fails or is late."""
 
-    def __init__(self, stage: StageSpec, start: Callable[[str], asyncio.Future], stats: PartStats, report: RequestReport,
-                 t_stage: float, deadline: float, plan: Plan,
-                 pinned_to: Callable[[str], frozenset[int] | None] = lambda part: None, blockwise: tuple | None = None):
+    def __init__(
+        self,
+        stage: StageSpec,
+        start: Callable[[str], asyncio.Future],
+        stats: PartStats,
+        report: RequestReport,
+        t_stage: float,
+        deadline: float,
+        plan: Plan,
+        pinned_to: Callable[[str], frozenset[int] | None] = lambda part: None,
+        blockwise: tuple | None = None,
+    ):
         """``start(part)``: that part's call, begun now, as a future of its :class:`InferResult` (failures as
         :class:`_Missing` or any exception). ``stats``: the typical times learned so far (updated here).
         ``deadline``: monotonic() by which the stage stops waiting, whatever its peers do.
@@ -480,8 +535,11 @@ class _StageRun:
         else:
             self.fatal.append(err)
         wake = self.wake
-        if wake is not None and not wake.done() and (
-                len(self.answers) >= self.need or not self.pending or err is not None or self.held_back):
+        if (
+            wake is not None
+            and not wake.done()
+            and (len(self.answers) >= self.need or not self.pending or err is not None or self.held_back)
+        ):
             wake.set_result(None)
 
     def _take(self, i: int, part: str, r: InferResult) -> None:
@@ -516,8 +574,11 @@ class _StageRun:
                 self.report.parity_asked += 1
             if not self.pending or len(self.answers) >= self.need:
                 return
-            if (self.coded and len(self.answers) + len(self.pending) + len(self.held_back) < self.need
-                    and self.plan.on_missing == "fail"):
+            if (
+                self.coded
+                and len(self.answers) + len(self.pending) + len(self.held_back) < self.need
+                and self.plan.on_missing == "fail"
+            ):
                 return  # k can no longer be reached and a degraded answer is not wanted: stop waiting
             # peers enforce the deadline on their calls; this bound holds even for one that does not
             until_deadline_s = self.deadline - time.monotonic()
@@ -526,8 +587,9 @@ class _StageRun:
                 return
             loop = asyncio.get_running_loop()
             self.wake = wake = loop.create_future()
-            timer = loop.call_later(until_deadline_s if late_in_s is None else min(late_in_s, until_deadline_s),
-                                    _resolve, wake)  # one timer handle: cheaper than asyncio.wait's waiter
+            timer = loop.call_later(
+                until_deadline_s if late_in_s is None else min(late_in_s, until_deadline_s), _resolve, wake
+            )  # one timer handle: cheaper than asyncio.wait's waiter
             try:
                 await wake
             finally:

@@ -1,4 +1,5 @@
 """Errors of the runtime, free of gRPC: the transport maps each to its status code."""
+
 from __future__ import annotations
 
 from edgesplit.errors import EdgesplitError

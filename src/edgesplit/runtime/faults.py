@@ -10,6 +10,7 @@ seed's long-tail arrival times on a Raspberry Pi cluster). Seeded, so a run repe
 * ``error_prob``: fraction of calls answered with an error (gRPC INTERNAL);
 * ``crash_after``: the process exits abruptly after that many requests (power loss).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,7 +66,9 @@ class FaultyModel:
         extra = (f.slowdown - 1.0) * compute_s
         if f.delay_ms > 0:
             base = f.delay_ms / 1e3
-            extra += {"fixed": base, "exp": self.rng.exponential(base), "lognormal": base * self.rng.lognormal(0.0, 1.0)}[f.delay_dist]
+            extra += {"fixed": base, "exp": self.rng.exponential(base), "lognormal": base * self.rng.lognormal(0.0, 1.0)}[
+                f.delay_dist
+            ]
         return extra
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> InferResult:

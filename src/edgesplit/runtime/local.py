@@ -3,6 +3,7 @@
 The reference the distributed runtime is checked against, and the ``--in-process``
 mode of the demo (the seed's ``--cpu``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,7 +34,7 @@ class LocalModel:
             if stage.merge == "concat":
                 x = np.concatenate([self.engines[p].run({stage.input: x})[stage.output] for p in stage.parts], axis=1)
             elif stage.merge == "decode":
-                blocks = np.stack([self.engines[p].run({stage.input: x})[stage.output] for p in stage.parts[:stage.code_k]])
+                blocks = np.stack([self.engines[p].run({stage.input: x})[stage.output] for p in stage.parts[: stage.code_k]])
                 x = merge_blocks(blocks, stage.out_features)
                 x = np.maximum(x, 0) if stage.activation == "relu" else x
             else:

@@ -4,6 +4,7 @@ A worker serves one ONNX part (:class:`edgesplit.runtime.worker.PartModel`); the
 coordinator serves the whole split model (:class:`edgesplit.runtime.coordinator.Coordinator`).
 The KServe v2 transport only sees this interface.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -87,7 +88,9 @@ def check_inputs(model: str, specs: dict, inputs: dict[str, np.ndarray], pixels=
         if arr.dtype == _UINT8 and image:
             arr = pixels(arr)
         elif arr.dtype != dtype:
-            raise InferError(f"input {name!r}: datatype {arr.dtype.name}, expected {spec.dtype}" + (" or uint8 pixels" if image else ""))
+            raise InferError(
+                f"input {name!r}: datatype {arr.dtype.name}, expected {spec.dtype}" + (" or uint8 pixels" if image else "")
+            )
         elif arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise InferError(f"input {name!r} contains NaN or Inf")
         feeds[name] = arr

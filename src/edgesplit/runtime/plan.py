@@ -17,6 +17,7 @@
 work: the faster devices get the wider branches (when the export has unequal widths)
 or the most replicas.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,8 +72,9 @@ class Plan:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["parts"] = {p.name: {k: v for k, v in (("replicas", list(p.replicas)), ("model_name", p.model_name)) if v}
-                      for p in self.parts}
+        d["parts"] = {
+            p.name: {k: v for k, v in (("replicas", list(p.replicas)), ("model_name", p.model_name)) if v} for p in self.parts
+        }
         d["security"] = {k: v for k, v in d["security"].items() if v}
         return d
 
@@ -93,18 +95,28 @@ def load_plan(path: str | Path) -> Plan:
         d = yaml.safe_load(path.read_text())
         parts = tuple(PartPlacement(name, tuple(spec["replicas"]), spec.get("model_name")) for name, spec in d["parts"].items())
         export = (path.parent / d["export"]) if not Path(d["export"]).is_absolute() else d["export"]
-        plan = Plan(str(export), parts, timeout_ms=float(d.get("timeout_ms", 2000)), input_dtype=d.get("input_dtype", "uint8"),
-                    security=PlanSecurity(**(d.get("security") or {})), on_missing=d.get("on_missing", "degrade"),
-                    hedge_ms=d.get("hedge_ms"), unhealthy_after=int(d.get("unhealthy_after", 3)),
-                    probe_interval_ms=float(d.get("probe_interval_ms", 500)), parity=d.get("parity", "eager"),
-                    parity_slack=float(d.get("parity_slack", 0.5)), shared_memory=bool(d.get("shared_memory", True)))
+        plan = Plan(
+            str(export),
+            parts,
+            timeout_ms=float(d.get("timeout_ms", 2000)),
+            input_dtype=d.get("input_dtype", "uint8"),
+            security=PlanSecurity(**(d.get("security") or {})),
+            on_missing=d.get("on_missing", "degrade"),
+            hedge_ms=d.get("hedge_ms"),
+            unhealthy_after=int(d.get("unhealthy_after", 3)),
+            probe_interval_ms=float(d.get("probe_interval_ms", 500)),
+            parity=d.get("parity", "eager"),
+            parity_slack=float(d.get("parity_slack", 0.5)),
+            shared_memory=bool(d.get("shared_memory", True)),
+        )
     except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
         raise EdgesplitError(f"{path} is not a valid plan ({type(err).__name__}: {err}); see `edgesplit plan --help`") from None
     try:
         manifest = load_manifest(plan.export, verify=False)
     except EdgesplitError as err:
-        raise EdgesplitError(f"plan {path}: its export {d['export']!r} is read relative to the plan's folder, as {plan.export}: "
-                             f"{err}") from None
+        raise EdgesplitError(
+            f"plan {path}: its export {d['export']!r} is read relative to the plan's folder, as {plan.export}: {err}"
+        ) from None
     validate_plan(plan, manifest)
     return plan
 
@@ -132,8 +144,13 @@ def validate_plan(plan: Plan, manifest: Manifest) -> None:
         raise EdgesplitError(f"parity_slack must be 0 or more, got {plan.parity_slack}")
 
 
-def make_plan(export_dir: str, addresses: Sequence[str], speeds: Sequence[float] | None = None,
-              timeout_ms: float = 2000.0, input_dtype: str = "uint8") -> Plan:
+def make_plan(
+    export_dir: str,
+    addresses: Sequence[str],
+    speeds: Sequence[float] | None = None,
+    timeout_ms: float = 2000.0,
+    input_dtype: str = "uint8",
+) -> Plan:
     """Assign the export's parts to ``addresses`` so that branches finish together.
 
     Branch cost is its feature width as a proxy when the export has unequal widths
@@ -157,7 +174,7 @@ def make_plan(export_dir: str, addresses: Sequence[str], speeds: Sequence[float]
     by_speed = sorted(range(len(addresses)), key=lambda j: -speeds[j])
     replicas: dict[int, list[int]] = {i: [by_speed[r]] for r, i in enumerate(by_work)}
     if not coded:
-        for j in by_speed[len(parts):]:  # spare devices: add capacity where finish time is worst
+        for j in by_speed[len(parts) :]:  # spare devices: add capacity where finish time is worst
             worst = max(replicas, key=lambda i: work[i] / sum(speeds[d] for d in replicas[i]))
             replicas[worst].append(j)
     placements = [PartPlacement(parts[i], tuple(addresses[j] for j in replicas[i])) for i in range(len(parts))]
@@ -165,10 +182,12 @@ def make_plan(export_dir: str, addresses: Sequence[str], speeds: Sequence[float]
         blocks = len(stage.parts)
         if stage.code_r and math.ceil(blocks / len(addresses)) > stage.code_r:
             need = math.ceil(blocks / stage.code_r)
-            raise EdgesplitError(f"stage {stage.name}: {stage.code_k} data + {stage.code_r} parity blocks on "
-                                 f"{len(addresses)} device(s) would put {math.ceil(blocks / len(addresses))} blocks on one "
-                                 f"device, more than the {stage.code_r} the code can lose; give at least {need} worker "
-                                 f"addresses, or export with more parity blocks (--code-head K,R)")
+            raise EdgesplitError(
+                f"stage {stage.name}: {stage.code_k} data + {stage.code_r} parity blocks on "
+                f"{len(addresses)} device(s) would put {math.ceil(blocks / len(addresses))} blocks on one "
+                f"device, more than the {stage.code_r} the code can lose; give at least {need} worker "
+                f"addresses, or export with more parity blocks (--code-head K,R)"
+            )
     for stage in coded:  # block j of every coded stage on device j (mod the number of devices)
         placements += [PartPlacement(p, (addresses[by_speed[j % len(addresses)]],)) for j, p in enumerate(stage.parts)]
     return Plan(str(export_dir), tuple(placements), timeout_ms=timeout_ms, input_dtype=input_dtype)
@@ -190,9 +209,11 @@ def coded_tolerance(plan: Plan) -> list[str]:
                 per_device[address] = per_device.get(address, 0) + 1
         most = max(per_device.values(), default=0)
         lose = stage.code_r // most if most else 0
-        lines.append(f"{stage.name}: {stage.code_k} data + {stage.code_r} parity blocks on {len(per_device)} device(s), "
-                     f"at most {most} per device: " + (f"any {lose} device(s) can be lost without a degraded answer"
-                                                       if lose else "losing any device degrades answers"))
+        lines.append(
+            f"{stage.name}: {stage.code_k} data + {stage.code_r} parity blocks on {len(per_device)} device(s), "
+            f"at most {most} per device: "
+            + (f"any {lose} device(s) can be lost without a degraded answer" if lose else "losing any device degrades answers")
+        )
     return lines
 
 

@@ -1,4 +1,5 @@
 """Secrets the runtime reads: the bearer token, from a file (never from a command line, never echoed)."""
+
 from __future__ import annotations
 
 import stat
@@ -12,8 +13,9 @@ def read_token_file(path: str, what: str = "--token-file") -> str:
     token itself."""
     try:
         if Path(path).stat().st_mode & stat.S_IROTH:
-            raise EdgesplitError(f"{what} {path} can be read by every user of this machine; make it yours alone "
-                                 f"(chmod 600 {path})")
+            raise EdgesplitError(
+                f"{what} {path} can be read by every user of this machine; make it yours alone (chmod 600 {path})"
+            )
         token = Path(path).read_text().strip()
     except FileNotFoundError:
         raise EdgesplitError(f"{what} {path} does not exist; write the bearer token in that file") from None

@@ -1,4 +1,5 @@
 """``edgesplit serve``: the coordinator behind one KServe v2 endpoint, over a plan or a local cluster."""
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,16 @@ log = logging.getLogger(__name__)
 READY_LINE = "EDGESPLIT-SERVE-READY"
 
 
-async def serve(plan_path: str | None, local_export: str | None, host: str, port: int, security: ServerSecurity,
-                limits: ServerLimits = ServerLimits(), worker_poll_ms: float = 0.0, wait_ready_s: float = 30.0) -> None:
+async def serve(
+    plan_path: str | None,
+    local_export: str | None,
+    host: str,
+    port: int,
+    security: ServerSecurity,
+    limits: ServerLimits = ServerLimits(),
+    worker_poll_ms: float = 0.0,
+    wait_ready_s: float = 30.0,
+) -> None:
     """``worker_poll_ms``: the local workers' ``--poll-ms`` (``local_export`` only). ``wait_ready_s``: how long to
     wait for every worker; then a plan with ``on_missing: degrade`` starts without the missing ones."""
     security.check_bind(host)

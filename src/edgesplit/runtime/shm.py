@@ -15,6 +15,7 @@ when every slot is taken, are sent inline as before. The ring's file lives in
 ``/dev/shm``, mode 0600, and is removed by :meth:`InputRing.close`; rings left by a
 process that died are removed by the next ring created.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,6 +49,7 @@ class SharedRegion:
 class SharedTensor:
     """An input written into a ring slot. Peers that can map the ring send the reference;
     any other peer sends ``array`` inline."""
+
     array: np.ndarray
     region: SharedRegion
     offset: int
@@ -127,7 +129,7 @@ def _remove_stale_rings() -> None:
     """Remove ring files whose creating process is gone (it was killed before it could close them)."""
     for path in SHM_DIR.glob(f"{PREFIX}*{SUFFIX}"):
         try:
-            pid = int(path.name[len(PREFIX):].split("-", 1)[0])
+            pid = int(path.name[len(PREFIX) :].split("-", 1)[0])
         except ValueError:
             continue
         if pid != os.getpid() and not Path(f"/proc/{pid}").exists() and path.stat().st_uid == os.getuid():
@@ -176,8 +178,10 @@ class RegionMap:
         mapping, fd = entry
         size = os.fstat(fd).st_size
         if size < len(mapping):
-            raise ValueError(f"shared memory region {name[:64]!r} shrank to {size} bytes since it was registered "
-                             f"({len(mapping)}); register it again")
+            raise ValueError(
+                f"shared memory region {name[:64]!r} shrank to {size} bytes since it was registered "
+                f"({len(mapping)}); register it again"
+            )
         return memoryview(mapping)
 
     def check(self) -> None:

@@ -15,6 +15,7 @@ All were measured on the project's 2-core VM (docs/benchmarks.md):
   once on an idle core, and keeps its fair share of a busy one, but waits for the running worker's
   time slice instead of cutting it, and then handles all the answers that arrived meanwhile.
 """
+
 import ctypes
 import logging
 import os

@@ -5,6 +5,7 @@ before it reaches the engine, and accepts the image either as float32 (already
 normalised) or as uint8 pixels, normalised here (4x fewer bytes on the network).
 The engine runs on the event loop's thread: one call at a time, as the one core allows.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,18 +33,15 @@ from edgesplit.runtime.transport.limits import ServerLimits
 log = logging.getLogger(__name__)
 
 
-
-
 class PartModel:
     """One ONNX part behind the :class:`ServedModel` interface."""
 
-    def __init__(self, name: str, engine: InferenceEngine, preprocess: Preprocess | None = None,
-                 platform: str = "onnxruntime_onnx"):
+    def __init__(
+        self, name: str, engine: InferenceEngine, preprocess: Preprocess | None = None, platform: str = "onnxruntime_onnx"
+    ):
         self.engine = engine
         self.preprocess = preprocess  # set for parts that take the image: enables uint8 input
-        self.meta = ModelMeta(name, platform,
-                              tuple(engine.inputs),
-                              tuple(engine.outputs))
+        self.meta = ModelMeta(name, platform, tuple(engine.inputs), tuple(engine.outputs))
         self._specs = input_specs(self.meta.inputs)
         self._pixels = preprocess.normalize if preprocess is not None else None
 
@@ -139,8 +137,9 @@ async def serve_worker(cfg: WorkerConfig, security=None, grace_s: float = 5.0) -
 
     pin_cpus(cfg.cpus)
     models = load_parts(cfg)
-    grpc_server = KServeServer(models, cfg.host, cfg.port, security or ServerSecurity(), cfg.limits,
-                               server_name="edgesplit-worker")
+    grpc_server = KServeServer(
+        models, cfg.host, cfg.port, security or ServerSecurity(), cfg.limits, server_name="edgesplit-worker"
+    )
     ipc_server = UnixSocketServer(models, cfg.unix_socket, cfg.limits, cfg.poll_ms) if cfg.unix_socket else None
     port = await grpc_server.start()
     try:

@@ -5,6 +5,7 @@ the weights, the optimiser and schedule state, the epoch it completed, the
 training config, class names and preprocessing. ``load_model`` rebuilds the model
 from the name and arguments and refuses a state dict of another model.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,7 +47,9 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged or foreign file
-        raise EdgesplitError(f"{path} is not a readable edgesplit checkpoint ({type(err).__name__}); retrain or pick another file") from None
+        raise EdgesplitError(
+            f"{path} is not a readable edgesplit checkpoint ({type(err).__name__}); retrain or pick another file"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise EdgesplitError(f"{path} is not an edgesplit checkpoint (format tag missing); use one written by `edgesplit train`")
     return ckpt
@@ -59,7 +62,9 @@ def build_model(ckpt: dict) -> nn.Module:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise EdgesplitError(f"checkpoint weights do not fit model {ckpt['model']!r} ({first}); it was written for another model") from None
+        raise EdgesplitError(
+            f"checkpoint weights do not fit model {ckpt['model']!r} ({first}); it was written for another model"
+        ) from None
     model.eval()
     return model
 

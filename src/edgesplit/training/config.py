@@ -1,4 +1,5 @@
 """The training configuration, importable without torch (the CLI builds its options from it)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,16 +17,25 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)  # e.g. width_mult, head_hidden
     epochs: int = option(5, "training epochs")
     batch_size: int = option(128, "images per training step")
-    lr: float | None = option(None, "peak learning rate of the one-cycle schedule (default: the model's: 0.1, 0.02 for "
-                                    "SqueezeNet, which has no batch norm)", type=float)
+    lr: float | None = option(
+        None,
+        "peak learning rate of the one-cycle schedule (default: the model's: 0.1, 0.02 for SqueezeNet, which has no batch norm)",
+        type=float,
+    )
     momentum: float = 0.9
     weight_decay: float = option(5e-4, "SGD weight decay")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss, 0 to 1")
     branch_dropout: float = option(0.0, "probability of zeroing a branch's features (split models)")
     augment_pad: int = option(2, "random-crop padding in pixels; 0 turns augmentation off")
     val_size: int = option(5000, "training images held out for validation")
-    max_train_samples: int | None = option(None, "train on the first N training images only (default: all)",
-                                           "--train-images", aliases=("--max-train-samples",), type=int, metavar="N")
+    max_train_samples: int | None = option(
+        None,
+        "train on the first N training images only (default: all)",
+        "--train-images",
+        aliases=("--max-train-samples",),
+        type=int,
+        metavar="N",
+    )
     seed: int = option(0, "seed of the weights' initialisation and of each epoch's shuffling")
     threads: int | None = option(None, "torch threads (default: all cores)", type=int)
 

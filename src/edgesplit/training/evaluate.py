@@ -1,4 +1,5 @@
 """Accuracy of a model on a dataset: top-1, top-5, per class, and with each single branch missing."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,9 @@ from edgesplit.models import SplitNet
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, dataset, idx: np.ndarray, pre: Preprocess, batch_size: int = 500,
-                   present: torch.Tensor | None = None) -> np.ndarray:
+def predict_logits(
+    model: torch.nn.Module, dataset, idx: np.ndarray, pre: Preprocess, batch_size: int = 500, present: torch.Tensor | None = None
+) -> np.ndarray:
     """Logits (N, num_classes) for ``dataset[idx]``; ``present`` (k,) masks branches of a SplitNet."""
     was_training = model.training
     model.eval()

@@ -8,6 +8,7 @@ computed once, and the head alone is trained on them, each sample's branches zer
 probability ``branch_dropout`` (never all of one sample), exactly as the deployed head
 sees a missing branch. Minutes instead of an hour on the 2-core machine.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,7 +83,9 @@ def retrain_head(run_dir: str | Path, out_dir: str | Path, cfg: HeadConfig = Hea
     train_cfg = source["config"]
     pre = checkpoint_preprocess(source)
     # the training images and validation split exactly as `edgesplit train` used them
-    full = load_dataset(source["dataset"], "train", cfg.data_dir or train_cfg["data_dir"], size=train_cfg["input_size"] or (224, 224))
+    full = load_dataset(
+        source["dataset"], "train", cfg.data_dir or train_cfg["data_dir"], size=train_cfg["input_size"] or (224, 224)
+    )
     train_idx, val_idx = train_val_split(len(full), train_cfg["val_size"])
     if train_cfg.get("max_train_samples"):
         train_idx = train_idx[: train_cfg["max_train_samples"]]
@@ -120,8 +123,14 @@ def retrain_head(run_dir: str | Path, out_dir: str | Path, cfg: HeadConfig = Hea
 
     payload = {k: v for k, v in source.items() if k not in ("optimizer", "scheduler", "format")}
     payload["state_dict"] = model.state_dict()
-    payload["head_retrained"] = {"source": str(run_dir), **asdict(cfg), "val_before": before, "val_after": history[-1]["val"],
-                                 "features_s": features_s, "train_s": head_s}
+    payload["head_retrained"] = {
+        "source": str(run_dir),
+        **asdict(cfg),
+        "val_before": before,
+        "val_after": history[-1]["val"],
+        "features_s": features_s,
+        "train_s": head_s,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out_dir / "checkpoint.pt", payload)
     (out_dir / "head_history.json").write_text(json.dumps(history, indent=1))

@@ -4,6 +4,7 @@ Reproducibility: the shuffle order and augmentation of epoch ``e`` come from a
 generator seeded with ``(seed, e)``, and torch's generator is reseeded the same way,
 so a run resumed after epoch ``e`` continues exactly as the uninterrupted run would.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,7 @@ def _read_history(out_dir: Path) -> list:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
-          progress: Callable[[dict], None] | None = None) -> dict:
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: Callable[[dict], None] | None = None) -> dict:
     """Train ``cfg.model`` and write ``out_dir/checkpoint.pt`` after every epoch; returns the final summary."""
     if cfg.lr is None:
         cfg = replace(cfg, lr=default_lr(cfg.model))
@@ -76,16 +76,26 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     if resume and ckpt_path.exists():
         state = read_checkpoint(ckpt_path)
         if "optimizer" not in state:
-            raise EdgesplitError(f"{out_dir} holds a finished model without its optimizer state (written by retrain-head); "
-                                 f"it cannot be resumed; train into another --out")
-        saved = TrainConfig(**{**state["config"], "input_size": tuple(state["config"]["input_size"]) if state["config"]["input_size"] else None})
+            raise EdgesplitError(
+                f"{out_dir} holds a finished model without its optimizer state (written by retrain-head); "
+                f"it cannot be resumed; train into another --out"
+            )
+        saved = TrainConfig(
+            **{**state["config"], "input_size": tuple(state["config"]["input_size"]) if state["config"]["input_size"] else None}
+        )
         if saved != cfg:
             changed = [k for k in asdict(cfg) if asdict(cfg)[k] != asdict(saved)[k]]
-            raise EdgesplitError(f"cannot resume {out_dir}: settings differ from the saved run ({', '.join(changed)}); use the same arguments or another --out")
+            raise EdgesplitError(
+                f"cannot resume {out_dir}: settings differ from the saved run ({', '.join(changed)}); use the same arguments or another --out"
+            )
         start_epoch = state["epoch"]
         if start_epoch >= cfg.epochs:  # finished: nothing to load or train
-            return {"out_dir": str(out_dir), "epochs": cfg.epochs, "train_time_s": state.get("train_time_s", 0.0),
-                    "history": _read_history(out_dir)}
+            return {
+                "out_dir": str(out_dir),
+                "epochs": cfg.epochs,
+                "train_time_s": state.get("train_time_s", 0.0),
+                "history": _read_history(out_dir),
+            }
     elif ckpt_path.exists() and not resume:
         raise EdgesplitError(f"{out_dir} already holds a run; add --resume to continue it or choose another --out")
 
@@ -115,7 +125,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        history = _read_history(out_dir)[: start_epoch]
+        history = _read_history(out_dir)[:start_epoch]
         log.info("resuming %s from epoch %d", out_dir, start_epoch)
 
     train_time_s = sum(h["epoch_time_s"] for h in history)
@@ -144,22 +154,52 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
             if progress:
-                progress({"epoch": epoch + 1, "epochs": cfg.epochs, "step": step + 1, "steps": steps_per_epoch,
-                          "loss": loss_sum / seen, "acc": correct / seen})
+                progress(
+                    {
+                        "epoch": epoch + 1,
+                        "epochs": cfg.epochs,
+                        "step": step + 1,
+                        "steps": steps_per_epoch,
+                        "loss": loss_sum / seen,
+                        "acc": correct / seen,
+                    }
+                )
         epoch_time_s = time.perf_counter() - t0
         train_time_s += epoch_time_s
         val = evaluate(model, full, val_idx, pre, missing_branches=False)["top1"] if len(val_idx) else None
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_top1": val,
-                  "epoch_time_s": epoch_time_s, "lr": sched.get_last_lr()[0]}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "val_top1": val,
+            "epoch_time_s": epoch_time_s,
+            "lr": sched.get_last_lr()[0],
+        }
         history.append(record)
-        save_checkpoint(ckpt_path, {
-            "model": cfg.model, "model_kwargs": model_kwargs, "state_dict": model.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
-            "config": {**asdict(cfg), "input_size": list(size) if cfg.input_size else None},
-            "classes": list(full.classes), "preprocess": pre.to_dict(), "dataset": cfg.dataset,
-            "train_time_s": train_time_s,
-        })
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model": cfg.model,
+                "model_kwargs": model_kwargs,
+                "state_dict": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch + 1,
+                "config": {**asdict(cfg), "input_size": list(size) if cfg.input_size else None},
+                "classes": list(full.classes),
+                "preprocess": pre.to_dict(),
+                "dataset": cfg.dataset,
+                "train_time_s": train_time_s,
+            },
+        )
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-        log.info("epoch %d/%d loss %.4f train_acc %.4f val_top1 %s time %.0fs", epoch + 1, cfg.epochs,
-                 record["train_loss"], record["train_acc"], f"{val:.4f}" if val is not None else "-", epoch_time_s)
+        log.info(
+            "epoch %d/%d loss %.4f train_acc %.4f val_top1 %s time %.0fs",
+            epoch + 1,
+            cfg.epochs,
+            record["train_loss"],
+            record["train_acc"],
+            f"{val:.4f}" if val is not None else "-",
+            epoch_time_s,
+        )
     return {"out_dir": str(out_dir), "epochs": cfg.epochs, "train_time_s": train_time_s, "history": history}

@@ -3,6 +3,7 @@
 Implementations are named after their technology and imported only when chosen
 (``create_engine``): a board that has only ONNX Runtime never imports anything else.
 """
+
 from __future__ import annotations
 
 import logging

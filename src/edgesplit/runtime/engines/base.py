@@ -1,4 +1,5 @@
 """What every inference engine offers a worker or the coordinator: its tensors and ``run``."""
+
 from __future__ import annotations
 
 from typing import Protocol, Sequence

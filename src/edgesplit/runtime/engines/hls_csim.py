@@ -6,6 +6,7 @@ integers the board would compute, as float32 (integers x 2^-frac). Input and out
 shapes are the export's ONNX part's, so the coordinator sees the part it planned for.
 No torch and no ONNX Runtime session: the part's ONNX file is read for its metadata only.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -51,18 +52,22 @@ class HlsCsimEngine:
         self.layout = json.loads((self.dir / "layout.json").read_text())
         self.inputs, self.outputs = _onnx_io(Path(onnx_path))
         if len(self.inputs) != 1 or len(self.outputs) != 1:
-            raise EdgesplitError(f"hls-csim serves parts with one input and one output; {onnx_path} has "
-                                 f"{len(self.inputs)} and {len(self.outputs)}")
+            raise EdgesplitError(
+                f"hls-csim serves parts with one input and one output; {onnx_path} has {len(self.inputs)} and {len(self.outputs)}"
+            )
         n_in, n_out = int(np.prod(self.layout["input"]["shape"])), int(np.prod(self.layout["output"]["shape"]))
         want_in = int(np.prod([d for d in self.inputs[0].shape[1:]]))
         if want_in != n_in:
-            raise EdgesplitError(f"the HLS project in {self.dir} takes {n_in} input values, the part {onnx_path} {want_in}: "
-                                 "build the project for this branch (edgesplit hls RUN --branch K)")
+            raise EdgesplitError(
+                f"the HLS project in {self.dir} takes {n_in} input values, the part {onnx_path} {want_in}: "
+                "build the project for this branch (edgesplit hls RUN --branch K)"
+            )
         self._lib = ctypes.CDLL(str(compile_library(self.dir)))
         weights = np.fromfile(self.dir / "weights.bin", "<i2")
         biases = np.fromfile(self.dir / "bias.bin", "<i4")
-        self._lib.edgesplit_init(weights.ctypes.data_as(ctypes.POINTER(ctypes.c_short)),
-                                 biases.ctypes.data_as(ctypes.POINTER(ctypes.c_int)))
+        self._lib.edgesplit_init(
+            weights.ctypes.data_as(ctypes.POINTER(ctypes.c_short)), biases.ctypes.data_as(ctypes.POINTER(ctypes.c_int))
+        )
         self._n_in, self._n_out = n_in, n_out
         self._scale = np.float32(2.0 ** -self.layout["output"]["frac"])
         self._lock = threading.Lock()  # the library's buffers are static: one image at a time
@@ -74,7 +79,8 @@ class HlsCsimEngine:
         out = np.empty((batch, self._n_out), np.int16)
         with self._lock:
             for b in range(batch):
-                self._lib.edgesplit_run(x[b].ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-                                        out[b].ctypes.data_as(ctypes.POINTER(ctypes.c_short)))
+                self._lib.edgesplit_run(
+                    x[b].ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out[b].ctypes.data_as(ctypes.POINTER(ctypes.c_short))
+                )
         shape = (batch, *[d for d in self.outputs[0].shape[1:]])
         return {self.outputs[0].name: (out.astype(np.float32) * self._scale).reshape(shape)}

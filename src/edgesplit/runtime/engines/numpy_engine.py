@@ -8,6 +8,7 @@ goes into ``UnsupportedGraph`` with the list, and ``create_engine("auto", ...)``
 Runtime. The ONNX file is read with a vendored subset of ONNX's schema (``onnx_subset.proto``),
 so neither onnx nor torch is needed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -119,16 +120,19 @@ class NumpyEngine:
         except Exception as err:
             raise EdgesplitError(f"cannot read {path} as an ONNX model: {err}") from None
         g = model.graph
-        unsupported = sorted({f"external data ({t.name})" for t in g.initializer if t.data_location == EXTERNAL} |
-                             {f"data type {t.data_type} ({t.name})" for t in g.initializer if t.data_type not in ONNX_DTYPES})
+        unsupported = sorted(
+            {f"external data ({t.name})" for t in g.initializer if t.data_location == EXTERNAL}
+            | {f"data type {t.data_type} ({t.name})" for t in g.initializer if t.data_type not in ONNX_DTYPES}
+        )
         consts = {t.name: _array(t) for t in g.initializer if t.data_location != EXTERNAL and t.data_type in ONNX_DTYPES}
         self._steps: list[tuple[Callable, list[str], str]] = []
         for node in g.node:
             make = OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
             fn = make(node, _attrs(node), consts) if make else None
             if fn is None:
-                unsupported.append(f"op {node.op_type}" + (f" ({node.name}: transA, or weights that are not constants)"
-                                                           if make else ""))
+                unsupported.append(
+                    f"op {node.op_type}" + (f" ({node.name}: transA, or weights that are not constants)" if make else "")
+                )
                 continue
             if len(node.output) != 1:
                 unsupported.append(f"op {node.op_type} with {len(node.output)} outputs")
@@ -137,8 +141,11 @@ class NumpyEngine:
             if isinstance(fn, _Gemm):
                 args = args[:1]  # the constant weights are in the step
             self._steps.append((fn, args, node.output[0]))
-        unsupported += [f"{v.name} of data type {v.type.tensor_type.elem_type}" for v in [*g.input, *g.output]
-                        if v.name not in consts and v.type.tensor_type.elem_type not in ONNX_DTYPES]
+        unsupported += [
+            f"{v.name} of data type {v.type.tensor_type.elem_type}"
+            for v in [*g.input, *g.output]
+            if v.name not in consts and v.type.tensor_type.elem_type not in ONNX_DTYPES
+        ]
         if unsupported:
             raise UnsupportedGraph(path, unsupported)
         inits = set(consts)

@@ -1,4 +1,5 @@
 """ONNX Runtime as an inference engine (imported only when chosen)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,15 @@ from edgesplit.manifest import TensorSpec
 
 LARGE_RUN_BYTES = 256 << 10  # a run with inputs this large gives its scratch memory back afterwards (see run)
 
-_ORT_DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int64)": "int64",
-               "tensor(int32)": "int32", "tensor(float16)": "float16", "tensor(int8)": "int8", "tensor(double)": "float64"}
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(uint8)": "uint8",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(double)": "float64",
+}
 
 
 class OnnxRuntimeEngine:
@@ -42,10 +50,14 @@ class OnnxRuntimeEngine:
         except Exception as err:  # onnxruntime raises its own exception types for bad files
             raise EdgesplitError(f"ONNX Runtime cannot load {path}: {str(err).splitlines()[0][:200]}") from None
         self.providers = self.session.get_providers()
-        self.inputs = [TensorSpec(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape), _ORT_DTYPES.get(i.type, i.type))
-                       for i in self.session.get_inputs()]
-        self.outputs = [TensorSpec(o.name, tuple(d if isinstance(d, int) else -1 for d in o.shape), _ORT_DTYPES.get(o.type, o.type))
-                        for o in self.session.get_outputs()]
+        self.inputs = [
+            TensorSpec(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape), _ORT_DTYPES.get(i.type, i.type))
+            for i in self.session.get_inputs()
+        ]
+        self.outputs = [
+            TensorSpec(o.name, tuple(d if isinstance(d, int) else -1 for d in o.shape), _ORT_DTYPES.get(o.type, o.type))
+            for o in self.session.get_outputs()
+        ]
         self._output_names = [o.name for o in self.outputs]
         self._shrink = ort.RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")

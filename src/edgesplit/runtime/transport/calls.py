@@ -4,6 +4,7 @@ Both servers use it (gRPC: ``grpc_server.py``; the Unix socket: ``ipc_server.py`
 failed call's status back to the runtime's exceptions with :func:`status_error`. No gRPC import here: a
 process that only speaks the Unix socket transport never loads grpc.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,13 @@ class Call:
     traced: bool  # the request asked for a trace (``model.TRACE``)
 
 
-def decode_call(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest,
-                regions=None, max_batch: int | None = None) -> Call:
+def decode_call(
+    models: dict[str, ServedModel],
+    max_message_bytes: int,
+    request: pb.ModelInferRequest,
+    regions=None,
+    max_batch: int | None = None,
+) -> Call:
     """The request's model and inputs, or :class:`CallFailed` (INVALID_ARGUMENT) saying what is wrong. ``regions``:
     the shared-memory regions the caller registered (Unix socket transport only). ``max_batch``: the most items
     (first dimension) an input may have: the engine's scratch memory grows with it."""
@@ -54,13 +60,17 @@ def decode_call(models: dict[str, ServedModel], max_message_bytes: int, request:
     if max_batch is not None:
         for name, a in inputs.items():
             if a.ndim and a.shape[0] > max_batch:
-                raise CallFailed("RESOURCE_EXHAUSTED", f"input {echo(name)}: a batch of {a.shape[0]} items, over the limit "
-                                                     f"of {max_batch}; send smaller batches (or raise the server's --max-batch)")
+                raise CallFailed(
+                    "RESOURCE_EXHAUSTED",
+                    f"input {echo(name)}: a batch of {a.shape[0]} items, over the limit "
+                    f"of {max_batch}; send smaller batches (or raise the server's --max-batch)",
+                )
     return Call(m, request.id, inputs, TRACE in request.parameters and request.parameters[TRACE].bool_param)
 
 
-async def answer_call(call: Call, received_at: float | None = None, encode=codec.encode_response,
-                      started_at: float | None = None):
+async def answer_call(
+    call: Call, received_at: float | None = None, encode=codec.encode_response, started_at: float | None = None
+):
     """Run one decoded call: the response, or :class:`CallFailed` with the status a KServe v2 client expects.
     ``received_at``: when the transport had the request (``time.monotonic()``), reported back when it asked for a
     trace. ``encode``: ``(model name, request id, outputs, parameters)`` -> the response: a ``ModelInferResponse``
@@ -74,8 +84,7 @@ async def answer_call(call: Call, received_at: float | None = None, encode=codec
     return _answer(call, result, t0, received_at, encode)
 
 
-def answer_call_now(call: Call, received_at: float | None = None, encode=codec.encode_response,
-                    started_at: float | None = None):
+def answer_call_now(call: Call, received_at: float | None = None, encode=codec.encode_response, started_at: float | None = None):
     """:func:`answer_call` for a model that runs synchronously (``infer_now``), without a task or an event-loop turn."""
     t0 = time.perf_counter() if started_at is None else started_at
     try:
@@ -104,8 +113,14 @@ def _call_failed(call: Call, err: Exception) -> CallFailed:
     return CallFailed("INTERNAL", f"{call.model.meta.name} failed: {err}")
 
 
-async def answer_infer(models: dict[str, ServedModel], max_message_bytes: int, request: pb.ModelInferRequest,
-                       regions=None, received_at: float | None = None, max_batch: int | None = None) -> pb.ModelInferResponse:
+async def answer_infer(
+    models: dict[str, ServedModel],
+    max_message_bytes: int,
+    request: pb.ModelInferRequest,
+    regions=None,
+    received_at: float | None = None,
+    max_batch: int | None = None,
+) -> pb.ModelInferResponse:
     """One ModelInfer call as gRPC carries it: :func:`decode_call`, then :func:`answer_call`."""
     t0 = time.perf_counter()
     return await answer_call(decode_call(models, max_message_bytes, request, regions, max_batch), received_at, started_at=t0)

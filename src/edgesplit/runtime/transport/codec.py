@@ -1,5 +1,6 @@
 """numpy <-> KServe v2 tensors. Raw contents are used both ways (zero-copy ``np.frombuffer`` on receipt);
 typed ``contents`` fields from clients that send them are accepted too."""
+
 from __future__ import annotations
 
 import math
@@ -15,17 +16,35 @@ from edgesplit.runtime.shm import SharedTensor
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 from edgesplit.runtime.transport.limits import echo
 
-NUMPY_TO_KSERVE = {"bool": "BOOL", "uint8": "UINT8", "int8": "INT8", "int32": "INT32", "int64": "INT64",
-                   "float16": "FP16", "float32": "FP32", "float64": "FP64", "uint32": "UINT32", "uint64": "UINT64"}
+NUMPY_TO_KSERVE = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "int8": "INT8",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+}
 KSERVE_TO_NUMPY = {v: k for k, v in NUMPY_TO_KSERVE.items()}
 _DTYPES = {k: np.dtype(v) for k, v in KSERVE_TO_NUMPY.items()}
 # keyed by dtype objects: numpy's ``dtype.name`` is computed in Python, slow with cold caches (as a worker's are
 # right after its engine ran): hot paths never ask for it
 KSERVE_OF_DTYPE = {np.dtype(k): v for k, v in NUMPY_TO_KSERVE.items()}
 MAX_DIMS = 32  # dimensions of one tensor (numpy's own limit is 64; no model here takes more than 4)
-_TYPED_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
-                "UINT8": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-                "FP32": "fp32_contents", "FP64": "fp64_contents"}
+_TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
 
 
 def _tensor(name: str, datatype: str, shape, raw: bytes | None, contents, max_bytes: int | None = None) -> np.ndarray:
@@ -41,12 +60,13 @@ def _tensor(name: str, datatype: str, shape, raw: bytes | None, contents, max_by
         raise InferError(f"{label}: negative dimension in shape {list(shape)}")
     count = math.prod(shape)  # Python ints: no overflow
     if max_bytes is not None and count * dtype.itemsize > max_bytes:
-        raise OverLimit(f"{label}: shape {list(shape)} {datatype} takes {count * dtype.itemsize} bytes, over the "
-                         f"limit of {max_bytes}; send smaller batches")
+        raise OverLimit(
+            f"{label}: shape {list(shape)} {datatype} takes {count * dtype.itemsize} bytes, over the "
+            f"limit of {max_bytes}; send smaller batches"
+        )
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
-            raise InferError(f"{label}: {len(raw)} bytes for shape {list(shape)} {datatype} "
-                             f"(expected {count * dtype.itemsize})")
+            raise InferError(f"{label}: {len(raw)} bytes for shape {list(shape)} {datatype} (expected {count * dtype.itemsize})")
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
     field = _TYPED_FIELD.get(datatype)
     values = getattr(contents, field) if field else []
@@ -57,8 +77,7 @@ def _tensor(name: str, datatype: str, shape, raw: bytes | None, contents, max_by
         wide = np.fromiter(values, np.int64 if dtype.kind == "i" or field == "uint_contents" else np.uint64, count)
         info = np.iinfo(dtype)
         if wide.min() < info.min or wide.max() > info.max:
-            raise InferError(f"{label}: {datatype} values must lie in {info.min}..{info.max}, "
-                             f"got {wide.min()}..{wide.max()}")
+            raise InferError(f"{label}: {datatype} values must lie in {info.min}..{info.max}, got {wide.min()}..{wide.max()}")
         return wide.astype(dtype).reshape(shape)
     return np.fromiter(values, dtype, count).reshape(shape)
 
@@ -74,8 +93,10 @@ def decode_request(req: pb.ModelInferRequest, regions=None, max_bytes: int | Non
     raw = list(req.raw_input_contents)
     inline = [t for t in req.inputs if SHM_REGION not in t.parameters]
     if raw and len(raw) != len(inline):
-        raise InferError(f"{len(inline)} inputs but {len(raw)} raw_input_contents; send one raw buffer per input "
-                         "(inputs in shared memory take none)")
+        raise InferError(
+            f"{len(inline)} inputs but {len(raw)} raw_input_contents; send one raw buffer per input "
+            "(inputs in shared memory take none)"
+        )
     raw_of = dict(zip((t.name for t in inline), raw))
     out, left = {}, max_bytes
     for t in req.inputs:
@@ -98,16 +119,20 @@ def _shared_bytes(t, regions) -> memoryview:
     except ValueError as err:  # the region's file shrank since it was registered
         raise InferError(f"input {echo(t.name)}: {err}") from None
     if buf is None:
-        raise InferError(f"input {echo(t.name)}: shared memory region {echo(region)} is not registered here; "
-                         "send the tensor in raw_input_contents")
+        raise InferError(
+            f"input {echo(t.name)}: shared memory region {echo(region)} is not registered here; "
+            "send the tensor in raw_input_contents"
+        )
     if offset < 0 or size < 0 or offset + size > len(buf):
-        raise InferError(f"input {echo(t.name)}: bytes {offset}..{offset + size} are outside region {echo(region)} "
-                         f"({len(buf)} bytes)")
-    return buf[offset:offset + size]
+        raise InferError(
+            f"input {echo(t.name)}: bytes {offset}..{offset + size} are outside region {echo(region)} ({len(buf)} bytes)"
+        )
+    return buf[offset : offset + size]
 
 
-def encode_request(model_name: str, inputs: dict[str, np.ndarray], request_id: str = "",
-                   parameters: dict[str, object] | None = None) -> pb.ModelInferRequest:
+def encode_request(
+    model_name: str, inputs: dict[str, np.ndarray], request_id: str = "", parameters: dict[str, object] | None = None
+) -> pb.ModelInferRequest:
     req = pb.ModelInferRequest(model_name=model_name, id=request_id)
     for key, value in (parameters or {}).items():
         _set_param(req.parameters[key], value)
@@ -152,10 +177,10 @@ def split_request_id(body: bytes) -> tuple[bytes, str] | None:
             return None
         size, at = _read_varint(body, 1)
         end = at + size
-        if body[end:end + 1] != _ID_TAG:
+        if body[end : end + 1] != _ID_TAG:
             return body, ""
         size, at = _read_varint(body, end + 1)
-        return body[:end] + body[at + size:], body[at:at + size].decode()
+        return body[:end] + body[at + size :], body[at : at + size].decode()
     except (IndexError, UnicodeDecodeError):
         return None
 
@@ -207,8 +232,9 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def encode_response(model_name: str, request_id: str, outputs: dict[str, np.ndarray],
-                    parameters: dict[str, object] | None = None) -> pb.ModelInferResponse:
+def encode_response(
+    model_name: str, request_id: str, outputs: dict[str, np.ndarray], parameters: dict[str, object] | None = None
+) -> pb.ModelInferResponse:
     resp = pb.ModelInferResponse(model_name=model_name, id=request_id)
     for name, arr in outputs.items():
         resp.outputs.add(name=name, datatype=KSERVE_OF_DTYPE[arr.dtype], shape=arr.shape)
@@ -218,8 +244,9 @@ def encode_response(model_name: str, request_id: str, outputs: dict[str, np.ndar
     return resp
 
 
-def serialize_response(model_name: str, request_id: str, outputs: dict[str, np.ndarray],
-                       parameters: dict[str, object] | None = None) -> bytes:
+def serialize_response(
+    model_name: str, request_id: str, outputs: dict[str, np.ndarray], parameters: dict[str, object] | None = None
+) -> bytes:
     """``encode_response(...).SerializeToString()`` parsed back, the same message, written without building it.
 
     A worker writes this right after its engine returns, with its caches cold: building a response
@@ -264,7 +291,7 @@ def _param_field(key: str, value) -> bytes:
 @lru_cache(maxsize=64)
 def _double_field_prefix(key: str) -> bytes:
     """``_param_field(key, x)`` for a float ``x``, less its last 8 bytes (x itself): the same for every x."""
-    return _param_field(key, 0.0)[:-_DOUBLE.size]
+    return _param_field(key, 0.0)[: -_DOUBLE.size]
 
 
 def _param_value(value) -> bytes:
@@ -290,8 +317,12 @@ def decode_response(resp: pb.ModelInferResponse, sent_at: float | None = None) -
     """The answer's outputs and parameters. A traced answer (``model.TRACE``) also gets when its request was sent
     (``sent_at``, ``time.monotonic()``) and when it was decoded, here."""
     raw = list(resp.raw_output_contents)
-    outputs = {t.name: _tensor(t.name, t.datatype, t.shape, raw[i] if raw else None, t.contents) for i, t in enumerate(resp.outputs)}
-    params = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in resp.parameters.items() if v.WhichOneof("parameter_choice")}
+    outputs = {
+        t.name: _tensor(t.name, t.datatype, t.shape, raw[i] if raw else None, t.contents) for i, t in enumerate(resp.outputs)
+    }
+    params = {
+        k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in resp.parameters.items() if v.WhichOneof("parameter_choice")
+    }
     return outputs, _stamped(params, sent_at)
 
 
@@ -332,12 +363,12 @@ def _walk_response(body: bytes) -> tuple[dict[str, np.ndarray], dict[str, object
             raise _Unusual
         field = tag >> 3
         if field == 4:  # parameters: a map entry
-            key, value = _param_entry(body[at:at + size])
+            key, value = _param_entry(body[at : at + size])
             params[key] = value
         elif field == 5:  # outputs
-            metas.append(_output_meta(body[at:at + size]))
+            metas.append(_output_meta(body[at : at + size]))
         elif field == 6:  # raw_output_contents
-            raws.append(body[at:at + size])
+            raws.append(body[at : at + size])
         elif field not in (1, 2, 3):  # model_name, model_version, id: not needed here
             raise _Unusual
         at += size
@@ -366,14 +397,14 @@ def _param_entry(entry: bytes) -> tuple[str, object]:
     if entry[0] != _ENTRY_KEY:
         raise _Unusual
     size, at = _read_varint(entry, 1)
-    key = entry[at:at + size].decode()
+    key = entry[at : at + size].decode()
     at += size
     if at == len(entry):
         raise _Unusual  # no value: protobuf's path leaves it out
     if entry[at] != _ENTRY_VALUE:
         raise _Unusual
     size, at = _read_varint(entry, at + 1)
-    value = entry[at:at + size]
+    value = entry[at : at + size]
     if at + size != len(entry) or not value:
         raise _Unusual
     kind = value[0]

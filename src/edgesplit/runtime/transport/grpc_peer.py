@@ -4,6 +4,7 @@ One channel per address, reused for every call. Errors come back as the runtime'
 own exceptions: INVALID_ARGUMENT -> InferError, DEADLINE_EXCEEDED -> DeadlineExceeded,
 anything else (UNAVAILABLE, a crashed peer...) -> PartUnavailable.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,12 +39,18 @@ class ClientSecurity:
         return grpc.ssl_channel_credentials(read(self.tls_ca), read(self.tls_key), read(self.tls_cert))
 
 
-def make_channel(address: str, security: ClientSecurity = ClientSecurity(), max_message_bytes: int = 256 << 20) -> grpc.aio.Channel:
-    options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes),
-               ("grpc.enable_retries", 0),  # the coordinator retries on other replicas itself
-               # a device that comes back is tried again within a second (gRPC's default backoff grows to 2 min)
-               ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-               ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS)]
+def make_channel(
+    address: str, security: ClientSecurity = ClientSecurity(), max_message_bytes: int = 256 << 20
+) -> grpc.aio.Channel:
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 0),  # the coordinator retries on other replicas itself
+        # a device that comes back is tried again within a second (gRPC's default backoff grows to 2 min)
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS),
+    ]
     creds = security.credentials()
     return grpc.aio.secure_channel(address, creds, options) if creds else grpc.aio.insecure_channel(address, options)
 
@@ -60,15 +67,20 @@ class GrpcPeer:
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         # ModelInfer with bytes both ways: the request serialised by the fast codec path, the response read by
         # codec.parse_response (the same messages on the wire; other servers' layouts are read by protobuf)
-        self._model_infer = self._channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
-                                                      response_deserializer=None, _registered_method=True)
+        self._model_infer = self._channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=None,
+            response_deserializer=None,
+            _registered_method=True,
+        )
         self._metadata = (("authorization", f"Bearer {security.token}"),) if security.token else None
 
     def __repr__(self) -> str:
         return f"GrpcPeer({self.model_name}@{self.address})"
 
-    async def infer(self, inputs: dict, timeout_s: float | None = None, request_id: str = "",
-                    parameters: dict | None = None) -> InferResult:
+    async def infer(
+        self, inputs: dict, timeout_s: float | None = None, request_id: str = "", parameters: dict | None = None
+    ) -> InferResult:
         """``parameters``: the request's KServe v2 parameters."""
         req = codec.serialize_request(self.model_name, plain(inputs), request_id, parameters)  # remote: no shared memory
         sent_at = time.monotonic()
@@ -79,16 +91,21 @@ class GrpcPeer:
         try:
             return InferResult(*codec.parse_response(resp, sent_at))
         except DecodeError:
-            raise PartUnavailable(f"{self.model_name} at {self.address}: the answer is not a KServe v2 ModelInferResponse") from None
+            raise PartUnavailable(
+                f"{self.model_name} at {self.address}: the answer is not a KServe v2 ModelInferResponse"
+            ) from None
 
-    def start(self, inputs: dict, timeout_s: float | None = None, request_id: str = "",
-              parameters: dict | None = None) -> asyncio.Future:
+    def start(
+        self, inputs: dict, timeout_s: float | None = None, request_id: str = "", parameters: dict | None = None
+    ) -> asyncio.Future:
         """:meth:`infer` as a task (a gRPC call starts on the loop's next turn whatever its caller does)."""
         return asyncio.ensure_future(self.infer(inputs, timeout_s, request_id, parameters))
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         try:
-            r = await self._stub.ModelReady(pb.ModelReadyRequest(name=self.model_name), timeout=timeout_s, metadata=self._metadata)
+            r = await self._stub.ModelReady(
+                pb.ModelReadyRequest(name=self.model_name), timeout=timeout_s, metadata=self._metadata
+            )
             return r.ready
         except grpc.aio.AioRpcError:
             return False
@@ -98,10 +115,14 @@ class GrpcPeer:
         server without the model says so, and an edgesplit server names the ones it has; a wrong token); or
         ``loading`` (the model is there, not ready yet)."""
         try:
-            r = await self._stub.ModelReady(pb.ModelReadyRequest(name=self.model_name), timeout=timeout_s, metadata=self._metadata)
+            r = await self._stub.ModelReady(
+                pb.ModelReadyRequest(name=self.model_name), timeout=timeout_s, metadata=self._metadata
+            )
             if r.ready:
                 return "ready", "ready"
-            await self._stub.ModelMetadata(pb.ModelMetadataRequest(name=self.model_name), timeout=timeout_s, metadata=self._metadata)
+            await self._stub.ModelMetadata(
+                pb.ModelMetadataRequest(name=self.model_name), timeout=timeout_s, metadata=self._metadata
+            )
             return "loading", "the model is not ready yet"
         except grpc.aio.AioRpcError as err:
             refused = err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
@@ -115,7 +136,9 @@ class GrpcPeer:
 
     async def metadata(self, timeout_s: float = 5.0) -> ModelMeta:
         try:
-            r = await self._stub.ModelMetadata(pb.ModelMetadataRequest(name=self.model_name), timeout=timeout_s, metadata=self._metadata)
+            r = await self._stub.ModelMetadata(
+                pb.ModelMetadataRequest(name=self.model_name), timeout=timeout_s, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as err:
             raise status_error(err.code().name, err.details(), self) from None
 

@@ -15,6 +15,7 @@ and connections that never finish their HTTP/2 handshake, are closed after the i
 timeout; every connection is recycled (GOAWAY, then the idle timeout's grace for calls in
 flight: a call stalled mid-message ends there) after ``max_connection_age_s``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,7 @@ from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 from edgesplit.runtime.transport import kserve_v2_pb2_grpc as pb_grpc
 from edgesplit.runtime.transport.calls import CallFailed, answer_infer, unknown_model
-from edgesplit.runtime.transport.limits import (PEAK_BYTES_PER_WIRE_BYTE, InflightBudget, ServerLimits,
-                                                over_budget_message)
+from edgesplit.runtime.transport.limits import PEAK_BYTES_PER_WIRE_BYTE, InflightBudget, ServerLimits, over_budget_message
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,15 @@ class ServerSecurity:
         if is_loopback(host) or self.insecure or self.token or (self.tls_cert and self.tls_client_ca):
             return
         if self.tls_cert:
-            raise EdgesplitError(f"refusing to listen on {host} with TLS but no client authentication (anyone could call); "
-                                 f"add --token-file or --tls-client-ca, or pass --insecure to accept any client")
-        raise EdgesplitError(f"refusing to listen on {host} without client authentication; pass --token-file (and "
-                             f"--tls-cert/--tls-key to encrypt) or --tls-client-ca, or --insecure to accept plain "
-                             f"unauthenticated traffic")
+            raise EdgesplitError(
+                f"refusing to listen on {host} with TLS but no client authentication (anyone could call); "
+                f"add --token-file or --tls-client-ca, or pass --insecure to accept any client"
+            )
+        raise EdgesplitError(
+            f"refusing to listen on {host} without client authentication; pass --token-file (and "
+            f"--tls-cert/--tls-key to encrypt) or --tls-client-ca, or --insecure to accept plain "
+            f"unauthenticated traffic"
+        )
 
     def credentials(self) -> grpc.ServerCredentials | None:
         if not self.tls_cert:
@@ -73,8 +77,11 @@ class ServerSecurity:
         if not self.tls_key:
             raise EdgesplitError("--tls-cert needs --tls-key")
         ca = Path(self.tls_client_ca).read_bytes() if self.tls_client_ca else None
-        return grpc.ssl_server_credentials([(Path(self.tls_key).read_bytes(), Path(self.tls_cert).read_bytes())],
-                                           root_certificates=ca, require_client_auth=ca is not None)
+        return grpc.ssl_server_credentials(
+            [(Path(self.tls_key).read_bytes(), Path(self.tls_cert).read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -91,8 +98,11 @@ class _TokenInterceptor(grpc.aio.ServerInterceptor):
         self._expected = f"Bearer {token}".encode()
 
         async def deny(request, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token: the client needs the token in "
-                                  "the server's --token-file (a plan's security: token_file)")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong bearer token: the client needs the token in "
+                "the server's --token-file (a plan's security: token_file)",
+            )
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
 
@@ -104,8 +114,9 @@ class _TokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, models: Sequence[ServedModel], max_message_bytes: int, server_name: str = "edgesplit",
-                 max_batch: int | None = None):
+    def __init__(
+        self, models: Sequence[ServedModel], max_message_bytes: int, server_name: str = "edgesplit", max_batch: int | None = None
+    ):
         self.models = {m.meta.name: m for m in models}
         self.max_message_bytes, self.max_batch = max_message_bytes, max_batch
         self.server_name = server_name
@@ -134,16 +145,25 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         meta = m.meta
 
         def tensors(ts):
-            return [pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=codec.NUMPY_TO_KSERVE[t.dtype], shape=t.shape) for t in ts]
+            return [
+                pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=codec.NUMPY_TO_KSERVE[t.dtype], shape=t.shape)
+                for t in ts
+            ]
 
-        return pb.ModelMetadataResponse(name=meta.name, versions=list(meta.versions), platform=meta.platform,
-                                        inputs=tensors(meta.inputs), outputs=tensors(meta.outputs))
+        return pb.ModelMetadataResponse(
+            name=meta.name,
+            versions=list(meta.versions),
+            platform=meta.platform,
+            inputs=tensors(meta.inputs),
+            outputs=tensors(meta.outputs),
+        )
 
     async def ModelInfer(self, request, context):
         received_at = time.monotonic()
         try:
-            return await answer_infer(self.models, self.max_message_bytes, request, received_at=received_at,
-                                      max_batch=self.max_batch)
+            return await answer_infer(
+                self.models, self.max_message_bytes, request, received_at=received_at, max_batch=self.max_batch
+            )
         except CallFailed as err:
             await context.abort(getattr(grpc.StatusCode, err.status), err.message)
 
@@ -174,6 +194,7 @@ class _Admitted:
 def _tolerant(parse, budget: InflightBudget):
     """A request deserializer that never raises (gRPC would answer UNKNOWN and log a traceback per bad message) and
     reserves the request's peak memory before parsing it."""
+
     def deserialize(data: bytes):
         reservation = budget.reserve(PEAK_BYTES_PER_WIRE_BYTE * len(data))
         if reservation is None:
@@ -183,29 +204,35 @@ def _tolerant(parse, budget: InflightBudget):
         except DecodeError as err:
             reservation.release()
             return _Malformed(str(err) or "cannot parse")
+
     return deserialize
 
 
 def _refusing_malformed(method, message: str, budget: InflightBudget):
     async def handle(request, context):
         if isinstance(request, _Malformed):  # one line, INVALID_ARGUMENT, nothing logged: a flood fills no disk
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"the request is not a valid KServe v2 {message} ({request.reason}); send a protobuf "
-                                f"{message} as the protocol defines it")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid KServe v2 {message} ({request.reason}); send a protobuf "
+                f"{message} as the protocol defines it",
+            )
         if isinstance(request, _OverBudget):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, over_budget_message(request.nbytes, budget))
         try:
             return await method(request.message, context)
         finally:
             request.reservation.release()
+
     return handle
 
 
 _METHODS = {  # the GRPCInferenceService methods this server answers: (request type, response type)
-    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse), "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
     "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
     "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse), "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
 }
 
 
@@ -213,10 +240,14 @@ def _add_inference_service(servicer, server, budget: InflightBudget) -> None:
     """The generated ``add_GRPCInferenceServiceServicer_to_server``, with requests that fail to parse answered
     INVALID_ARGUMENT by the handler instead of UNKNOWN with a logged traceback by gRPC, and requests over the
     in-flight budget answered RESOURCE_EXHAUSTED before they are parsed."""
-    handlers = {name: grpc.unary_unary_rpc_method_handler(
-                    _refusing_malformed(getattr(servicer, name), req.__name__, budget),
-                    request_deserializer=_tolerant(req.FromString, budget), response_serializer=resp.SerializeToString)
-                for name, (req, resp) in _METHODS.items()}
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _refusing_malformed(getattr(servicer, name), req.__name__, budget),
+            request_deserializer=_tolerant(req.FromString, budget),
+            response_serializer=resp.SerializeToString,
+        )
+        for name, (req, resp) in _METHODS.items()
+    }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),))
     server.add_registered_method_handlers("inference.GRPCInferenceService", handlers)
 
@@ -224,9 +255,15 @@ def _add_inference_service(servicer, server, budget: InflightBudget) -> None:
 class KServeServer:
     """Start with :meth:`start`, stop with :meth:`stop` (in-flight calls get ``grace_s`` to finish)."""
 
-    def __init__(self, models: Sequence[ServedModel], host: str = "127.0.0.1", port: int = 0,
-                 security: ServerSecurity = ServerSecurity(), limits: ServerLimits = ServerLimits(),
-                 server_name: str = "edgesplit"):
+    def __init__(
+        self,
+        models: Sequence[ServedModel],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        security: ServerSecurity = ServerSecurity(),
+        limits: ServerLimits = ServerLimits(),
+        server_name: str = "edgesplit",
+    ):
         security.check_bind(host)
         self.host, self.requested_port, self.security, self.limits = host, port, security, limits
         max_message_bytes = limits.message_bytes(models)
@@ -240,16 +277,21 @@ class KServeServer:
             # calls started at once (more are refused RESOURCE_EXHAUSTED before their message is read): as many as
             # the in-flight cap holds at the hard limit, and at least 64, so that a few dozen stalled streams do not
             # lock everyone out until their connections are recycled
-            maximum_concurrent_rpcs=max(MIN_CONCURRENT_CALLS, limits.max_inflight_bytes // (PEAK_BYTES_PER_WIRE_BYTE * hard_limit)),
+            maximum_concurrent_rpcs=max(
+                MIN_CONCURRENT_CALLS, limits.max_inflight_bytes // (PEAK_BYTES_PER_WIRE_BYTE * hard_limit)
+            ),
             options=[
-                ("grpc.max_receive_message_length", hard_limit), ("grpc.max_send_message_length", hard_limit),
+                ("grpc.max_receive_message_length", hard_limit),
+                ("grpc.max_send_message_length", hard_limit),
                 ("grpc.so_reuseport", 0),  # a busy port is an error, not a silently shared one
-                ("grpc.max_connection_idle_ms", idle_ms), ("grpc.server_handshake_timeout_ms", idle_ms),
+                ("grpc.max_connection_idle_ms", idle_ms),
+                ("grpc.server_handshake_timeout_ms", idle_ms),
                 ("grpc.max_connection_age_ms", int(limits.max_connection_age_s * 1e3)),
                 ("grpc.max_connection_age_grace_ms", idle_ms),
                 ("grpc.max_allowed_incoming_connections", limits.max_connections),
                 ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
-            ])
+            ],
+        )
         _add_inference_service(self.servicer, self.server, self.budget)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

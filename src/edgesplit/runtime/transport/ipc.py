@@ -27,6 +27,7 @@ mode 0600: only the user who started the worker can connect.
 This file holds what both ends share (addresses, framing); the worker's end is
 ``ipc_server.py``, the coordinator's ``ipc_peer.py``.
 """
+
 from __future__ import annotations
 
 import socket
@@ -41,9 +42,9 @@ INFER, READY, CANCEL, RESULT, FAILED, READY_ANSWER, REGISTER, REGISTERED = 1, 2,
 
 
 def socket_path(address: str) -> str:
-    if not address.startswith(SCHEME) or not address[len(SCHEME):].startswith("/"):
+    if not address.startswith(SCHEME) or not address[len(SCHEME) :].startswith("/"):
         raise EdgesplitError(f"bad Unix socket address {address!r}; write ipc:///absolute/path.sock")
-    return address[len(SCHEME):]
+    return address[len(SCHEME) :]
 
 
 def _frame(kind: int, call_id: int, body: bytes) -> bytes:
@@ -79,7 +80,7 @@ class FrameReader:
                     continue
                 if end - offset - HEADER.size < size:
                     break
-                frames.append((kind, call_id, size, bytes(view[offset + HEADER.size:offset + HEADER.size + size])))
+                frames.append((kind, call_id, size, bytes(view[offset + HEADER.size : offset + HEADER.size + size])))
                 offset += HEADER.size + size
         del buf[:offset]
         return frames

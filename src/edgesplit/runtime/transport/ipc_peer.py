@@ -1,4 +1,5 @@
 """The coordinator's end of the Unix socket transport (``ipc.py``): a peer handle for a worker on this machine."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,18 @@ from edgesplit.runtime.model import InferResult
 from edgesplit.runtime.shm import SharedRegion, SharedTensor
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport.calls import status_error
-from edgesplit.runtime.transport.ipc import (CANCEL, FAILED, INFER, READY, READY_ANSWER, REGISTER, REGISTERED, FrameReader,
-                                             _frame, socket_path)
+from edgesplit.runtime.transport.ipc import (
+    CANCEL,
+    FAILED,
+    INFER,
+    READY,
+    READY_ANSWER,
+    REGISTER,
+    REGISTERED,
+    FrameReader,
+    _frame,
+    socket_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +78,19 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self._expiry is not None:
             self._expiry.cancel()
-        error = PartUnavailable(f"{self.label}: connection closed by the worker" if exc is None else
-                                f"{self.label}: connection lost ({type(exc).__name__})")
+        error = PartUnavailable(
+            f"{self.label}: connection closed by the worker"
+            if exc is None
+            else f"{self.label}: connection lost ({type(exc).__name__})"
+        )
         for fut, _, _ in self.pending.values():
             if not fut.done():
                 fut.set_exception(error)
         self.pending.clear()
 
-    def send(self, kind: int, call_id: int, body: bytes, decode: Callable[[int, bytes], object] = _raw,
-             timeout_s: float | None = None) -> asyncio.Future:
+    def send(
+        self, kind: int, call_id: int, body: bytes, decode: Callable[[int, bytes], object] = _raw, timeout_s: float | None = None
+    ) -> asyncio.Future:
         """The call's future; it fails with ``late()`` when no answer came within ``timeout_s``."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
@@ -137,7 +152,8 @@ class UnixSocketPeer:
                 label = f"{self.model_name} at {self.address}"
                 try:
                     transport, self._conn = await asyncio.get_running_loop().create_unix_connection(
-                        lambda: _Connection(label, self._late), self.path)
+                        lambda: _Connection(label, self._late), self.path
+                    )
                 except OSError as err:
                     raise PartUnavailable(f"{label}: cannot connect ({err.strerror})") from None
                 self.cpus = _peer_cpus(transport.get_extra_info("socket"))
@@ -151,8 +167,9 @@ class UnixSocketPeer:
         except asyncio.TimeoutError:
             raise self._late() from None
 
-    def _begin(self, conn: _Connection, kind: int, body: bytes, timeout_s: float | None,
-               decode: Callable[[int, bytes], object] = _raw) -> asyncio.Future:
+    def _begin(
+        self, conn: _Connection, kind: int, body: bytes, timeout_s: float | None, decode: Callable[[int, bytes], object] = _raw
+    ) -> asyncio.Future:
         """Send one call now; its future fails with DeadlineExceeded after ``timeout_s``. A call that is late or
         cancelled (the caller stopped waiting) is cancelled on the worker too."""
         call_id = next(self._ids)
@@ -177,23 +194,27 @@ class UnixSocketPeer:
             raise status_error(status, detail, self)
         return InferResult(*codec.parse_response(body, sent_at))
 
-    def start(self, inputs: dict, timeout_s: float | None = None, request_id: str = "",
-              parameters: dict | None = None) -> asyncio.Future:
+    def start(
+        self, inputs: dict, timeout_s: float | None = None, request_id: str = "", parameters: dict | None = None
+    ) -> asyncio.Future:
         """The call to ``infer``, begun now: with the connection open and every shared input's region already
         registered (every call after the first), the request is written before this returns and the answer
         frame resolves the future directly; otherwise a task connects and registers first."""
         conn = self._conn
-        if conn is None or conn.closed or any(isinstance(v, SharedTensor) and v.region.name not in conn.regions
-                                              for v in inputs.values()):
+        if (
+            conn is None
+            or conn.closed
+            or any(isinstance(v, SharedTensor) and v.region.name not in conn.regions for v in inputs.values())
+        ):
             return asyncio.ensure_future(self.infer(inputs, timeout_s, request_id, parameters))
-        inputs = {k: v.array if isinstance(v, SharedTensor) and not conn.regions[v.region.name] else v
-                  for k, v in inputs.items()}
+        inputs = {k: v.array if isinstance(v, SharedTensor) and not conn.regions[v.region.name] else v for k, v in inputs.items()}
         body = codec.serialize_request(self.model_name, inputs, request_id, parameters)
         sent_at = time.monotonic()
         return self._begin(conn, INFER, body, timeout_s, lambda kind, answer: self._result(kind, answer, sent_at))
 
-    async def infer(self, inputs: dict, timeout_s: float | None = None, request_id: str = "",
-                    parameters: dict | None = None) -> InferResult:
+    async def infer(
+        self, inputs: dict, timeout_s: float | None = None, request_id: str = "", parameters: dict | None = None
+    ) -> InferResult:
         """``inputs``: arrays, or :class:`SharedTensor` slots of the coordinator's input ring (sent as references
         once the worker has mapped the ring; inline if it cannot). ``parameters``: the request's KServe v2
         parameters (e.g. ``{TRACE: True}``)."""
@@ -208,8 +229,9 @@ class UnixSocketPeer:
         kind, answer = await self._begin(conn, REGISTER, f"{region.name}\n{region.path}\n{region.byte_size}".encode(), timeout_s)
         conn.regions[region.name] = kind == REGISTERED
         if kind != REGISTERED:
-            log.warning("%s refused shared memory (%s); sending inputs inline",
-                        self, answer.decode(errors="replace").replace("\n", ": "))
+            log.warning(
+                "%s refused shared memory (%s); sending inputs inline", self, answer.decode(errors="replace").replace("\n", ": ")
+            )
 
     async def ready(self, timeout_s: float = 1.0) -> bool:
         try:

@@ -7,6 +7,7 @@ closed at once), and the idle timeout: a connection with no call in flight and n
 (idle, stalled mid-frame, or not reading its answers) is closed. Back-pressure: while a connection's answers
 are not being read (its transport's write buffer is over its high-water mark), its requests are not read either.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,10 +26,21 @@ from edgesplit.runtime.shm import RegionMap
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 from edgesplit.runtime.transport.calls import Call, CallFailed, answer_call, answer_call_now, decode_call, unknown_model
-from edgesplit.runtime.transport.ipc import (CANCEL, FAILED, INFER, READY, READY_ANSWER, REGISTER, REGISTERED, RESULT,
-                                             SCHEME, FrameReader, _accepting, _frame)
-from edgesplit.runtime.transport.limits import (PEAK_BYTES_PER_WIRE_BYTE, InflightBudget, ServerLimits,
-                                                over_budget_message)
+from edgesplit.runtime.transport.ipc import (
+    CANCEL,
+    FAILED,
+    INFER,
+    READY,
+    READY_ANSWER,
+    REGISTER,
+    REGISTERED,
+    RESULT,
+    SCHEME,
+    FrameReader,
+    _accepting,
+    _frame,
+)
+from edgesplit.runtime.transport.limits import PEAK_BYTES_PER_WIRE_BYTE, InflightBudget, ServerLimits, over_budget_message
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +51,9 @@ class UnixSocketServer:
     """Serves ``models`` on a Unix socket next to a worker's gRPC server. Start with :meth:`start`;
     :meth:`stop` stops accepting and gives calls in flight ``grace_s`` to finish."""
 
-    def __init__(self, models: Sequence[ServedModel], path: str | Path, limits: ServerLimits = ServerLimits(),
-                 poll_ms: float = 0.0):
+    def __init__(
+        self, models: Sequence[ServedModel], path: str | Path, limits: ServerLimits = ServerLimits(), poll_ms: float = 0.0
+    ):
         """``poll_ms``: after each answer, poll the connections for this long instead of sleeping (yielding the
         core to any other runnable process), so that the next request is not delayed by waking an idle core."""
         self.poll_ms = poll_ms
@@ -69,10 +82,13 @@ class UnixSocketServer:
             self.path.unlink()  # left behind by a worker that was killed: ours to replace
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
         try:
-            self._server = await asyncio.get_running_loop().create_unix_server(lambda: _ServerConnection(self),
-                                                                               path=str(self.path))
+            self._server = await asyncio.get_running_loop().create_unix_server(
+                lambda: _ServerConnection(self), path=str(self.path)
+            )
         except OSError as err:
-            raise EdgesplitError(f"cannot listen on Unix socket {self.path}: {err.strerror}; pick another --unix-socket path") from None
+            raise EdgesplitError(
+                f"cannot listen on Unix socket {self.path}: {err.strerror}; pick another --unix-socket path"
+            ) from None
         finally:
             os.umask(old_umask)
         log.info("serving %s on %s", ", ".join(self.models), self.address)
@@ -85,8 +101,9 @@ class UnixSocketServer:
             answer = _failure(call_id, err)
         self._answered(conn, answer)
 
-    async def _infer(self, call_id: int, call: Call, conn: "_ServerConnection", received_at: float, t0: float,
-                     reservation) -> None:
+    async def _infer(
+        self, call_id: int, call: Call, conn: "_ServerConnection", received_at: float, t0: float, reservation
+    ) -> None:
         try:
             answer = _frame(RESULT, call_id, await answer_call(call, received_at, codec.serialize_response, t0))
         except Exception as err:
@@ -157,8 +174,12 @@ class _ServerConnection(asyncio.Protocol):
                 return Call(known.model, split[1], known.inputs, known.traced)
         request = pb.ModelInferRequest.FromString(body)
         call = decode_call(server.models, server.max_message_bytes, request, self.regions, server.limits.max_batch)
-        if (split is not None and not request.raw_input_contents and request.id == split[1]
-                and not pb.ModelInferRequest.FromString(split[0]).id):  # no second id field: the key decides the call
+        if (
+            split is not None
+            and not request.raw_input_contents
+            and request.id == split[1]
+            and not pb.ModelInferRequest.FromString(split[0]).id
+        ):  # no second id field: the key decides the call
             if len(self.decoded) >= 64:
                 self.decoded.clear()
             self.decoded[split[0]] = call
@@ -203,15 +224,23 @@ class _ServerConnection(asyncio.Protocol):
         cancelled = {call_id for kind, call_id, _, _ in frames if kind == CANCEL} if len(frames) > 1 else ()
         for kind, call_id, size, body in frames:
             if body is None:  # never held in memory; the stream stays in step
-                self.write(_frame(FAILED, call_id, f"RESOURCE_EXHAUSTED\nmessage of {size} bytes is over the "
-                                                   f"limit of {server.frame_limit}; send smaller batches".encode()))
+                self.write(
+                    _frame(
+                        FAILED,
+                        call_id,
+                        f"RESOURCE_EXHAUSTED\nmessage of {size} bytes is over the "
+                        f"limit of {server.frame_limit}; send smaller batches".encode(),
+                    )
+                )
             elif kind == INFER:
                 if call_id in cancelled:
                     continue
                 t0 = time.perf_counter()
                 reservation = server.budget.reserve(PEAK_BYTES_PER_WIRE_BYTE * size)
                 if reservation is None:
-                    self.write(_frame(FAILED, call_id, f"RESOURCE_EXHAUSTED\n{over_budget_message(size, server.budget)}".encode()))
+                    self.write(
+                        _frame(FAILED, call_id, f"RESOURCE_EXHAUSTED\n{over_budget_message(size, server.budget)}".encode())
+                    )
                     continue
                 try:
                     call = self.decode(body, server)
@@ -225,15 +254,18 @@ class _ServerConnection(asyncio.Protocol):
                     server._infer_now(call_id, call, self, received_at, t0)
                     reservation.release()
                     continue
-                task = asyncio.get_running_loop().create_task(server._infer(call_id, call, self, received_at, t0,
-                                                                             reservation))
+                task = asyncio.get_running_loop().create_task(server._infer(call_id, call, self, received_at, t0, reservation))
                 self.calls[call_id] = task
                 server._calls.add(task)
                 task.add_done_callback(lambda t, cid=call_id: (self.calls.pop(cid, None), server._calls.discard(t)))
             elif kind == READY:
                 name = body.decode(errors="replace")
                 m = server.models.get(name)
-                answer = (b"\x01" if m.ready() else b"\x00") if m is not None else b"\x00" + unknown_model(name, server.models).encode()
+                answer = (
+                    (b"\x01" if m.ready() else b"\x00")
+                    if m is not None
+                    else b"\x00" + unknown_model(name, server.models).encode()
+                )
                 self.write(_frame(READY_ANSWER, call_id, answer))
             elif kind == CANCEL:
                 if call_id in self.calls:

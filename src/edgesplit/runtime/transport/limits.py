@@ -6,6 +6,7 @@ The defaults are sized for a board with 1 GiB of memory: a worker's peak under a
 below the application (gRPC: partly received messages, at most ``max_connections`` x streams x the hard
 message limit; bounded by the same limits). docs/runtime.md says how each is enforced.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,23 +31,41 @@ MAX_NAME_ECHO = 64  # characters of a client-supplied name repeated in an error 
 @dataclass(frozen=True)
 class ServerLimits:
     max_message_bytes: int | None = option(
-        None, "largest request accepted, MiB (default: --max-batch items of the served model's input as float32, "
-              "plus 64 KiB)", "--max-message-mb", scale=MIB, type=float, metavar="MIB")
+        None,
+        "largest request accepted, MiB (default: --max-batch items of the served model's input as float32, plus 64 KiB)",
+        "--max-message-mb",
+        scale=MIB,
+        type=float,
+        metavar="MIB",
+    )
     max_batch: int = option(256, "items per request; the default message limit admits this many", metavar="N")
     max_inflight_bytes: int = option(
-        256 * MIB, "memory held for requests being handled (3x each request's bytes), MiB; more is refused "
-                   "RESOURCE_EXHAUSTED; the default suits a 1 GiB board", "--max-inflight-mb", scale=MIB, type=float,
-        metavar="MIB")
-    idle_timeout_s: float = option(60.0, "close connections idle, stalled mid-message or not reading their answers "
-                                         "for this long, seconds", metavar="SECONDS")
+        256 * MIB,
+        "memory held for requests being handled (3x each request's bytes), MiB; more is refused "
+        "RESOURCE_EXHAUSTED; the default suits a 1 GiB board",
+        "--max-inflight-mb",
+        scale=MIB,
+        type=float,
+        metavar="MIB",
+    )
+    idle_timeout_s: float = option(
+        60.0, "close connections idle, stalled mid-message or not reading their answers for this long, seconds", metavar="SECONDS"
+    )
     max_connections: int = option(64, "connections accepted at once (more are closed at once)", metavar="N")
-    max_connection_age_s: float = option(120.0, "gRPC: recycle each connection after this long, seconds (clients "
-                                                "reconnect; a stream stalled mid-message ends then, after the idle "
-                                                "timeout's grace)", metavar="SECONDS")
+    max_connection_age_s: float = option(
+        120.0,
+        "gRPC: recycle each connection after this long, seconds (clients "
+        "reconnect; a stream stalled mid-message ends then, after the idle "
+        "timeout's grace)",
+        metavar="SECONDS",
+    )
 
     def __post_init__(self):
-        bad = [f"{k}={getattr(self, k)}" for k in ("max_batch", "max_inflight_bytes", "idle_timeout_s", "max_connections",
-                                                    "max_connection_age_s") if not getattr(self, k) > 0]
+        bad = [
+            f"{k}={getattr(self, k)}"
+            for k in ("max_batch", "max_inflight_bytes", "idle_timeout_s", "max_connections", "max_connection_age_s")
+            if not getattr(self, k) > 0
+        ]
         if self.max_message_bytes is not None and self.max_message_bytes <= 0:
             bad.append(f"max_message_bytes={self.max_message_bytes}")
         if bad:
@@ -132,8 +151,10 @@ class Reservation:
 
 
 def over_budget_message(nbytes: int, budget: InflightBudget) -> str:
-    return (f"server busy: a request of {nbytes} bytes would take its requests in flight past "
-            f"{budget.capacity_bytes} bytes; retry later or send smaller batches")
+    return (
+        f"server busy: a request of {nbytes} bytes would take its requests in flight past "
+        f"{budget.capacity_bytes} bytes; retry later or send smaller batches"
+    )
 
 
 def echo(name: str) -> str:
