@@ -1,4 +1,4 @@
-"""Coded distributed computing for linear layers (the seed's DAC'19 slides; Lee et al., "Speeding Up
+"""Coded distributed computing for linear layers (the in-the-edge collaboration slides on Coded Distributed Computing, DAC'19; Lee et al., "Speeding Up
 Distributed Machine Learning Using Codes", 2018). Pure numpy functions.
 
 A Linear layer ``y = W x + b`` (W: out x in) is split by output rows into k equal
@@ -9,7 +9,7 @@ answers determine every block. The activation is applied after decoding.
 
 The code is systematic (the data blocks are themselves among the answers, so the
 common case needs no arithmetic) and real-valued MDS: every k x k submatrix of the
-generator ``[I_k; P]`` is invertible. r = 1 uses the plain sum (the seed's code). For
+generator ``[I_k; P]`` is invertible. r = 1 uses the plain sum (the slides' code). For
 r >= 2 three constructions are built and the best conditioned over all erasure
 patterns is kept (float32 decoding error grows with that condition number):
 
@@ -19,8 +19,8 @@ patterns is kept (float32 decoding error grows with that condition number):
   totally positive, so every minor is positive.
 * Gaussian: first row all ones, others drawn from seeded normals; the seed with the
   smallest worst-case condition is kept, and it is MDS because every k x k
-  submatrix was checked and is invertible (measured here: worst condition 220
-  at k=8, r=3, against 1.1e3 for the best structured code).
+  submatrix was checked and is invertible (it is the best conditioned at larger k and r:
+  docs/results.md, "Conditioning of the codes").
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def _gaussian(k: int, r: int) -> np.ndarray:
     best, best_cond = None, np.inf
     for seed in range(GAUSSIAN_SEEDS):
         p = np.random.default_rng(seed).standard_normal((r, k))
-        p[0] = 1.0  # the first parity is the seed's plain sum
+        p[0] = 1.0  # the first parity is the slides' plain sum
         c = worst_condition(p)
         if c < best_cond:
             best, best_cond = p, c

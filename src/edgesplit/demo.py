@@ -9,7 +9,7 @@
    requests in flight; write a latency histogram and an HTML report.
 
 Modes: ``split`` (distributed over the workers), ``in-process`` (the split model run
-in this process: the seed's ``--cpu``), ``nonsplit`` (the unsplit model in ONNX
+in this process: Capella's ``--cpu``), ``nonsplit`` (the unsplit model in ONNX
 Runtime with all cores).
 """
 

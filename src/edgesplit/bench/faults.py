@@ -13,7 +13,7 @@ For each: p50/p99/max latency; requests sent, answered exactly, recovered (decod
 from parity), degraded (flagged, missing blocks zeroed), errors, lost (no outcome
 at all: must be 0); the largest relative error of recovered answers against the
 fault-free float64 reference; decoding time as a share of latency; the arrival times
-of every block's answer (histogram PNG, as on the seed's slide).
+of every block's answer (histogram PNG, as on the edge-collaboration slides).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def register(sub) -> None:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--split-only", action="store_true", help="only the split model over local workers")
     g.add_argument("--nonsplit", action="store_true", help="only the unsplit model (ONNX Runtime, all cores)")
-    g.add_argument("--in-process", action="store_true", help="only the split model in this process (the seed's --cpu)")
+    g.add_argument("--in-process", action="store_true", help="only the split model in this process (Capella's --cpu)")
     g.add_argument("--interactive", action="store_true", help="type image paths, get the top-3 classes")
     s.add_argument("--retrain", action="store_true", help="ignore the cached checkpoints")
     s.add_argument("--json", nargs="?", const="-", help="write the numbers as JSON (to a file, or stdout with no value)")

@@ -1,6 +1,6 @@
 """`edgesplit codesign`: from speed targets on a device to a trained network, its accelerator and a fleet plan.
 
-The co-design seed's three steps, with the hardware model in the loop:
+The three steps of Zhang, Hao et al.'s bi-directional co-design paper (2019), with the hardware model in the loop:
 
 1. **Bundle selection.** Each bundle of the layer pool is repeated into a prototype
    network, costed on the device and trained briefly; the bundles on the Pareto
@@ -406,7 +406,6 @@ def _write_chosen(ev: Evaluator, chosen: dict, out: Path) -> None:
         )
 
 
-BASELINE_BITS = {"bundlenet-a": (16, 8), "bundlenet-b": (16, 16), "bundlenet-c": (11, 8)}  # the seed's Table 2
 SAME_NETWORK = {"bundlenet-b": "bundlenet-a"}  # DNN-B is DNN-A at other bit widths: one training serves both
 
 
@@ -422,15 +421,16 @@ def run_baselines(
     ev: Evaluator, cfg: CodesignConfig, chosen: dict, epochs: int, out: Path, progress: Progress, images: int
 ) -> list:
     """Hand-made networks trained with the finalists' recipe, costed on the same device (at the chosen bits,
-    or the seed's bits for DNN-A/B/C)."""
+    or the co-design paper's bits for DNN-A/B/C)."""
     from edgesplit.hardware.graph import graph_from_model
     from edgesplit.models import create_model
 
     rows = []
     for name in cfg.baselines:
-        bits = BASELINE_BITS.get(name, (chosen["wbits"], chosen["fbits"]))
         kw = {"num_classes": ev.num_classes, "in_chans": ev.in_chans, "input_size": ev.image_hw}
-        graph = graph_from_model(create_model(name, **kw), (ev.in_chans, *ev.image_hw), name)
+        model = create_model(name, **kw)
+        bits = getattr(model, "default_bits", None) or (chosen["wbits"], chosen["fbits"])  # DNN-A/B/C: the paper's
+        graph = graph_from_model(model, (ev.in_chans, *ev.image_hw), name)
         hw = ev.cost_graph(graph, ev.device, bits, fine=True)
         hw.pop("estimate", None)
         progress(f"baseline {name}: {hw['fps']:.1f} FPS on {ev.device.name} at W{bits[0]}/F{bits[1]}; training {epochs} epoch(s)")

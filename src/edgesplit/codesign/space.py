@@ -2,7 +2,7 @@
 
 Pure and torch-free. A :class:`Candidate` is a stack of ``depth`` bundles of one
 kind (``bundlenet``'s layer pool); bundle ``i`` has ``base_chs * growth**p`` output
-channels, ``p`` the number of 2x2 max-pools before it (the co-design seed's
+channels, ``p`` the number of 2x2 max-pools before it (Zhang, Hao et al.'s co-design paper
 pattern 48P-96P-192P-384 is base 48, growth 2). ``pools`` says after which bundles
 the feature map is down-sampled, ``wbits``/``fbits`` are the fixed-point widths of
 weights and feature maps, and ``resize`` scales the dataset's images before the

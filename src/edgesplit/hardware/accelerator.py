@@ -3,8 +3,8 @@
 Two architectures (``AccelConfig.arch``):
 
 ``bundle``
-    One engine reused for every layer, layer after layer (the co-design seed's
-    bundle-reused accelerator; SkyNet; the SqueezeNet seed's design). A conv unit of
+    One engine reused for every layer, layer after layer (the bundle-reused
+    accelerator of Zhang, Hao et al.'s bi-directional co-design paper, 2019; SkyNet; Arora and Lanka's SqueezeNet-on-Zybo design). A conv unit of
     ``tm x tn`` multipliers (output x input channels, as in Zhang et al., FPGA'15,
     "Optimizing FPGA-based accelerator design for deep CNNs") and a depth-wise unit
     of ``td`` channels x 9 multipliers. Feature maps are processed in ``tr x tc``

@@ -358,9 +358,9 @@ def fuse(graph: Graph) -> Graph:
         if len(cons) == 1:
             c = cons[0]
             if c.op in POOL_OPS:
-                return True  # conv + pool (the SqueezeNet seed's "Layer Fusion 2")
+                return True  # conv + pool (Arora and Lanka's SqueezeNet-on-Zybo "Layer Fusion 2")
             if prod.is_depthwise and c.is_pointwise:
-                return True  # DW + PW (the co-design seed's bundle)
+                return True  # DW + PW (the bundle of Zhang, Hao et al.'s co-design paper)
             if c.op == "add":
                 return True  # residual add in the conv's output stage
             return False

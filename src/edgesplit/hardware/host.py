@@ -1,7 +1,7 @@
 """The host side of an FPGA board: what its processing system (Zynq's Arm cores) does for every frame.
 
 A board's published FPS is end to end. Besides the accelerator's own time, the cores
-read each camera frame (a JPEG file in the DAC-SDC contests the co-design seed ran in),
+read each camera frame (a JPEG file in the DAC-SDC contests of Zhang, Hao et al.'s co-design paper),
 decode it, resize it to the network's input, convert it to the accelerator's input
 format, start the accelerator once per layer group (DMA descriptors, register writes,
 waiting for the interrupt), and run the layers the fabric does not (``CPU_OPS``).

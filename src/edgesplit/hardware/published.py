@@ -1,6 +1,6 @@
 """Published FPGA CNN designs, rebuilt as ONNX graphs, and how far the model's predictions are from them.
 
-Each :class:`Design` names its source (a paper, the seed it comes from), the board, the
+Each :class:`Design` names its source (a paper or a repository), the board, the
 configuration as published (bits, clock, parallelism where the paper gives it) and the
 measured figures. Its network is built here with ``onnx.helper`` (no downloads, no torch).
 
@@ -85,7 +85,7 @@ class OnnxNet:
         return self.node("Relu", [y], out_chs) if relu else y
 
     def bundle(self, out_chs: int, pool: bool) -> str:
-        """The co-design seed's DW-Conv3 + PW-Conv1 (+ 2x2 max-pool)."""
+        """The co-design paper's DW-Conv3 + PW-Conv1 (+ 2x2 max-pool)."""
         c = self.channels[self.last]
         self.conv(c, 3, groups=c)
         self.conv(out_chs, 1)
@@ -107,7 +107,7 @@ class OnnxNet:
 
 # ---------------------------------------------------------------- the networks
 def bundlenet_detector(channels: tuple[int, ...], pools: tuple[bool, ...]) -> Callable[[], Graph]:
-    """DNN-A/B/C of the co-design seed (Table 2): bundles, then its PW-Conv1(10) bounding-box layer, at 3x160x360."""
+    """DNN-A/B/C of the bi-directional co-design paper (Zhang, Hao et al. 2019), Table 2: bundles, then its PW-Conv1(10) bounding-box layer, at 3x160x360."""
 
     def build() -> Graph:
         net = OnnxNet("dnn-" + "-".join(map(str, channels)), (3, 160, 360))
@@ -153,7 +153,9 @@ def alexnet_convs() -> Graph:
 
 # ---------------------------------------------------------------- the designs
 DAC_SDC_FRAME = HostConfig(frame_hw=(360, 640), jpeg=True)  # DAC-SDC images: 640x360 JPEG files read by the board's cores
-SEED = "co-design seed (Hao, Zhang et al.), Tables 2 and 3; shared/seeds/003"
+CODESIGN_PAPER = (
+    "Zhang, Hao et al., A Bi-Directional Co-Design Approach to Enable Deep Learning on IoT Devices (2019), Tables 2 and 3"
+)
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ class Design:
 DESIGNS = (
     Design(
         "dnn-a",
-        SEED,
+        CODESIGN_PAPER,
         "pynq-z1",
         bundlenet_detector((48, 96, 192, 384), (True, True, True, False)),
         AccelConfig(wbits=16, fbits=8),
@@ -188,7 +190,7 @@ DESIGNS = (
     ),
     Design(
         "dnn-b",
-        SEED,
+        CODESIGN_PAPER,
         "pynq-z1",
         bundlenet_detector((48, 96, 192, 384), (True, True, True, False)),
         AccelConfig(wbits=16, fbits=16),
@@ -200,7 +202,7 @@ DESIGNS = (
     ),
     Design(
         "dnn-c",
-        SEED,
+        CODESIGN_PAPER,
         "pynq-z1",
         bundlenet_detector((48, 96, 192, 384, 512), (True, True, True, False, False)),
         AccelConfig(wbits=11, fbits=8),

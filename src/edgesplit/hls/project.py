@@ -5,7 +5,7 @@ The network is a :class:`~edgesplit.quant.fixed.QGraph` with its calibrated
 call of a layer template of ``edgesplit_layers.h`` with its shapes, formats and the
 engine's parallelism (``tm, tn, td, tr, tc``: the knobs ``edgesplit estimate`` costs) as
 template arguments. conv -> ReLU -> 2x2 max-pool runs as one call (the pool in the conv's
-output stage, the SqueezeNet seed's conv+pool fusion); ReLU after a conv or a linear
+output stage, Arora and Lanka's SqueezeNet-on-Zybo conv+pool fusion); ReLU after a conv or a linear
 layer always runs in its output stage.
 
 Files written (``write_project``): ``edgesplit_layers.h`` (the templates), ``net.h`` /

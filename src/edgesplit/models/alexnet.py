@@ -1,6 +1,6 @@
 """AlexNet (Krizhevsky et al., 2012; the one-tower torchvision layout) with its large FC layers.
 
-The model of the seed's straggler and coded-computing experiments: 58.6 M of its
+The model of the edge-collaboration slides' straggler and coded-computing experiments: 58.6 M of its
 61.1 M parameters sit in three fully connected layers (9216 -> 4096 -> 4096 -> C),
 whose rows can be spread over devices with parity blocks (see the coding module).
 

@@ -1,14 +1,14 @@
-"""The co-design seed's bundle family (Hao, Zhang et al., bi-directional co-design for IoT, Table 2).
+"""The bundle family of Zhang, Hao et al., "A Bi-Directional Co-Design Approach to Enable Deep Learning on IoT Devices" (2019), Table 2.
 
 A bundle is DW-Conv3 + PW-Conv1 (each followed by BN and ReLU), optionally
 followed by a 2x2 max-pool. DNN-A/B/C stack bundles with these output channels
-(the seed's input is a 3x160x360 image for object detection; here a small
+(the paper's input is a 3x160x360 image for object detection; here a small
 classification head replaces its bounding-box back-end and its final PW-Conv1(10)):
 
     A, B: 48 P, 96 P, 192 P, 384          (B = A with 16-bit feature maps)
     C:    48 P, 96 P, 192 P, 384, 512     (P: 2x2 max-pool after the bundle)
 
-The seed's bit widths (A: W16/F8, B: W16/F16, C: W11/F8) are kept as
+The paper's bit widths (A: W16/F8, B: W16/F16, C: W11/F8) are kept as
 ``default_bits`` for the hardware model; the PyTorch network is float.
 """
 
@@ -32,11 +32,11 @@ class BundleSpec:
 
 DNN_A = (BundleSpec(48, True), BundleSpec(96, True), BundleSpec(192, True), BundleSpec(384, False))
 DNN_C = DNN_A + (BundleSpec(512, False),)
-SEED_BITS = {"a": (16, 8), "b": (16, 16), "c": (11, 8)}  # (weight bits, feature-map bits), Table 2
+TABLE2_BITS = {"a": (16, 8), "b": (16, 16), "c": (11, 8)}  # (weight bits, feature-map bits), Table 2
 
 
 class Bundle(nn.Module):
-    """DW-Conv3 -> BN -> ReLU -> PW-Conv1 -> BN -> ReLU [-> 2x2 max-pool] (the seed's bundle, ``dw3-pw1``)."""
+    """DW-Conv3 -> BN -> ReLU -> PW-Conv1 -> BN -> ReLU [-> 2x2 max-pool] (the paper's bundle, ``dw3-pw1``)."""
 
     def __init__(self, in_chs: int, out_chs: int, pool: bool):
         super().__init__()
@@ -170,7 +170,7 @@ def bundle_specs(channels: Sequence[int], pools: Sequence[bool]) -> tuple[Bundle
 
 def _bundlenet(specs, variant: str, num_classes: int, in_chans: int, width_mult: float) -> BundleNet:
     model = BundleNet(specs, num_classes, in_chans, width_mult)
-    model.default_bits = SEED_BITS[variant]
+    model.default_bits = TABLE2_BITS[variant]
     return model
 
 
@@ -178,7 +178,7 @@ def _bundlenet(specs, variant: str, num_classes: int, in_chans: int, width_mult:
 def bundlenet_a(
     num_classes: int = 10, in_chans: int = 3, input_size: Sequence[int] = (160, 360), width_mult: float = 1.0
 ) -> BundleNet:
-    """The seed's DNN-A (W16/F8): 48P-96P-192P-384 DW+PW bundles."""
+    """The co-design paper's DNN-A (W16/F8): 48P-96P-192P-384 DW+PW bundles."""
     return _bundlenet(DNN_A, "a", num_classes, in_chans, width_mult)
 
 
@@ -186,7 +186,7 @@ def bundlenet_a(
 def bundlenet_b(
     num_classes: int = 10, in_chans: int = 3, input_size: Sequence[int] = (160, 360), width_mult: float = 1.0
 ) -> BundleNet:
-    """The seed's DNN-B: DNN-A's layers at W16/F16."""
+    """The co-design paper's DNN-B: DNN-A's layers at W16/F16."""
     return _bundlenet(DNN_A, "b", num_classes, in_chans, width_mult)
 
 
@@ -194,7 +194,7 @@ def bundlenet_b(
 def bundlenet_c(
     num_classes: int = 10, in_chans: int = 3, input_size: Sequence[int] = (160, 360), width_mult: float = 1.0
 ) -> BundleNet:
-    """The seed's DNN-C (W11/F8): 48P-96P-192P-384-512 DW+PW bundles."""
+    """The co-design paper's DNN-C (W11/F8): 48P-96P-192P-384-512 DW+PW bundles."""
     return _bundlenet(DNN_C, "c", num_classes, in_chans, width_mult)
 
 

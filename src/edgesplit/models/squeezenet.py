@@ -113,8 +113,8 @@ def squeezenet(
     return SqueezeNet(num_classes, in_chans, pick_stem(input_size, stem), width_mult)
 
 
-# SqueezeNet has no batch norm: at the 0.1 peak rate of the other models it stays at chance on Fashion-MNIST
-# (loss ln 10 after 10 epochs, measured here); 0.02 trains (val 0.51 after 3 epochs on 8,000 images, 0.04: 0.32).
+# SqueezeNet has no batch norm: at the 0.1 peak rate of the other models it stays at chance on Fashion-MNIST;
+# 0.02 trains (docs/results.md, "SqueezeNet's learning rate").
 squeezenet.default_lr = 0.02
 
 

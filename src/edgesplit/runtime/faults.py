@@ -1,7 +1,7 @@
 """Fault injection for a worker: slow calls, failed calls, a crash after N requests.
 
 Used by tests and ``edgesplit bench faults`` to reproduce what edge devices do (the
-seed's long-tail arrival times on a Raspberry Pi cluster). Seeded, so a run repeats.
+the edge-collaboration slides' long-tail arrival times on a Raspberry Pi cluster). Seeded, so a run repeats.
 
 * ``delay_ms`` with ``delay_dist`` fixed | exp (mean delay_ms) | lognormal (median
   delay_ms, sigma 1: a long tail), added to a fraction ``prob`` of calls;

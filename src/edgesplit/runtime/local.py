@@ -1,7 +1,7 @@
 """An exported model run in this process with ONNX Runtime: its stages in order, parts one after another.
 
 The reference the distributed runtime is checked against, and the ``--in-process``
-mode of the demo (the seed's ``--cpu``).
+mode of the demo (Capella's ``--cpu``).
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     elif cfg.branch_dropout:
         raise EdgesplitError(f"--branch-dropout needs a split model; {cfg.model} has no branches")
     channels_last = _channels_last_safe(model)
-    if channels_last:  # measured 28% faster for a half-width ResNet18 on this 2-core CPU
+    if channels_last:  # faster for the ResNets on CPU (docs/results.md, "Small measurements behind defaults")
         model = model.to(memory_format=torch.channels_last)
 
     steps_per_epoch = (len(train_idx) + cfg.batch_size - 1) // cfg.batch_size
