@@ -40,7 +40,7 @@ data:
 		echo "Fashion-MNIST is missing. Install it with:  sudo apt-get install dataset-fashion-mnist"; exit 1; \
 	fi
 
-# g++ compiles the generated accelerator's C simulation (`edgesplit hls --csim`, tests/test_hls.py)
+# g++ compiles the generated accelerator's C simulation (`edgesplit hls --csim`, tests/hls/test_hls.py)
 cxx:
 	@if command -v g++ >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \

@@ -38,6 +38,33 @@ def tiny_export(tiny_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def random_export(tmp_path_factory):
+    """resnet18-split2 at width 0.125 with its initial (random) weights, exported: for the runtime tests,
+    where what a part answers matters and its accuracy does not (``tiny_export`` is trained on real data)."""
+    import torch
+
+    from edgesplit.data.datasets import FASHION_MNIST_CLASSES
+    from edgesplit.data.preprocess import Preprocess
+    from edgesplit.export.onnx_export import export_model
+    from edgesplit.models import create_model
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 10, "in_chans": 1, "input_size": (28, 28), "width_mult": 0.125}
+    model = create_model("resnet18-split2", **kwargs).eval()
+    ckpt = {
+        "model": "resnet18-split2",
+        "model_kwargs": kwargs,
+        "state_dict": model.state_dict(),
+        "classes": list(FASHION_MNIST_CLASSES),
+        "preprocess": Preprocess((28, 28), (0.286,), (0.353,)).to_dict(),
+        "dataset": "fashion-mnist",
+    }
+    out = tmp_path_factory.mktemp("random_split2_export")
+    export_model(model, ckpt, out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def mlp():
     """AlexNet-like fully connected layers (random weights): the coded FC tests' network."""
     from edgesplit.export.coded import random_alexnet_fc

@@ -53,5 +53,6 @@ def test_demo_end_to_end(tmp_path, capsys):
     r = run_demo(DemoConfig(**{**cfg.__dict__, "modes": ("in-process",), "images_dir": str(tmp_path / "imgs"), "limit": None}))
     out = capsys.readouterr().out
     assert "folders that name no class" in out and "holiday-photos" in out
-    assert r["images"] == 9 and r["results"]["in-process"]["accuracy"] is not None
+    acc = r["results"]["in-process"]["accuracy"]
+    assert r["images"] == 9 and acc in {i / 9 for i in range(10)}  # over the 9 images of the 3 folders that match
     assert "->" in out and "(T-shirt/top" in out  # each image's prediction, with its folder's class

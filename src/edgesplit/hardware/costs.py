@@ -72,7 +72,7 @@ def packs_two(unshared_bits: int, shared_bits: int, port_a: int, port_b: int, sy
     ``a1*b`` and the rest is ``a2*b`` (Xilinx WP486). Exact when every ``a1*b`` fits ``k``
     signed bits and the packed operand fits the port, over the operands' whole ranges:
     two's complement, or symmetric (no most-negative code, as many quantizers use), which
-    saves a bit. ``tests/test_hardware.py`` checks this against the arithmetic itself.
+    saves a bit. ``tests/hardware/test_hardware.py`` checks this against the arithmetic itself.
     """
     if shared_bits > port_b:
         return False

@@ -8,7 +8,7 @@ A design is either *calibration* (the model's fitted constants were fitted to it
 error is small by construction and proves nothing) or *validation* (nothing was ever
 fitted to it). ``table()`` re-runs every design through ``estimate`` and returns one row
 per measured figure with the prediction and the error; ``docs/hardware-model.md`` shows
-it and ``tests/test_hardware_published.py`` fails when an error grows past the recorded one.
+it and ``tests/hardware/test_hardware_published.py`` fails when an error grows past the recorded one.
 
     python -m edgesplit.hardware.published [--json OUT]
 """

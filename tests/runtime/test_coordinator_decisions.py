@@ -208,45 +208,45 @@ def _features(export, part, x):
     return OnnxRuntimeEngine(export / f"{part}.onnx").run({"input": x})["features"]
 
 
-def test_a_missing_branch_is_zeros_and_flagged(tiny_export):
+def test_a_missing_branch_is_zeros_and_flagged(random_export):
     x = _image()
-    coord, _ = _coordinator(tiny_export, {"branch1": [{"fail": RuntimeError("unplugged")}]})
+    coord, _ = _coordinator(random_export, {"branch1": [{"fail": RuntimeError("unplugged")}]})
     r = _run(_infer(coord, x))
-    zeros = np.zeros_like(_features(tiny_export, "branch1", x))
+    zeros = np.zeros_like(_features(random_export, "branch1", x))
     assert r.parameters["degraded"] and r.parameters["missing"] == "branch1"
-    assert np.abs(r.outputs["logits"] - _head(tiny_export, [_features(tiny_export, "branch0", x), zeros])).max() < 1e-4
-    coord, _ = _coordinator(tiny_export, {"branch1": [{"fail": RuntimeError("unplugged")}]}, on_missing="fail")
+    assert np.abs(r.outputs["logits"] - _head(random_export, [_features(random_export, "branch0", x), zeros])).max() < 1e-4
+    coord, _ = _coordinator(random_export, {"branch1": [{"fail": RuntimeError("unplugged")}]}, on_missing="fail")
     with pytest.raises(PartUnavailable, match="unplugged"):
         _run(_infer(coord, x))
 
 
-def test_every_branch_answers_exactly(tiny_export):
+def test_every_branch_answers_exactly(random_export):
     x = _image()
-    coord, _ = _coordinator(tiny_export, {})
+    coord, _ = _coordinator(random_export, {})
     r = _run(_infer(coord, x))
-    want = _head(tiny_export, [_features(tiny_export, p, x) for p in ("branch0", "branch1")])
+    want = _head(random_export, [_features(random_export, p, x) for p in ("branch0", "branch1")])
     assert np.abs(r.outputs["logits"] - want).max() < 1e-4 and not r.parameters["degraded"]
     assert {"branch0_arrival_ms", "branch1_arrival_ms", "branch0_compute_ms"} <= set(r.parameters)
 
 
 @pytest.mark.parametrize("ignore_timeout", [False, True])
-def test_a_branch_that_never_answers_ends_at_the_deadline(tiny_export, ignore_timeout):
-    coord, _ = _coordinator(tiny_export, {"branch0": [{"never": True, "ignore_timeout": ignore_timeout}]}, timeout_ms=300)
+def test_a_branch_that_never_answers_ends_at_the_deadline(random_export, ignore_timeout):
+    coord, _ = _coordinator(random_export, {"branch0": [{"never": True, "ignore_timeout": ignore_timeout}]}, timeout_ms=300)
     t0 = time.monotonic()
     r = _run(_infer(coord, _image()))
     assert 0.25 < time.monotonic() - t0 < 1.0  # never past the deadline, even when the peer ignores it
     assert r.parameters["degraded"] and r.parameters["missing"] == "branch0"
     coord, _ = _coordinator(
-        tiny_export, {"branch0": [{"never": True, "ignore_timeout": ignore_timeout}]}, timeout_ms=300, on_missing="fail"
+        random_export, {"branch0": [{"never": True, "ignore_timeout": ignore_timeout}]}, timeout_ms=300, on_missing="fail"
     )
     with pytest.raises(DeadlineExceeded):
         _run(_infer(coord, _image()))
 
 
-def test_a_peer_failing_repeatedly_is_skipped_then_probed(tiny_export):
+def test_a_peer_failing_repeatedly_is_skipped_then_probed(random_export):
     async def go():
         coord, peers = _coordinator(
-            tiny_export, {"branch1": [{"fail": RuntimeError("down")}]}, unhealthy_after=2, probe_interval_ms=10_000
+            random_export, {"branch1": [{"fail": RuntimeError("down")}]}, unhealthy_after=2, probe_interval_ms=10_000
         )
         try:
             for _ in range(4):

@@ -29,14 +29,14 @@ GOOD = codec.encode_request("branch0", {"input": np.zeros((1, 1, 28, 28), np.flo
 
 
 @pytest.fixture(scope="module")
-def worker(tiny_export):
-    with LocalCluster(tiny_export, parts=["branch0"], pin=False) as c:
+def worker(random_export):
+    with LocalCluster(random_export, parts=["branch0"], pin=False) as c:
         yield c.workers["branch0"]
 
 
 @pytest.fixture(scope="module")
-def expected(tiny_export):
-    local = LocalModel(tiny_export)
+def expected(random_export):
+    local = LocalModel(random_export)
     return local.engines["branch0"].run({"input": np.zeros((1, 1, 28, 28), np.float32)})["features"]
 
 
@@ -104,11 +104,11 @@ def test_mutated_requests_get_a_protocol_status_and_the_worker_keeps_serving(wor
     assert good_kind == RESULT and np.allclose(_features(good), expected, atol=1e-5)
 
 
-def test_limits_refuse_what_would_exhaust_memory(tiny_export, expected):
+def test_limits_refuse_what_would_exhaust_memory(random_export, expected):
     """A low in-flight cap refuses a request whose peak would pass it (RESOURCE_EXHAUSTED, before parsing) on both
     transports; the batch limit and the message limit derived from it refuse more items (RESOURCE_EXHAUSTED too)."""
     args = ["--max-inflight-mb", "0.5", "--max-batch", "16"]
-    with LocalCluster(tiny_export, parts=["branch0"], pin=False, worker_args=args) as c:
+    with LocalCluster(random_export, parts=["branch0"], pin=False, worker_args=args) as c:
         w = c.workers["branch0"]
         big = codec.encode_request("branch0", {"input": np.zeros((20, 1, 28, 28), np.float32)}).SerializeToString()  # 63 KB
         many = codec.encode_request("branch0", {"input": np.zeros((17, 1, 28, 28), np.uint8)}).SerializeToString()
@@ -134,9 +134,9 @@ def test_typed_contents_are_checked_before_conversion(worker):
     assert status == "RESOURCE_EXHAUSTED" and "over the limit" in details
 
 
-def test_idle_stalled_and_unread_connections_are_closed(tiny_export):
+def test_idle_stalled_and_unread_connections_are_closed(random_export):
     args = ["--idle-timeout-s", "1", "--max-connection-age-s", "2"]
-    with LocalCluster(tiny_export, parts=["branch0"], pin=False, worker_args=args) as c:
+    with LocalCluster(random_export, parts=["branch0"], pin=False, worker_args=args) as c:
         w = c.workers["branch0"]
         idle = socket.create_connection(("127.0.0.1", w.port))
         preface = socket.create_connection(("127.0.0.1", w.port))
@@ -243,11 +243,11 @@ def test_long_names_are_not_echoed_whole(worker):
     assert status == "INVALID_ARGUMENT" and "20000 characters" in details and len(details) < 500
 
 
-def test_two_authorization_headers_are_refused(tiny_export, tmp_path):
+def test_two_authorization_headers_are_refused(random_export, tmp_path):
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     token.chmod(0o600)
-    with LocalCluster(tiny_export, parts=["branch0"], pin=False, worker_args=["--token-file", str(token)]) as c:
+    with LocalCluster(random_export, parts=["branch0"], pin=False, worker_args=["--token-file", str(token)]) as c:
         address = c.workers["branch0"].address
         right, wrong = ("authorization", "Bearer s3cret"), ("authorization", "Bearer nope")
         assert _grpc_raw(address, [GOOD], metadata=(right,))[0][0] == "OK"
@@ -263,12 +263,12 @@ def test_tls_alone_is_not_client_authentication():
     ServerSecurity(tls_cert="c.pem", tls_key="k.pem").check_bind("127.0.0.1")
 
 
-def test_server_limits_validate_and_derive_the_message_limit(tiny_export):
+def test_server_limits_validate_and_derive_the_message_limit(random_export):
     with pytest.raises(ValueError, match="max_batch=0"):
         ServerLimits(max_batch=0)
     from edgesplit.runtime.worker import WorkerConfig, load_parts
 
-    part = load_parts(WorkerConfig(str(tiny_export), part="branch0"))[0]
+    part = load_parts(WorkerConfig(str(random_export), part="branch0"))[0]
     assert ServerLimits(max_batch=10).message_bytes([part]) == 10 * 28 * 28 * 4 + (64 << 10)
     assert ServerLimits(max_message_bytes=5).message_bytes([part]) == 5
 
@@ -287,9 +287,9 @@ def test_peer_errors_keep_their_meaning(worker):
         asyncio.run(go())
 
 
-def test_connections_over_the_limit_are_closed_and_new_clients_get_in_after_the_timeout(tiny_export):
+def test_connections_over_the_limit_are_closed_and_new_clients_get_in_after_the_timeout(random_export):
     args = ["--max-connections", "3", "--idle-timeout-s", "1"]
-    with LocalCluster(tiny_export, parts=["branch0"], pin=False, worker_args=args) as c:
+    with LocalCluster(random_export, parts=["branch0"], pin=False, worker_args=args) as c:
         w = c.workers["branch0"]
         held = [socket.create_connection(("127.0.0.1", w.port)) for _ in range(4)]
         for s in held:

@@ -454,7 +454,7 @@ def test_tune_keeps_lut_utilisation_within_the_timing_guideline():
 def test_a_bad_device_file_is_one_line(tmp_path, fields, needle, capsys):
     import yaml
 
-    base = yaml.safe_load((Path(__file__).parents[1] / "src/edgesplit/hardware/devices/pynq-z1.yaml").read_text())
+    base = yaml.safe_load((Path(__file__).parents[2] / "src/edgesplit/hardware/devices/pynq-z1.yaml").read_text())
     base = {k: v for k, v in base.items() if not k.startswith("ps_")}
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump({**base, "name": "mine", **fields}))
     assert main(["devices", "--devices-dir", str(tmp_path)]) == 2

@@ -27,8 +27,8 @@ def images():
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_export):
-    with LocalCluster(tiny_export, timeout_ms=5000) as c:
+def cluster(random_export):
+    with LocalCluster(random_export, timeout_ms=5000) as c:
         yield c
 
 
@@ -171,12 +171,12 @@ def test_fast_encoding_of_shared_inputs_is_protobufs_own():
     ring.close()
 
 
-def test_requests_that_differ_only_by_id_are_answered_with_their_own_id_and_image(cluster, tiny_export, images):
+def test_requests_that_differ_only_by_id_are_answered_with_their_own_id_and_image(cluster, random_export, images):
     """A worker keeps what it decoded of a request that names a shared-memory slot; the next request for the same
     slot, with another id and another image in the slot, gets its own id and its own image's features."""
     from edgesplit.runtime.local import LocalModel
 
-    local = LocalModel(tiny_export)
+    local = LocalModel(random_export)
     ring = InputRing(slots=1, min_bytes=0)
     path = cluster.workers["branch0"].plan_address[len("ipc://") :]
     ids = ["7", "", "x" * 300, "8", "7"]
@@ -229,12 +229,12 @@ def test_split_request_id():
     ring.close()
 
 
-def test_a_worker_decodes_a_repeated_request_once(tiny_export, tmp_path):
+def test_a_worker_decodes_a_repeated_request_once(random_export, tmp_path):
     from edgesplit.runtime.worker import WorkerConfig, load_parts
     from edgesplit.runtime.transport.ipc_server import UnixSocketServer, _ServerConnection
 
     server = UnixSocketServer(
-        load_parts(WorkerConfig(str(tiny_export), part="branch0")), tmp_path / "w.sock", ServerLimits(max_message_bytes=1 << 20)
+        load_parts(WorkerConfig(str(random_export), part="branch0")), tmp_path / "w.sock", ServerLimits(max_message_bytes=1 << 20)
     )
     conn = _ServerConnection(server)
     ring = InputRing(slots=1, min_bytes=0)

@@ -15,7 +15,7 @@ import pytest
 
 from edgesplit.hardware.published import DESIGNS, summary, table
 
-RECORD = Path(__file__).parents[1] / "docs" / "hardware" / "published.json"
+RECORD = Path(__file__).parents[2] / "docs" / "hardware" / "published.json"
 SLACK = 0.005  # half a point: room for float noise, not for a model change
 
 

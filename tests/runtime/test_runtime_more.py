@@ -36,7 +36,7 @@ def _call(address, security=ClientSecurity(), timeout=10):
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make certificates")
-def test_tls_worker_on_loopback(tiny_export, tmp_path):
+def test_tls_worker_on_loopback(random_export, tmp_path):
     subprocess.run(
         [
             "openssl",
@@ -60,15 +60,15 @@ def test_tls_worker_on_loopback(tiny_export, tmp_path):
         capture_output=True,
     )
     args = ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
-    with LocalCluster(tiny_export, parts=["branch0"], worker_args=args) as c:
+    with LocalCluster(random_export, parts=["branch0"], worker_args=args) as c:
         address = c.workers["branch0"].address
         assert _call(address, ClientSecurity(tls_ca=str(tmp_path / "cert.pem"))).outputs["features"].shape == (1, 32)
         with pytest.raises(PartUnavailable):  # plaintext to a TLS server fails cleanly
             _call(address, timeout=3)
 
 
-def test_sigterm_lets_the_call_in_flight_finish(tiny_export):
-    with LocalCluster(tiny_export, parts=["branch0"], worker_args=["--inject-delay-ms", "1500"]) as c:
+def test_sigterm_lets_the_call_in_flight_finish(random_export):
+    with LocalCluster(random_export, parts=["branch0"], worker_args=["--inject-delay-ms", "1500"]) as c:
         w = c.workers["branch0"]
         result = {}
         t = threading.Thread(target=lambda: result.setdefault("r", _call(w.address)))
@@ -80,11 +80,11 @@ def test_sigterm_lets_the_call_in_flight_finish(tiny_export):
         assert w.proc.wait(10) == 0
 
 
-def test_hedged_request_uses_the_fast_replica(tiny_export, images_u8):
+def test_hedged_request_uses_the_fast_replica(random_export, images_u8):
     # branch0 has two replicas: the first always takes 2 s more, the second is normal
     with (
-        LocalCluster(tiny_export, parts=["branch0"], worker_args=["--inject-delay-ms", "2000"]) as slow,
-        LocalCluster(tiny_export, parts=["branch0", "branch1"]) as fast,
+        LocalCluster(random_export, parts=["branch0"], worker_args=["--inject-delay-ms", "2000"]) as slow,
+        LocalCluster(random_export, parts=["branch0", "branch1"]) as fast,
     ):
         plan = fast.plan(hedge_ms=HEDGE_MS, timeout_ms=5000)
         slow_addr = slow.workers["branch0"].address
@@ -104,7 +104,7 @@ def images_u8():
     return np.ascontiguousarray(load_dataset("fashion-mnist", "test").data[:1].transpose(0, 3, 1, 2))
 
 
-def test_plan_command(tiny_export, tmp_path):
+def test_plan_command(random_export, tmp_path):
     out = tmp_path / "plan.yaml"
     proc = subprocess.run(
         [
@@ -112,7 +112,7 @@ def test_plan_command(tiny_export, tmp_path):
             "-m",
             "edgesplit",
             "plan",
-            str(tiny_export),
+            str(random_export),
             "--workers",
             "a:1",
             "b:2",
@@ -167,14 +167,14 @@ def test_bench_serve_accounts_for_the_time(tmp_path):
     assert r["throughput_speedup"] > 0 and r["unsplit_throughput_rps"] > 0
 
 
-def test_the_part_that_usually_answers_last_is_asked_first(tiny_export, images_u8, monkeypatch):
+def test_the_part_that_usually_answers_last_is_asked_first(random_export, images_u8, monkeypatch):
     """branch1's worker takes 30 ms more per call (a slower device): after its first answers the coordinator
     sends it each request before branch0, whose answer would otherwise not be waited for anyway."""
     import edgesplit.runtime.coordinator as coordinator_module
 
     monkeypatch.setattr(coordinator_module, "_current_cpu", lambda: None)  # the order by core is another test's
     with (
-        LocalCluster(tiny_export, extra_args={"branch1": ["--inject-delay-ms", "30"]}) as c,
+        LocalCluster(random_export, extra_args={"branch1": ["--inject-delay-ms", "30"]}) as c,
         edgesplit.connect(c.plan()) as client,
     ):
         client.infer(images_u8)  # branch0 first: nothing is known yet
@@ -184,7 +184,7 @@ def test_the_part_that_usually_answers_last_is_asked_first(tiny_export, images_u
         assert client.coordinator.stats.typical_ms["branch1"] > client.coordinator.stats.typical_ms["branch0"] + 20
 
 
-def test_a_worker_pinned_to_the_coordinators_core_is_asked_last(tiny_export, images_u8, monkeypatch):
+def test_a_worker_pinned_to_the_coordinators_core_is_asked_last(random_export, images_u8, monkeypatch):
     """Unix socket peers learn their worker's CPUs from the socket; a stage asks the worker pinned to the core the
     coordinator runs on after the others (woken first, it would take that core before the other requests leave)."""
     import os
@@ -193,7 +193,7 @@ def test_a_worker_pinned_to_the_coordinators_core_is_asked_last(tiny_export, ima
 
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 cores to pin 2 workers")
-    with LocalCluster(tiny_export) as c, edgesplit.connect(c.plan()) as client:
+    with LocalCluster(random_export) as c, edgesplit.connect(c.plan()) as client:
         client.infer(images_u8)  # connects
         peers = {name: hs[0].peer for name, hs in client.coordinator.peers.items()}
         assert {name: p.cpus for name, p in peers.items()} == {name: frozenset(w.cpus) for name, w in c.workers.items()}
@@ -205,7 +205,7 @@ def test_a_worker_pinned_to_the_coordinators_core_is_asked_last(tiny_export, ima
             assert p[f"{name}_sent_ms"] > p[f"{other}_sent_ms"], name
 
 
-def test_the_coordinators_thread_defers_to_local_workers(tiny_export, images_u8):
+def test_the_coordinators_thread_defers_to_local_workers(random_export, images_u8):
     """With workers on this machine the blocking client's coordinator thread runs under SCHED_BATCH (it waits for a
     worker's time slice instead of cutting it); a thread's policy is restored after ``deferring_to_workers``; a
     plan only reaching other machines is not local."""
@@ -216,7 +216,7 @@ def test_the_coordinators_thread_defers_to_local_workers(tiny_export, images_u8)
 
     if not hasattr(os, "SCHED_BATCH"):
         pytest.skip("no SCHED_BATCH on this OS")
-    with LocalCluster(tiny_export) as c, edgesplit.connect(c.plan()) as client:
+    with LocalCluster(random_export) as c, edgesplit.connect(c.plan()) as client:
         assert has_local_workers(c.plan())
         client.infer(images_u8)
         assert os.sched_getscheduler(client._thread.native_id) == os.SCHED_BATCH
@@ -233,7 +233,7 @@ def test_the_coordinators_thread_defers_to_local_workers(tiny_export, images_u8)
     t.join()
     assert seen == [(True, os.SCHED_BATCH), os.SCHED_OTHER]
     remote = Plan(
-        str(tiny_export), (PartPlacement("branch0", ("10.0.0.11:50051",)), PartPlacement("branch1", ("jetson.lan:50051",)))
+        str(random_export), (PartPlacement("branch0", ("10.0.0.11:50051",)), PartPlacement("branch1", ("jetson.lan:50051",)))
     )
     assert not has_local_workers(remote)
     assert has_local_workers(replace(remote, parts=(*remote.parts[:1], PartPlacement("branch1", ("localhost:50052",)))))

@@ -31,8 +31,8 @@ def images():
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_export):
-    with LocalCluster(tiny_export, timeout_ms=5000) as c:  # transport="ipc" is the default
+def cluster(random_export):
+    with LocalCluster(random_export, timeout_ms=5000) as c:  # transport="ipc" is the default
         yield c
 
 
@@ -136,13 +136,13 @@ def test_parsed_responses_of_other_shapes_are_left_to_protobuf():
         codec.parse_response(b"\x0a\xff\xff")
 
 
-def test_cluster_plan_uses_unix_sockets_and_workers_still_speak_grpc(tiny_export, cluster, images):
+def test_cluster_plan_uses_unix_sockets_and_workers_still_speak_grpc(random_export, cluster, images):
     plan = cluster.plan()
     addresses = [a for p in plan.parts for a in p.replicas]
     assert addresses and all(a.startswith("ipc:///") for a in addresses)
     for a in addresses:
         assert stat.S_IMODE(os.stat(socket_path(a)).st_mode) == 0o600  # only this user can connect
-    local = LocalModel(tiny_export)
+    local = LocalModel(random_export)
     x = local.prepare(images[:4])
     want = local.engines["branch0"].run({"input": x})["features"]
     w = cluster.workers["branch0"]
@@ -153,16 +153,16 @@ def test_cluster_plan_uses_unix_sockets_and_workers_still_speak_grpc(tiny_export
     assert over_ipc.parameters["compute_ms"] > 0 and over_ipc.parameters["server_ms"] >= over_ipc.parameters["compute_ms"]
 
 
-def test_grpc_transport_cluster_gives_the_same_answers(tiny_export, images):
-    local = LocalModel(tiny_export)
+def test_grpc_transport_cluster_gives_the_same_answers(random_export, images):
+    local = LocalModel(random_export)
     ref = local(local.prepare(images))
-    with LocalCluster(tiny_export, timeout_ms=5000, transport="grpc") as c, edgesplit.connect(c.plan()) as client:
+    with LocalCluster(random_export, timeout_ms=5000, transport="grpc") as c, edgesplit.connect(c.plan()) as client:
         assert all(not a.startswith("ipc:") for p in c.plan().parts for a in p.replicas)
         got = client.infer(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
         _check_trace(client, images)
     assert np.abs(got - ref).max() < 1e-4
     with pytest.raises(EdgesplitError, match="unknown transport 'tcp'"):
-        LocalCluster(tiny_export, transport="tcp")
+        LocalCluster(random_export, transport="tcp")
 
 
 def _check_trace(client, images):
@@ -207,10 +207,10 @@ def test_frame_reader_cuts_any_chunking_into_the_frames_sent(bodies, cuts, limit
     assert reader.feed(b"") == [] and not reader._buf and not reader._skip
 
 
-def test_frames_that_are_not_kserve_get_invalid_argument(tiny_export, cluster, images):
+def test_frames_that_are_not_kserve_get_invalid_argument(random_export, cluster, images):
     """(Bad KServe v2 requests over either transport: test_runtime.py's flood test.)"""
     address = cluster.workers["branch0"].plan_address
-    x = LocalModel(tiny_export).prepare(images[:2])
+    x = LocalModel(random_export).prepare(images[:2])
 
     async def go():
         reader, writer = await asyncio.open_unix_connection(socket_path(address))
@@ -238,8 +238,8 @@ async def _call_async(address, inputs):
         await w.close()
 
 
-def test_message_limits_over_ipc(tiny_export):
-    with LocalCluster(tiny_export, parts=["branch0"], worker_args=["--max-message-mb", "0.01"]) as c:
+def test_message_limits_over_ipc(random_export):
+    with LocalCluster(random_export, parts=["branch0"], worker_args=["--max-message-mb", "0.01"]) as c:
         address = c.workers["branch0"].plan_address
 
         async def go():
@@ -257,9 +257,9 @@ def test_message_limits_over_ipc(tiny_export):
         assert c.dead() == []
 
 
-def test_deadline_then_killed_then_restarted_worker(tiny_export):
+def test_deadline_then_killed_then_restarted_worker(random_export):
     x = np.zeros((1, 1, 28, 28), np.float32)
-    with LocalCluster(tiny_export, parts=["branch0"], worker_args=["--inject-delay-ms", "1500"]) as c:
+    with LocalCluster(random_export, parts=["branch0"], worker_args=["--inject-delay-ms", "1500"]) as c:
         address = c.workers["branch0"].plan_address
 
         async def go():
@@ -340,7 +340,7 @@ def test_a_handler_that_breaks_answers_unknown_not_silence(tmp_path):
     assert np.array_equal(asyncio.run(go()), np.ones((1, 2), np.float32))
 
 
-def test_polling_worker_answers_and_stops_polling_when_idle(tiny_export, images):
+def test_polling_worker_answers_and_stops_polling_when_idle(random_export, images):
     def states(pid, n=40, every_s=0.005):  # the event loop thread's scheduler state: R running/runnable, S asleep
         out = []
         for _ in range(n):
@@ -348,10 +348,10 @@ def test_polling_worker_answers_and_stops_polling_when_idle(tiny_export, images)
             time.sleep(every_s)
         return out
 
-    local = LocalModel(tiny_export)
+    local = LocalModel(random_export)
     x = local.prepare(images[:4])
     want = local(x)
-    with LocalCluster(tiny_export, timeout_ms=5000, poll_ms=300) as c, edgesplit.connect(c.plan()) as client:
+    with LocalCluster(random_export, timeout_ms=5000, poll_ms=300) as c, edgesplit.connect(c.plan()) as client:
         got = np.concatenate([client.infer(xi[None]) for xi in x])
         pid = c.workers["branch0"].proc.pid
         polling = states(pid)  # within 300 ms of the last answer
@@ -525,7 +525,7 @@ def test_requests_read_together_are_answered_in_turn_without_tasks_and_cancelled
     assert log == [(1.0, None), (3.0, None)]  # in order, outside any task; the cancelled call never ran
 
 
-def test_a_unix_socket_only_coordinator_never_imports_grpc(tiny_export):
+def test_a_unix_socket_only_coordinator_never_imports_grpc(random_export):
     """A process whose plan has only ipc:// addresses runs the split model without loading grpc (its workers,
     separate processes, still serve gRPC too)."""
     import subprocess
@@ -536,7 +536,7 @@ import sys
 import numpy as np
 import edgesplit
 from edgesplit.runtime.cluster import LocalCluster
-with LocalCluster({str(tiny_export)!r}, timeout_ms=5000, pin=False) as c, edgesplit.connect(c.plan()) as client:
+with LocalCluster({str(random_export)!r}, timeout_ms=5000, pin=False) as c, edgesplit.connect(c.plan()) as client:
     logits = client.infer(np.zeros((1, 1, 28, 28), np.uint8))
 assert logits.shape == (1, 10), logits.shape
 print(sorted(m for m in sys.modules if m == "grpc" or m.startswith("grpc.")))

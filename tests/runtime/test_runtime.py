@@ -31,8 +31,8 @@ def images():
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_export):
-    with LocalCluster(tiny_export, timeout_ms=5000) as c:
+def cluster(random_export):
+    with LocalCluster(random_export, timeout_ms=5000) as c:
         yield c
 
 
@@ -46,8 +46,8 @@ def nchw(images):
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
 
 
-def test_distributed_matches_in_process(tiny_export, client, images):
-    local = LocalModel(tiny_export)
+def test_distributed_matches_in_process(random_export, client, images):
+    local = LocalModel(random_export)
     ref = local(local.prepare(images))
     got_u8 = client.infer(nchw(images))  # uint8 pixels, normalised in the workers
     got_f32 = client.infer(local.prepare(images))  # float32, already normalised
@@ -70,11 +70,11 @@ def _worker_call(address, model, inputs, **kw):
 
 
 @pytest.mark.parametrize("transport", ["grpc", "ipc"])
-def test_bad_requests_flood_then_good_ones_all_correct(tiny_export, cluster, images, transport):
+def test_bad_requests_flood_then_good_ones_all_correct(random_export, cluster, images, transport):
     """Every worker serves both transports; the same checks answer on each."""
     worker = cluster.workers["branch0"]
     peer, address = (GrpcPeer, worker.address) if transport == "grpc" else (UnixSocketPeer, worker.plan_address)
-    local = LocalModel(tiny_export)
+    local = LocalModel(random_export)
     good_x = local.prepare(images[:4])
     want = local.engines["branch0"].run({"input": good_x})["features"]
     bad = [
@@ -106,12 +106,12 @@ def test_bad_requests_flood_then_good_ones_all_correct(tiny_export, cluster, ima
     assert cluster.dead() == []
 
 
-def test_byte_count_mismatch_and_oversized(tiny_export, tmp_path):
+def test_byte_count_mismatch_and_oversized(random_export, tmp_path):
     from edgesplit.runtime.transport import codec
     from edgesplit.runtime.transport import kserve_v2_pb2_grpc as pb_grpc
     import grpc
 
-    with LocalCluster(tiny_export, parts=["branch0"], worker_args=["--max-message-mb", "0.01"]) as c:
+    with LocalCluster(random_export, parts=["branch0"], worker_args=["--max-message-mb", "0.01"]) as c:
         address = c.workers["branch0"].address
         small = np.zeros((1, 1, 28, 28), np.float32)  # 3 KiB: fine
         assert _worker_call(address, "branch0", {"input": small}).outputs["features"].shape == (1, 32)
@@ -130,10 +130,10 @@ def test_byte_count_mismatch_and_oversized(tiny_export, tmp_path):
         assert c.dead() == []
 
 
-def test_stock_kserve_client_can_query_worker(tiny_export, cluster, images):
+def test_stock_kserve_client_can_query_worker(random_export, cluster, images):
     """tritonclient (a stock KServe v2 gRPC client) in its own process: its protos share our package name."""
     address = cluster.workers["branch0"].address
-    local = LocalModel(tiny_export)
+    local = LocalModel(random_export)
     x = local.prepare(images[:2])
     np.save(cluster.log_dir / "x.npy", x)
     script = textwrap.dedent(f"""
@@ -157,8 +157,8 @@ def test_stock_kserve_client_can_query_worker(tiny_export, cluster, images):
     assert np.abs(np.array(r["out"], np.float32) - want).max() < 1e-5
 
 
-def test_killed_worker_fail_policy_gives_clear_error_no_hang(tiny_export, images):
-    with LocalCluster(tiny_export, timeout_ms=3000) as c, edgesplit.connect(c.plan(on_missing="fail")) as client:
+def test_killed_worker_fail_policy_gives_clear_error_no_hang(random_export, images):
+    with LocalCluster(random_export, timeout_ms=3000) as c, edgesplit.connect(c.plan(on_missing="fail")) as client:
         x = nchw(images[:1])
         ref = client.infer(x)
         futures = [client.submit(x) for _ in range(20)]
@@ -176,9 +176,9 @@ def test_killed_worker_fail_policy_gives_clear_error_no_hang(tiny_export, images
         assert outcomes[-1] == "error" and all(o in (True, "error") for o in outcomes)
 
 
-def test_killed_worker_degrades_then_restarted_worker_is_used_again(tiny_export, images):
+def test_killed_worker_degrades_then_restarted_worker_is_used_again(random_export, images):
     with (
-        LocalCluster(tiny_export, timeout_ms=3000) as c,
+        LocalCluster(random_export, timeout_ms=3000) as c,
         edgesplit.connect(c.plan(on_missing="degrade", probe_interval_ms=100)) as client,
     ):
         x = nchw(images[:1])
@@ -188,7 +188,7 @@ def test_killed_worker_degrades_then_restarted_worker_is_used_again(tiny_export,
         results = [client.infer_result(x) for _ in range(10)]
         for r in results:  # each answer is flagged: branch1's features were zeros
             assert r.parameters["degraded"] and r.parameters["missing"] == "branch1"
-        local = LocalModel(tiny_export)
+        local = LocalModel(random_export)
         feats = local.engines["branch0"].run({"input": local.prepare(images[:1])})["features"]
         zero_b1 = local.engines["head"].run({"features": np.concatenate([feats, np.zeros_like(feats)], 1)})["logits"]
         assert np.abs(results[-1].outputs["logits"] - zero_b1).max() < 1e-4
@@ -201,8 +201,8 @@ def test_killed_worker_degrades_then_restarted_worker_is_used_again(tiny_export,
 
 
 @pytest.mark.parametrize("policy", ["fail", "degrade"])
-def test_frozen_worker_is_cut_off_by_deadline(tiny_export, images, policy):
-    with LocalCluster(tiny_export, timeout_ms=500) as c, edgesplit.connect(c.plan(on_missing=policy)) as client:
+def test_frozen_worker_is_cut_off_by_deadline(random_export, images, policy):
+    with LocalCluster(random_export, timeout_ms=500) as c, edgesplit.connect(c.plan(on_missing=policy)) as client:
         x = nchw(images[:1])
         client.infer(x)
         os.kill(c.workers["branch0"].proc.pid, signal.SIGSTOP)  # alive but never answers
@@ -223,20 +223,20 @@ def _children(pid):
         return [int(p) for p in f.read().split()]
 
 
-def test_no_orphans_after_stop_exception_and_sigkill(tiny_export, tmp_path):
-    c = LocalCluster(tiny_export).start()
+def test_no_orphans_after_stop_exception_and_sigkill(random_export, tmp_path):
+    c = LocalCluster(random_export).start()
     pids = [w.proc.pid for w in c.workers.values()]
     c.stop()
     assert not any(_alive(p) for p in pids)
     with pytest.raises(RuntimeError):
-        with LocalCluster(tiny_export) as c2:
+        with LocalCluster(random_export) as c2:
             pids = [w.proc.pid for w in c2.workers.values()]
             raise RuntimeError("boom")
     assert not any(_alive(p) for p in pids)
     # the owner process is SIGKILLed: its workers get SIGTERM from the kernel
     script = (
         f"from edgesplit.runtime.cluster import LocalCluster\n"
-        f"c = LocalCluster({str(tiny_export)!r}).start()\n"
+        f"c = LocalCluster({str(random_export)!r}).start()\n"
         f"print(' '.join(str(w.proc.pid) for w in c.workers.values()), flush=True)\n"
         f"import time; time.sleep(60)\n"
     )
@@ -265,20 +265,20 @@ def _alive(pid):
         return False
 
 
-def test_worker_start_failure_is_reported(tiny_export, tmp_path):
+def test_worker_start_failure_is_reported(random_export, tmp_path):
     import shutil
 
     d = tmp_path / "e"
-    shutil.copytree(tiny_export, d)
+    shutil.copytree(random_export, d)
     (d / "branch1.onnx").write_bytes(b"broken")
     with pytest.raises(EdgesplitError, match="sha256"):
         LocalCluster(d)
 
 
-def test_token_required_on_every_call(tiny_export, tmp_path):
+def test_token_required_on_every_call(random_export, tmp_path):
     (tmp_path / "token").write_text("s3cret\n")
     (tmp_path / "token").chmod(0o600)
-    with LocalCluster(tiny_export, parts=["branch0"], worker_args=["--token-file", str(tmp_path / "token")]) as c:
+    with LocalCluster(random_export, parts=["branch0"], worker_args=["--token-file", str(tmp_path / "token")]) as c:
         address = c.workers["branch0"].address
         x = {"input": np.zeros((1, 1, 28, 28), np.float32)}
         with pytest.raises(PartUnavailable, match="UNAUTHENTICATED"):
@@ -297,18 +297,18 @@ def test_non_loopback_needs_tls_or_token():
     ServerSecurity().check_bind("::1")
 
 
-def test_worker_cli_refuses_busy_port_and_public_bind(tiny_export):
+def test_worker_cli_refuses_busy_port_and_public_bind(random_export):
     proc = subprocess.run(
-        [sys.executable, "-m", "edgesplit", "worker", str(tiny_export), "--part", "branch0", "--host", "0.0.0.0"],
+        [sys.executable, "-m", "edgesplit", "worker", str(random_export), "--part", "branch0", "--host", "0.0.0.0"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 2 and "refusing to listen on 0.0.0.0" in proc.stderr and "Traceback" not in proc.stderr
-    with LocalCluster(tiny_export, parts=["branch0"]) as c:
+    with LocalCluster(random_export, parts=["branch0"]) as c:
         port = str(c.workers["branch0"].port)
         proc = subprocess.run(
-            [sys.executable, "-m", "edgesplit", "worker", str(tiny_export), "--part", "branch0", "--port", port],
+            [sys.executable, "-m", "edgesplit", "worker", str(random_export), "--part", "branch0", "--port", port],
             capture_output=True,
             text=True,
             timeout=60,
@@ -316,7 +316,7 @@ def test_worker_cli_refuses_busy_port_and_public_bind(tiny_export):
         assert proc.returncode == 2 and "cannot listen" in proc.stderr
 
 
-def test_serve_local_endpoint_serves_whole_model(tiny_export, images):
+def test_serve_local_endpoint_serves_whole_model(random_export, images):
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -324,7 +324,7 @@ def test_serve_local_endpoint_serves_whole_model(tiny_export, images):
             "edgesplit",
             "serve",
             "--local",
-            str(tiny_export),
+            str(random_export),
             "--port",
             "0",
             "--poll-ms",
@@ -340,7 +340,7 @@ def test_serve_local_endpoint_serves_whole_model(tiny_export, images):
         line = proc.stdout.readline()
         assert line.startswith("EDGESPLIT-SERVE-READY"), proc.stderr.read() if proc.poll() is not None else line
         port = int(line.split("port=")[1])
-        local = LocalModel(tiny_export)
+        local = LocalModel(random_export)
         out = _worker_call(f"127.0.0.1:{port}", "resnet18-split2", {"input": nchw(images[:3])})
         assert np.abs(out.outputs["logits"] - local(local.prepare(images[:3]))).max() < 1e-4
         with pytest.raises(InferError, match="expected Bx1x28x28"):
@@ -368,14 +368,14 @@ def test_serve_local_endpoint_serves_whole_model(tiny_export, images):
     assert not any(_alive(p) for p in children)
 
 
-def test_make_plan_balances_and_validates(tiny_export, tmp_path):
-    plan = make_plan(str(tiny_export), ["a:1", "b:2", "c:3"], speeds=[1, 3, 1])
+def test_make_plan_balances_and_validates(random_export, tmp_path):
+    plan = make_plan(str(random_export), ["a:1", "b:2", "c:3"], speeds=[1, 3, 1])
     assert [p.replicas for p in plan.parts] == [("b:2",), ("a:1", "c:3")]
     plan.write(tmp_path / "plan.yaml")
     assert load_plan(tmp_path / "plan.yaml").parts == plan.parts
     with pytest.raises(EdgesplitError, match="need at least 2"):
-        make_plan(str(tiny_export), ["a:1"])
-    (tmp_path / "bad.yaml").write_text(f"export: {tiny_export}\nparts:\n  branch0: {{replicas: [x:1]}}\n")
+        make_plan(str(random_export), ["a:1"])
+    (tmp_path / "bad.yaml").write_text(f"export: {random_export}\nparts:\n  branch0: {{replicas: [x:1]}}\n")
     with pytest.raises(EdgesplitError, match=r"does not place \['branch1'\]"):
         load_plan(tmp_path / "bad.yaml")
 
@@ -423,23 +423,23 @@ def test_malformed_protobuf_is_invalid_argument_and_logs_nothing(cluster):
     assert _worker_call(w.address, "branch0", {"input": np.zeros((1, 1, 28, 28), np.float32)}).outputs["features"].shape[0] == 1
 
 
-def test_swapped_addresses_fail_at_once_with_the_servers_answer(tiny_export, cluster):
+def test_swapped_addresses_fail_at_once_with_the_servers_answer(random_export, cluster):
     """A plan whose two branch addresses are swapped: each server answers, but serves the other branch; the
     coordinator says so at once (not a 30 s wait and 'not ready'), over gRPC and over the Unix socket."""
     for attr in ("address", "plan_address"):
         a, b = (getattr(cluster.workers[p], attr) for p in ("branch0", "branch1"))
-        plan = load_plan_dict(tiny_export, {"branch0": b, "branch1": a})
+        plan = load_plan_dict(random_export, {"branch0": b, "branch1": a})
         t0 = time.monotonic()
         with pytest.raises(PartUnavailable) as err:
             edgesplit.connect(plan, wait_ready_s=30)
         assert time.monotonic() - t0 < 10
         assert "this server has: branch1" in str(err.value) and "check the plan's addresses" in str(err.value)
     plan = load_plan_dict(
-        tiny_export, {"branch0": cluster.workers["branch1"].address, "branch1": cluster.workers["branch0"].address}
+        random_export, {"branch0": cluster.workers["branch1"].address, "branch1": cluster.workers["branch0"].address}
     )
-    plan.write(tiny_export.parent / "swapped.yaml")
+    plan.write(random_export.parent / "swapped.yaml")
     proc = subprocess.run(
-        [sys.executable, "-m", "edgesplit", "serve", "--plan", str(tiny_export.parent / "swapped.yaml"), "--port", "0"],
+        [sys.executable, "-m", "edgesplit", "serve", "--plan", str(random_export.parent / "swapped.yaml"), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -455,14 +455,14 @@ def load_plan_dict(export, addresses):
     return Plan(str(export), tuple(PartPlacement(p, (addr,)) for p, addr in addresses.items()), timeout_ms=5000)
 
 
-def test_serve_starts_degraded_and_takes_the_part_in_when_it_comes_up(tiny_export, tmp_path, images):
+def test_serve_starts_degraded_and_takes_the_part_in_when_it_comes_up(random_export, tmp_path, images):
     import socket as socketlib
 
     with socketlib.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    with LocalCluster(tiny_export, parts=["branch0"], pin=False) as c:
-        plan = load_plan_dict(tiny_export, {"branch0": c.workers["branch0"].address, "branch1": f"127.0.0.1:{free}"})
+    with LocalCluster(random_export, parts=["branch0"], pin=False) as c:
+        plan = load_plan_dict(random_export, {"branch0": c.workers["branch0"].address, "branch1": f"127.0.0.1:{free}"})
         plan_path = tmp_path / "plan.yaml"
         plan = type(plan)(**{**plan.__dict__, "probe_interval_ms": 200})
         plan.write(plan_path)
@@ -478,7 +478,7 @@ def test_serve_starts_degraded_and_takes_the_part_in_when_it_comes_up(tiny_expor
             port = int(line.split("port=")[1])
             x = {"input": nchw(images[:1])}
             assert _worker_call(f"127.0.0.1:{port}", "resnet18-split2", x).parameters.get("degraded")
-            late = LocalCluster(tiny_export, parts=["branch1"], pin=False)
+            late = LocalCluster(random_export, parts=["branch1"], pin=False)
             late.start_worker("branch1", port=free)  # the missing device comes up
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
@@ -498,7 +498,7 @@ def test_serve_starts_degraded_and_takes_the_part_in_when_it_comes_up(tiny_expor
     assert "starting without branch1" in err and "unreachable" in err
 
 
-def test_waiting_for_a_dead_worker_says_what_it_waits_for(tiny_export, cluster, caplog):
+def test_waiting_for_a_dead_worker_says_what_it_waits_for(random_export, cluster, caplog):
     import logging
     import socket as socketlib
 
@@ -507,7 +507,7 @@ def test_waiting_for_a_dead_worker_says_what_it_waits_for(tiny_export, cluster, 
     with socketlib.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    plan = load_plan_dict(tiny_export, {"branch0": cluster.workers["branch0"].address, "branch1": f"127.0.0.1:{free}"})
+    plan = load_plan_dict(random_export, {"branch0": cluster.workers["branch0"].address, "branch1": f"127.0.0.1:{free}"})
 
     async def go():
         coord = remote_coordinator(plan)
