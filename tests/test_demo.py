@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 
-from edgesplit.demo import DemoConfig, run_demo
+from edgesplit.demo.config import DemoConfig
+from edgesplit.demo.run import run_demo
 
 
 def test_demo_end_to_end(tmp_path, capsys):

@@ -221,7 +221,11 @@ def test_every_option_of_every_subcommand_has_help():
             elif not action.help and action.dest != "help":
                 yield " ".join(path) + " " + (action.option_strings[0] if action.option_strings else action.dest)
             elif action.option_strings and not (
-                action.default is None or action.default is False or action.default is argparse.SUPPRESS
+                action.nargs == 0  # a flag
+                or action.default is None
+                or action.default is False
+                or action.default is argparse.SUPPRESS
+                or (isinstance(action.default, (str, tuple)) and not action.default)  # nothing to show
             ):
                 shown = parser._get_formatter()._get_help_string(action)
                 if "default" not in shown:  # every default is in the help a user reads (written, or appended)
@@ -279,3 +283,18 @@ def test_json_means_the_same_in_every_command(tmp_path):
 
     options = list(json_options(build_parser()))
     assert len(options) >= 14 and all(o[1:] == ("?", "-") for o in options), options
+
+
+def test_a_broken_pipe_of_the_command_itself_is_not_swallowed(monkeypatch):
+    """Only our own reader leaving ends quietly: a BrokenPipeError from a socket the command writes to is a failure
+    (it once made `bench abuse` exit 0 without printing anything)."""
+    import edgesplit.cli.models as models_cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    from edgesplit.cli import main
+
+    monkeypatch.setattr(models_cli, "cmd_models", broken)
+    with pytest.raises(BrokenPipeError):
+        main(["models"])

@@ -1,6 +1,7 @@
 """Co-design: the search space, fleet balancing, the CPU roofline, and one small real search end to end."""
 
 import json
+import os
 import socket
 from dataclasses import replace
 
@@ -377,7 +378,10 @@ def test_interrupted_search_resumes_where_it_stopped(tmp_path):
     args = [*SMALL, "--out", str(out)]
     args[args.index("conv3,dw3-pw1")] = "conv3"
     args[args.index("200s")] = "90s"  # one bundle, one finalist, no fleet: a smaller budget does
-    proc = subprocess.Popen([sys.executable, "-m", "edgesplit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # a child that hangs is made to say where (SIGABRT below)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgesplit", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -385,7 +389,12 @@ def test_interrupted_search_resumes_where_it_stopped(tmp_path):
                 break
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=30)
+            pytest.fail("codesign did not stop on Ctrl-C within 120 s; where it was:\n" + err.decode(errors="replace")[-4000:])
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -464,4 +464,4 @@ def test_a_bad_device_file_is_one_line(tmp_path, fields, needle, capsys):
 
 def test_bad_frame_is_one_line(capsys):
     assert main(["estimate", "bundlenet-a", "--input", "3x32x32", "--device", "pynq-z1", "--frame", "big"]) == 2
-    assert "--frame must be HxW" in capsys.readouterr().err
+    assert "bad --frame 'big'; write it as HxW" in capsys.readouterr().err

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgesplit.bench.config import AbuseBench
 from edgesplit.bench.serve import _export_random, machine_info
 from edgesplit.runtime.stats import latency_summary
 
@@ -244,7 +245,7 @@ async def _unix_malformed(path: str, valid: bytes, rng, n: int, stop_at: float) 
 
 async def _never_reading(sock: socket.socket, valid: bytes, stop_at: float) -> dict:
     """Send requests on ``sock`` and never read the answers, until the worker stops reading them (the socket stays
-    unwritable for 2 s: back-pressure) or time is up."""
+    unwritable for 2 s: back-pressure), closes the connection (its idle timeout ran out first), or time is up."""
     from edgesplit.runtime.transport.ipc import INFER, _frame
 
     sock.setblocking(False)
@@ -258,12 +259,14 @@ async def _never_reading(sock: socket.socket, valid: bytes, stop_at: float) -> d
             if time.monotonic() - blocked_since > 2.0:
                 return {"requests_written": sent, "worker_stopped_reading": True}
             await asyncio.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            return {"requests_written": sent, "worker_stopped_reading": True, "worker_closed": True}
     return {"requests_written": sent, "worker_stopped_reading": False}
 
 
-def bench_abuse(
-    flood_s: float = 20.0, idle_timeout_s: float = 5.0, max_inflight_mb: float = 256.0, held_connections: int = 20, seed: int = 0
-) -> dict:
+def bench_abuse(cfg: AbuseBench) -> dict:
+    flood_s, idle_timeout_s, max_inflight_mb = cfg.flood_s, cfg.idle_timeout_s, cfg.max_inflight_mb
+    held_connections, seed = cfg.held_connections, cfg.seed
     from edgesplit.runtime.cluster import LocalCluster
     from edgesplit.runtime.transport import codec
     from edgesplit.runtime.transport.limits import ServerLimits
@@ -387,3 +390,40 @@ def bench_abuse(
         "worker_alive": alive,
         "worker_log": {"lines": len(log_text.splitlines()), "tracebacks": log_text.count("Traceback")},
     }
+
+
+def text_report(r: dict) -> str:
+    """What ``edgesplit bench abuse`` prints of a result."""
+    c, g, h, m = r["clean"], r["good_during_flood"], r["health_during_flood"], r["memory_mib"]
+    lines = [
+        f"{r['model']}; flood {r['flood_wall_s']:.1f} s, idle timeout {r['settings']['idle_timeout_s']:g} s, in-flight cap {m['cap']:g} MiB",
+    ]
+    lines.append(
+        f"good requests: clean p99 {c['latency']['p99_ms']:.2f} ms; during the flood {g['answered']}/{g['sent']} "
+        f"answered, {g['correct']} correct, p99 {g['latency']['p99_ms']:.2f} ms ({r['p99_flood_vs_clean']:.1f}x clean)"
+    )
+    lines.append(
+        f"health checks during the flood: {h['checks']}, failed {h['failed']}, p50 {h['latency']['p50_ms']:.1f} ms, "
+        f"p99 {h['latency']['p99_ms']:.1f} ms, max {h['latency']['max_ms']:.1f} ms"
+    )
+    for name, b in r["bad"].items():
+        lines.append(
+            f"  {name}: "
+            + ", ".join(f"{k} {v}" for k, v in b.items() if k != "statuses")
+            + ("; " + ", ".join(f"{k} {v}" for k, v in sorted(b["statuses"].items())) if "statuses" in b else "")
+        )
+    lines.append(
+        f"worker memory: {m['before']:.0f} MiB before, peak during the flood {m['flood_peak_sampled']:.0f} MiB "
+        f"(+{m['peak_over_before']:.0f}), {m['after']:.0f} MiB after"
+    )
+    lines.append(
+        "held connections closed by the worker after the idle timeout: "
+        + ", ".join(f"{k} {v}" for k, v in r["connections_closed_after_idle_timeout"].items())
+    )
+    a = r["good_after"]
+    lines.append(
+        f"afterwards: a new client's requests {a['answered']}/{a['sent']} answered, {a['correct']} correct; "
+        f"worker alive: {r['worker_alive']}; its log: {r['worker_log']['lines']} lines, "
+        f"{r['worker_log']['tracebacks']} tracebacks"
+    )
+    return "\n".join(lines)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgesplit.bench.config import FaultsBench
 from edgesplit.bench.serve import machine_info
 from edgesplit.runtime.stats import latency_summary
 
@@ -113,15 +114,9 @@ def p_more_stragglers_than_parity(workers: int, parity: int, prob: float) -> flo
     return sum(comb(workers, j) * prob**j * (1 - prob) ** (workers - j) for j in range(parity + 1, workers + 1))
 
 
-def bench_faults(
-    requests: int = 300,
-    timeout_ms: float = 2000.0,
-    seed: int = 0,
-    histogram: str | None = None,
-    scenarios=("fault_free", "straggler_one", "straggler_all", "kill"),
-    parity: int = 1,
-    parity_policy: str = "eager",
-) -> dict:
+def bench_faults(cfg: FaultsBench) -> dict:
+    requests, timeout_ms, seed, histogram = cfg.requests, cfg.timeout_ms, cfg.seed, cfg.histogram
+    scenarios, parity, parity_policy = cfg.scenarios, cfg.parity, cfg.parity_policy
     from edgesplit.export.coded import export_coded_mlp, random_alexnet_fc, reference_forward
 
     layers = random_alexnet_fc(seed=seed)
@@ -195,3 +190,34 @@ def _histogram(results: dict, path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def text_report(r: dict) -> str:
+    """What ``edgesplit bench faults`` prints of a result."""
+    lines = [
+        f"{r['model']}: {r['data_workers']} data workers (+{r['parity_workers']} parity, {r['parity_policy']}), "
+        f"{r['requests']} requests each",
+        f"{'scenario':<26}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'exact':>7}{'recov':>7}{'degr':>6}{'err':>5}{'lost':>5}{'max rel err':>12}",
+    ]
+    for name, s in r["scenarios"].items():
+        l, c = s["latency"], s["counts"]
+        lines.append(
+            f"{name:<26}{l['p50_ms']:>8.2f}{l['p99_ms']:>8.2f}{l['max_ms']:>8.2f}{c['exact']:>7}{c['recovered']:>7}"
+            f"{c['degraded']:>6}{c['errors']:>5}{c['lost']:>5}{s['max_rel_error']:>12.1e}"
+        )
+    for pattern, t in r["targets"].items():
+        lines.append(
+            f"{pattern}: coded p99 = {t['p99_vs_fault_free']:.2f}x fault-free, {t['p99_vs_uncoded']:.2f}x uncoded"
+            + (
+                f" (requests with more stragglers than parity blocks: {t['p_unshielded_request']:.2%})"
+                if "p_unshielded_request" in t
+                else ""
+            )
+        )
+    lines.append(
+        "columns: answers exact (every block in time), recovered (decoded with a parity block), degraded (a block "
+        "replaced by zeros), errors, lost (no answer); max rel err: the largest error against the uncoded layers"
+    )
+    if r.get("histogram"):
+        lines.append(f"wrote {r['histogram']} (arrival times of every block's answer)")
+    return "\n".join(lines)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgesplit.bench.config import Int8Bench
+
 
 def _time_parts(float_dir: Path, int8_dir: Path, calls: int, rounds: int) -> dict:
     from edgesplit.manifest import load_manifest
@@ -71,16 +73,10 @@ def _accuracy(export_dir: Path, ckpt: dict, n: int, data_dir: str | None) -> flo
     return correct / len(idx)
 
 
-def bench_int8(
-    checkpoint: str,
-    calls: int = 50,
-    rounds: int = 3,
-    test_images: int = 10000,
-    calib_images: int = 256,
-    data_dir: str | None = None,
-    input_shape: tuple[int, int, int] | None = None,
-) -> dict:
+def bench_int8(cfg: Int8Bench) -> dict:
     """``checkpoint``: a trained run (speed and accuracy), or a model name with ``input_shape`` (random weights: speed only)."""
+    checkpoint, calls, rounds, test_images = cfg.checkpoint, cfg.calls, cfg.rounds, cfg.test_images
+    calib_images, data_dir, input_shape = cfg.calib_images, cfg.data_dir, cfg.input_shape
     import os
 
     from edgesplit.export.int8 import calibration_images, int8_export
@@ -123,3 +119,20 @@ def bench_int8(
         "top1": acc,
         "branch_speedup_median": float(np.median([p["speedup"] for n, p in parts.items() if n != "head"] or [0.0])),
     }
+
+
+def text_report(r: dict) -> str:
+    """What ``edgesplit bench int8`` prints of a result."""
+    lines = [
+        f"{r['model']} {'x'.join(map(str, r['input_shape']))}, batch 1, 1 thread, medians of {r['rounds']} rounds of {r['calls']} calls",
+    ]
+    for name, p in r["parts"].items():
+        lines.append(
+            f"  {name:<10} float32 {p['float32_ms']:8.3f} ms   int8 {p['int8_ms']:8.3f} ms   speedup {p['speedup']:.2f}x   "
+            f"{p['float32_bytes'] / 1e6:.2f} -> {p['int8_bytes'] / 1e6:.2f} MB"
+        )
+    if r["top1"]:
+        lines.append(
+            f"  top-1 on {r['test_images']} test images: float32 {r['top1']['float32']:.4f}, int8 {r['top1']['int8']:.4f}"
+        )
+    return "\n".join(lines)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgesplit.bench.config import ServeBench
 from edgesplit.runtime.coordinator import TRACE_HOPS
 from edgesplit.runtime.stats import latency_summary
 from edgesplit.runtime.tuning import deferring_to_workers
@@ -195,28 +196,28 @@ def machine_info() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
-TRANSPORTS = ("ipc", "grpc")
-
-
-def bench_serve(
-    model: str = "resnet18-split2",
-    input_shape=(3, 224, 224),
-    requests: int = 200,
-    in_flight: int = 4,
-    num_classes: int = 1000,
-    warmup: int = 20,
-    input_dtype: str = "uint8",
-    rounds: int = 3,
-    transports: tuple[str, ...] = TRANSPORTS,
-    poll_ms: float = 0.0,
-    block: int = 50,
-) -> dict:
+def bench_serve(cfg: ServeBench) -> dict:
     """Each round measures the split model over each transport (``ipc``: the local cluster's Unix sockets, the
     default; ``grpc``: loopback gRPC) in turn: its latencies one request at a time, then its throughput in blocks
     of ``block`` images alternating with blocks of the unsplit baseline, so that each speedup compares two
     throughputs measured under the same conditions. Ratios are computed per round and their medians reported (this
     machine is shared and noisy). The headline figures are the first transport's. ``poll_ms``: the workers'
     ``--poll-ms`` (Unix socket only)."""
+    model, input_shape, requests, in_flight, num_classes = (
+        cfg.model,
+        cfg.input_shape,
+        cfg.requests,
+        cfg.in_flight,
+        cfg.num_classes,
+    )
+    warmup, input_dtype, rounds, transports, poll_ms, block = (
+        cfg.warmup,
+        cfg.input_dtype,
+        cfg.rounds,
+        cfg.transports,
+        cfg.poll_ms,
+        cfg.block,
+    )
     from contextlib import ExitStack
 
     import edgesplit
@@ -337,3 +338,41 @@ def bench_serve(
         "transports": by_transport,
         "per_round": per_round,
     }
+
+
+def text_report(r: dict) -> str:
+    """What ``edgesplit bench serve`` prints of a result."""
+    lines = [
+        f"{r['model']} {'x'.join(map(str, r['input_shape']))} on {r['machine']['cores']} cores ({r['machine']['cpu']}), "
+        f"medians of {r['rounds']} rounds of {r['requests']} requests",
+        f"  unsplit {r['unsplit_model']} ORT x{r['unsplit_threads']} threads  p50 {r['unsplit_p50_ms']:7.3f} ms, "
+        f"{r['unsplit_throughput_rps']:.1f} req/s",
+    ]
+    for t, m in r["transports"].items():
+        b = m["breakdown_ms"]
+        lines.append(f"  split over {t}:")
+        for name, part in b["parts"].items():
+            lines.append(
+                f"    {name}: compute {part['compute']:6.3f} ms  worker handler {part['handler']:5.3f} ms  "
+                f"transport {part['transport']:5.3f} ms"
+            )
+        lines.append(f"    waiting for the slower branch {b['wait_for_slowest']:.3f} ms, coordinator {b['coordinator']:.3f} ms")
+        if "hops" in b:
+            for name, h in b["hops"]["parts"].items():
+                lines.append(
+                    f"    {name} transport, traced: before send {h['before_send']:.3f}  to worker {h['to_worker']:.3f}  "
+                    f"worker dispatch {h['worker_dispatch']:.3f}  back {h['back']:.3f} ms"
+                )
+            lines.append(f"    after the last answer (concatenation, head, return) {b['hops']['after_last_answer']:.3f} ms")
+        lines.append(
+            f"    end to end, 1 in flight p50 {m['end_to_end_p50_ms']:7.3f} ms   p99 {m['end_to_end_p99_ms']:7.3f} ms;  "
+            f"{r['in_flight']} in flight {m['split_throughput_rps']:6.1f} req/s "
+            f"(unsplit in the blocks between: {m['unsplit_throughput_rps']:.1f} req/s)"
+        )
+        lines.append(
+            f"    CPU per request at {r['in_flight']} in flight: "
+            + ", ".join(f"{k} {v:.2f} ms" for k, v in m["cpu_ms_per_request"].items())
+        )
+        lines.append(f"    overhead_ratio {m['overhead_ratio']:.3f}   throughput_speedup {m['throughput_speedup']:.3f}")
+    lines.append(f"  blocking client over {r['transport']}: end to end p50 {r['end_to_end_blocking_client']['p50_ms']:.3f} ms")
+    return "\n".join(lines)

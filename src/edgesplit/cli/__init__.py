@@ -49,7 +49,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgesplit: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`edgesplit plan ... | head`): stop quietly, as a Unix tool does
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a socket or pipe of the command's own: a bug, not our reader leaving
+        # our reader went away (`edgesplit plan ... | head`): stop quietly, as a Unix tool does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 0
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reading end is closed (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError):
+        return False

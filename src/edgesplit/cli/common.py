@@ -59,7 +59,9 @@ class DefaultsShown(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        unset = action.default is None or action.default is False or action.default is argparse.SUPPRESS  # not 0
+        d = action.default
+        flag = action.nargs == 0  # on/off: its help says what it does
+        unset = flag or d is None or d is False or d is argparse.SUPPRESS or (isinstance(d, (str, tuple)) and not d)
         if action.option_strings and "(default" not in text and not unset:
             text += " (default %(default)s)"
         return text
@@ -95,20 +97,22 @@ def add_dataclass_options(group, cls) -> None:
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata:
             continue
-        m, default = f.metadata, f.default
-        if default is not None and m["scale"] != 1:
+        m = f.metadata
+        flag = m["flag"] or "--" + f.name.replace("_", "-")
+        names, dest = (flag, *m["aliases"]), m["dest"] or f.name
+        if isinstance(f.default, bool):
+            group.add_argument(*names, dest=dest, action="store_false" if f.default else "store_true", help=m["help"])
+            continue
+        default = f.default
+        if m["text"] is not None:
+            default = m["text"]  # shown as typed; ``parse`` turns it into the field's value
+        elif default is not None and m["scale"] != 1:
             default = default / m["scale"]
-        if isinstance(default, float) and default.is_integer() and m["scale"] != 1:
-            default = int(default)  # shown as 256, not 256.0
-        group.add_argument(
-            m["flag"] or "--" + f.name.replace("_", "-"),
-            *m["aliases"],
-            dest=f.name,
-            default=default,
-            type=m["type"] or type(f.default),
-            metavar=m["metavar"],
-            help=m["help"],
-        )
+            if default.is_integer():
+                default = int(default)  # shown as 256, not 256.0
+        kind = str if m["parse"] else m["type"] or (type(f.default) if f.default is not None else str)
+        metavar = m["metavar"] or (None if m["choices"] else flag.lstrip("-").replace("-", "_").upper())
+        group.add_argument(*names, dest=dest, default=default, type=kind, metavar=metavar, choices=m["choices"], help=m["help"])
 
 
 def dataclass_from_args(cls, args, **fixed):
@@ -116,6 +120,11 @@ def dataclass_from_args(cls, args, **fixed):
     kw = dict(fixed)
     for f in dataclasses.fields(cls):
         if "help" in f.metadata and f.name not in fixed:
-            value, scale = getattr(args, f.name), f.metadata["scale"]
-            kw[f.name] = value if value is None or scale == 1 else int(value * scale)
+            m = f.metadata
+            value = getattr(args, m["dest"] or f.name)
+            if value is not None and m["parse"] is not None:
+                value = m["parse"](value)
+            elif value is not None and m["scale"] != 1:
+                value = int(value * m["scale"])
+            kw[f.name] = value
     return cls(**kw)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 
-from edgesplit.cli.common import write_json
+from edgesplit.cli.common import add_dataclass_options, dataclass_from_args, write_json
+from edgesplit.hardware.config import AccelConfig, HostConfig
 from edgesplit.errors import EdgesplitError
 
 
@@ -30,39 +31,11 @@ def cmd_devices(args) -> None:
 
 
 def _accel_config(args):
-    from edgesplit.hardware.accelerator import AccelConfig
-
-    return AccelConfig(
-        arch=args.arch,
-        wbits=args.wbits,
-        fbits=args.fbits,
-        float32=args.float32,
-        batch=args.batch,
-        fuse=not args.no_fuse,
-        tm=args.tm,
-        tn=args.tn,
-        td=args.td,
-        tr=args.tr,
-        tc=args.tc,
-        mults=args.mults,
-        overlap=not args.no_overlap,
-        pack=not args.no_pack,
-        clock_mhz=args.clock_mhz,
-        dram_gbs=args.dram_gbs,
-    )
+    return dataclass_from_args(AccelConfig, args)
 
 
 def _host_config(args):
-    from edgesplit.data.preprocess import parse_input_shape
-    from edgesplit.hardware.host import HostConfig
-
-    frame = None
-    if args.frame:
-        try:
-            frame = tuple(parse_input_shape(f"1x{args.frame}")[1:])
-        except EdgesplitError:
-            raise EdgesplitError(f"--frame must be HxW (the camera frame, e.g. 360x640), got {args.frame!r}") from None
-    return HostConfig(frame_hw=frame, jpeg=args.jpeg, overlap=args.host_overlap)
+    return dataclass_from_args(HostConfig, args)
 
 
 def _fpga_and_graph(args):
@@ -255,41 +228,8 @@ def register(sub) -> None:
         s.add_argument("--device", required=True, help="an FPGA board from `edgesplit devices`")
         s.add_argument("--devices-dir", help="a folder of your own device YAML files")
         s.add_argument("--input", help="input CxHxW (default: the checkpoint's or ONNX file's; 3x224x224 for a model name)")
-        s.add_argument("--arch", default="bundle", help="bundle (one engine reused per layer) or pipeline (an engine per layer)")
-        s.add_argument("--wbits", type=int, default=16, help="weight bits (fixed point)")
-        s.add_argument("--fbits", type=int, default=16, help="feature-map bits (fixed point)")
-        s.add_argument("--float32", action="store_true", help="a float32 datapath instead of fixed point")
-        s.add_argument("--batch", type=int, default=1, help="images sharing each weight load")
-        s.add_argument("--no-fuse", action="store_true", help="no layer fusion: every feature map goes to DRAM")
-        for f, default, h in (
-            ("tm", 16, "output channels in parallel"),
-            ("tn", 8, "input channels in parallel"),
-            ("td", 16, "depth-wise channels in parallel"),
-            ("tr", 16, "tile rows"),
-            ("tc", 16, "tile columns"),
-            ("mults", 128, "pipeline: multipliers in total"),
-        ):
-            s.add_argument(
-                f"--{f}",
-                type=int,
-                default=default,
-                help=f"{h} (default {default})" + (" (tune searches it)" if name == "tune" else ""),
-            )
-        s.add_argument(
-            "--no-overlap",
-            action="store_true",
-            help="tiles are not double-buffered: loads, compute and stores add up instead of overlapping",
-        )
-        s.add_argument("--no-pack", action="store_true", help="never put two multiplies in one DSP slice")
-        s.add_argument("--frame", help="camera frame HxW the board's cores resize to the input (default: the input size)")
-        s.add_argument("--jpeg", action="store_true", help="frames arrive as JPEG files, decoded on the board's cores")
-        s.add_argument(
-            "--host-overlap",
-            action="store_true",
-            help="the cores prepare the next frame while the accelerator runs (a multi-threaded host)",
-        )
-        s.add_argument("--clock-mhz", type=float, help="override the board's clock")
-        s.add_argument("--dram-gbs", type=float, help="override the board's DRAM bandwidth (GB/s)")
+        add_dataclass_options(s, AccelConfig)
+        add_dataclass_options(s, HostConfig)
         s.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout with no value)")
         s.set_defaults(func=func)
 

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from edgesplit.codesign.budget import PROBE_IMAGES, Speed
+from edgesplit.codesign.config import ProxyTraining
 from edgesplit.codesign.space import Candidate
 from edgesplit.errors import EdgesplitError
 from edgesplit.hardware.accelerator import COARSE_PAR_CHOICES, COARSE_TILE_CHOICES, AccelConfig, tune
@@ -44,19 +45,6 @@ class Targets:
         if self.max_watts and hw.get("watts"):
             v += max(0.0, hw["watts"] / self.max_watts - 1.0)
         return v
-
-
-@dataclass(frozen=True)
-class ProxyTraining:
-    samples: int = 6000  # training images for the short training
-    epochs: int = 1
-    val_images: int = 2000  # validation images for the quantized evaluation
-    batch_size: int = 64
-
-    def __post_init__(self):
-        for name in ("samples", "epochs", "val_images", "batch_size"):
-            if getattr(self, name) < 1:
-                raise EdgesplitError(f"proxy {name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
 
 
 class Journal:

@@ -28,62 +28,21 @@ A fleet (``--fleet``) then gets the chosen network split over its devices
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from edgesplit.codesign import budget
 from edgesplit.codesign.budget import Shares
-from edgesplit.codesign.evaluate import Evaluator, Journal, Progress, ProxyTraining, Targets, train_final
+from edgesplit.codesign.config import CodesignConfig, ProxyTraining  # noqa: F401 (CodesignConfig: the run's API)
+from edgesplit.codesign.evaluate import Evaluator, Journal, Progress, Targets, train_final
 from edgesplit.codesign.space import COORDINATES, Candidate, SearchSpace, neighbours, pareto_front, prototype
 from edgesplit.errors import EdgesplitError
 
 STALL_STEPS = 3 * len(COORDINATES)  # a descent has converged after this many steps without a better neighbour
 MAX_RESTARTS = 3  # then it restarts near its best (RESTART_MOVES random moves away), this many times
 RESTART_MOVES = 3
-
-
-@dataclass(frozen=True)
-class CodesignConfig:
-    device: str
-    target_fps: float
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    time_budget_s: float = 1800.0
-    max_watts: float | None = None
-    arch: str = "bundle"
-    bundles: tuple[str, ...] | None = None  # None: the whole layer pool
-    finalists: int = 2
-    final_epochs: int | None = None  # None: as many as the remaining budget allows (at least 1, at most 10)
-    final_images: int | None = None  # None: the whole training split (a subset for quick runs and tests)
-    proxy: ProxyTraining = ProxyTraining()
-    fleet: str | None = None
-    accuracy_floor: float | None = None  # fleet: lowest quantized validation accuracy; None: chosen - 0.02
-    baselines: tuple[str, ...] = ()
-    seed: int = 0
-    devices_dir: str | None = None
-
-    def __post_init__(self):
-        if self.target_fps <= 0:
-            raise EdgesplitError(f"--target-fps must be positive, got {self.target_fps}")
-        if self.time_budget_s <= 0:
-            raise EdgesplitError(f"--time-budget must be positive, got {self.time_budget_s} s")
-        if self.finalists < 1:
-            raise EdgesplitError(f"--finalists must be at least 1, got {self.finalists}")
-        if self.final_images is not None and self.final_images < 1:
-            raise EdgesplitError(f"--final-images must be at least 1, got {self.final_images}")
-        if self.final_epochs is not None and self.final_epochs < 1:
-            raise EdgesplitError(f"--final-epochs must be at least 1, got {self.final_epochs}")
-        if self.max_watts is not None and self.max_watts <= 0:
-            raise EdgesplitError(f"--max-watts must be positive, got {self.max_watts}")
-
-    def header(self) -> dict:
-        """The settings a resumed search must share (the time budget may change)."""
-        d = asdict(self)
-        for k in ("time_budget_s", "final_epochs", "final_images", "fleet", "accuracy_floor", "baselines", "finalists"):
-            d.pop(k)
-        return d
 
 
 def _fmt_time(s: float) -> str:

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgesplit.errors import EdgesplitError
+from edgesplit.options import parse_sizes
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,4 @@ def parse_input_shape(text: str | Sequence[int]) -> tuple[int, int, int]:
     """``"3x224x224"`` -> (3, 224, 224)."""
     if not isinstance(text, str):
         return tuple(int(v) for v in text)
-    try:
-        c, h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise EdgesplitError(f"bad input shape {text!r}; write it as CxHxW, e.g. 3x224x224") from None
-    if min(c, h, w) <= 0:
-        raise EdgesplitError(f"bad input shape {text!r}; every size must be positive")
-    return c, h, w
+    return parse_sizes(text, 3, "input shape", "CxHxW, e.g. 3x224x224")

@@ -28,13 +28,14 @@ function for.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.hardware.catalog import FpgaDevice
 from edgesplit.hardware.costs import Buffer, accumulator_bits, dsp_per_mult, luts_per_mult, mult_cost
 from edgesplit.hardware.graph import CPU_OPS, POOL_OPS, Graph, Layer, fuse
-from edgesplit.hardware.host import HostConfig, host_frame
+from edgesplit.hardware.config import MAX_BITS, AccelConfig, HostConfig  # noqa: F401 (the model's API)
+from edgesplit.hardware.host import host_frame
 
 PIPELINE_DEPTH_CYCLES = 20  # fill/drain of the MAC pipeline per tile (assumed; typical HLS loop latency)
 DRAM_EFFICIENCY = 0.7  # fraction of the board's peak DRAM bandwidth a burst DMA sustains (assumed; measure yours)
@@ -58,41 +59,6 @@ DSP_W_PER_MHZ = 1.0e-5
 BRAM18_W_PER_MHZ = 6.0e-6
 LUT_W_PER_MHZ = 5.0e-8
 DRAM_J_PER_BYTE = 160e-12
-MAX_BITS = 32
-
-
-@dataclass(frozen=True)
-class AccelConfig:
-    arch: str = "bundle"  # bundle | pipeline
-    wbits: int = 16  # weight width (fixed point)
-    fbits: int = 16  # feature-map width (fixed point)
-    float32: bool = False  # float32 datapath instead of fixed point
-    batch: int = 1
-    fuse: bool = True
-    tm: int = 16  # bundle: output-channel parallelism of the conv unit
-    tn: int = 8  # bundle: input-channel parallelism of the conv unit
-    td: int = 16  # bundle: channels of the depth-wise unit
-    tr: int = 16  # bundle: output tile rows
-    tc: int = 16  # bundle: output tile columns
-    mults: int = 128  # pipeline: multipliers shared among the layers
-    overlap: bool = True  # double-buffered tiles: loads and stores overlap compute (max); False: they add up
-    pack: bool = True  # two narrow multiplies share one DSP where the operand widths allow (WP486)
-    clock_mhz: float | None = None  # None: the device's clock
-    dram_gbs: float | None = None  # None: the device's peak DRAM bandwidth (GB/s), before DRAM_EFFICIENCY
-
-    def __post_init__(self):
-        if self.arch not in ("bundle", "pipeline"):
-            raise EdgesplitError(f"--arch must be bundle or pipeline, got {self.arch!r}")
-        for name in ("wbits", "fbits"):
-            v = getattr(self, name)
-            if not 1 <= v <= MAX_BITS:
-                raise EdgesplitError(f"--{name} must be between 1 and {MAX_BITS}, got {v}")
-        for name in ("batch", "tm", "tn", "td", "tr", "tc", "mults"):
-            if getattr(self, name) < 1:
-                raise EdgesplitError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("clock_mhz", "dram_gbs"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise EdgesplitError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
 
 
 def _ceil(a: int, b: int) -> int:

@@ -15,10 +15,9 @@ a multi-threaded host) is the design's choice: ``HostConfig.overlap``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from edgesplit.errors import EdgesplitError
 from edgesplit.hardware.cpu import CPU_COMPUTE_EFFICIENCY, CPU_MEMORY_EFFICIENCY
+from edgesplit.hardware.config import HostConfig
 from edgesplit.hardware.graph import CPU_OPS, Layer
 
 # Reading a JPEG frame from storage and decoding it to RGB, per frame pixel, on one core.
@@ -31,20 +30,6 @@ GROUP_START_US = 25.0  # per accelerator invocation: DMA descriptors, AXI-lite w
 CPU_FLOPS_PER_VALUE = {"softmax": 10.0, "transpose": 0.0}  # exp, sum and divide per value; a transpose only moves data
 assert set(CPU_FLOPS_PER_VALUE) == set(CPU_OPS)
 FM_BYTES_ON_CPU = 4  # the cores compute in float32
-
-
-@dataclass(frozen=True)
-class HostConfig:
-    frame_hw: tuple[int, int] | None = None  # camera frame (H, W); None: frames arrive at the network's input size
-    jpeg: bool = False  # frames arrive JPEG-compressed and are decoded on the cores
-    overlap: bool = False  # the cores prepare the next frame while the fabric runs this one
-    frames_per_input: int = 1  # frames stitched into one network input (SkyNet's 2x2 mosaic of four images)
-
-    def __post_init__(self):
-        if self.frame_hw is not None and (len(self.frame_hw) != 2 or min(self.frame_hw) < 1):
-            raise EdgesplitError(f"--frame must be HxW with positive sizes, got {self.frame_hw}")
-        if self.frames_per_input < 1:
-            raise EdgesplitError(f"frames per input must be at least 1, got {self.frames_per_input}")
 
 
 def cpu_layer_ms(layer: Layer, device) -> float:

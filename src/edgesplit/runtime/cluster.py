@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from edgesplit.errors import EdgesplitError
+from edgesplit.runtime.transport import TRANSPORTS
 from edgesplit.manifest import load_manifest
 from edgesplit.runtime.plan import PartPlacement, Plan
 from edgesplit.runtime.tuning import SINGLE_THREAD_ENV
@@ -30,8 +31,6 @@ from edgesplit.runtime.transport.ipc import SCHEME as IPC_SCHEME
 from edgesplit.runtime.worker import PARENT_PID_ENV, READY_LINE
 
 log = logging.getLogger(__name__)
-
-TRANSPORTS = ("ipc", "grpc")
 
 
 @dataclass

@@ -22,38 +22,18 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from edgesplit.data.datasets import IMAGE_SUFFIXES, load_fashion_mnist, load_image
+from edgesplit.demo.config import DEMO_MODELS, MODES, DemoConfig
 from edgesplit.errors import EdgesplitError
 from edgesplit.runtime.local import LocalModel, softmax
 from edgesplit.runtime.stats import latency_summary
 
 log = logging.getLogger(__name__)
-
-MODES = ("split", "in-process", "nonsplit")
-DEMO_MODELS = {"split": "resnet18-split2", "unsplit": "resnet18"}
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    work_dir: str = "runs/demo"
-    data_dir: str | None = None
-    limit: int | None = None  # first N images; None: all
-    retrain: bool = False
-    modes: tuple[str, ...] = MODES
-    images_dir: str | None = None  # a folder of JPEG/PNG instead of the test set
-    interactive: bool = False
-    in_flight: int = 4
-    throughput_images: int = 2000
-    width_mult: float = 0.25  # small enough to train on 2 cores in about a minute per model
-    epochs: int = 2
-    max_train_samples: int | None = None  # a subset, for quick runs
-    branch_dropout: float = 0.1  # the split model learns to answer with a branch missing
-    unplug_images: int = 1000  # images run after one worker is killed
 
 
 def _ensure_export(cfg: DemoConfig, role: str) -> Path:

@@ -1,0 +1,88 @@
+"""What each benchmark measures (no numpy: the CLI builds the options of ``edgesplit bench ...`` from these fields)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgesplit.errors import EdgesplitError
+from edgesplit.options import comma_list, option, parse_sizes
+from edgesplit.runtime.transport import TRANSPORTS
+
+
+def parse_chw(text: str) -> tuple[int, int, int]:
+    return parse_sizes(text, 3, "input shape", "CxHxW, e.g. 3x224x224")
+
+
+@dataclass(frozen=True)
+class ServeBench:
+    model: str = option("resnet18-split2", "registered split model to serve (random weights)")
+    input_shape: tuple[int, int, int] = option((3, 224, 224), "input CxHxW", "--input", parse=parse_chw, text="3x224x224")
+    requests: int = option(200, "requests per latency measurement")
+    in_flight: int = option(4, "requests in flight for the throughput")
+    input_dtype: str = option("uint8", "what the coordinator sends the workers", choices=("uint8", "float32"))
+    rounds: int = option(3, "repeat the measurement; medians are reported")
+    block: int = option(50, "throughput is measured in blocks of this many images, split and unsplit alternating")
+    transports: tuple[str, ...] = option(
+        TRANSPORTS,
+        "how the coordinator reaches the local workers, comma-separated; the first gives the headline figures",
+        parse=comma_list,
+        text=",".join(TRANSPORTS),
+    )
+    poll_ms: float = option(0.0, "workers poll their Unix socket this long after each answer (worker --poll-ms)")
+    num_classes: int = 1000
+    warmup: int = 20
+
+    def __post_init__(self):
+        if not self.transports or any(t not in TRANSPORTS for t in self.transports):
+            raise EdgesplitError(f"--transports takes ipc and/or grpc, comma-separated; got {','.join(self.transports)!r}")
+        if self.poll_ms < 0:
+            raise EdgesplitError(f"--poll-ms must be 0 or more, got {self.poll_ms}")
+        if self.block < 1:
+            raise EdgesplitError(f"--block must be 1 or more images, got {self.block}")
+        if self.requests < 1 or self.in_flight < 1 or self.rounds < 1:
+            raise EdgesplitError("--requests, --in-flight and --rounds must be at least 1")
+
+
+@dataclass(frozen=True)
+class FaultsBench:
+    requests: int = option(300, "requests per scenario")
+    timeout_ms: float = option(2000.0, "per-request deadline, ms")
+    histogram: str | None = option("runs/bench_faults_arrivals.png", "arrival-time histogram PNG")
+    parity: int = option(1, "parity workers of the coded run, 1-3")
+    parity_policy: str = option(
+        "eager",
+        "eager: every block asked at once; lazy: parity blocks only when a data block fails or is late",
+        choices=("eager", "lazy"),
+    )
+    seed: int = 0
+    scenarios: tuple[str, ...] = ("fault_free", "straggler_one", "straggler_all", "kill")
+
+    def __post_init__(self):
+        if not 1 <= self.parity <= 3:
+            raise EdgesplitError(f"--parity must be 1, 2 or 3, got {self.parity}")
+        if self.requests < 1 or self.timeout_ms <= 0:
+            raise EdgesplitError("--requests must be at least 1 and --timeout-ms positive")
+
+
+@dataclass(frozen=True)
+class AbuseBench:
+    flood_s: float = option(20.0, "length of the flood, seconds")
+    idle_timeout_s: float = option(5.0, "the worker's --idle-timeout-s")
+    max_inflight_mb: float = option(256.0, "the worker's --max-inflight-mb")
+    held_connections: int = option(20, "connections of each slow kind held open", "--held")
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.flood_s <= 0 or self.idle_timeout_s <= 0 or self.max_inflight_mb <= 0 or self.held_connections < 1:
+            raise EdgesplitError("--flood-s, --idle-timeout-s and --max-inflight-mb must be positive, --held at least 1")
+
+
+@dataclass(frozen=True)
+class Int8Bench:
+    checkpoint: str
+    input_shape: tuple[int, int, int] | None = option(None, "input CxHxW for a model name", "--input", parse=parse_chw)
+    calls: int = option(50, "calls per timing block")
+    rounds: int = option(3, "repeat the timing; medians are reported")
+    test_images: int = option(10000, "test images for the accuracy of both precisions")
+    calib_images: int = option(1000, "training images to calibrate the int8 quantization")
+    data_dir: str | None = option(None, "dataset folder", type=str)
