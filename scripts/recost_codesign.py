@@ -27,17 +27,17 @@ IN_CHANS, IMAGE_HW, NUM_CLASSES = 1, (28, 28), 10  # Fashion-MNIST, as the searc
 
 def recost(model, name: str, bits: tuple[int, int], device) -> dict:
     graph = graph_from_model(model, (IN_CHANS, *IMAGE_HW), name)
-    best = tune(graph, device, AccelConfig(wbits=bits[0], fbits=bits[1]), host=HostConfig())["best"]
-    t, r = best["totals"], best["resources"]
+    best = tune(graph, device, AccelConfig(wbits=bits[0], fbits=bits[1]), host=HostConfig()).best
+    t, r = best.totals, best.resources
     return {
-        "accelerator_fps": t["fps"],
-        "fps": t["end_to_end"]["fps"],
-        "bound": t["end_to_end"]["bound"],
-        "dsp": r["dsp"],
-        "bram18": r["bram18"],
-        "lut": r["lut"],
-        "watts": t["watts"],
-        "config": {k: best["config"][k] for k in ("tm", "tn", "td", "tr", "tc")},
+        "accelerator_fps": t.fps,
+        "fps": t.end_to_end.fps,
+        "bound": t.end_to_end.bound,
+        "dsp": r.dsp,
+        "bram18": r.bram18,
+        "lut": r.lut,
+        "watts": t.watts,
+        "config": {k: getattr(best.config, k) for k in ("tm", "tn", "td", "tr", "tc")},
     }
 
 

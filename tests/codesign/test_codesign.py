@@ -11,6 +11,7 @@ import pytest
 import edgesplit
 from edgesplit.cli import main, parse_duration
 from edgesplit.codesign.evaluate import Targets
+from edgesplit.codesign.records import HardwareCost
 from edgesplit.codesign.fleet import balance, load_fleet
 from edgesplit.codesign.space import COORDINATES, Candidate, SearchSpace, is_valid, neighbours, pareto_front
 from edgesplit.errors import EdgesplitError
@@ -66,10 +67,10 @@ def test_pareto_front():
 
 def test_targets_violation():
     t = Targets(fps=100, max_watts=2.0)
-    assert t.violation({"fits": True, "fps": 150, "watts": 1.5}) == 0
-    assert t.violation({"fits": True, "fps": 50, "watts": 1.5}) == pytest.approx(1.0)
-    assert t.violation({"fits": True, "fps": 100, "watts": 3.0}) == pytest.approx(0.5)
-    assert t.violation({"fits": False, "fps": 0.0, "watts": None}) >= 1
+    assert t.violation(HardwareCost(fps=150, fits=True, macs=1, watts=1.5)) == 0
+    assert t.violation(HardwareCost(fps=50, fits=True, macs=1, watts=1.5)) == pytest.approx(1.0)
+    assert t.violation(HardwareCost(fps=100, fits=True, macs=1, watts=3.0)) == pytest.approx(0.5)
+    assert t.violation(HardwareCost(fps=0.0, fits=False, macs=1)) >= 1
 
 
 def test_balance_equalises_and_covers_the_width():
@@ -137,8 +138,8 @@ def test_every_bundle_is_costed_and_quantized(bundle):
         AccelConfig(wbits=8, fbits=8),
         COARSE_PAR_CHOICES,
         COARSE_TILE_CHOICES,
-    )["best"]
-    assert est["fits"] and est["totals"]["fps"] > 0
+    ).best
+    assert est.fits and est.totals.fps > 0
     qnet = QuantNet(qgraph_from_model(model, (1, 28, 28)))
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -11,6 +11,7 @@ from edgesplit.options import parse_duration  # noqa: F401 (the CLI's API: tests
 
 
 def cmd_codesign(args) -> None:
+    from edgesplit.codesign.report import summary_text
     from edgesplit.codesign.search import run_codesign
 
     proxy = dataclass_from_args(ProxyTraining, args)
@@ -24,17 +25,7 @@ def cmd_codesign(args) -> None:
             file=sys.stderr,
         )
         raise
-    c = r["chosen"]
-    print(
-        f"chosen: {c['key']}: {c['hardware']['fps']:.1f} FPS on {r['device']}, test top-1 {c['test']['ptq_top1']:.4f} "
-        f"(fixed point W{c['wbits']}/F{c['fbits']}), float {c['test']['float_top1']:.4f}"
-    )
-    if "fleet" in r:
-        a = r["fleet"]["accepted"]
-        print(f"fleet: {a['k']} branch(es) on {', '.join(a['devices'])}, {a['fps']:.1f} FPS; plan {r['fleet']['plan']}")
-    print(
-        f"search took {r['wall_time_s'] / 60:.1f} min; report {Path(args.out) / 'report.md'}, plot {Path(args.out) / 'pareto.png'}"
-    )
+    print(summary_text(r, Path(args.out)))
     if args.json:
         write_json(r, args.json)
 

@@ -53,72 +53,17 @@ def _fpga_and_graph(args):
     return device, load_graph(args.model, parse_input_shape(args.input) if args.input else None), cfg, host
 
 
-def _print_estimate(est: dict) -> None:
-    c, t, r = est["config"], est["totals"], est["resources"]
-    bits = "float32" if c["float32"] else f"W{c['wbits']}/F{c['fbits']}"
-    print(
-        f"{est['model']} on {est['device']} ({c['arch']}, {bits}, batch {c['batch']}, "
-        f"{'fused' if c['fuse'] else 'no fusion'}, {est['clock_mhz']:.0f} MHz)"
-    )
-    print(f"{'layer':<34}{'op':<8}{'out':>15}{'MMACs':>8}{'cycles':>10}{'DRAM kB':>9}{'ms':>8}  {'bound':<8}{'GOP/s':>7}")
-    for row in est["layers"]:
-        name = row["name"] if len(row["name"]) <= 33 else "..." + row["name"][-30:]
-        shape = "x".join(str(v) for v in row["out_shape"])
-        print(
-            f"{name:<34}{row['op']:<8}{shape:>15}{row['macs'] / 1e6:>8.2f}{row['cycles']:>10}{row['dram_bytes'] / 1e3:>9.1f}"
-            f"{row['ms']:>8.3f}  {row['bound']:<8}{row['gops']:>7.2f}"
-        )
-    if r.get("buffers"):
-        print(
-            "buffers: "
-            + "; ".join(
-                f"{b['name']} {b['banks']}x{2 if b['double_buffered'] else 1} x {b['depth']}x{b['width_bits']}b "
-                f"({b['bram18_shape']}) = {b['bram18']} BRAM18"
-                for b in r["buffers"]
-            )
-        )
-    u = r["utilisation"]
-    print(
-        f"resources: DSP {r['dsp']} ({u['dsp']:.0%}), BRAM18 {r['bram18']} ({u['bram18']:.0%}), LUT {r['lut']} ({u['lut']:.0%}), "
-        f"FF {r['ff']} ({u['ff']:.0%}); {r['dsp_per_multiply']:g} DSP per multiply"
-    )
-    print(
-        f"accelerator: {t['macs'] / 1e6:.1f} MMACs, {t['dram_bytes_per_image'] / 1e6:.2f} MB DRAM/image, "
-        f"{t['image_ms']:.2f} ms/image, {t['fps']:.1f} FPS, latency {t['latency_ms']:.2f} ms (batch {c['batch']}), "
-        f"{t['gops']:.1f} GOP/s, {'loads overlap compute' if c['overlap'] else 'loads, compute and stores in sequence'}"
-    )
-    e = t["end_to_end"]
-    if e:
-        print(
-            f"host ({'JPEG ' if e['jpeg'] else ''}{e['frame_hw'][0]}x{e['frame_hw'][1]} frames): {e['host_ms']:.2f} ms/frame "
-            f"(decode {e['decode_ms']:.2f}, resize {e['resize_ms']:.2f}, normalise {e['normalise_ms']:.2f}, "
-            f"accelerator starts {e['accelerator_starts_ms']:.2f}, layers on the CPU {e['cpu_layers_ms']:.2f})"
-        )
-        print(
-            f"end to end: {e['frame_ms']:.2f} ms/frame, {e['fps']:.1f} FPS "
-            f"({'host and accelerator overlap' if e['overlap'] else 'host then accelerator'}; bound: {e['bound']}), "
-            f"{t['watts']:.2f} W, {t['images_per_joule']:.2f} images/J"
-        )
-    else:
-        print(
-            f"power: {t['watts']:.2f} W, {t['images_per_joule']:.2f} images/J "
-            f"(no processing system in the device file: accelerator only)"
-        )
-    if not est["fits"]:
-        print(f"DOES NOT FIT {est['device']}: " + "; ".join(est["overflow"]))
-
-
 def cmd_estimate(args) -> None:
     from edgesplit.hardware.accelerator import estimate
 
     device, graph, cfg, host = _fpga_and_graph(args)
     est = estimate(graph, device, cfg, host)
     if args.json:
-        write_json(est, args.json)
-    _print_estimate(est)
-    if not est["fits"]:  # the numbers are written either way; the exit status says it cannot be built
+        write_json(est.to_dict(), args.json)
+    print(est.text())
+    if not est.fits:  # the numbers are written either way; the exit status says it cannot be built
         raise EdgesplitError(
-            f"this design does not fit {device.name}: {'; '.join(est['overflow'])}; "
+            f"this design does not fit {device.name}: {'; '.join(est.resources.overflow)}; "
             "lower the parallelism or bit widths, or run `edgesplit tune`"
         )
 
@@ -129,18 +74,12 @@ def cmd_tune(args) -> None:
     device, graph, cfg, host = _fpga_and_graph(args)
     result = tune(graph, device, cfg, host=host)
     if args.json:  # the summary follows (on stderr when the JSON goes to stdout)
-        write_json(result, args.json)
-    best = result["best"]
-    c = best["config"]
-    factors = (
-        f"tm={c['tm']} tn={c['tn']} td={c['td']} tr={c['tr']} tc={c['tc']}" if c["arch"] == "bundle" else f"mults={c['mults']}"
-    )
-    print(f"searched {result['tried']} designs, {result['fitted']} fit {device.name}; best: {factors}")
-    _print_estimate(best)
+        write_json(result.to_dict(), args.json)
+    print(result.text())
 
 
 def cmd_quantize(args) -> None:
-    from edgesplit.quant.quantize import quantize_checkpoint
+    from edgesplit.quant.quantize import quantize_checkpoint, text_report
 
     sweep = [int(b) for b in args.sweep.split(",")] if args.sweep else None
     r = quantize_checkpoint(
@@ -157,25 +96,7 @@ def cmd_quantize(args) -> None:
     )
     if args.json:
         write_json(r, args.json)
-    granularity = "per-channel" if r["per_channel"] else "per-tensor"
-    print(
-        f"{r['model']} on {r['dataset']} test ({r['test_images']} images), W{r['wbits']}/F{r['fbits']} fixed point, "
-        f"{granularity} weight formats"
-    )
-    print(f"{'layer':<40}{'op':<8}{'weights':>9}{'max |w|':>9}{'w format':>10}{'out format':>11}")
-    for row in r["layers"]:
-        name = row["layer"] if len(row["layer"]) <= 39 else "..." + row["layer"][-36:]
-        print(
-            f"{name:<40}{row['op']:<8}{row['weights']:>9}{row['weight_max_abs']:>9.3f}{row['weight_format']:>10}{row['output_format']:>11}"
-        )
-    size = r["size"]
-    print(f"model size: {size['float32_bytes'] / 1e6:.2f} MB float32 -> {size['quantized_bytes'] / 1e6:.2f} MB")
-    for row in r.get("sweep", []):
-        print(f"sweep {row['varied']:<9} W{row['wbits']}/F{row['fbits']}: top-1 {row['ptq_top1']:.4f}")
-    line = f"top-1: float {r['float_top1']:.4f}, post-training quantization {r['ptq_top1']:.4f}"
-    if "qat_top1" in r:
-        line += f", after {len(r['qat_history'])} QAT epoch(s) {r['qat_top1']:.4f}"
-    print(line)
+    print(text_report(r))
 
 
 def cmd_hls(args) -> None:

@@ -31,7 +31,7 @@ def cmd_models(args) -> None:
 def cmd_profile(args) -> None:
     from edgesplit.data.preprocess import parse_input_shape
     from edgesplit.models import SplitNet, create_model
-    from edgesplit.models.profile import communication, profile_model
+    from edgesplit.models.profile import communication, profile_model, text_report
 
     shape = parse_input_shape(args.input)
     kw = {"num_classes": args.num_classes, "in_chans": shape[0], "input_size": shape[1:]}
@@ -42,38 +42,10 @@ def cmd_profile(args) -> None:
         unsplit = create_model(model.unsplit_name, **kw)
         comm = {enc: communication(model, unsplit, shape, nbytes) for enc, nbytes in (("float32", 4), ("uint8", 1))}
         comm["unsplit_model"] = model.unsplit_name
+        comm["devices"] = len(model.branches)
     if args.json:  # the summary follows (on stderr when the JSON goes to stdout)
         write_json({"profile": prof.to_dict(), "communication": comm}, args.json)
-    print(f"{args.model} at {args.input}: {prof.params / 1e6:.3f} M parameters, {prof.macs / 1e6:.1f} M MACs")
-    print(f"{'layer':<40}{'kind':<18}{'params':>10}{'MMACs':>10}{'act KiB':>10}  out shape")
-    for c in prof.layers:
-        print(
-            f"{c.name:<40}{c.kind:<18}{c.params:>10}{c.macs / 1e6:>10.2f}{c.out_bytes / 1024:>10.1f}  {'x'.join(map(str, c.out_shape))}"
-        )
-    if prof.branches:
-        print("\nper part:")
-        for b in prof.branches:
-            print(
-                f"  {b['name']:<10} params {b['params'] / 1e6:8.3f} M   MACs {b['macs'] / 1e6:9.1f} M   output {b['feature_dim']} floats"
-            )
-    if comm:
-        print(
-            f"\nbytes over the network per inference, {len(model.branches)} devices "
-            f"(layer-wise: {comm['unsplit_model']} cut into balanced contiguous groups):"
-        )
-        for enc in ("float32", "uint8"):
-            s, lw = comm[enc]["split"], comm[enc]["layerwise"]
-            print(f"  input as {enc}:")
-            print(
-                f"    split network   {s['total_bytes'] / 1024:10.1f} KiB  ({s['transfers']} transfers, "
-                f"{s['sequential_transfers']} on the critical path: broadcast {s['input_broadcast_bytes'] / 1024:.1f} KiB, "
-                f"features back {s['features_back_bytes'] / 1024:.1f} KiB)"
-            )
-            print(
-                f"    layer-wise      {lw['total_bytes'] / 1024:10.1f} KiB  ({lw['transfers']} transfers, all sequential: "
-                f"input {lw['input_bytes'] / 1024:.1f} KiB, cuts after {', '.join(lw['cuts_after'])} "
-                f"{'+'.join(f'{b / 1024:.1f}' for b in lw['cut_activation_bytes'])} KiB float32)"
-            )
+    print(text_report(args.model, shape, prof, comm))
 
 
 def _train_input(text: str, dataset: str, data_dir: str | None) -> tuple[int, int]:

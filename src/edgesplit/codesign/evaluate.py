@@ -22,10 +22,12 @@ import numpy as np
 
 from edgesplit.codesign.budget import PROBE_IMAGES, Speed
 from edgesplit.codesign.config import ProxyTraining
+from edgesplit.codesign.records import Evaluation, HardwareCost, ProxyAccuracy
 from edgesplit.codesign.space import Candidate
 from edgesplit.errors import EdgesplitError
 from edgesplit.hardware.accelerator import COARSE_PAR_CHOICES, COARSE_TILE_CHOICES, AccelConfig, tune
 from edgesplit.hardware.cpu import estimate_cpu
+from edgesplit.hardware.records import Estimate
 
 Progress = Callable[[str], None]
 
@@ -37,13 +39,13 @@ class Targets:
     fps: float
     max_watts: float | None = None
 
-    def violation(self, hw: dict) -> float:
+    def violation(self, hw: HardwareCost) -> float:
         """0 when ``hw`` meets every target; otherwise how far off it is (relative, summed)."""
-        v = 0.0 if hw["fits"] else 1.0
-        if hw["fps"]:
-            v += max(0.0, self.fps / hw["fps"] - 1.0)
-        if self.max_watts and hw.get("watts"):
-            v += max(0.0, hw["watts"] / self.max_watts - 1.0)
+        v = 0.0 if hw.fits else 1.0
+        if hw.fps:
+            v += max(0.0, self.fps / hw.fps - 1.0)
+        if self.max_watts and hw.watts:
+            v += max(0.0, hw.watts / self.max_watts - 1.0)
         return v
 
 
@@ -121,67 +123,59 @@ class Evaluator:
             **c.model_kwargs(),
         )
 
-    def hardware(self, c: Candidate, device=None, width_mult: float = 1.0, fine: bool = False) -> dict:
+    def hardware(self, c: Candidate, device=None, width_mult: float = 1.0, fine: bool = False) -> HardwareCost:
         """FPS, resources and power of ``c`` (scaled by ``width_mult``) on ``device`` (default: the target)."""
         device = device or self.device
         key = f"{device.name}/{c.key}/x{width_mult:g}" + ("/fine" if fine else "")
         cached = self.journal.data["hardware"].get(key)
         if cached is not None:
-            return cached
-        from edgesplit.hardware.graph import graph_from_model
-
-        graph = graph_from_model(self.build(c, width_mult), (self.in_chans, *c.input_size(self.image_hw)), c.key)
-        hw = self.cost_graph(graph, device, (c.wbits, c.fbits), fine)
-        self.journal.data["hardware"][key] = hw
+            return HardwareCost.from_dict(cached)
+        hw = self.cost_graph(self.graph(c, width_mult), device, (c.wbits, c.fbits), fine)
+        self.journal.data["hardware"][key] = hw.to_dict()
         self.journal.save()
         return hw
 
-    def cost_graph(self, graph, device, bits: tuple[int, int], fine: bool = False) -> dict:
+    def graph(self, c: Candidate, width_mult: float = 1.0):
+        from edgesplit.hardware.graph import graph_from_model
+
+        return graph_from_model(self.build(c, width_mult), (self.in_chans, *c.input_size(self.image_hw)), c.key)
+
+    def estimate(self, graph, device, bits: tuple[int, int]) -> Estimate:
+        """The full estimate of the fastest design of ``graph`` that fits ``device`` (the fine ``tune`` grid)."""
+        return tune(graph, device, AccelConfig(arch=self.arch, wbits=bits[0], fbits=bits[1])).best
+
+    def cost_graph(self, graph, device, bits: tuple[int, int], fine: bool = False) -> HardwareCost:
         """FPS, fit, resources and power of ``graph`` on ``device`` at ``bits`` (the tuned design on an FPGA)."""
         if device.kind == "cpu":
             est = estimate_cpu(graph, device)
-            return {"fps": est["totals"]["fps"], "fits": True, "watts": None, "dsp": 0, "bram18": 0, "lut": 0, "macs": graph.macs}
+            return HardwareCost(fps=est["totals"]["fps"], fits=True, macs=graph.macs, dsp=0, bram18=0, lut=0)
         grid = {} if fine else {"par_choices": COARSE_PAR_CHOICES, "tile_choices": COARSE_TILE_CHOICES}
         try:
-            est = tune(graph, device, AccelConfig(arch=self.arch, wbits=bits[0], fbits=bits[1]), **grid)["best"]
+            est = tune(graph, device, AccelConfig(arch=self.arch, wbits=bits[0], fbits=bits[1]), **grid).best
         except EdgesplitError as err:  # nothing fits the device
-            return {
-                "fps": 0.0,
-                "fits": False,
-                "watts": None,
-                "dsp": None,
-                "bram18": None,
-                "lut": None,
-                "macs": graph.macs,
-                "error": str(err),
-            }
-        res = est["resources"]
-        e2e = est["totals"]["end_to_end"]  # the frame rate a user of the board sees, with its cores' work per frame
-        hw = {
-            "fps": e2e["fps"] if e2e else est["totals"]["fps"],
-            "accelerator_fps": est["totals"]["fps"],
-            "fits": est["fits"],
-            "watts": est["totals"]["watts"],
-            "dsp": res["dsp"],
-            "bram18": res["bram18"],
-            "lut": res["lut"],
-            "macs": graph.macs,
-            "memory_bound_layers": est["totals"]["memory_bound_layers"],
-            "accelerator": est["config"],
-        }
-        if fine:
-            hw["estimate"] = est
-        return hw
+            return HardwareCost(fps=0.0, fits=False, macs=graph.macs, error=str(err))
+        return HardwareCost(
+            fps=est.frame_fps,  # the frame rate a user of the board sees, with its cores' work per frame
+            fits=est.fits,
+            macs=graph.macs,
+            watts=est.totals.watts,
+            dsp=est.resources.dsp,
+            bram18=est.resources.bram18,
+            lut=est.resources.lut,
+            accelerator_fps=est.totals.fps,
+            memory_bound_layers=est.totals.memory_bound_layers,
+            accelerator=est.config,
+        )
 
     # ------------------------------------------------------------ accuracy
     def train_dir(self, c: Candidate) -> Path:
         return self.out_dir / "proxy" / c.arch_key
 
-    def accuracy(self, c: Candidate) -> dict:
+    def accuracy(self, c: Candidate) -> ProxyAccuracy:
         """Proxy accuracy on validation images: float and fixed point at ``c``'s bit widths."""
         cached = self.journal.data["accuracy"].get(c.key)
         if cached is not None:
-            return cached
+            return ProxyAccuracy.from_dict(cached)
         from edgesplit.training.train import TrainConfig, train
 
         cfg = TrainConfig(
@@ -196,10 +190,13 @@ class Evaluator:
             seed=self.seed,
         )
         summary = train(cfg, self.train_dir(c), resume=True)
-        acc = self.quantized_accuracy(self.train_dir(c), (c.wbits, c.fbits), self.val_idx[: self.proxy.val_images])
-        acc["train_s"] = summary["train_time_s"]
-        acc["train_images"] = min(self.proxy.samples, len(self.train_idx)) * self.proxy.epochs
-        self.journal.data["accuracy"][c.key] = acc
+        scored = self.quantized_accuracy(self.train_dir(c), (c.wbits, c.fbits), self.val_idx[: self.proxy.val_images])
+        acc = ProxyAccuracy(
+            **scored,
+            train_s=summary["train_time_s"],
+            train_images=min(self.proxy.samples, len(self.train_idx)) * self.proxy.epochs,
+        )
+        self.journal.data["accuracy"][c.key] = acc.to_dict()
         self.journal.save()
         return acc
 
@@ -246,7 +243,7 @@ class Evaluator:
             per_image,
             max(0.0, train_s - loop_s),
             max(0.0, first_s - first * per_image, scored[1] - sizes[1] * per_image),
-            int(self.hardware(c)["macs"]),
+            int(self.hardware(c).macs),
         )
         self.journal.data["speed"] = asdict(speed)
         self.journal.save()
@@ -290,18 +287,14 @@ class Evaluator:
         return {"float_top1": float_top1, "ptq_top1": quantized_top1(qnet, dataset, idx, pre), "images": int(len(idx))}
 
     # ------------------------------------------------------------ both
-    def evaluate(self, c: Candidate) -> dict:
+    def evaluate(self, c: Candidate) -> Evaluation:
         """The search's view of ``c``: hardware, feasibility, and (only when feasible) accuracy; ``score`` to maximise."""
         hw = self.hardware(c)
         violation = self.targets.violation(hw)
-        record = {"key": c.key, "candidate": c.to_dict(), "hardware": hw, "violation": violation, "feasible": violation == 0}
         if violation == 0:
             acc = self.accuracy(c)
-            record["accuracy"] = acc
-            record["score"] = acc["ptq_top1"]
-        else:  # infeasible candidates rank below every feasible one, closer to the targets first
-            record["score"] = -1.0 - violation
-        return record
+            return Evaluation(c, hw, violation, acc.ptq_top1, acc)
+        return Evaluation(c, hw, violation, -1.0 - violation)  # below every feasible one, closer to the targets first
 
 
 def train_final(

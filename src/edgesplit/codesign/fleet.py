@@ -119,7 +119,7 @@ def allocate(ev, chosen: Candidate, fleet: Fleet) -> list[dict]:
                 table[key] = {}
                 for s in grid:
                     hw = ev.hardware(_at_bits(chosen, bits), device=fd.device, width_mult=s)
-                    table[key][s] = hw["fps"] if hw["fits"] else 0.0
+                    table[key][s] = hw.fps if hw.fits else 0.0
     in_bytes = ev.in_chans * chosen.input_size(ev.image_hw)[0] * chosen.input_size(ev.image_hw)[1]  # uint8
     feat_bytes = 4 * chosen.channels[-1]
     link_bytes_s = fleet.link_mbps * 1e6 / 8
@@ -138,8 +138,7 @@ def allocate(ev, chosen: Candidate, fleet: Fleet) -> list[dict]:
                     continue
                 _, shares = found
                 fps = [
-                    ev.hardware(_at_bits(chosen, b), device=d.device, width_mult=s)["fps"]
-                    for d, b, s in zip(devices, bits, shares)
+                    ev.hardware(_at_bits(chosen, b), device=d.device, width_mult=s).fps for d, b, s in zip(devices, bits, shares)
                 ]
                 link_fps = link_bytes_s / (k * in_bytes + feat_bytes)
                 options.append(
@@ -182,7 +181,7 @@ def _branch_accelerators(ev, option: dict, out: Path, fleet) -> list[dict]:
         dev = devices[name]
         if dev.kind != "fpga" or not bits:
             continue
-        accel = ev.cost_graph(_branch_graph(model, i, ev), dev, tuple(bits), fine=True).get("accelerator")
+        accel = ev.cost_graph(_branch_graph(model, i, ev), dev, tuple(bits), fine=True).accelerator
         if accel is None:
             built.append({"branch": i, "device": name, "error": "no design of this branch fits the board"})
             continue

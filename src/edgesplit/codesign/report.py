@@ -140,3 +140,17 @@ def write_report(result: dict, records: list[dict], out_dir: Path) -> None:
     (out_dir / "result.json").write_text(json.dumps(result, indent=1, default=str))
     pareto_plot(result, records, out_dir / "pareto.png")
     (out_dir / "report.md").write_text(report_markdown(result))
+
+
+def summary_text(r: dict, out: Path) -> str:
+    """The lines ``edgesplit codesign`` ends with: the chosen design, the fleet plan, where the report is."""
+    c = r["chosen"]
+    lines = [
+        f"chosen: {c['key']}: {c['hardware']['fps']:.1f} FPS on {r['device']}, test top-1 {c['test']['ptq_top1']:.4f} "
+        f"(fixed point W{c['wbits']}/F{c['fbits']}), float {c['test']['float_top1']:.4f}"
+    ]
+    if "fleet" in r:
+        a = r["fleet"]["accepted"]
+        lines.append(f"fleet: {a['k']} branch(es) on {', '.join(a['devices'])}, {a['fps']:.1f} FPS; plan {r['fleet']['plan']}")
+    lines.append(f"search took {r['wall_time_s'] / 60:.1f} min; report {out / 'report.md'}, plot {out / 'pareto.png'}")
+    return "\n".join(lines)

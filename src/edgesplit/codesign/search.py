@@ -37,6 +37,7 @@ from edgesplit.codesign import budget
 from edgesplit.codesign.budget import Shares
 from edgesplit.codesign.config import CodesignConfig, ProxyTraining  # noqa: F401 (CodesignConfig: the run's API)
 from edgesplit.codesign.evaluate import Evaluator, Journal, Progress, Targets, train_final
+from edgesplit.codesign.records import Evaluation, HardwareCost
 from edgesplit.codesign.space import COORDINATES, Candidate, SearchSpace, neighbours, pareto_front, prototype
 from edgesplit.errors import EdgesplitError
 
@@ -59,20 +60,19 @@ class Search:
         self.shares = shares or Shares.for_run(bool(cfg.baselines or cfg.fleet))
         self.journal = evaluator.journal
         self.rng = np.random.default_rng(cfg.seed)
-        self.records: dict[str, dict] = {}
+        self.records: dict[str, Evaluation] = {}
         for t in self.journal.data["trace"]:  # a resumed search knows everything evaluated before
             self.records[t["key"]] = self.ev.evaluate(Candidate.from_dict(t["candidate"]))
 
-    def _say(self, phase: str, rec: dict, extra: str = "") -> None:
-        hw = rec["hardware"]
-        acc = rec.get("accuracy")
-        acc_s = f"val {acc['ptq_top1']:.3f} (float {acc['float_top1']:.3f})" if acc else f"off target by {rec['violation']:.2f}"
+    def _say(self, phase: str, rec: Evaluation, extra: str = "") -> None:
+        acc = rec.accuracy
+        acc_s = f"val {acc.ptq_top1:.3f} (float {acc.float_top1:.3f})" if acc else f"off target by {rec.violation:.2f}"
         self.progress(
             f"[{_fmt_time(self.journal.spent_s)}/{_fmt_time(self.cfg.time_budget_s)}] {phase:<7} "
-            f"{rec['key']:<40} {hw['fps']:9.1f} FPS  {acc_s}{extra}"
+            f"{rec.key:<40} {rec.hardware.fps:9.1f} FPS  {acc_s}{extra}"
         )
 
-    def evaluate(self, c: Candidate, phase: str) -> dict:
+    def evaluate(self, c: Candidate, phase: str) -> Evaluation:
         if c.key in self.records:
             return self.records[c.key]
         rec = self.records[c.key] = self.ev.evaluate(c)  # records mirror the trace, so c is not in it yet
@@ -101,10 +101,10 @@ class Search:
             bundles.append(b)
             recs.append(self.evaluate(prototype(b), "bundle"))
         # a prototype that misses the targets still ranks by its accuracy here: the descent can shrink it
-        for rec in recs:
-            if "accuracy" not in rec:
-                rec["accuracy"] = self.ev.accuracy(Candidate.from_dict(rec["candidate"]))
-        points = [(r["accuracy"]["ptq_top1"], r["hardware"]["fps"]) for r in recs]
+        recs = [r if r.accuracy else replace(r, accuracy=self.ev.accuracy(r.candidate)) for r in recs]
+        for r in recs:
+            self.records[r.key] = r
+        points = [(r.accuracy.ptq_top1, r.hardware.fps) for r in recs]
         front = [bundles[i] for i in pareto_front(points)]
         self.journal.data["phases"]["bundles"] = {"evaluated": list(bundles), "pareto": front}
         self.journal.save()
@@ -123,7 +123,7 @@ class Search:
                     break
                 restarts += 1
                 for b in bundles:  # random restart near each bundle's best: a few random moves away
-                    best_b = max((r for r in self.records.values() if r["candidate"]["bundle"] == b), key=lambda r: r["score"])
+                    best_b = max((r for r in self.records.values() if r.candidate.bundle == b), key=lambda r: r.score)
                     current[b] = self.evaluate(self._perturb(best_b), "restart")
                     stalled[b] = 0
                 self.progress(f"every descent converged: restart {restarts}/{MAX_RESTARTS} from perturbed bests")
@@ -133,39 +133,36 @@ class Search:
             coord = COORDINATES[self.rng.integers(len(COORDINATES))]
             cur = current[b]
             best = cur
-            for n in neighbours(Candidate.from_dict(cur["candidate"]), coord, self.space, self.ev.image_hw, self.rng):
+            for n in neighbours(cur.candidate, coord, self.space, self.ev.image_hw, self.rng):
                 if self.journal.spent_s >= self.explore_budget_s:
                     break
                 rec = self.evaluate(n, "descent")
-                if rec["score"] > best["score"]:
+                if rec.score > best.score:
                     best = rec
             if best is not cur:
                 current[b] = best
                 stalled[b] = 0
-                self.progress(f"  {b}: moved along {coord} to {best['key']} (score {best['score']:.3f})")
+                self.progress(f"  {b}: moved along {coord} to {best.key} (score {best.score:.3f})")
             else:
                 stalled[b] += 1
-        best = {
-            b: max((r for r in self.records.values() if r["candidate"]["bundle"] == b), key=lambda r: r["score"])["key"]
-            for b in bundles
-        }
+        best = {b: max((r for r in self.records.values() if r.candidate.bundle == b), key=lambda r: r.score).key for b in bundles}
         self.journal.data["phases"]["descent"] = {"steps": step, "restarts": restarts, "best": best}
         self.journal.save()
 
-    def _perturb(self, rec: dict) -> Candidate:
-        c = Candidate.from_dict(rec["candidate"])
+    def _perturb(self, rec: Evaluation) -> Candidate:
+        c = rec.candidate
         for _ in range(RESTART_MOVES):
             moves = neighbours(c, COORDINATES[self.rng.integers(len(COORDINATES))], self.space, self.ev.image_hw, self.rng)
             if moves:
                 c = moves[self.rng.integers(len(moves))]
         return c
 
-    def finalists(self) -> list[dict]:
+    def finalists(self) -> list[Evaluation]:
         """The best feasible candidate of each of the ``cfg.finalists`` best distinct architectures."""
-        feasible = sorted((r for r in self.records.values() if r["feasible"]), key=lambda r: -r["score"])
+        feasible = sorted((r for r in self.records.values() if r.feasible), key=lambda r: -r.score)
         chosen, archs = [], set()
         for r in feasible:
-            arch = Candidate.from_dict(r["candidate"]).arch_key
+            arch = r.candidate.arch_key
             if arch not in archs:
                 archs.add(arch)
                 chosen.append(r)
@@ -255,7 +252,7 @@ def run_codesign(
     journal.save()
     remaining = sizes["explore_until_s"] + stages.finals_s - search_time_s  # time the exploration left over goes on
     available = min(cfg.final_images or len(ev.train_idx), len(ev.train_idx))
-    s_per_image = [r["accuracy"]["train_s"] / r["accuracy"]["train_images"] for r in finalists]
+    s_per_image = [r.accuracy.train_s / r.accuracy.train_images for r in finalists]
     epochs, final_images = budget.final_sizes(remaining, s_per_image, speed, final_eval_images, available, cfg.final_epochs)
     progress(
         f"training {len(finalists)} finalist(s) for {epochs} epoch(s) on {final_images} images "
@@ -263,7 +260,7 @@ def run_codesign(
     )
     finals = []
     for rec in finalists:
-        c = Candidate.from_dict(rec["candidate"])
+        c = rec.candidate
         result = train_final(
             ev,
             "bundlenet",
@@ -280,15 +277,15 @@ def run_codesign(
             {
                 "candidate": c.to_dict(),
                 "key": c.key,
-                "proxy": rec["accuracy"],
-                "hardware": hw,
+                "proxy": rec.accuracy.to_dict(),
+                "hardware": hw.to_dict(),
                 "train_images": final_images,
                 **result,
             }
         )
         progress(
             f"  {c.key}: val {result['val']['ptq_top1']:.4f}, test {result['test']['ptq_top1']:.4f} "
-            f"(float {result['test']['float_top1']:.4f}), {hw['fps']:.1f} FPS"
+            f"(float {result['test']['float_top1']:.4f}), {hw.fps:.1f} FPS"
         )
     journal.data["finals"] = finals
     journal.save()
@@ -304,9 +301,7 @@ def run_codesign(
         "train_split_images": len(ev.train_idx),
         "search_time_s": search_time_s,
         "evaluated": len(search.records),
-        "trained_proxies": len(
-            {Candidate.from_dict(r["candidate"]).arch_key for r in search.records.values() if "accuracy" in r}
-        ),
+        "trained_proxies": len({r.candidate.arch_key for r in search.records.values() if r.accuracy}),
         "bundles": journal.data["phases"]["bundles"],
         "finalists": finals,
         "chosen": chosen,
@@ -332,7 +327,7 @@ def run_codesign(
     journal.save()
     from edgesplit.codesign.report import write_report
 
-    write_report(result, list(search.records.values()), out_dir)
+    write_report(result, [r.to_dict() for r in search.records.values()], out_dir)
     return result
 
 
@@ -351,15 +346,16 @@ def _write_chosen(ev: Evaluator, chosen: dict, out: Path) -> None:
     (out / "network.json").write_text(
         json.dumps({"model": "bundlenet", "model_kwargs": ckpt["model_kwargs"], "candidate": c.to_dict()}, indent=1)
     )
-    (out / "accelerator.json").write_text(json.dumps(chosen["hardware"].get("estimate", chosen["hardware"]), indent=1))
-    if "accelerator" in chosen["hardware"]:  # the accelerator itself, checked in C simulation
+    if chosen["hardware"]["accelerator"]:  # the design, its full estimate, and the accelerator checked in C simulation
+        est = ev.estimate(ev.graph(c), ev.device, (c.wbits, c.fbits))
+        (out / "accelerator.json").write_text(json.dumps(est.to_dict(), indent=1))
         from edgesplit.hls.build import build_for_design
 
         chosen["hls"] = build_for_design(
             out / "checkpoint.pt",
             out / "hls",
             (c.wbits, c.fbits),
-            chosen["hardware"]["accelerator"],
+            HardwareCost.from_dict(chosen["hardware"]).accelerator,
             ev.device,
             data_dir=ev.data_dir,
         )
@@ -391,12 +387,11 @@ def run_baselines(
         bits = getattr(model, "default_bits", None) or (chosen["wbits"], chosen["fbits"])  # DNN-A/B/C: the paper's
         graph = graph_from_model(model, (ev.in_chans, *ev.image_hw), name)
         hw = ev.cost_graph(graph, ev.device, bits, fine=True)
-        hw.pop("estimate", None)
-        progress(f"baseline {name}: {hw['fps']:.1f} FPS on {ev.device.name} at W{bits[0]}/F{bits[1]}; training {epochs} epoch(s)")
+        progress(f"baseline {name}: {hw.fps:.1f} FPS on {ev.device.name} at W{bits[0]}/F{bits[1]}; training {epochs} epoch(s)")
         trained_as = SAME_NETWORK.get(name, name)
         result = train_final(
             ev, trained_as, {}, ev.image_hw, epochs, out / f"{trained_as}_e{epochs}_n{images}", bits, progress, images
         )
-        rows.append({"model": name, "hardware": hw, "meets_target": ev.targets.violation(hw) == 0, **result})
+        rows.append({"model": name, "hardware": hw.to_dict(), "meets_target": ev.targets.violation(hw) == 0, **result})
         progress(f"  {name}: test {result['test']['ptq_top1']:.4f} (float {result['test']['float_top1']:.4f})")
     return rows

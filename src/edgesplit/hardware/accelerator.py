@@ -28,7 +28,7 @@ function for.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.hardware.catalog import FpgaDevice
@@ -36,6 +36,7 @@ from edgesplit.hardware.costs import Buffer, accumulator_bits, dsp_per_mult, lut
 from edgesplit.hardware.graph import CPU_OPS, POOL_OPS, Graph, Layer, fuse
 from edgesplit.hardware.config import MAX_BITS, AccelConfig, HostConfig  # noqa: F401 (the model's API)
 from edgesplit.hardware.host import host_frame
+from edgesplit.hardware.records import EndToEnd, Estimate, LayerCost, Resources, Totals, TuneResult
 
 PIPELINE_DEPTH_CYCLES = 20  # fill/drain of the MAC pipeline per tile (assumed; typical HLS loop latency)
 DRAM_EFFICIENCY = 0.7  # fraction of the board's peak DRAM bandwidth a burst DMA sustains (assumed; measure yours)
@@ -190,7 +191,7 @@ def _bundle_buffers(graph: Graph, cfg: AccelConfig) -> list[Buffer]:
     return buffers
 
 
-def _bundle_resources(graph: Graph, cfg: AccelConfig, dev: FpgaDevice) -> dict:
+def _bundle_resources(graph: Graph, cfg: AccelConfig, dev: FpgaDevice) -> Resources:
     has_dw = any(ly.is_depthwise for ly in graph.layers)
     mults = cfg.tm * cfg.tn + (cfg.td * DW_KERNEL_MULTS if has_dw else 0)
     m = mult_cost(cfg.wbits, cfg.fbits, dev.dsp_type, cfg.float32, cfg.pack)
@@ -205,16 +206,7 @@ def _bundle_resources(graph: Graph, cfg: AccelConfig, dev: FpgaDevice) -> dict:
     )
     ff = ENGINE_FIXED["ff"] + mults * m.ff + cfg.tm * 48  # operand/product registers; one accumulator register per lane
     bram = ENGINE_FIXED["bram18"] + sum(b.bram18 for b in buffers)
-    return {
-        "dsp": dsp,
-        "bram18": bram,
-        "lut": int(lut),
-        "ff": int(ff),
-        "multipliers": mults,
-        "dsp_per_multiply": m.dsp,
-        "buffers": [b.row() for b in buffers],
-        "buffers_bram18": {b.name: b.bram18 for b in buffers},
-    }
+    return Resources(dsp, bram, int(lut), int(ff), mults, m.dsp, _available(dev), buffers=tuple(buffers))
 
 
 # ---------------------------------------------------------------- estimate
@@ -226,10 +218,10 @@ def _check_supported(graph: Graph) -> None:
         raise UnsupportedLayers(bad)
 
 
-def estimate(graph: Graph, device: FpgaDevice, cfg: AccelConfig, host: HostConfig | None = None) -> dict:
-    """Per-layer rows and totals (resources, cycles, ms, bound, GOP/s, FPS, W, images/J) and whether it fits.
+def estimate(graph: Graph, device: FpgaDevice, cfg: AccelConfig, host: HostConfig | None = None) -> Estimate:
+    """Per-layer costs and totals (resources, cycles, ms, bound, GOP/s, FPS, W, images/J) and whether it fits.
 
-    With a board whose device file describes its processing system, ``totals["end_to_end"]``
+    With a board whose device file describes its processing system, ``totals.end_to_end``
     adds the host's work per frame (``hardware/host.py``) and the frame rate a user sees.
     """
     if getattr(device, "kind", "") != "fpga":
@@ -238,7 +230,7 @@ def estimate(graph: Graph, device: FpgaDevice, cfg: AccelConfig, host: HostConfi
     return _estimate_prepared(fuse(graph) if cfg.fuse else graph, device, cfg, host or HostConfig())
 
 
-def _estimate_prepared(graph: Graph, device: FpgaDevice, cfg: AccelConfig, host: HostConfig | None = None) -> dict:
+def _estimate_prepared(graph: Graph, device: FpgaDevice, cfg: AccelConfig, host: HostConfig | None = None) -> Estimate:
     clock_mhz = cfg.clock_mhz or device.clock_mhz
     bw = (cfg.dram_gbs or device.dram_bandwidth_gbs) * 1e9 * DRAM_EFFICIENCY  # bytes/s sustained
     if cfg.arch == "bundle":
@@ -259,7 +251,7 @@ def _fused_groups(graph: Graph) -> dict[str, str]:
     return group
 
 
-def _bundle_rows(graph: Graph, cfg: AccelConfig, clock_mhz: float, bw: float) -> list[dict]:
+def _bundle_rows(graph: Graph, cfg: AccelConfig, clock_mhz: float, bw: float) -> list[LayerCost]:
     """Cycles and DRAM bytes per layer; a fused group takes max(its compute, its DRAM time) as one unit."""
     cycles = {ly.name: LAYER_CYCLES[ly.op](ly, cfg) for ly in graph.layers}
     consumers: dict[str, list[str]] = {}
@@ -291,142 +283,132 @@ def bundle_cycles(dw: Layer, pw: Layer, cfg: AccelConfig) -> tuple[int, int]:
     return dw_cycles, pw_cycles
 
 
-def _group_rows(rows: list[dict], group: dict[str, str], overlap: bool = True) -> list[dict]:
+def _group_rows(rows: list[LayerCost], group: dict[str, str], overlap: bool = True) -> list[LayerCost]:
     sums: dict[str, list[float]] = {}
     for r in rows:
-        g = sums.setdefault(group[r["name"]], [0.0, 0.0])
-        g[0] += r["compute_ms"]
-        g[1] += r["dram_ms"]
+        g = sums.setdefault(group[r.name], [0.0, 0.0])
+        g[0] += r.compute_ms
+        g[1] += r.dram_ms
+    out = []
     for r in rows:
-        compute, dram = sums[group[r["name"]]]
-        r["group"] = group[r["name"]]
+        compute, dram = sums[group[r.name]]
         if compute == dram == 0:
             share = 0.0
         elif not overlap:  # loads, compute and stores one after the other
-            share = (r["compute_ms"] + r["dram_ms"]) / (compute + dram)
+            share = (r.compute_ms + r.dram_ms) / (compute + dram)
         else:
-            share = r["compute_ms"] / compute if compute >= dram else r["dram_ms"] / dram
+            share = r.compute_ms / compute if compute >= dram else r.dram_ms / dram
         # the group's time, apportioned to the layers that bound it
-        r["ms"] = (max(compute, dram) if overlap else compute + dram) * share
-        r["bound"] = "-" if compute == dram == 0 else ("compute" if compute >= dram else "memory")
-        r["gops"] = 2 * r["macs"] / (r["ms"] * 1e-3) / 1e9 if r["ms"] > 0 else 0.0
-    return rows
+        ms = (max(compute, dram) if overlap else compute + dram) * share
+        bound = "-" if compute == dram == 0 else ("compute" if compute >= dram else "memory")
+        gops = 2 * r.macs / (ms * 1e-3) / 1e9 if ms > 0 else 0.0
+        out.append(replace(r, group=group[r.name], ms=ms, bound=bound, gops=gops))
+    return out
 
 
-def _row(ly: Layer, cycles: int, traffic: dict, clock_mhz: float, bw: float, overlap: bool = True) -> dict:
+def _row(ly: Layer, cycles: int, traffic: dict, clock_mhz: float, bw: float, overlap: bool = True) -> LayerCost:
     dram_bytes = sum(traffic.values())
     compute_ms = cycles / (clock_mhz * 1e3)
     dram_ms = dram_bytes / bw * 1e3
     ms = max(compute_ms, dram_ms) if overlap else compute_ms + dram_ms
-    return {
-        "name": ly.name,
-        "op": "dwconv" if ly.is_depthwise else ly.op,
-        "in_shape": list(ly.in_shape),
-        "out_shape": list(ly.out_shape),
-        "macs": ly.macs,
-        "cycles": int(cycles),
-        "compute_ms": compute_ms,
-        "dram_bytes": int(dram_bytes),
-        "dram_ms": dram_ms,
-        "ms": ms,
-        "bound": "-" if ms == 0 else ("compute" if compute_ms >= dram_ms else "memory"),
-        "gops": (2 * ly.macs / (ms * 1e-3) / 1e9) if ms > 0 else 0.0,
-        "fused_in": ly.on_chip_in,
-        "fused_out": ly.on_chip_out,
-        "placement": "cpu" if ly.op in CPU_OPS else "fpga",
-    }
+    return LayerCost(
+        name=ly.name,
+        op="dwconv" if ly.is_depthwise else ly.op,
+        in_shape=tuple(ly.in_shape),
+        out_shape=tuple(ly.out_shape),
+        macs=ly.macs,
+        cycles=int(cycles),
+        compute_ms=compute_ms,
+        dram_bytes=int(dram_bytes),
+        dram_ms=dram_ms,
+        ms=ms,
+        bound="-" if ms == 0 else ("compute" if compute_ms >= dram_ms else "memory"),
+        gops=(2 * ly.macs / (ms * 1e-3) / 1e9) if ms > 0 else 0.0,
+        fused_in=ly.on_chip_in,
+        fused_out=ly.on_chip_out,
+        placement="cpu" if ly.op in CPU_OPS else "fpga",
+    )
 
 
-def _overflow(res: dict, available: dict) -> list[str]:
-    return [
-        f"{k}: needs {res[k]}, has {available[k]} ({res[k] - available[k]} over, {res[k] / available[k]:.0%})"
-        for k in available
-        if res[k] > available[k]
-    ]
+def _available(device: FpgaDevice) -> dict[str, int]:
+    return {"dsp": device.dsp, "bram18": device.bram18, "lut": device.lut, "ff": device.ff}
 
 
 def _totals(
-    graph: Graph, cfg: AccelConfig, device: FpgaDevice, clock_mhz: float, res: dict, rows: list[dict], host: HostConfig | None
-) -> dict:
+    graph: Graph,
+    cfg: AccelConfig,
+    device: FpgaDevice,
+    clock_mhz: float,
+    res: Resources,
+    rows: list[LayerCost],
+    host: HostConfig | None,
+) -> Estimate:
     if cfg.arch == "bundle":
-        image_ms = sum(r["ms"] for r in rows)
+        image_ms = sum(r.ms for r in rows)
         latency_ms = image_ms * cfg.batch
     else:
-        image_ms = max(r["ms"] for r in rows)  # the slowest stage sets the rate
-        latency_ms = sum(r["ms"] for r in rows) + image_ms * (cfg.batch - 1)
+        image_ms = max(r.ms for r in rows)  # the slowest stage sets the rate
+        latency_ms = sum(r.ms for r in rows) + image_ms * (cfg.batch - 1)
     fps = 1e3 / image_ms if image_ms > 0 else float("inf")
-    dram_bytes = sum(r["dram_bytes"] for r in rows)
-    busy = sum(r["compute_ms"] for r in rows) / (image_ms * (len(rows) if cfg.arch == "pipeline" else 1)) if image_ms > 0 else 0.0
-    available = {"dsp": device.dsp, "bram18": device.bram18, "lut": device.lut, "ff": device.ff}
-    overflow = _overflow(res, available)
+    dram_bytes = sum(r.dram_bytes for r in rows)
+    busy = sum(r.compute_ms for r in rows) / (image_ms * (len(rows) if cfg.arch == "pipeline" else 1)) if image_ms > 0 else 0.0
     macs = graph.macs
     e2e = _end_to_end(graph, cfg, device, rows, image_ms, host) if device.has_host and host is not None else None
-    input_ms = e2e["frame_ms"] * e2e["frames_per_input"] if e2e else image_ms  # one network input, end to end
+    input_ms = e2e.frame_ms * e2e.host.frames_per_input if e2e else image_ms  # one network input, end to end
     # power over one input: the fabric's dynamic power while it computes, DRAM energy per byte moved,
     # the processing system's extra power while its core works, on top of the board's idle power
     fabric_duty = min(1.0, busy * image_ms / input_ms) if input_ms > 0 else 0.0
-    dynamic_w = (
-        clock_mhz * (res["dsp"] * DSP_W_PER_MHZ + res["bram18"] * BRAM18_W_PER_MHZ + res["lut"] * LUT_W_PER_MHZ) * fabric_duty
-    )
+    dynamic_w = clock_mhz * (res.dsp * DSP_W_PER_MHZ + res.bram18 * BRAM18_W_PER_MHZ + res.lut * LUT_W_PER_MHZ) * fabric_duty
     dram_w = dram_bytes * 1e3 / input_ms * DRAM_J_PER_BYTE if input_ms > 0 else 0.0
-    host_w = device.ps_active_w * min(1.0, e2e["host_ms"] / input_ms) if e2e else 0.0
+    host_w = device.ps_active_w * min(1.0, e2e.host.host_ms / input_ms) if e2e else 0.0
     watts = device.static_power_w + dynamic_w + dram_w + host_w
-    frame_fps = e2e["fps"] if e2e else fps
-    totals = {
-        "macs": macs,
-        "weights": graph.weights,
-        "cycles": sum(r["cycles"] for r in rows),
-        "dram_bytes_per_image": dram_bytes,
-        "image_ms": image_ms,
-        "latency_ms": latency_ms,
-        "fps": fps,
-        "gops": 2 * macs * fps / 1e9,
-        "memory_bound_layers": sum(r["bound"] == "memory" for r in rows),
-        "compute_bound_layers": sum(r["bound"] == "compute" for r in rows),
-        "watts": watts,
-        "static_w": device.static_power_w,
-        "dynamic_w": dynamic_w,
-        "dram_w": dram_w,
-        "host_w": host_w,
-        "images_per_joule": frame_fps / watts,
-        "joules_per_image": watts / frame_fps,
-        "end_to_end": e2e,
-    }
-    return {
-        "model": graph.name,
-        "device": device.name,
-        "input_shape": list(graph.input_shape),
-        "config": asdict(cfg),
-        "clock_mhz": clock_mhz,
-        "layers": rows,
-        "resources": {**res, "available": available, "utilisation": {k: res[k] / available[k] for k in available}},
-        "fits": not overflow,
-        "overflow": overflow,
-        "totals": totals,
-    }
+    frame_fps = e2e.fps if e2e else fps
+    totals = Totals(
+        macs=macs,
+        weights=graph.weights,
+        cycles=sum(r.cycles for r in rows),
+        dram_bytes_per_image=dram_bytes,
+        image_ms=image_ms,
+        latency_ms=latency_ms,
+        fps=fps,
+        gops=2 * macs * fps / 1e9,
+        memory_bound_layers=sum(r.bound == "memory" for r in rows),
+        compute_bound_layers=sum(r.bound == "compute" for r in rows),
+        watts=watts,
+        static_w=device.static_power_w,
+        dynamic_w=dynamic_w,
+        dram_w=dram_w,
+        host_w=host_w,
+        images_per_joule=frame_fps / watts,
+        joules_per_image=watts / frame_fps,
+        end_to_end=e2e,
+    )
+    return Estimate(graph.name, device.name, tuple(graph.input_shape), cfg, clock_mhz, tuple(rows), res, totals)
 
 
-def _end_to_end(graph: Graph, cfg: AccelConfig, device: FpgaDevice, rows: list[dict], image_ms: float, host: HostConfig) -> dict:
+def _end_to_end(
+    graph: Graph, cfg: AccelConfig, device: FpgaDevice, rows: list[LayerCost], image_ms: float, host: HostConfig
+) -> EndToEnd:
     """Host work per frame beside the accelerator's, and the frame rate of the two together."""
     cpu_layers = [ly for ly in graph.layers if ly.op in CPU_OPS]
-    invocations = len(
-        {r["group"] for r in rows if r.get("group") and r["placement"] == "fpga" and r["cycles"] + r["dram_bytes"] > 0}
-    )
+    invocations = len({r.group for r in rows if r.group and r.placement == "fpga" and r.cycles + r.dram_bytes > 0})
     h = host_frame(graph.input_shape, cpu_layers, invocations / max(cfg.batch, 1) if cfg.arch == "bundle" else 1, device, host)
-    input_ms = max(h["host_ms"], image_ms) if host.overlap else h["host_ms"] + image_ms  # per network input
-    bound = "host" if h["host_ms"] > image_ms else "accelerator"
-    return {
-        **h,
-        "accelerator_ms": image_ms,
-        "frame_ms": input_ms / host.frames_per_input,
-        "latency_ms": h["host_ms"] + image_ms * cfg.batch,
-        "fps": 1e3 * host.frames_per_input / input_ms,
-        "bound": bound if host.overlap else f"serial ({bound} larger)",
-    }
+    input_ms = max(h.host_ms, image_ms) if host.overlap else h.host_ms + image_ms  # per network input
+    bound = "host" if h.host_ms > image_ms else "accelerator"
+    return EndToEnd(
+        host=h,
+        accelerator_ms=image_ms,
+        frame_ms=input_ms / host.frames_per_input,
+        latency_ms=h.host_ms + image_ms * cfg.batch,
+        fps=1e3 * host.frames_per_input / input_ms,
+        bound=bound if host.overlap else f"serial ({bound} larger)",
+    )
 
 
 # ---------------------------------------------------------------- pipeline architecture
-def _pipeline(graph: Graph, cfg: AccelConfig, device: FpgaDevice, clock_mhz: float, bw: float) -> tuple[dict, list[dict]]:
+def _pipeline(
+    graph: Graph, cfg: AccelConfig, device: FpgaDevice, clock_mhz: float, bw: float
+) -> tuple[Resources, list[LayerCost]]:
     """Stages get multipliers in proportion to MACs; weights on chip while BRAM allows, else streamed per batch."""
     from edgesplit.hardware.costs import bram18
 
@@ -459,19 +441,20 @@ def _pipeline(graph: Graph, cfg: AccelConfig, device: FpgaDevice, clock_mhz: flo
         rows.append(_row(ly, cycles, traffic, clock_mhz, bw, cfg.overlap))
     mults = sum(par.values())
     m = mult_cost(cfg.wbits, cfg.fbits, device.dsp_type, cfg.float32, cfg.pack)
-    res = {
-        "dsp": math.ceil(sum(math.ceil(p * m.dsp) for p in par.values())),
-        "bram18": ENGINE_FIXED["bram18"] + line_bram + weight_bram,
-        "lut": int(
+    res = Resources(
+        dsp=math.ceil(sum(math.ceil(p * m.dsp) for p in par.values())),
+        bram18=ENGINE_FIXED["bram18"] + line_bram + weight_bram,
+        lut=int(
             ENGINE_FIXED["lut"]
             + mults * luts_per_mult(cfg.wbits, cfg.fbits, device.dsp_type, cfg.float32, cfg.pack)
             + len(graph.layers) * PIPELINE_STAGE_LUTS
         ),
-        "ff": int(ENGINE_FIXED["ff"] + mults * m.ff + len(graph.layers) * PIPELINE_STAGE_LUTS),
-        "multipliers": mults,
-        "dsp_per_multiply": m.dsp,
-        "weights_streamed": sorted(set(par) - on_chip),
-    }
+        ff=int(ENGINE_FIXED["ff"] + mults * m.ff + len(graph.layers) * PIPELINE_STAGE_LUTS),
+        multipliers=mults,
+        dsp_per_multiply=m.dsp,
+        available=_available(device),
+        weights_streamed=tuple(sorted(set(par) - on_chip)),
+    )
     return res, rows
 
 
@@ -491,7 +474,7 @@ def tune(
     par_choices=PAR_CHOICES,
     tile_choices=TILE_CHOICES,
     host: HostConfig | None = None,
-) -> dict:
+) -> TuneResult:
     """Search the parallelism and tiling factors of ``base.arch`` for the highest FPS that fits.
 
     Exhaustive over a grid (``par_choices`` x ``tile_choices``; ``mults`` in steps for the
@@ -519,10 +502,10 @@ def tune(
     for cfg in candidates:
         tried += 1
         est = _estimate_prepared(graph, device, cfg, host)
-        if not est["fits"] or est["resources"]["utilisation"]["lut"] > TUNE_MAX_LUT_UTILISATION:
+        if not est.fits or est.resources.utilisation["lut"] > TUNE_MAX_LUT_UTILISATION:
             continue
         fitted += 1
-        key = (est["totals"]["fps"], -est["resources"]["dsp"])
+        key = (est.totals.fps, -est.resources.dsp)
         if best is None or key > best[0]:
             best = (key, cfg, est)
     if best is None:
@@ -530,6 +513,4 @@ def tune(
             f"no {base.arch} design of {graph.name} fits {device.name} at W{base.wbits}/F{base.fbits} "
             f"batch {base.batch}; try fewer bits, a smaller batch or a bigger device"
         )
-    _, cfg, est = best
-    est = dict(est, config=asdict(cfg))
-    return {"best": est, "tried": tried, "fitted": fitted}
+    return TuneResult(best[2], tried, fitted)

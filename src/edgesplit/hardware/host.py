@@ -19,6 +19,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.hardware.cpu import CPU_COMPUTE_EFFICIENCY, CPU_MEMORY_EFFICIENCY
 from edgesplit.hardware.config import HostConfig
 from edgesplit.hardware.graph import CPU_OPS, Layer
+from edgesplit.hardware.records import HostWork
 
 # Reading a JPEG frame from storage and decoding it to RGB, per frame pixel, on one core.
 # Calibrated (docs/hardware-model.md, "Calibration"): the one constant fitted to a published
@@ -41,7 +42,9 @@ def cpu_layer_ms(layer: Layer, device) -> float:
     return max(flops / flops_per_s, traffic / bytes_per_s) * 1e3
 
 
-def host_frame(input_shape: tuple[int, int, int], cpu_layers: list[Layer], invocations: int, device, host: HostConfig) -> dict:
+def host_frame(
+    input_shape: tuple[int, int, int], cpu_layers: list[Layer], invocations: float, device, host: HostConfig
+) -> HostWork:
     """Milliseconds of processing-system work per frame, step by step."""
     if not device.has_host:
         raise EdgesplitError(
@@ -52,22 +55,18 @@ def host_frame(input_shape: tuple[int, int, int], cpu_layers: list[Layer], invoc
     frame_h, frame_w = host.frame_hw or (h, w)
     hz = device.ps_clock_mhz * 1e6
     bytes_per_s = device.ps_mem_bandwidth_gbs * 1e9 * CPU_MEMORY_EFFICIENCY
-    steps = {  # per network input (n frames)
-        "decode_ms": n * frame_h * frame_w * FRAME_DECODE_CYCLES_PER_PIXEL / hz * 1e3 if host.jpeg else 0.0,
-        "resize_ms": c * h * w * RESIZE_CYCLES_PER_VALUE / hz * 1e3 if (n, frame_h, frame_w) != (1, h, w) else 0.0,
+    return HostWork(  # per network input (n frames)
+        decode_ms=n * frame_h * frame_w * FRAME_DECODE_CYCLES_PER_PIXEL / hz * 1e3 if host.jpeg else 0.0,
+        resize_ms=c * h * w * RESIZE_CYCLES_PER_VALUE / hz * 1e3 if (n, frame_h, frame_w) != (1, h, w) else 0.0,
         # the RGB frames read once and the network's input written once, at the cores' memory bandwidth,
         # or the per-value work, whichever is longer
-        "normalise_ms": max(c * h * w * NORMALISE_CYCLES_PER_VALUE / hz, (n * frame_h * frame_w * c + c * h * w) / bytes_per_s)
+        normalise_ms=max(c * h * w * NORMALISE_CYCLES_PER_VALUE / hz, (n * frame_h * frame_w * c + c * h * w) / bytes_per_s)
         * 1e3,
-        "accelerator_starts_ms": invocations * GROUP_START_US / 1e3,
-        "cpu_layers_ms": sum(cpu_layer_ms(ly, device) for ly in cpu_layers),
-    }
-    return {
-        **steps,
-        "host_ms": sum(steps.values()),
-        "cpu_layers": [ly.name for ly in cpu_layers],
-        "frame_hw": [frame_h, frame_w],
-        "jpeg": host.jpeg,
-        "overlap": host.overlap,
-        "frames_per_input": n,
-    }
+        accelerator_starts_ms=invocations * GROUP_START_US / 1e3,
+        cpu_layers_ms=sum(cpu_layer_ms(ly, device) for ly in cpu_layers),
+        cpu_layers=tuple(ly.name for ly in cpu_layers),
+        frame_hw=(frame_h, frame_w),
+        jpeg=host.jpeg,
+        overlap=host.overlap,
+        frames_per_input=n,
+    )

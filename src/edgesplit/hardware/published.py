@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from edgesplit.hardware.accelerator import AccelConfig, estimate, tune
+from edgesplit.hardware.records import Estimate
 from edgesplit.hardware.catalog import get_device, parse_device
 from edgesplit.hardware.graph import Graph, graph_from_onnx
 from edgesplit.hardware.host import HostConfig
@@ -246,21 +247,20 @@ def device_for(name: str):
     return get_device(name)
 
 
-def predict(d: Design) -> dict:
+def predict(d: Design) -> Estimate:
     """The model's estimate of one design (the tuned design when the source gives no parallelism)."""
     graph, device = d.build(), device_for(d.device)
     if d.tuned:
-        return tune(graph, device, d.config, host=d.host)["best"]
+        return tune(graph, device, d.config, host=d.host).best
     return estimate(graph, device, d.config, d.host)
 
 
-def _predicted(est: dict, what: str, d: Design) -> float | None:
-    t, r = est["totals"], est["resources"]
+def _predicted(est: Estimate, what: str, d: Design) -> float | None:
     if what == "fps":
-        return t["fps"] if d.accelerator_only or not t["end_to_end"] else t["end_to_end"]["fps"]
+        return est.totals.fps if d.accelerator_only else est.frame_fps
     if what == "watts":
-        return t["watts"]
-    return r.get(what)
+        return est.totals.watts
+    return getattr(est.resources, what)
 
 
 def table(designs=DESIGNS) -> list[dict]:
@@ -281,8 +281,10 @@ def table(designs=DESIGNS) -> list[dict]:
                     "error": (pred - measured) / measured if pred is not None else None,
                     "source": d.source,
                     "notes": d.notes,
-                    "config": {k: est["config"][k] for k in ("wbits", "fbits", "float32", "tm", "tn", "td", "tr", "tc", "batch")},
-                    "bound": (est["totals"]["end_to_end"] or {}).get("bound", "accelerator"),
+                    "config": {
+                        k: getattr(est.config, k) for k in ("wbits", "fbits", "float32", "tm", "tn", "td", "tr", "tc", "batch")
+                    },
+                    "bound": est.totals.end_to_end.bound if est.totals.end_to_end else "accelerator",
                 }
             )
     return rows
@@ -313,18 +315,18 @@ def calibrate() -> dict:
 
     d = next(x for x in DESIGNS if x.role == "calibration")
     est = predict(d)
-    e = est["totals"]["end_to_end"]
-    frame_h, frame_w = e["frame_hw"]
+    e = est.totals.end_to_end
+    frame_h, frame_w = e.host.frame_hw
     dev = device_for(d.device)
-    needed_decode_ms = e["decode_ms"] + 1e3 / d.measured["fps"] - e["frame_ms"]
+    needed_decode_ms = e.host.decode_ms + 1e3 / d.measured["fps"] - e.frame_ms
     cycles = needed_decode_ms * 1e-3 * dev.ps_clock_mhz * 1e6 / (frame_h * frame_w)
     old = host_module.FRAME_DECODE_CYCLES_PER_PIXEL
     host_module.FRAME_DECODE_CYCLES_PER_PIXEL = cycles
     try:
-        t = predict(d)["totals"]
+        t = predict(d).totals
     finally:
         host_module.FRAME_DECODE_CYCLES_PER_PIXEL = old
-    static_w = d.measured["watts"] - (t["watts"] - t["static_w"])
+    static_w = d.measured["watts"] - (t.watts - t.static_w)
     return {"design": d.key, "FRAME_DECODE_CYCLES_PER_PIXEL": cycles, f"{d.device} static_power_w": static_w}
 
 

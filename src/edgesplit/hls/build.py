@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesplit.errors import EdgesplitError
+from edgesplit.hardware.config import AccelConfig
 from edgesplit.hls.project import HlsConfig, write_project
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def build_for_design(
     checkpoint: str | Path,
     out_dir: Path,
     bits: tuple[int, int],
-    accelerator: dict,
+    accelerator: AccelConfig,
     device,
     branch: int | None = None,
     data_dir: str | None = None,
@@ -154,7 +155,7 @@ def build_for_design(
     search's result stands without it."""
     from edgesplit.hls.project import hls_config_for
 
-    cfg = hls_config_for(device, **{k: int(accelerator[k]) for k in ("tm", "tn", "td", "tr", "tc")})
+    cfg = hls_config_for(device, **{k: getattr(accelerator, k) for k in ("tm", "tn", "td", "tr", "tc")})
     try:
         r = build_hls(str(checkpoint), out_dir, bits[0], bits[1], cfg, CODESIGN_CSIM_IMAGES, branch, data_dir)
     except EdgesplitError as err:
@@ -177,11 +178,11 @@ def build_for_design(
 
 
 def _tuned(model, shape, name, device, wbits, fbits, cfg: HlsConfig) -> HlsConfig:
-    from edgesplit.hardware.accelerator import AccelConfig, tune
+    from edgesplit.hardware.accelerator import tune
     from edgesplit.hardware.graph import graph_from_model
 
-    best = tune(graph_from_model(model, shape, name), device, AccelConfig(wbits=wbits, fbits=fbits))["best"]["config"]
-    return replace(cfg, **{k: best[k] for k in ("tm", "tn", "td", "tr", "tc")})
+    best = tune(graph_from_model(model, shape, name), device, AccelConfig(wbits=wbits, fbits=fbits)).best.config
+    return replace(cfg, **{k: getattr(best, k) for k in ("tm", "tn", "td", "tr", "tc")})
 
 
 def cycle_table(model, shape, name, layout: dict, counts: dict[int, dict], wbits: int, fbits: int) -> list[dict]:

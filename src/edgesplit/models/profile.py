@@ -205,3 +205,40 @@ def communication(
         "split": split,
         "layerwise": layerwise,
     }
+
+
+def text_report(name: str, shape: tuple[int, ...], prof, comm: dict | None) -> str:
+    """What ``edgesplit profile`` prints: per layer, per part, and (a split model) the bytes each way of distributing
+    it sends."""
+    lines = []
+    lines.append(f"{name} at {'x'.join(map(str, shape))}: {prof.params / 1e6:.3f} M parameters, {prof.macs / 1e6:.1f} M MACs")
+    lines.append(f"{'layer':<40}{'kind':<18}{'params':>10}{'MMACs':>10}{'act KiB':>10}  out shape")
+    for c in prof.layers:
+        lines.append(
+            f"{c.name:<40}{c.kind:<18}{c.params:>10}{c.macs / 1e6:>10.2f}{c.out_bytes / 1024:>10.1f}  {'x'.join(map(str, c.out_shape))}"
+        )
+    if prof.branches:
+        lines.append("\nper part:")
+        for b in prof.branches:
+            lines.append(
+                f"  {b['name']:<10} params {b['params'] / 1e6:8.3f} M   MACs {b['macs'] / 1e6:9.1f} M   output {b['feature_dim']} floats"
+            )
+    if comm:
+        lines.append(
+            f"\nbytes over the network per inference, {comm['devices']} devices "
+            f"(layer-wise: {comm['unsplit_model']} cut into balanced contiguous groups):"
+        )
+        for enc in ("float32", "uint8"):
+            s, lw = comm[enc]["split"], comm[enc]["layerwise"]
+            lines.append(f"  input as {enc}:")
+            lines.append(
+                f"    split network   {s['total_bytes'] / 1024:10.1f} KiB  ({s['transfers']} transfers, "
+                f"{s['sequential_transfers']} on the critical path: broadcast {s['input_broadcast_bytes'] / 1024:.1f} KiB, "
+                f"features back {s['features_back_bytes'] / 1024:.1f} KiB)"
+            )
+            lines.append(
+                f"    layer-wise      {lw['total_bytes'] / 1024:10.1f} KiB  ({lw['transfers']} transfers, all sequential: "
+                f"input {lw['input_bytes'] / 1024:.1f} KiB, cuts after {', '.join(lw['cuts_after'])} "
+                f"{'+'.join(f'{b / 1024:.1f}' for b in lw['cut_activation_bytes'])} KiB float32)"
+            )
+    return "\n".join(lines)

@@ -157,3 +157,28 @@ def quantize_checkpoint(
         report["qat_time_s"] = time.perf_counter() - t0
         report["qat_top1"] = quantized_top1(qnet, test, test_idx, pre)
     return report
+
+
+def text_report(r: dict) -> str:
+    """What ``edgesplit quantize`` prints of a :func:`quantize_checkpoint` result."""
+    lines = []
+    granularity = "per-channel" if r["per_channel"] else "per-tensor"
+    lines.append(
+        f"{r['model']} on {r['dataset']} test ({r['test_images']} images), W{r['wbits']}/F{r['fbits']} fixed point, "
+        f"{granularity} weight formats"
+    )
+    lines.append(f"{'layer':<40}{'op':<8}{'weights':>9}{'max |w|':>9}{'w format':>10}{'out format':>11}")
+    for row in r["layers"]:
+        name = row["layer"] if len(row["layer"]) <= 39 else "..." + row["layer"][-36:]
+        lines.append(
+            f"{name:<40}{row['op']:<8}{row['weights']:>9}{row['weight_max_abs']:>9.3f}{row['weight_format']:>10}{row['output_format']:>11}"
+        )
+    size = r["size"]
+    lines.append(f"model size: {size['float32_bytes'] / 1e6:.2f} MB float32 -> {size['quantized_bytes'] / 1e6:.2f} MB")
+    for row in r.get("sweep", []):
+        lines.append(f"sweep {row['varied']:<9} W{row['wbits']}/F{row['fbits']}: top-1 {row['ptq_top1']:.4f}")
+    line = f"top-1: float {r['float_top1']:.4f}, post-training quantization {r['ptq_top1']:.4f}"
+    if "qat_top1" in r:
+        line += f", after {len(r['qat_history'])} QAT epoch(s) {r['qat_top1']:.4f}"
+    lines.append(line)
+    return "\n".join(lines)
