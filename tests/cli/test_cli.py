@@ -298,3 +298,14 @@ def test_a_broken_pipe_of_the_command_itself_is_not_swallowed(monkeypatch):
     monkeypatch.setattr(models_cli, "cmd_models", broken)
     with pytest.raises(BrokenPipeError):
         main(["models"])
+
+
+def test_building_the_parser_loads_nothing_heavy():
+    """`edgesplit worker` sets its process up (one BLAS thread, the heap) before numpy loads, so reading its options
+    must not load numpy; no command's options load torch, onnx, grpc or yaml either."""
+    code = (
+        "import sys; from edgesplit.cli import build_parser; build_parser(); "
+        "bad = [m for m in ('numpy', 'torch', 'onnx', 'grpc', 'yaml') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -45,15 +45,6 @@ def model_arg_value(text: str):
     return text
 
 
-def parse_cpus(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(int(c) for c in text.split(","))
-    except ValueError:
-        raise EdgesplitError(f"bad --cpus {text!r}; write a comma-separated list like 0,1") from None
-
-
 class DefaultsShown(argparse.HelpFormatter):
     """Every option's default in its help, where the help text does not say it already."""
 

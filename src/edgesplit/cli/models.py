@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edgesplit.cli.common import add_dataclass_options, dataclass_from_args, model_kwargs, write_json
 from edgesplit.errors import EdgesplitError
+from edgesplit.training.config import HeadConfig, TrainConfig
 
 
 def cmd_models(args) -> None:
@@ -69,7 +70,6 @@ def _train_input(text: str, dataset: str, data_dir: str | None) -> tuple[int, in
 
 
 def cmd_train(args) -> None:
-    from edgesplit.training.config import TrainConfig
     from edgesplit.training.train import train
 
     cfg = dataclass_from_args(
@@ -147,11 +147,9 @@ def cmd_eval(args) -> None:
 
 
 def cmd_retrain_head(args) -> None:
-    from edgesplit.training.head import HeadConfig, retrain_head
+    from edgesplit.training.head import retrain_head
 
-    r = retrain_head(
-        args.checkpoint, args.out, HeadConfig(args.branch_dropout, args.epochs, args.lr, seed=args.seed, data_dir=args.data_dir)
-    )
+    r = retrain_head(args.checkpoint, args.out, dataclass_from_args(HeadConfig, args))
     print(f"features of the frozen branches: {r['features_s']:.0f} s; head: {r['train_s']:.0f} s ({args.epochs} epochs)")
     for label, acc in (("before", r["val_before"]), ("after", r["val_after"])):
         print(f"  validation top-1 {label}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in acc.items()))
@@ -239,7 +237,6 @@ def register(sub) -> None:
         help="network input HxW or CxHxW, images resized to it (default: the dataset's size; C must be the dataset's channels)",
     )
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model argument, e.g. width_mult=0.5")
-    from edgesplit.training.config import TrainConfig
 
     add_dataclass_options(s, TrainConfig)
     s.add_argument("--out", required=True, help="run directory")
@@ -257,11 +254,7 @@ def register(sub) -> None:
     s = sub.add_parser("retrain-head", help="retrain a split model's head with branch dropout (branches frozen)")
     s.add_argument("checkpoint", help="checkpoint.pt of a split model, or its run directory")
     s.add_argument("--out", required=True, help="run directory for the new checkpoint")
-    s.add_argument("--branch-dropout", type=float, default=0.3, help="probability of zeroing a branch's features per sample")
-    s.add_argument("--epochs", type=int, default=15, help="epochs of head training (default 15)")
-    s.add_argument("--lr", type=float, default=1e-3, help="AdamW peak rate (cosine to zero)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the head's training (default 0)")
-    s.add_argument("--data-dir", help="dataset folder, if not where the model was trained")
+    add_dataclass_options(s, HeadConfig)
     s.set_defaults(func=cmd_retrain_head)
 
     s = sub.add_parser("export", help="checkpoint -> ONNX part files + manifest.json")

@@ -6,7 +6,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from edgesplit.cli.common import add_dataclass_options, dataclass_from_args, parse_cpus
+from edgesplit.cli.common import add_dataclass_options, dataclass_from_args
+from edgesplit.runtime.config import FaultConfig, WorkerConfig
 from edgesplit.errors import EdgesplitError
 
 
@@ -62,35 +63,11 @@ def cmd_worker(args) -> None:
     tune_runtime_process()  # before numpy loads
     import asyncio
 
-    from edgesplit.runtime.worker import WorkerConfig, die_with_parent, serve_worker
+    from edgesplit.runtime.worker import die_with_parent, serve_worker
 
     die_with_parent()
-    from edgesplit.runtime.faults import FaultConfig
-
-    faults = FaultConfig(
-        args.inject_delay_ms,
-        args.inject_delay_dist,
-        args.inject_slowdown,
-        args.inject_prob,
-        args.inject_error_prob,
-        args.crash_after,
-        args.inject_seed,
-    )
-    cfg = WorkerConfig(
-        args.source,
-        args.part,
-        args.host,
-        args.port,
-        args.threads,
-        parse_cpus(args.cpus),
-        providers=tuple(args.providers.split(",")) if args.providers else None,
-        engine=args.engine,
-        limits=_server_limits(args),
-        faults=faults,
-        unix_socket=args.unix_socket,
-        poll_ms=args.poll_ms,
-        hls_dir=args.hls,
-    )
+    faults = dataclass_from_args(FaultConfig, args)
+    cfg = dataclass_from_args(WorkerConfig, args, source=args.source, part=args.part, limits=_server_limits(args), faults=faults)
     asyncio.run(serve_worker(cfg, _server_security(args)))
 
 
@@ -149,47 +126,10 @@ def register(sub) -> None:
     s = sub.add_parser("worker", help="serve one model part over KServe v2 gRPC (no torch needed)")
     s.add_argument("source", help="export directory (with --part) or a bare .onnx file")
     s.add_argument("--part", help="part name(s), comma-separated: branch0, branch1, ..., head, model, fc6.0, ...")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    s.add_argument("--port", type=int, default=0, help="port (0: any free one, printed when ready)")
-    s.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
-    s.add_argument(
-        "--engine",
-        default="onnxruntime",
-        choices=["onnxruntime", "numpy", "auto", "hls-csim"],
-        help="what runs the part: ONNX Runtime (default), numpy (FC graphs), or hls-csim: the part's "
-        "generated accelerator in C simulation (needs --hls)",
-    )
-    s.add_argument("--hls", metavar="DIR", help="with --engine hls-csim: the project `edgesplit hls ... --branch K` wrote")
-    s.add_argument("--cpus", help="pin to these CPUs, e.g. 0 or 2,3")
-    s.add_argument("--providers", help="ONNX Runtime execution providers in order, e.g. CUDAExecutionProvider")
-    s.add_argument(
-        "--unix-socket",
-        metavar="PATH",
-        help="also serve on this Unix socket (plan address ipc://PATH): "
-        "a coordinator on the same machine skips gRPC's per-call cost",
-    )
-    s.add_argument(
-        "--poll-ms",
-        type=float,
-        default=0.0,
-        help="with --unix-socket: after each answer, poll for the next request this long (ms) instead of "
-        "sleeping, yielding the core to other processes; saves the wake-up of an idle core (default 0)",
-    )
+    add_dataclass_options(s, WorkerConfig)
     _security_args(s)
     _limits_args(s)
-    f = s.add_argument_group("fault injection (tests and benchmarks)")
-    f.add_argument("--inject-delay-ms", type=float, default=0.0, help="extra delay per affected call")
-    f.add_argument(
-        "--inject-delay-dist",
-        default="fixed",
-        choices=["fixed", "exp", "lognormal"],
-        help="distribution of the injected delay: fixed, exp or lognormal (default fixed)",
-    )
-    f.add_argument("--inject-slowdown", type=float, default=1.0, help="affected calls take this many times their compute time")
-    f.add_argument("--inject-prob", type=float, default=1.0, help="fraction of calls affected by delay/slowdown")
-    f.add_argument("--inject-error-prob", type=float, default=0.0, help="fraction of calls that fail")
-    f.add_argument("--crash-after", type=int, help="exit abruptly after this many requests")
-    f.add_argument("--inject-seed", type=int, default=0, help="seed of the injected faults (default 0)")
+    add_dataclass_options(s.add_argument_group("fault injection (tests and benchmarks)"), FaultConfig)
     s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("serve", help="serve the whole split model as one KServe v2 endpoint")

@@ -17,10 +17,10 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
+from edgesplit.runtime.config import FaultConfig
 from edgesplit.runtime.model import InferResult
 
 log = logging.getLogger(__name__)
@@ -28,21 +28,6 @@ log = logging.getLogger(__name__)
 
 class InjectedFault(Exception):
     """An error injected on purpose."""
-
-
-@dataclass(frozen=True)
-class FaultConfig:
-    delay_ms: float = 0.0
-    delay_dist: str = "fixed"  # fixed | exp | lognormal
-    slowdown: float = 1.0
-    prob: float = 1.0  # fraction of calls that get the delay or slowdown
-    error_prob: float = 0.0
-    crash_after: int | None = None
-    seed: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.delay_ms > 0 or self.slowdown > 1 or self.error_prob > 0 or self.crash_after is not None
 
 
 class FaultyModel:

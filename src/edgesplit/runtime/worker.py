@@ -16,7 +16,6 @@ import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -26,9 +25,9 @@ from edgesplit.data.preprocess import Preprocess
 from edgesplit.errors import EdgesplitError
 from edgesplit.manifest import load_manifest
 from edgesplit.runtime.engines import InferenceEngine, create_engine
-from edgesplit.runtime.faults import FaultConfig, FaultyModel
+from edgesplit.runtime.config import FaultConfig, WorkerConfig  # noqa: F401 (the worker's API)
+from edgesplit.runtime.faults import FaultyModel
 from edgesplit.runtime.model import InferResult, ModelMeta, check_inputs, input_specs, runs_inline
-from edgesplit.runtime.transport.limits import ServerLimits
 
 log = logging.getLogger(__name__)
 
@@ -74,23 +73,6 @@ class PartModel:
 def _engine_thread() -> ThreadPoolExecutor:
     """The one thread a worker's large calls run on, one after the other (created on first use)."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgesplit-engine")
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    source: str  # export directory or a bare .onnx file
-    part: str | None = None  # required with an export directory
-    host: str = "127.0.0.1"
-    port: int = 0  # 0: any free port (printed on the ready line)
-    threads: int = 1
-    cpus: tuple[int, ...] | None = None
-    engine: str = "onnxruntime"
-    providers: tuple[str, ...] | None = None
-    limits: ServerLimits = ServerLimits()  # message size, bytes in flight, connections, idle timeout
-    faults: FaultConfig = FaultConfig()
-    unix_socket: str | None = None  # also serve on this Unix socket (the local cluster's fast path)
-    poll_ms: float = 0.0  # Unix socket: poll this long after each answer instead of sleeping (see ipc_server.UnixSocketServer)
-    hls_dir: str | None = None  # engine hls-csim: the project `edgesplit hls` wrote for this part
 
 
 def load_parts(cfg: WorkerConfig) -> list:

@@ -1,4 +1,4 @@
-"""The training configuration, importable without torch (the CLI builds its options from it)."""
+"""The training configurations, importable without torch (the CLI builds their options from them)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,22 @@ class TrainConfig:
             raise EdgesplitError(f"--branch-dropout must be in [0, 1), got {self.branch_dropout}")
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
             raise EdgesplitError(f"--input must be HxW with positive sizes, got {self.input_size}")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Retraining a split model's head with branch dropout, its branches frozen (``retrain-head``)."""
+
+    branch_dropout: float = option(0.3, "probability of zeroing a branch's features per sample")
+    epochs: int = option(15, "epochs of head training")
+    lr: float = option(1e-3, "AdamW peak rate (cosine to zero; the head starts from its trained weights)")
+    weight_decay: float = 1e-4
+    batch_size: int = 256
+    seed: int = option(0, "seed of the head's training")
+    data_dir: str | None = option(None, "dataset folder, if not where the model was trained", type=str)
+
+    def __post_init__(self):
+        if not 0 < self.branch_dropout < 1:
+            raise EdgesplitError(f"--branch-dropout must be in (0, 1), got {self.branch_dropout}")
+        if self.epochs < 1:
+            raise EdgesplitError(f"--epochs must be at least 1, got {self.epochs}")

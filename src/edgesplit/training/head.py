@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,25 +28,9 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.models import SplitNet
 from edgesplit.models.splitnet import branch_keep_mask
 from edgesplit.training.checkpoint import checkpoint_preprocess, load_model, save_checkpoint
+from edgesplit.training.config import HeadConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    branch_dropout: float = 0.3
-    epochs: int = 15
-    lr: float = 1e-3  # AdamW, cosine to zero; the head starts from its trained weights
-    weight_decay: float = 1e-4
-    batch_size: int = 256
-    seed: int = 0
-    data_dir: str | None = None
-
-    def __post_init__(self):
-        if not 0 < self.branch_dropout < 1:
-            raise EdgesplitError(f"--branch-dropout must be in (0, 1), got {self.branch_dropout}")
-        if self.epochs < 1:
-            raise EdgesplitError(f"--epochs must be at least 1, got {self.epochs}")
 
 
 @torch.no_grad()

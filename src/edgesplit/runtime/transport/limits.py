@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-import numpy as np
-
 from edgesplit.options import MIB, option
 from edgesplit.runtime.tuning import release_heap
 
@@ -83,6 +81,8 @@ class ServerLimits:
 
 def _item_bytes(inputs) -> int:
     """Bytes of one item (batch dimension excluded) of all of a model's inputs."""
+    import numpy as np  # here, not at the top: `edgesplit worker` builds its options before its process settings
+
     return sum(math.prod(d for d in spec.shape[1:] if d > 0) * max(4, np.dtype(spec.dtype).itemsize) for spec in inputs)
 
 
