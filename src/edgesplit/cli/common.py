@@ -82,11 +82,11 @@ def json_alone(args):
         _JSON_OUT.pop()
 
 
-def add_dataclass_options(group, cls) -> None:
-    """An option for each field of the dataclass ``cls`` declared with :func:`edgesplit.options.option`: its default
-    and help come from the field, so they are written once."""
+def add_dataclass_options(group, cls, only: tuple[str, ...] | None = None) -> None:
+    """An option for each field of the dataclass ``cls`` declared with :func:`edgesplit.options.option` (or for the
+    fields named in ``only``): its default and help come from the field, so they are written once."""
     for f in dataclasses.fields(cls):
-        if "help" not in f.metadata:
+        if "help" not in f.metadata or (only is not None and f.name not in only):
             continue
         m = f.metadata
         flag = m["flag"] or "--" + f.name.replace("_", "-")
@@ -106,11 +106,11 @@ def add_dataclass_options(group, cls) -> None:
         group.add_argument(*names, dest=dest, default=default, type=kind, metavar=metavar, choices=m["choices"], help=m["help"])
 
 
-def dataclass_from_args(cls, args, **fixed):
+def dataclass_from_args(cls, args, only: tuple[str, ...] | None = None, **fixed):
     """``cls`` from the options :func:`add_dataclass_options` added (values back in the field's unit), and ``fixed``."""
     kw = dict(fixed)
     for f in dataclasses.fields(cls):
-        if "help" in f.metadata and f.name not in fixed:
+        if "help" in f.metadata and f.name not in fixed and (only is None or f.name in only):
             m = f.metadata
             value = getattr(args, m["dest"] or f.name)
             if value is not None and m["parse"] is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from edgesplit.cli.common import add_dataclass_options, dataclass_from_args, write_json
 from edgesplit.hardware.config import AccelConfig, HostConfig
+
+HLS_KNOBS = ("tm", "tn", "td", "tr", "tc", "fuse")  # what the generated engine takes of an accelerator design
 from edgesplit.errors import EdgesplitError
 
 
@@ -109,7 +111,8 @@ def cmd_hls(args) -> None:
         raise EdgesplitError(
             f"{device.name} is a {device.kind} device; `edgesplit hls` builds for FPGA boards (see `edgesplit devices`)"
         )
-    cfg = hls_config_for(device, tm=args.tm, tn=args.tn, td=args.td, tr=args.tr, tc=args.tc, fuse=not args.no_fuse)
+    engine = dataclass_from_args(AccelConfig, args, only=HLS_KNOBS)
+    cfg = hls_config_for(device, **{k: getattr(engine, k) for k in HLS_KNOBS})
     r = build_hls(
         args.model,
         args.out,
@@ -164,16 +167,8 @@ def register(sub) -> None:
     s.add_argument(
         "--image-size", type=int, help="a registered model at this square input (Fashion-MNIST images resized; default 28)"
     )
-    for f, default, h in (
-        ("tm", 16, "output channels in parallel"),
-        ("tn", 8, "input channels in parallel"),
-        ("td", 16, "depth-wise channels in parallel"),
-        ("tr", 16, "tile rows"),
-        ("tc", 16, "tile columns"),
-    ):
-        s.add_argument(f"--{f}", type=int, default=default, help=f"{h} (default {default})")
+    add_dataclass_options(s, AccelConfig, only=HLS_KNOBS)
     s.add_argument("--tuned", action="store_true", help="the parallelism `edgesplit tune` finds for the board instead")
-    s.add_argument("--no-fuse", action="store_true", help="no DW->PW bundles or conv+pool: every layer through DRAM")
     s.add_argument("--out", required=True, help="folder for the project")
     s.add_argument(
         "--csim",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edgesplit.cli.common import add_dataclass_options, dataclass_from_args
 from edgesplit.runtime.config import FaultConfig, WorkerConfig
+from edgesplit.runtime.plan import Plan
 from edgesplit.errors import EdgesplitError
 
 
@@ -165,13 +166,7 @@ def register(sub) -> None:
         help="the workers' addresses, one per device (a part goes to each)",
     )
     s.add_argument("--speeds", help="relative device speeds, one per worker, e.g. 2,1")
-    s.add_argument("--timeout-ms", type=float, default=2000.0, help="per-request deadline over all stages, ms (default 2000)")
-    s.add_argument(
-        "--input-dtype",
-        default="uint8",
-        choices=["uint8", "float32"],
-        help="what the coordinator sends the branches: uint8 pixels (normalised by the workers) or float32 (default uint8)",
-    )
+    add_dataclass_options(s, Plan)
     s.add_argument(
         "--out",
         default="plan.yaml",

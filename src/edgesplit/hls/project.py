@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesplit.errors import EdgesplitError
+from edgesplit.hardware.config import AccelConfig
 from edgesplit.quant.fixed import BIAS_BITS, Fixed, QGraph, QOp, QScheme, quantize
 
 TEMPLATES = Path(__file__).with_name("edgesplit_layers.h")
@@ -42,14 +43,14 @@ BOARD_PARTS = {"xc7z020": "xc7z020clg400-1", "xczu3eg": "xczu3eg-sbva484-1-i", "
 class HlsConfig:
     """The engine's parallelism and the board it is built for."""
 
-    tm: int = 16
-    tn: int = 8
-    td: int = 16
-    tr: int = 16
-    tc: int = 16
+    tm: int = AccelConfig.tm  # the same engine the accelerator model costs
+    tn: int = AccelConfig.tn
+    td: int = AccelConfig.td
+    tr: int = AccelConfig.tr
+    tc: int = AccelConfig.tc
     part: str = "xc7z020clg400-1"
     clock_mhz: float = 100.0
-    fuse: bool = True  # DW -> PW bundles and conv -> max-pool in one call; False: every layer through DRAM
+    fuse: bool = AccelConfig.fuse  # DW -> PW bundles and conv -> max-pool in one call; False: every layer through DRAM
 
     def __post_init__(self):
         for name in ("tm", "tn", "td", "tr", "tc"):

@@ -26,10 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 from edgesplit.errors import EdgesplitError
 from edgesplit.manifest import Manifest, load_manifest
+from edgesplit.options import option
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,12 @@ class PlanSecurity:
 class Plan:
     export: str
     parts: tuple[PartPlacement, ...]
-    timeout_ms: float = 2000.0
-    input_dtype: str = "uint8"
+    timeout_ms: float = option(2000.0, "per-request deadline over all stages, ms")
+    input_dtype: str = option(
+        "uint8",
+        "what the coordinator sends the branches: uint8 pixels (normalised by the workers) or float32",
+        choices=("uint8", "float32"),
+    )
     security: PlanSecurity = field(default_factory=PlanSecurity)
     on_missing: str = "degrade"  # a branch or FC block that cannot answer: degrade (zeros, flagged) or fail
     hedge_ms: float | None = None  # ask the next replica too when the first is this late
@@ -81,6 +84,8 @@ class Plan:
     def write(self, path: str | Path) -> None:
         """An absolute export path is written relative to the plan file's folder, as :func:`load_plan` reads it
         (a relative one is taken to be relative to that folder already)."""
+        import yaml  # here: the CLI reads Plan's fields for its options and must stay light
+
         d = self.to_dict()
         if Path(self.export).is_absolute():
             d["export"] = os.path.relpath(self.export, Path(path).resolve().parent)
@@ -88,6 +93,8 @@ class Plan:
 
 
 def load_plan(path: str | Path) -> Plan:
+    import yaml
+
     path = Path(path)
     if not path.exists():
         raise EdgesplitError(f"plan file {path} not found; write one with `edgesplit plan`")
@@ -148,8 +155,8 @@ def make_plan(
     export_dir: str,
     addresses: Sequence[str],
     speeds: Sequence[float] | None = None,
-    timeout_ms: float = 2000.0,
-    input_dtype: str = "uint8",
+    timeout_ms: float = Plan.timeout_ms,
+    input_dtype: str = Plan.input_dtype,
 ) -> Plan:
     """Assign the export's parts to ``addresses`` so that branches finish together.
 
