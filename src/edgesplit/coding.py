@@ -1,5 +1,5 @@
-"""Coded distributed computing for linear layers (the in-the-edge collaboration slides on Coded Distributed Computing, DAC'19; Lee et al., "Speeding Up
-Distributed Machine Learning Using Codes", 2018). Pure numpy functions.
+"""Coded distributed computing for linear layers (Lee et al., "Speeding Up Distributed Machine Learning Using
+Codes", 2018; coded FC layers as in the edge-collaboration slides, DAC'19). Pure numpy functions.
 
 A Linear layer ``y = W x + b`` (W: out x in) is split by output rows into k equal
 blocks (padded), one per data worker. r parity workers hold coded combinations

@@ -10,9 +10,9 @@ Each stage sends its input to all its parts at once and merges the answers:
   With the plan's ``parity: lazy`` the parity blocks are asked only when a data block
   fails or is late (``parity_asked`` counts the stages where they were).
 * ``single``: one part; it must answer.
-The head (a ``local`` stage) runs here, in numpy when it is fully connected layers (twice as fast as
-ONNX Runtime with its weights out of cache, ``runtime/engines/numpy_engine.py``), else in ONNX Runtime with one
-thread and no spinning, so the coordinator never takes cores from workers on the same machine.
+The head (a ``local`` stage) runs here, in numpy when it is fully connected layers
+(``runtime/engines/numpy_engine.py``; why: docs/benchmarks.md), else in ONNX Runtime with one thread and no
+spinning, so the coordinator never takes cores from workers on the same machine.
 
 Every request ends as an exact answer, a recovered one, a flagged degraded one, or
 an error (PartUnavailable / DeadlineExceeded); none waits past its deadline.
