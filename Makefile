@@ -11,12 +11,12 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 TORCH := torch==2.13.0
 TORCH_SOURCE := $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/wheels,--index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: demo test venv data cxx bench proto clean
+.PHONY: demo test venv data cxx net bench proto clean
 
 demo: $(STAMP) data
 	$(BIN)/edgesplit demo
 
-test: $(STAMP) data cxx
+test: $(STAMP) data cxx net
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/lint-imports
@@ -48,6 +48,16 @@ cxx:
 		apt-get install -y g++ >/dev/null || { apt-get update >/dev/null && apt-get install -y g++ >/dev/null; }; \
 	else \
 		echo "g++ is missing. Install it with:  sudo apt-get install g++"; exit 1; \
+	fi
+
+# ip and tc (iproute2) make the testbed's namespaces and shaped links (`edgesplit testbed`, tests/test_testbed.py)
+net:
+	@if command -v ip >/dev/null && command -v tc >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "ip/tc missing: installing the Debian package iproute2"; \
+		apt-get install -y iproute2 >/dev/null || { apt-get update >/dev/null && apt-get install -y iproute2 >/dev/null; }; \
+	else \
+		echo "ip/tc are missing (the testbed tests are skipped without root anyway): sudo apt-get install iproute2"; \
 	fi
 
 proto: $(STAMP)
