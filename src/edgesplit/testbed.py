@@ -140,6 +140,7 @@ class Testbed:
         self.fleet_path, self.link_mbps, self.devices_dir = fleet_path, link_mbps, devices_dir
         self.devices: list[EmulatedDevice] = []
         self.workers: dict[int, int] = {}  # device index -> pid
+        self._procs: dict[int, subprocess.Popen] = {}
 
     @property
     def state_path(self) -> Path:
@@ -194,7 +195,7 @@ class Testbed:
         with open(log_path, "w") as log_file:  # the worker's ready line and its log, read back below
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env, start_new_session=not die_with_us)  # fmt: skip
-        self.workers[i] = proc.pid
+        self.workers[i], self._procs[i] = proc.pid, proc
         self._save()
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
@@ -206,6 +207,18 @@ class Testbed:
                 raise EdgesplitError(f"the worker in {d.namespace} exited at start: {log_path.read_text().strip()[-400:]}")
             time.sleep(0.1)
         raise EdgesplitError(f"the worker in {d.namespace} did not come up in {timeout_s:.0f} s (log: {log_path})")
+
+    def stop_worker(self, i: int, timeout_s: float = 10.0) -> None:
+        """Stop device ``i``'s worker (SIGTERM: it finishes the calls in flight), killing it after ``timeout_s``."""
+        proc = self._procs.pop(i)
+        self.workers.pop(i, None)
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._save()
 
     def link_bytes(self) -> dict[str, dict[str, int]]:
         """Bytes each link has carried so far, read from this machine's end of it."""
@@ -220,6 +233,10 @@ class Testbed:
 
     def down(self) -> None:
         down(self.name)
+        for proc in self._procs.values():  # reaped: killed by down
+            proc.wait()
+        self._procs.clear()
+        self.workers.clear()
 
     def _save(self) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)

@@ -380,8 +380,14 @@ def test_interrupted_search_resumes_where_it_stopped(tmp_path):
     args[args.index("conv3,dw3-pw1")] = "conv3"
     args[args.index("200s")] = "90s"  # one bundle, one finalist, no fleet: a smaller budget does
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # a child that hangs is made to say where (SIGABRT below)
+    # Ctrl-C reaches the child even when this test runs in a background job, whose children inherit SIGINT ignored
+    # (then the child would run to the end, or past the wait below)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgesplit", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        [sys.executable, "-m", "edgesplit", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120

@@ -172,9 +172,11 @@ def cmd_export(args) -> None:
             )
         if args.int8:
             raise EdgesplitError("--code-head and --int8 cannot be combined; export the coded head in float32")
+    if args.pipeline and args.int8:
+        raise EdgesplitError("--pipeline and --int8 cannot be combined; export the stages in float32")
     model, ckpt = load_model(args.checkpoint)
     if not args.int8:
-        body = export_model(model, ckpt, args.out, code_head=code_head)
+        body = export_model(model, ckpt, args.out, code_head=code_head, pipeline=args.pipeline)
         print(
             f"exported {ckpt['model']} to {args.out}: {', '.join(p['file'] for p in body['parts'])} + manifest.json "
             f"(max |onnxruntime - torch| = {body['parity_max_abs_diff']:.1e})"
@@ -268,6 +270,13 @@ def register(sub) -> None:
         metavar="K,R",
         help="spread the head's hidden FC layer over K data + R parity workers (coded; any K answers decode); "
         "needs a head trained with --model-arg head_hidden=N",
+    )
+    s.add_argument(
+        "--pipeline",
+        type=int,
+        default=0,
+        metavar="K",
+        help="cut an unsplit model into K stages of about equal MACs, one per device (`plan --strategy pipeline`); 0: not cut",
     )
     s.set_defaults(func=cmd_export)
 

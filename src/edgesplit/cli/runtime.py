@@ -7,8 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgesplit.cli.common import add_dataclass_options, dataclass_from_args
-from edgesplit.runtime.config import FaultConfig, WorkerConfig
-from edgesplit.runtime.plan import Plan
+from edgesplit.runtime.config import WAIT_READY_S, FaultConfig, WorkerConfig
+from edgesplit.runtime.plan import STRATEGIES, Plan
 from edgesplit.errors import EdgesplitError
 
 
@@ -110,7 +110,7 @@ def cmd_plan(args) -> None:
         speeds = [float(v) for v in args.speeds.split(",")] if args.speeds else None
     except ValueError:
         raise EdgesplitError(f"bad --speeds {args.speeds!r}; give one number per worker, comma-separated, e.g. 1,2.5") from None
-    plan = make_plan(args.export_dir, args.workers, speeds, args.timeout_ms, args.input_dtype)
+    plan = make_plan(args.export_dir, args.workers, speeds, args.timeout_ms, args.input_dtype, args.strategy)
     plan = replace(plan, export=str(Path(args.export_dir).resolve()))  # written relative to the plan's own folder
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     plan.write(args.out)
@@ -141,16 +141,15 @@ def register(sub) -> None:
     s.add_argument(
         "--poll-ms",
         type=float,
-        default=0.0,
+        default=WorkerConfig.poll_ms,
         help="with --local: the workers' --poll-ms (poll for the next request this long after each answer)",
     )
     s.add_argument(
         "--wait-ready-s",
         type=float,
-        default=30.0,
+        default=WAIT_READY_S,
         help="wait this long for every worker (progress every 5 s); then a plan with on_missing: degrade "
-        "starts without the missing ones and takes each in when it comes up, and one with fail stops "
-        "(default 30)",
+        "starts without the missing ones and takes each in when it comes up, and one with fail stops",
     )
     _security_args(s)
     _limits_args(s)
@@ -167,6 +166,12 @@ def register(sub) -> None:
     )
     s.add_argument("--speeds", help="relative device speeds, one per worker, e.g. 2,1")
     add_dataclass_options(s, Plan)
+    s.add_argument(
+        "--strategy",
+        choices=tuple(STRATEGIES),
+        help="how the model is spread over the workers (default: what the export is made for): "
+        + "; ".join(f"{k}: {v}" for k, v in STRATEGIES.items()),
+    )
     s.add_argument(
         "--out",
         default="plan.yaml",

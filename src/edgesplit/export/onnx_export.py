@@ -58,9 +58,20 @@ def _parity(module: nn.Module, path: Path, x: torch.Tensor) -> float:
 
 
 def export_model(
-    model: nn.Module, ckpt: dict, out_dir: str | Path, seed: int = 0, code_head: tuple[int, int] | None = None
+    model: nn.Module,
+    ckpt: dict,
+    out_dir: str | Path,
+    seed: int = 0,
+    code_head: tuple[int, int] | None = None,
+    pipeline: int = 0,
 ) -> dict:
-    """Export ``model`` (rebuilt from ``ckpt``) into ``out_dir``; returns the manifest body."""
+    """Export ``model`` (rebuilt from ``ckpt``) into ``out_dir``; returns the manifest body. ``pipeline=K``: an
+    unsplit model cut into K stages of about equal MACs at its ``sequential_blocks()`` (``stage0.onnx`` ...),
+    each a worker's part, run one after the other with the activations passed on by the coordinator."""
+    if pipeline and (isinstance(model, SplitNet) or not hasattr(model, "sequential_blocks")):
+        raise EdgesplitError(
+            f"--pipeline cuts an unsplit model at its sequential blocks; {ckpt['model']} has none (export it as it is)"
+        )
     hidden_head = isinstance(model, SplitNet) and isinstance(model.head.fc, nn.Sequential)
     if code_head and not hidden_head:
         raise EdgesplitError(
@@ -94,6 +105,9 @@ def export_model(
                 )
             )
         feature_dims = list(model.feature_dims)
+    elif pipeline:
+        pieces += _pipeline_stages(model, x, image, kw["num_classes"], pipeline)
+        feature_dims = []
     else:
         pieces.append(("model", "model", model, x, image, TensorSpec("logits", (-1, kw["num_classes"]), "float32")))
         feature_dims = []
@@ -124,12 +138,39 @@ def export_model(
         "dataset": ckpt.get("dataset"),
         "trained_epochs": ckpt.get("epoch"),
     }
+    if pipeline:
+        from edgesplit.manifest import StageSpec
+
+        body["stages"] = [
+            StageSpec(p["name"], (p["name"],), "single", p["inputs"][0]["name"], p["outputs"][0]["name"]).to_dict() for p in parts
+        ]
     if code_head:
         body.update(_coded_head(model, out_dir, *code_head, parts))
         write_manifest(out_dir, body)
         body["parity_max_abs_diff"] = max(max_diff, _pipeline_parity(model, out_dir, x))  # the decoded pipeline too
     write_manifest(out_dir, body)
     return body
+
+
+def _pipeline_stages(model: nn.Module, x: torch.Tensor, image: TensorSpec, num_classes: int, k: int) -> list[tuple]:
+    """The model's sequential blocks in ``k`` contiguous groups of about equal MACs: (name, role, module, example
+    input, input spec, output spec) per stage; activations are named ``act1`` ... between them."""
+    from edgesplit.models.profile import balanced_partition, block_costs
+
+    blocks = model.sequential_blocks()
+    if not 2 <= k <= len(blocks):
+        raise EdgesplitError(f"--pipeline takes 2 to {len(blocks)} stages for {type(model).__name__}, got {k}")
+    cuts = [0, *balanced_partition([c.macs for c in block_costs(model, tuple(x.shape[1:]))], k), len(blocks)]
+    pieces, inp = [], image
+    with torch.no_grad():
+        for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+            stage = nn.Sequential(*(m for _, m in blocks[a:b])).eval()
+            y = stage(x)
+            last = i == len(cuts) - 2
+            out = TensorSpec("logits" if last else f"act{i + 1}", (-1, num_classes) if last else (-1, *y.shape[1:]), "float32")
+            pieces.append((f"stage{i}", "stage", stage, x, inp, out))
+            x, inp = y, out
+    return pieces
 
 
 def _coded_head(model: SplitNet, out_dir: Path, k: int, r: int, parts: list[dict]) -> dict:

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from edgesplit.runtime.config import WAIT_READY_S
 from edgesplit.runtime.coordinator import Coordinator, remote_coordinator
 from edgesplit.runtime.model import InferResult
 from edgesplit.runtime.plan import Plan, has_local_workers, load_plan
@@ -35,7 +36,9 @@ class AsyncClient:
         self.coordinator = coordinator
 
     @classmethod
-    async def connect(cls, plan: Plan | str | Path, wait_ready_s: float = 30.0, require_all: bool = True) -> "AsyncClient":
+    async def connect(
+        cls, plan: Plan | str | Path, wait_ready_s: float = WAIT_READY_S, require_all: bool = True
+    ) -> "AsyncClient":
         """``require_all=False``: start even if some workers are down (they are probed and used once ready)."""
         coord = remote_coordinator(_as_plan(plan))
         try:
@@ -56,7 +59,7 @@ class AsyncClient:
 
 
 class Client:
-    def __init__(self, plan: Plan | str | Path, wait_ready_s: float = 30.0, require_all: bool = True):
+    def __init__(self, plan: Plan | str | Path, wait_ready_s: float = WAIT_READY_S, require_all: bool = True):
         plan = _as_plan(plan)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="edgesplit-client", daemon=True)
@@ -120,9 +123,9 @@ class Client:
         self.close()
 
 
-def connect(plan: Plan | str | Path, wait_ready_s: float = 30.0, require_all: bool = True) -> Client:
+def connect(plan: Plan | str | Path, wait_ready_s: float = WAIT_READY_S, require_all: bool = True) -> Client:
     return Client(plan, wait_ready_s, require_all)
 
 
-async def connect_async(plan: Plan | str | Path, wait_ready_s: float = 30.0, require_all: bool = True) -> AsyncClient:
+async def connect_async(plan: Plan | str | Path, wait_ready_s: float = WAIT_READY_S, require_all: bool = True) -> AsyncClient:
     return await AsyncClient.connect(plan, wait_ready_s, require_all)

@@ -10,6 +10,7 @@ from edgesplit.options import comma_list, option
 from edgesplit.runtime.transport.limits import ServerLimits
 
 ENGINES = ("onnxruntime", "numpy", "auto", "hls-csim")
+WAIT_READY_S = 30.0  # how long a coordinator waits for every worker of its plan before it starts (or gives up)
 
 
 def parse_cpus(text: str) -> tuple[int, ...]:

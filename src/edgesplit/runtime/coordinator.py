@@ -34,6 +34,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from edgesplit.runtime.config import WAIT_READY_S
 from edgesplit.data.preprocess import Preprocess
 from edgesplit.manifest import StageSpec, TensorSpec, load_manifest, verify_parts
 from edgesplit.coding import make_code, merge_blocks
@@ -397,7 +398,7 @@ class Coordinator:
                 next(stages)  # the head ran blockwise within that stage
         return InferResult({"logits": x}, report.parameters())
 
-    async def wait_ready(self, timeout_s: float = 30.0, require_all: bool = True, progress_every_s: float = 5.0) -> None:
+    async def wait_ready(self, timeout_s: float = WAIT_READY_S, require_all: bool = True, progress_every_s: float = 5.0) -> None:
         """Wait until every replica reports its model ready, saying every ``progress_every_s`` what it still waits
         for and why. A server that answers without the model (a plan's addresses swapped, a wrong token) fails at
         once with its answer, whatever ``require_all``: a configuration error, not a device that is down. With

@@ -105,16 +105,16 @@ def load_plan(path: str | Path) -> Plan:
         plan = Plan(
             str(export),
             parts,
-            timeout_ms=float(d.get("timeout_ms", 2000)),
-            input_dtype=d.get("input_dtype", "uint8"),
+            timeout_ms=float(d.get("timeout_ms", Plan.timeout_ms)),
+            input_dtype=d.get("input_dtype", Plan.input_dtype),
             security=PlanSecurity(**(d.get("security") or {})),
-            on_missing=d.get("on_missing", "degrade"),
-            hedge_ms=d.get("hedge_ms"),
-            unhealthy_after=int(d.get("unhealthy_after", 3)),
-            probe_interval_ms=float(d.get("probe_interval_ms", 500)),
-            parity=d.get("parity", "eager"),
-            parity_slack=float(d.get("parity_slack", 0.5)),
-            shared_memory=bool(d.get("shared_memory", True)),
+            on_missing=d.get("on_missing", Plan.on_missing),
+            hedge_ms=d.get("hedge_ms", Plan.hedge_ms),
+            unhealthy_after=int(d.get("unhealthy_after", Plan.unhealthy_after)),
+            probe_interval_ms=float(d.get("probe_interval_ms", Plan.probe_interval_ms)),
+            parity=d.get("parity", Plan.parity),
+            parity_slack=float(d.get("parity_slack", Plan.parity_slack)),
+            shared_memory=bool(d.get("shared_memory", Plan.shared_memory)),
         )
     except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
         raise EdgesplitError(f"{path} is not a valid plan ({type(err).__name__}: {err}); see `edgesplit plan --help`") from None
@@ -151,14 +151,35 @@ def validate_plan(plan: Plan, manifest: Manifest) -> None:
         raise EdgesplitError(f"parity_slack must be 0 or more, got {plan.parity_slack}")
 
 
+STRATEGIES = {  # how a model is spread over devices, and the export each needs
+    "split": "a split model's export (k independent branches)",
+    "pipeline": "an export cut into stages (`edgesplit export --pipeline K`)",
+    "data-parallel": "an unsplit model's export (whole-model replicas, requests spread over them)",
+    "single": "an unsplit model's export (the whole model on the fastest device)",
+}
+
+
+def export_strategy(manifest: Manifest) -> str:
+    """The strategy an export is made for: ``split``, ``pipeline``, or ``data-parallel`` (also ``single``)."""
+    if manifest.is_split:
+        return "split"
+    return "pipeline" if any(p.role == "stage" for p in manifest.parts) else "data-parallel"
+
+
 def make_plan(
     export_dir: str,
     addresses: Sequence[str],
     speeds: Sequence[float] | None = None,
     timeout_ms: float = Plan.timeout_ms,
     input_dtype: str = Plan.input_dtype,
+    strategy: str | None = None,
 ) -> Plan:
     """Assign the export's parts to ``addresses`` so that branches finish together.
+
+    ``strategy`` (default: what the export is made for, see :data:`STRATEGIES`): ``single`` places the whole
+    model on the fastest device only; ``data-parallel`` makes every device a replica of it (the coordinator
+    spreads requests over them in turn); ``pipeline`` puts one stage per device, the fastest first, spare
+    devices becoming replicas of stages; ``split`` places the branches as below.
 
     Branch cost is its feature width as a proxy when the export has unequal widths
     (the manifest's ``feature_dims``; MACs scale with width squared), else equal. The
@@ -168,14 +189,24 @@ def make_plan(
     stage per device while there are devices enough, so that one lost device costs one block.
     """
     manifest = load_manifest(export_dir, verify=False)
+    made_for = export_strategy(manifest)
+    strategy = strategy or made_for
+    if strategy not in STRATEGIES:
+        raise EdgesplitError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if (made_for, strategy) not in (("split", "split"), ("pipeline", "pipeline"), ("data-parallel", "data-parallel"),
+                                    ("data-parallel", "single")):  # fmt: skip
+        raise EdgesplitError(f"strategy {strategy} needs {STRATEGIES[strategy]}; {export_dir} is made for {made_for}")
+    speeds = list(speeds) if speeds else [1.0] * len(addresses)
+    if len(speeds) != len(addresses) or min(speeds, default=1.0) <= 0:
+        raise EdgesplitError("give one positive speed per address")
+    if strategy == "single" and addresses:
+        fastest = max(range(len(addresses)), key=lambda j: speeds[j])
+        addresses, speeds = [addresses[fastest]], [speeds[fastest]]
     coded = [s for s in manifest.stages if s.merge == "decode"]
     blocks = {p for s in coded for p in s.parts}
     parts = [p for p in manifest.remote_parts if p not in blocks]
     if len(addresses) < max(len(parts), 1):
         raise EdgesplitError(f"{len(parts)} parts need at least {len(parts)} worker addresses, got {len(addresses)}")
-    speeds = list(speeds) if speeds else [1.0] * len(addresses)
-    if len(speeds) != len(addresses) or min(speeds) <= 0:
-        raise EdgesplitError("give one positive speed per address")
     work = [float(d) ** 2 for d in manifest.feature_dims] if manifest.is_split else [1.0] * len(parts)
     by_work = sorted(range(len(parts)), key=lambda i: -work[i])
     by_speed = sorted(range(len(addresses)), key=lambda j: -speeds[j])

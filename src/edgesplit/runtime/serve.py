@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from edgesplit.runtime.config import WAIT_READY_S, WorkerConfig
 from edgesplit.runtime.cluster import LocalCluster
 from edgesplit.runtime.coordinator import remote_coordinator
 from edgesplit.runtime.plan import has_local_workers, load_plan
@@ -23,8 +24,8 @@ async def serve(
     port: int,
     security: ServerSecurity,
     limits: ServerLimits = ServerLimits(),
-    worker_poll_ms: float = 0.0,
-    wait_ready_s: float = 30.0,
+    worker_poll_ms: float = WorkerConfig.poll_ms,
+    wait_ready_s: float = WAIT_READY_S,
 ) -> None:
     """``worker_poll_ms``: the local workers' ``--poll-ms`` (``local_export`` only). ``wait_ready_s``: how long to
     wait for every worker; then a plan with ``on_missing: degrade`` starts without the missing ones."""
