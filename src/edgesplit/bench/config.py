@@ -86,3 +86,34 @@ class Int8Bench:
     test_images: int = option(10000, "test images for the accuracy of both precisions")
     calib_images: int = option(1000, "training images to calibrate the int8 quantization")
     data_dir: str | None = option(None, "dataset folder", type=str)
+
+
+def parse_rates(text: str) -> tuple[float, ...]:
+    """'1000,100,20' -> link rates in Mbit/s."""
+    try:
+        rates = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        rates = ()
+    if not rates or min(rates) <= 0:
+        raise EdgesplitError(f"bad --links {text!r}; give positive rates in Mbit/s, comma-separated, e.g. 1000,100,20")
+    return rates
+
+
+@dataclass(frozen=True)
+class StrategiesBench:
+    fleet: str = option("examples/testbed_fleet.yaml", "fleet YAML: the devices emulated on the testbed (needs root)")
+    links: tuple[float, ...] = option(
+        (1000.0, 100.0, 20.0), "link rates to compare, Mbit/s, comma-separated", parse=parse_rates, text="1000,100,20"
+    )
+    input_shape: tuple[int, int, int] = option((3, 64, 64), "input CxHxW", "--input", parse=parse_chw, text="3x64x64")
+    requests: int = option(100, "requests per latency and throughput measurement")
+    in_flight: int = option(4, "requests in flight for the throughput")
+    kill_requests: int = option(60, "requests run while one device is killed (a third of the way through)")
+    split_model: str = "resnet18-split2"
+    unsplit_model: str = "resnet18"
+    num_classes: int = 10
+    warmup: int = 5
+
+    def __post_init__(self):
+        if self.requests < 1 or self.in_flight < 1 or self.kill_requests < 3:
+            raise EdgesplitError("--requests and --in-flight must be at least 1, --kill-requests at least 3")

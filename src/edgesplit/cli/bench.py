@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from edgesplit.bench.config import AbuseBench, FaultsBench, Int8Bench, ServeBench
+from edgesplit.bench.config import AbuseBench, FaultsBench, Int8Bench, ServeBench, StrategiesBench
 from edgesplit.cli.common import add_dataclass_options, dataclass_from_args, write_json
 
 
@@ -34,6 +34,12 @@ def cmd_bench_int8(args) -> None:
     _report(bench_int8(dataclass_from_args(Int8Bench, args, checkpoint=args.checkpoint)), text_report, args)
 
 
+def cmd_bench_strategies(args) -> None:
+    from edgesplit.bench.strategies import bench_strategies, text_report
+
+    _report(bench_strategies(dataclass_from_args(StrategiesBench, args)), text_report, args)
+
+
 def _report(r: dict, text_report, args) -> None:
     print(text_report(r))
     if args.json:
@@ -51,6 +57,12 @@ def register(sub) -> None:
         ("faults", "coded vs uncoded AlexNet FC layers under stragglers and a killed worker", FaultsBench, cmd_bench_faults),
         ("abuse", "a worker under malformed, oversized and slow clients beside good traffic", AbuseBench, cmd_bench_abuse),
         ("int8", "float32 vs int8 QDQ parts in ONNX Runtime: latency per part and test accuracy", Int8Bench, cmd_bench_int8),
+        (
+            "strategies",
+            "split, pipeline, data-parallel and single on emulated devices and links (root)",
+            StrategiesBench,
+            cmd_bench_strategies,
+        ),
     ):
         b = bench.add_parser(name, help=helptext)
         if cls is Int8Bench:
