@@ -25,7 +25,9 @@ from edgesplit.runtime.stats import latency_summary
 from edgesplit.runtime.tuning import deferring_to_workers
 
 
-def _export_random(model_name: str, input_shape, num_classes: int, out_dir: Path) -> Path:
+def _export_random(model_name: str, input_shape, num_classes: int, out_dir: Path, pipeline: int = 0) -> Path:
+    """``model_name`` with its initial (random) weights, exported (cut into ``pipeline`` stages when given): speed
+    and bytes do not depend on the weights."""
     import torch
 
     from edgesplit.export.onnx_export import export_model
@@ -41,7 +43,7 @@ def _export_random(model_name: str, input_shape, num_classes: int, out_dir: Path
         "classes": [str(i) for i in range(num_classes)],
         "preprocess": {"size": [h, w], "mean": [0.5] * c, "std": [0.25] * c},
     }
-    export_model(model, ckpt, out_dir)
+    export_model(model, ckpt, out_dir, pipeline=pipeline)
     return out_dir
 
 

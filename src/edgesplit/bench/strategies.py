@@ -27,33 +27,13 @@ STRATEGY_ORDER = ("split", "pipeline", "data-parallel", "single")
 
 def _exports(cfg: StrategiesBench, devices: int, root: Path) -> dict[str, Path]:
     """Random-weight exports: the split model, the unsplit one whole, and cut into a stage per device."""
-    from edgesplit.export.onnx_export import export_model
-
-    split = _export_random(cfg.split_model, cfg.input_shape, cfg.num_classes, root / "split")
-    model, ckpt = _random_model(cfg)
-    export_model(model, ckpt, root / "whole")
-    export_model(model, ckpt, root / "pipeline", pipeline=min(devices, len(model.sequential_blocks())))
-    return {"split": split, "pipeline": root / "pipeline", "data-parallel": root / "whole", "single": root / "whole"}
-
-
-def _random_model(cfg: StrategiesBench):
-    import torch
-
-    from edgesplit.data.preprocess import Preprocess
     from edgesplit.models import create_model
 
-    c, h, w = cfg.input_shape
-    kw = {"num_classes": cfg.num_classes, "in_chans": c, "input_size": [h, w]}
-    torch.manual_seed(0)
-    model = create_model(cfg.unsplit_model, **kw).eval()
-    ckpt = {
-        "model": cfg.unsplit_model,
-        "model_kwargs": kw,
-        "state_dict": model.state_dict(),
-        "classes": [str(i) for i in range(cfg.num_classes)],
-        "preprocess": Preprocess((h, w), (0.5,) * c, (0.25,) * c).to_dict(),
-    }
-    return model, ckpt
+    blocks = len(create_model(cfg.unsplit_model).sequential_blocks())
+    split = _export_random(cfg.split_model, cfg.input_shape, cfg.num_classes, root / "split")
+    whole = _export_random(cfg.unsplit_model, cfg.input_shape, cfg.num_classes, root / "whole")
+    stages = _export_random(cfg.unsplit_model, cfg.input_shape, cfg.num_classes, root / "pipeline", min(devices, blocks))
+    return {"split": split, "pipeline": stages, "data-parallel": whole, "single": whole}
 
 
 def _serve(tb, export: Path, strategy: str):
