@@ -126,6 +126,7 @@ def test_every_block_answers_exact(mlp, coded):
     r = _run(_infer(coord, _x()))
     assert _exact(r.outputs["logits"], reference_forward(mlp, _x()))
     assert not r.parameters["degraded"] and r.parameters["decode_ms"] > 0
+    assert not r.parameters["recovered"]  # every data block answered: the parity's answer, there too, is not used
 
 
 def test_any_k_answers_decode_and_the_rest_is_cancelled(mlp, coded):

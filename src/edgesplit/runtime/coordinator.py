@@ -366,7 +366,9 @@ class Coordinator:
         code = self.codes[stage.name]
         if len(answers) >= code.k:
             t0 = time.perf_counter()
-            if any(i >= code.k for i in answers):
+            if all(i in answers for i in range(code.k)):  # every data block answered: the parity is not needed
+                answers = {i: answers[i] for i in range(code.k)}
+            else:
                 report.recovered = True
             out = merge_blocks(code.decode(answers), stage.out_features)
             report.decode_ms = (report.decode_ms or 0.0) + (time.perf_counter() - t0) * 1e3
