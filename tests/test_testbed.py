@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the testbed needs root (CI runs as root)")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists(),
+    reason="the testbed needs root (CI runs as root) and the cgroup v1 CPU controller",
+)
 
 SHAPE = (3, 96, 96)  # large enough that the payload, not the protocol's headers, is most of what a link carries
 LINK_MBPS = 20
