@@ -79,21 +79,17 @@ def layout(
     fleet_path: str | Path, name: str, link_mbps: float | None = None, devices_dir: str | None = None
 ) -> list[EmulatedDevice]:
     """The emulated devices of a fleet file: names, addresses, link rates and CPU shares (nothing is created)."""
-    import yaml
-
     from edgesplit.codesign.fleet import load_fleet
 
     if not NAME_RE.fullmatch(name):
         raise EdgesplitError(f"testbed name {name!r}: 1 to 6 lower-case letters or digits (it goes into interface names)")
     fleet = load_fleet(fleet_path, devices_dir)
-    entries = yaml.safe_load(Path(fleet_path).read_text())["devices"]
-    shares = [e.get("cpu_share") for e in entries for _ in range(int(e.get("count", len(e.get("addresses", [])) or 1)))]
     if len(fleet.devices) > 250:
         raise EdgesplitError(f"{fleet_path}: {len(fleet.devices)} devices; the testbed emulates at most 250")
     core = host_core_gflops()
     out = []
-    for i, (fd, share) in enumerate(zip(fleet.devices, shares)):
-        d = fd.device
+    for i, fd in enumerate(fleet.devices):
+        d, share = fd.device, fd.cpu_share
         if share is None:
             share = min(1.0, d.peak_gflops / d.cores / core) if d.kind == "cpu" else 1.0
         if not 0.01 <= float(share) <= 1.0:

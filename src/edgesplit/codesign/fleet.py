@@ -43,6 +43,7 @@ DEFAULT_PORT = 50051
 class FleetDevice:
     device: object  # FpgaDevice | CpuDevice
     address: str
+    cpu_share: float | None = None  # the testbed: the share of one core that emulates it (None: from the catalog)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,10 @@ def load_fleet(path: str | Path, devices_dir: str | None = None) -> Fleet:
         if not addresses:
             addresses = [f"127.0.0.1:{port + j}" for j in range(count)]
             port += count
-        out.extend(FleetDevice(dev, a) for a in addresses)
+        share = e.get("cpu_share")
+        if share is not None and not isinstance(share, (int, float)):
+            raise EdgesplitError(f"{path}: devices[{i}] cpu_share must be a number (a share of one core), got {share!r}")
+        out.extend(FleetDevice(dev, a, float(share) if share is not None else None) for a in addresses)
     if not out:
         raise EdgesplitError(f"{path} lists no devices")
     if link <= 0:
