@@ -176,20 +176,9 @@ class Evaluator:
         cached = self.journal.data["accuracy"].get(c.key)
         if cached is not None:
             return ProxyAccuracy.from_dict(cached)
-        from edgesplit.training.train import TrainConfig, train
+        from edgesplit.training.train import train
 
-        cfg = TrainConfig(
-            model="bundlenet",
-            dataset=self.dataset_name,
-            data_dir=self.data_dir,
-            input_size=c.input_size(self.image_hw),
-            model_kwargs=c.model_kwargs(),
-            epochs=self.proxy.epochs,
-            batch_size=self.proxy.batch_size,
-            max_train_samples=self.proxy.samples,
-            seed=self.seed,
-        )
-        summary = train(cfg, self.train_dir(c), resume=True)
+        summary = train(self._proxy_config(c, self.proxy.epochs, self.proxy.samples), self.train_dir(c), resume=True)
         scored = self.quantized_accuracy(self.train_dir(c), (c.wbits, c.fbits), self.val_idx[: self.proxy.val_images])
         acc = ProxyAccuracy(
             **scored,
@@ -200,6 +189,22 @@ class Evaluator:
         self.journal.save()
         return acc
 
+    def _proxy_config(self, c: Candidate, epochs: int, images: int):
+        """The short training of candidate ``c`` (the proxy's recipe) on the first ``images`` training images."""
+        from edgesplit.training.config import TrainConfig
+
+        return TrainConfig(
+            model="bundlenet",
+            dataset=self.dataset_name,
+            data_dir=self.data_dir,
+            input_size=c.input_size(self.image_hw),
+            model_kwargs=c.model_kwargs(),
+            epochs=epochs,
+            batch_size=self.proxy.batch_size,
+            max_train_samples=images,
+            seed=self.seed,
+        )
+
     def probe(self, c: Candidate) -> Speed:
         """This machine's speed at training and scoring ``c`` (the first bundle's prototype): a training of
         PROBE_IMAGES images; a first scoring (a new network's one-time costs), then two of half and twice PROBE_IMAGES
@@ -208,22 +213,11 @@ class Evaluator:
         cached = self.journal.data.get("speed")
         if cached is not None:
             return Speed(**cached)
-        from edgesplit.training.train import TrainConfig, train
+        from edgesplit.training.train import train
 
         run_dir = self.out_dir / "probe"
-        cfg = TrainConfig(
-            model="bundlenet",
-            dataset=self.dataset_name,
-            data_dir=self.data_dir,
-            input_size=c.input_size(self.image_hw),
-            model_kwargs=c.model_kwargs(),
-            epochs=1,
-            batch_size=self.proxy.batch_size,
-            max_train_samples=PROBE_IMAGES,
-            seed=self.seed,
-        )
         t0 = time.monotonic()
-        loop_s = train(cfg, run_dir, resume=True)["train_time_s"]
+        loop_s = train(self._proxy_config(c, 1, PROBE_IMAGES), run_dir, resume=True)["train_time_s"]
         train_s = time.monotonic() - t0
         self.test_images()  # loaded once per run: not a cost of each scoring
         t0 = time.monotonic()
