@@ -19,6 +19,13 @@ def test_balanced_partition_is_optimal():
     assert balanced_partition([10, 1, 1], 2) == [1]
 
 
+def test_balanced_partition_for_devices_of_different_speeds():
+    """Each group's MACs over its device's speed: a device twice as fast takes twice the work."""
+    assert balanced_partition([1] * 6, 2) == [3]
+    assert balanced_partition([1] * 6, 2, speeds=[2.0, 1.0]) == [4]  # 4 / 2 = 2 | 2 / 1 = 2
+    assert balanced_partition([1] * 6, 3, speeds=[4.0, 1.0, 1.0]) == [4, 5]
+
+
 def test_split_sends_fewer_bytes_than_layerwise_at_28px():
     shape = (1, 28, 28)
     kw = {"num_classes": 10, "in_chans": 1, "input_size": (28, 28)}

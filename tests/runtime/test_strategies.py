@@ -83,6 +83,21 @@ def test_pipeline_export_refuses_what_it_cannot_cut(exports, tmp_path):
     model, ckpt = _checkpoint("resnet18")
     with pytest.raises(EdgesplitError, match="--pipeline takes 2 to 11 stages for ResNet"):
         export_model(model, ckpt, tmp_path / "y", pipeline=40)
+    with pytest.raises(EdgesplitError, match="--pipeline-speeds: give 2 positive speeds"):
+        export_model(model, ckpt, tmp_path / "z", pipeline=2, pipeline_speeds=[1.0, 0.0])
+
+
+def test_pipeline_stages_follow_the_devices_speeds(exports, tmp_path):
+    """--pipeline-speeds: the fastest device's first stage holds more of the model than an equal cut gives it."""
+    from edgesplit.export.onnx_export import export_model
+    from edgesplit.hardware.graph import load_graph
+
+    model, ckpt = _checkpoint("resnet18")
+    export_model(model, ckpt, tmp_path / "equal", pipeline=2)
+    export_model(model, ckpt, tmp_path / "fast_first", pipeline=2, pipeline_speeds=[1.0, 3.0])  # sorted: 3 first
+    macs = {d: [load_graph(str(tmp_path / d / f"stage{i}.onnx")).macs for i in (0, 1)] for d in ("equal", "fast_first")}
+    assert macs["fast_first"][0] > macs["equal"][0]
+    assert macs["fast_first"][0] / sum(macs["fast_first"]) > 0.6
 
 
 @pytest.mark.skipif(

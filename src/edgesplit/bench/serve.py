@@ -25,9 +25,11 @@ from edgesplit.runtime.stats import latency_summary
 from edgesplit.runtime.tuning import deferring_to_workers
 
 
-def _export_random(model_name: str, input_shape, num_classes: int, out_dir: Path, pipeline: int = 0) -> Path:
-    """``model_name`` with its initial (random) weights, exported (cut into ``pipeline`` stages when given): speed
-    and bytes do not depend on the weights."""
+def _export_random(
+    model_name: str, input_shape, num_classes: int, out_dir: Path, pipeline: int = 0, pipeline_speeds=None
+) -> Path:
+    """``model_name`` with its initial (random) weights, exported (cut into ``pipeline`` stages when given, balanced
+    for ``pipeline_speeds``): speed and bytes do not depend on the weights."""
     import torch
 
     from edgesplit.export.onnx_export import export_model
@@ -43,7 +45,7 @@ def _export_random(model_name: str, input_shape, num_classes: int, out_dir: Path
         "classes": [str(i) for i in range(num_classes)],
         "preprocess": {"size": [h, w], "mean": [0.5] * c, "std": [0.25] * c},
     }
-    export_model(model, ckpt, out_dir, pipeline=pipeline)
+    export_model(model, ckpt, out_dir, pipeline=pipeline, pipeline_speeds=pipeline_speeds)
     return out_dir
 
 

@@ -174,9 +174,17 @@ def cmd_export(args) -> None:
             raise EdgesplitError("--code-head and --int8 cannot be combined; export the coded head in float32")
     if args.pipeline and args.int8:
         raise EdgesplitError("--pipeline and --int8 cannot be combined; export the stages in float32")
+    speeds = None
+    if args.pipeline_speeds:
+        if not args.pipeline:
+            raise EdgesplitError("--pipeline-speeds goes with --pipeline K")
+        try:
+            speeds = [float(v) for v in args.pipeline_speeds.split(",")]
+        except ValueError:
+            raise EdgesplitError(f"bad --pipeline-speeds {args.pipeline_speeds!r}; give K numbers, e.g. 2,1,1") from None
     model, ckpt = load_model(args.checkpoint)
     if not args.int8:
-        body = export_model(model, ckpt, args.out, code_head=code_head, pipeline=args.pipeline)
+        body = export_model(model, ckpt, args.out, code_head=code_head, pipeline=args.pipeline, pipeline_speeds=speeds)
         print(
             f"exported {ckpt['model']} to {args.out}: {', '.join(p['file'] for p in body['parts'])} + manifest.json "
             f"(max |onnxruntime - torch| = {body['parity_max_abs_diff']:.1e})"
@@ -277,6 +285,12 @@ def register(sub) -> None:
         default=0,
         metavar="K",
         help="cut an unsplit model into K stages of about equal MACs, one per device (`plan --strategy pipeline`); 0: not cut",
+    )
+    s.add_argument(
+        "--pipeline-speeds",
+        metavar="S1,S2,...",
+        help="with --pipeline K: the K devices' relative speeds; each stage's MACs in proportion "
+        "(the fastest device takes the first stage, as `plan` places it)",
     )
     s.set_defaults(func=cmd_export)
 

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from edgesplit.cli.common import add_dataclass_options, dataclass_from_args
+from edgesplit.cli.common import add_dataclass_options, dataclass_from_args, write_json
 from edgesplit.runtime.config import WAIT_READY_S, FaultConfig, WorkerConfig
 from edgesplit.runtime.plan import STRATEGIES, Plan
 from edgesplit.errors import EdgesplitError
@@ -106,12 +106,26 @@ def cmd_serve(args) -> None:
 def cmd_plan(args) -> None:
     from edgesplit.runtime.plan import coded_tolerance, make_plan, parts_by_address
 
-    try:
-        speeds = [float(v) for v in args.speeds.split(",")] if args.speeds else None
-    except ValueError:
-        raise EdgesplitError(f"bad --speeds {args.speeds!r}; give one number per worker, comma-separated, e.g. 1,2.5") from None
-    plan = make_plan(args.export_dir, args.workers, speeds, args.timeout_ms, args.input_dtype, args.strategy)
-    plan = replace(plan, export=str(Path(args.export_dir).resolve()))  # written relative to the plan's own folder
+    if bool(args.workers) == bool(args.fleet):
+        raise EdgesplitError("give the devices either as --workers HOST:PORT ... or as --fleet FLEET.yaml")
+    if args.strategy == "auto" and not args.fleet:
+        raise EdgesplitError("--strategy auto predicts from the device catalog: give the devices as --fleet FLEET.yaml")
+    if args.strategy != "auto" and len(args.exports) > 1:
+        raise EdgesplitError(f"{len(args.exports)} exports given; give one, or several with --strategy auto")
+    if args.strategy != "auto" and (args.slo_ms is not None or args.json):
+        raise EdgesplitError("--slo-ms and --json go with --strategy auto (predict every strategy and pick one)")
+    if args.fleet:
+        export, strategy, workers, speeds = _plan_from_fleet(args)
+    else:
+        try:
+            speeds = [float(v) for v in args.speeds.split(",")] if args.speeds else None
+        except ValueError:
+            raise EdgesplitError(
+                f"bad --speeds {args.speeds!r}; give one number per worker, comma-separated, e.g. 1,2.5"
+            ) from None
+        export, strategy, workers = args.exports[0], args.strategy, args.workers
+    plan = make_plan(export, workers, speeds, args.timeout_ms, args.input_dtype, strategy)
+    plan = replace(plan, export=str(Path(export).resolve()))  # written relative to the plan's own folder
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     plan.write(args.out)
     for p in plan.parts:
@@ -121,6 +135,29 @@ def cmd_plan(args) -> None:
     for line in coded_tolerance(plan):
         print(line)
     print(f"wrote {args.out}")
+
+
+def _plan_from_fleet(args) -> tuple[str, str | None, list[str], list[float]]:
+    """The export, strategy, addresses and speeds for a fleet file: with ``auto``, every strategy the exports are
+    made for is predicted from the device catalog and the best one chosen (the comparison is printed)."""
+    from edgesplit.codesign.fleet import load_fleet
+    from edgesplit.codesign.strategies import catalog_cost, fleet_nodes, predict_all, recommend, text_report, whole_ms
+
+    fleet = load_fleet(args.fleet, args.devices_dir)
+    nodes = fleet_nodes(fleet, args.link_mbps)
+    cost = catalog_cost(args.devices_dir)
+    if args.strategy == "auto":
+        options = {"timeout_ms": args.timeout_ms, "input_dtype": args.input_dtype}
+        predictions = predict_all(args.exports, nodes, cost, in_flight=args.in_flight, plan_options=options)
+        choice = recommend(predictions, args.slo_ms)
+        print(text_report(predictions, choice))
+        if args.json:
+            write_json({s: p.to_dict() for s, p in predictions.items()}, args.json)
+        export, strategy = predictions[choice[0]].export, choice[0]
+    else:
+        export, strategy = args.exports[0], args.strategy
+    speeds = [1e3 / max(1e-6, whole_ms(export, n, cost)) for n in nodes]
+    return export, strategy, [n.address for n in nodes], speeds
 
 
 def register(sub) -> None:
@@ -155,22 +192,44 @@ def register(sub) -> None:
     _limits_args(s)
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("plan", help="write a plan.yaml placing an export's parts on worker addresses")
-    s.add_argument("export_dir", help="an export folder (`edgesplit export`)")
+    s = sub.add_parser(
+        "plan",
+        help="write a plan.yaml placing an export's parts on worker addresses; "
+        "with --strategy auto --fleet, predict every strategy and pick one",
+    )
     s.add_argument(
+        "exports",
+        nargs="+",
+        metavar="EXPORT_DIR",
+        help="an export folder (`edgesplit export`); with --strategy auto, one per strategy to compare: a split "
+        "model's (split), an unsplit one's (data-parallel, single), one cut into stages (pipeline)",
+    )
+    devices = s.add_mutually_exclusive_group()
+    devices.add_argument(
         "--workers",
         nargs="+",
-        required=True,
         metavar="HOST:PORT",
         help="the workers' addresses, one per device (a part goes to each)",
     )
-    s.add_argument("--speeds", help="relative device speeds, one per worker, e.g. 2,1")
+    devices.add_argument(
+        "--fleet", metavar="FLEET.yaml", help="the devices as a fleet file: addresses, and speeds from the device catalog"
+    )
+    s.add_argument("--speeds", help="with --workers: relative device speeds, one per worker, e.g. 2,1")
     add_dataclass_options(s, Plan)
     s.add_argument(
         "--strategy",
-        choices=tuple(STRATEGIES),
+        choices=(*STRATEGIES, "auto"),
         help="how the model is spread over the workers (default: what the export is made for): "
-        + "; ".join(f"{k}: {v}" for k, v in STRATEGIES.items()),
+        + "; ".join(f"{k}: {v}" for k, v in STRATEGIES.items())
+        + "; auto (with --fleet): predict each from the device catalog and the links, print the comparison, "
+        "and plan the best (the lowest latency, or with --slo-ms the highest throughput within it)",
+    )
+    s.add_argument("--slo-ms", type=float, help="with auto: the latency a request must meet, ms")
+    s.add_argument("--in-flight", type=int, default=4, help="with auto: requests in flight for the throughput (default 4)")
+    s.add_argument("--link-mbps", type=float, help="with --fleet: every device's link rate (default: the fleet file's)")
+    s.add_argument("--devices-dir", help="with --fleet: a folder of your own device files (see `edgesplit devices`)")
+    s.add_argument(
+        "--json", nargs="?", const="-", help="with auto: write the predictions as JSON (to a file, or stdout with no value)"
     )
     s.add_argument(
         "--out",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -64,10 +65,12 @@ def export_model(
     seed: int = 0,
     code_head: tuple[int, int] | None = None,
     pipeline: int = 0,
+    pipeline_speeds: Sequence[float] | None = None,
 ) -> dict:
     """Export ``model`` (rebuilt from ``ckpt``) into ``out_dir``; returns the manifest body. ``pipeline=K``: an
     unsplit model cut into K stages of about equal MACs at its ``sequential_blocks()`` (``stage0.onnx`` ...),
-    each a worker's part, run one after the other with the activations passed on by the coordinator."""
+    each a worker's part, run one after the other with the activations passed on by the coordinator;
+    ``pipeline_speeds``: the devices' relative speeds, the stages' MACs in proportion."""
     if pipeline and (isinstance(model, SplitNet) or not hasattr(model, "sequential_blocks")):
         raise EdgesplitError(
             f"--pipeline cuts an unsplit model at its sequential blocks; {ckpt['model']} has none (export it as it is)"
@@ -106,7 +109,7 @@ def export_model(
             )
         feature_dims = list(model.feature_dims)
     elif pipeline:
-        pieces += _pipeline_stages(model, x, image, kw["num_classes"], pipeline)
+        pieces += _pipeline_stages(model, x, image, kw["num_classes"], pipeline, pipeline_speeds)
         feature_dims = []
     else:
         pieces.append(("model", "model", model, x, image, TensorSpec("logits", (-1, kw["num_classes"]), "float32")))
@@ -152,15 +155,22 @@ def export_model(
     return body
 
 
-def _pipeline_stages(model: nn.Module, x: torch.Tensor, image: TensorSpec, num_classes: int, k: int) -> list[tuple]:
-    """The model's sequential blocks in ``k`` contiguous groups of about equal MACs: (name, role, module, example
-    input, input spec, output spec) per stage; activations are named ``act1`` ... between them."""
+def _pipeline_stages(
+    model: nn.Module, x: torch.Tensor, image: TensorSpec, num_classes: int, k: int, speeds: Sequence[float] | None = None
+) -> list[tuple]:
+    """The model's sequential blocks in ``k`` contiguous groups of about equal MACs, or of MACs in proportion to
+    ``speeds`` (the devices' relative speeds; the fastest gets the first stage, as ``make_plan`` places it):
+    (name, role, module, example input, input spec, output spec) per stage; activations are named ``act1`` ...
+    between them."""
     from edgesplit.models.profile import balanced_partition, block_costs
 
     blocks = model.sequential_blocks()
     if not 2 <= k <= len(blocks):
         raise EdgesplitError(f"--pipeline takes 2 to {len(blocks)} stages for {type(model).__name__}, got {k}")
-    cuts = [0, *balanced_partition([c.macs for c in block_costs(model, tuple(x.shape[1:]))], k), len(blocks)]
+    if speeds is not None and (len(speeds) != k or min(speeds) <= 0):
+        raise EdgesplitError(f"--pipeline-speeds: give {k} positive speeds, one per stage, got {list(speeds)}")
+    ordered = sorted(speeds, reverse=True) if speeds else None
+    cuts = [0, *balanced_partition([c.macs for c in block_costs(model, tuple(x.shape[1:]))], k, ordered), len(blocks)]
     pieces, inp = [], image
     with torch.no_grad():
         for i, (a, b) in enumerate(zip(cuts, cuts[1:])):

@@ -141,8 +141,9 @@ def block_costs(model: nn.Module, input_shape: Sequence[int]) -> list[BlockCost]
     return out
 
 
-def balanced_partition(macs: Sequence[int], k: int) -> list[int]:
-    """Cut indices (exclusive ends of the first k-1 groups) minimising the largest group's MACs.
+def balanced_partition(macs: Sequence[int], k: int, speeds: Sequence[float] | None = None) -> list[int]:
+    """Cut indices (exclusive ends of the first k-1 groups) minimising the largest group's MACs, or with ``speeds``
+    (one per group, in order) the largest group's MACs over its device's speed.
 
     Exact dynamic programme over contiguous partitions; O(k n^2), n = number of blocks.
     """
@@ -158,7 +159,7 @@ def balanced_partition(macs: Sequence[int], k: int) -> list[int]:
     for g in range(1, k + 1):
         for i in range(g, n + 1):
             for j in range(g - 1, i):
-                cost = max(best[g - 1][j], prefix[i] - prefix[j])
+                cost = max(best[g - 1][j], (prefix[i] - prefix[j]) / (speeds[g - 1] if speeds else 1))
                 if cost < best[g][i]:
                     best[g][i], choice[g][i] = cost, j
     cuts, i = [], n
