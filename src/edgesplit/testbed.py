@@ -125,10 +125,15 @@ def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+def tbf_burst_bytes(mbps: float) -> int:
+    """The shaper's burst: 1 ms of traffic, at least two full Ethernet frames (a larger one lets a whole small
+    request through at once and hides the link's serialisation time)."""
+    return max(3028, int(mbps * 1e6 / 8 / 1000))
+
+
 def _shape(dev: str, mbps: float, namespace: str | None = None) -> None:
-    """A token bucket at ``mbps`` on ``dev``'s egress. Its burst is 1 ms of traffic (at least two full Ethernet
-    frames): a larger one lets a whole small request through at once and hides the link's serialisation time."""
-    burst_bytes = max(3028, int(mbps * 1e6 / 8 / 1000))
+    """A token bucket at ``mbps`` on ``dev``'s egress, with :func:`tbf_burst_bytes`."""
+    burst_bytes = tbf_burst_bytes(mbps)
     ns = ("-n", namespace) if namespace else ()
     _run("tc", *ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{mbps}mbit", "burst", str(burst_bytes),
          "latency", f"{TBF_LATENCY_MS}ms")  # fmt: skip

@@ -56,6 +56,11 @@ def test_closed_loop_rate_is_mean_value_analysis():
     assert closed_loop_rate(2.0, {"queue": 1.0}, 1) == pytest.approx(500.0)
     assert closed_loop_rate(2.0, {"queue": 1.0}, 2) == pytest.approx(800.0)
     assert closed_loop_rate(2.0, {"queue": 1.0}, 200) == pytest.approx(1000.0, rel=1e-3)  # the queue's rate, never more
+    # two queues a request visits at once (a split model's branches) wait as one, not one after the other
+    both = {"a": 1.0, "b": 1.0}
+    at_once = closed_loop_rate(1.0, both, 8, [[{"a": 1.0}, {"b": 1.0}]])
+    in_turn = closed_loop_rate(2.0, both, 8)
+    assert at_once == pytest.approx(closed_loop_rate(1.0, {"a": 1.0}, 8)) and at_once > in_turn
 
 
 def test_latency_and_bytes_follow_the_messages(unsplit):
@@ -146,13 +151,15 @@ def test_plan_auto_predicts_from_the_catalog_and_writes_the_chosen_plan(unsplit,
     exports = (random_export, unsplit / "whole", unsplit / "pipeline")
     proc = cli("plan", *exports, "--strategy", "auto", "--fleet", fleet, "--slo-ms", 1000, "--json", preds, "--out", out)
     assert proc.returncode == 0, proc.stderr
-    assert "recommended: data-parallel: the highest predicted throughput" in proc.stdout
     predicted = json.loads(preds.read_text())
     assert set(predicted) == {"split", "pipeline", "data-parallel", "single"}
-    assert predicted["data-parallel"]["throughput_rps"] > predicted["single"]["throughput_rps"]
+    assert predicted["data-parallel"]["throughput_rps"] > 1.5 * predicted["single"]["throughput_rps"]
+    best = max(predicted, key=lambda s: predicted[s]["throughput_rps"])  # every one meets 1000 ms here
+    assert f"recommended: {best}: the highest predicted throughput" in proc.stdout
     plan = load_plan(out)
-    assert Path(plan.export).resolve() == (unsplit / "whole").resolve()
-    assert [p.replicas for p in plan.parts] == [tuple(addresses)]
+    assert Path(plan.export).resolve() == Path(predicted[best]["export"]).resolve()
+    assert {p.name: list(p.replicas) for p in plan.parts} == predicted[best]["placement"]
+    assert {a for p in plan.parts for a in p.replicas} == set(addresses)
 
     proc = cli("plan", *exports, "--strategy", "auto", "--fleet", fleet, "--out", out)  # no objective: the fastest
     assert proc.returncode == 0 and "recommended: split: the lowest predicted latency" in proc.stdout

@@ -109,7 +109,7 @@ class StrategiesBench:
     requests: int = option(100, "requests per latency and throughput measurement")
     in_flight: int = option(4, "requests in flight for the throughput")
     kill_requests: int = option(60, "requests run while one device is killed (a third of the way through)")
-    calibration_requests: int = option(200, "requests of each calibration model (the runtime's costs per call)")
+    calibration_requests: int = option(300, "requests of each calibration model (the runtime's costs per call)")
     calibrate_only: bool = option(False, "measure the call costs of each device's CPU share, not the strategies")
     split_model: str = "resnet18-split2"
     unsplit_model: str = "resnet18"

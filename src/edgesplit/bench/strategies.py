@@ -45,7 +45,7 @@ def _exports(cfg: StrategiesBench, shares: list[float], root: Path) -> dict[str,
     return {"split": split, "pipeline": stages, "data-parallel": whole, "single": whole}
 
 
-CALIBRATION_CONVS = (0, 4, 16, 40)  # 3x3 convolutions of the calibration models: none (the call alone), more and more
+CALIBRATION_CONVS = (0, 2, 4, 8, 16, 24, 40)  # 3x3 convolutions of the calibration models: none (the call alone), more and more
 CALIBRATION_WIDTH = 32
 
 
@@ -152,13 +152,16 @@ def _calibrate(tb, exports: list[Path], part_ms: dict[Path, float], images: np.n
     latency and throughput against its time on one core here give that share's :class:`CallCost` (least squares;
     the busy time from the models that compute, the call alone being bound by the coordinator); the model that
     computes nothing gives the coordinator's CPU per call and the protocol's bytes per message."""
+    from edgesplit.testbed import tbf_burst_bytes
+
     c, h, w = cfg.input_shape
     overheads, calls, measured = Overheads(), {}, {}
     for share in sorted({d.cpu_share for d in tb.devices}):
         device = next(d for d in tb.devices if d.cpu_share == share)
         rows = [(part_ms[e / "model.onnx"], _measure_calls(tb, device.index, e, images, cfg)) for e in exports]
         measured[f"{share:g}"] = [{"part_ms": ms, **m} for ms, m in rows]
-        wire_ms = [m["bytes"] * 8 / (device.link_mbps * 1e3) for _, m in rows]
+        burst = tbf_burst_bytes(device.link_mbps)  # per message, as the prediction counts it
+        wire_ms = [max(0.0, m["bytes"] - 2 * burst) * 8 / (device.link_mbps * 1e3) for _, m in rows]
         x = np.array([ms for ms, _ in rows])
         lat = np.polyfit(x, [m["p50_ms"] - wm for (_, m), wm in zip(rows, wire_ms)], 1)
         busy = np.polyfit(x[1:], [1e3 / m["throughput_rps"] for _, m in rows[1:]], 1)
@@ -178,7 +181,12 @@ def _calibrate(tb, exports: list[Path], part_ms: dict[Path, float], images: np.n
 def _predict(tb, exports: dict[str, Path], part_ms: dict[Path, float], overheads: Overheads, calls, cfg) -> dict[str, Prediction]:
     """Each strategy on the testbed's devices: part times measured on one core here, each device's calls costed
     as calibrated for its CPU share."""
-    nodes = [FleetNode(d.address, d.device, d.link_mbps, calls[d.cpu_share], d.cpu_share) for d in tb.devices]
+    from edgesplit.testbed import tbf_burst_bytes
+
+    nodes = [
+        FleetNode(d.address, d.device, d.link_mbps, calls[d.cpu_share], d.cpu_share, tbf_burst_bytes(d.link_mbps))
+        for d in tb.devices
+    ]
 
     def cost(path: Path, node: FleetNode | None) -> float:
         return part_ms[path]

@@ -43,9 +43,9 @@ class CallCost:
     docs/benchmarks.md), the part's time counted once (a real device's, from the catalog; the testbed's
     quota stretches it, and ``bench strategies`` measures how much)."""
 
-    latency_ms: float = 1.13
+    latency_ms: float = 0.54
     latency_per_part_ms: float = 1.0
-    busy_ms: float = 0.81
+    busy_ms: float = 0.52
     busy_per_part_ms: float = 1.0
 
     def latency(self, part_ms: float) -> float:
@@ -64,7 +64,7 @@ class CallCost:
 class Overheads:
     """The coordinator's side: its CPU per part call, the protocol's bytes per message, its cores."""
 
-    coordinator_ms: float = 0.79  # the coordinator's CPU per part call (measured as CallCost's defaults)
+    coordinator_ms: float = 0.42  # the coordinator's CPU per part call (measured with CallCost's defaults)
     message_bytes: float = 0.0  # protocol bytes per message beyond the tensor and the segments' headers (measured: none)
     coordinator_cores: float = 1.0  # cores the coordinator's calls can use
     shared_cores: float | None = None  # the testbed: the cores every emulated device and the coordinator share
@@ -83,6 +83,7 @@ class FleetNode:
     link_mbps: float
     call: CallCost = CallCost()
     cpu_share: float = 1.0  # the testbed: the share of a core that emulates it (its CPU per busy ms)
+    link_burst_bytes: float = 0.0  # a shaped link's token bucket: bytes an idle link passes at once
 
 
 # ms one request takes for a part (an export's ONNX file) on a node; None: the coordinator's own core
@@ -139,6 +140,7 @@ def predict_plan(
     where = {p.name: list(p.replicas) for p in plan.parts}
     busy_ms: dict[str, float] = {}  # device time per request, each device
     link_bytes: dict[tuple[str, str], float] = {}  # (address, to_device | from_device) -> bytes per request
+    parallel: list[list[dict[str, float]]] = []  # each stage: each part's ms per request at each of its resources
     latency_ms = coordinator_ms = total_bytes = 0.0
     for stage in manifest.stages:
         if stage.local:
@@ -148,32 +150,36 @@ def predict_plan(
             continue
         size_in = overheads.wire_bytes(_payload_bytes(manifest, stage.input, plan.input_dtype))
         size_out = overheads.wire_bytes(_payload_bytes(manifest, stage.output, plan.input_dtype))
-        times = []
+        times, parts = [], []
         for name in stage.parts:
             replicas = where[name]
             path = manifest.path(manifest.part(name))
-            calls = []
+            calls, resources = [], {}
             for address in replicas:
                 node, share = nodes[address], 1.0 / len(replicas)
                 part_ms = part_cost(path, node)
-                wire_ms = (size_in + size_out) * 8 / (node.link_mbps * 1e3)
-                calls.append(wire_ms + node.call.latency(part_ms))
+                unshaped = max(0.0, size_in - node.link_burst_bytes) + max(0.0, size_out - node.link_burst_bytes)
+                calls.append(unshaped * 8 / (node.link_mbps * 1e3) + node.call.latency(part_ms))
                 busy_ms[address] = busy_ms.get(address, 0.0) + share * node.call.busy(part_ms)
+                resources[_device_key(address)] = share * node.call.busy(part_ms)
                 for direction, size in (("to_device", size_in), ("from_device", size_out)):
                     link_bytes[(address, direction)] = link_bytes.get((address, direction), 0.0) + share * size
+                    resources[_link_key(address, direction)] = share * size * 8 / (node.link_mbps * 1e3)
                 total_bytes += share * (size_in + size_out)
             times.append(sum(calls) / len(calls))
+            parts.append(resources)
             coordinator_ms += overheads.coordinator_ms
         latency_ms += _stage_ms(times, stage)
-    demands = {f"device {a}": ms for a, ms in busy_ms.items()}  # ms each resource is busy per request
+        parallel.append(parts)
+    demands = {_device_key(a): ms for a, ms in busy_ms.items()}  # ms each resource is busy per request
     for (address, direction), size in link_bytes.items():
-        demands[f"link {address} {direction.replace('_', ' ')}"] = size * 8 / (nodes[address].link_mbps * 1e3)
+        demands[_link_key(address, direction)] = size * 8 / (nodes[address].link_mbps * 1e3)
     if coordinator_ms > 0:
         demands["coordinator"] = coordinator_ms / overheads.coordinator_cores
     if overheads.shared_cores:
         cpu_ms = sum(ms * nodes[a].cpu_share for a, ms in busy_ms.items()) + coordinator_ms
         demands["this machine's cores"] = cpu_ms / overheads.shared_cores
-    throughput = closed_loop_rate(latency_ms, demands, in_flight)
+    throughput = closed_loop_rate(latency_ms, demands, in_flight, parallel)
     bound = max(demands, key=demands.get) if in_flight * 1e3 / latency_ms > 1e3 / max(demands.values()) else "requests in flight"
     return Prediction(
         strategy=strategy,
@@ -189,16 +195,29 @@ def predict_plan(
     )
 
 
-def closed_loop_rate(latency_ms: float, demands: dict[str, float], in_flight: int) -> float:
+def _device_key(address: str) -> str:
+    return f"device {address}"
+
+
+def _link_key(address: str, direction: str) -> str:
+    return f"link {address} {direction.replace('_', ' ')}"
+
+
+def closed_loop_rate(
+    latency_ms: float, demands: dict[str, float], in_flight: int, parallel: list[list[dict[str, float]]] = ()
+) -> float:
     """Requests/s with ``in_flight`` requests always outstanding, by mean value analysis of a closed queueing
     network (Reiser and Lavenberg, JACM 1980): each resource is a queue with its ``demands`` ms per request; a
-    request alone takes ``latency_ms`` (its branches in parallel, so not the demands' sum); each further request
-    in flight adds the time spent waiting behind the others."""
+    request alone takes ``latency_ms``; each further request in flight adds the time spent waiting behind the
+    others. ``parallel``: the stages whose parts a request visits at once (each part: its ms at each resource);
+    a stage's wait is its longest part's, not their sum (the fork-join of a split model's branches)."""
+    grouped = {k for stage in parallel for part in stage for k in part}
     queue = dict.fromkeys(demands, 0.0)
     rate = 0.0
     for n in range(1, in_flight + 1):
-        response_ms = latency_ms + sum(d * queue[k] for k, d in demands.items())
-        rate = n / response_ms  # per ms
+        wait_ms = sum(d * queue[k] for k, d in demands.items() if k not in grouped)
+        wait_ms += sum(max(sum(ms * queue[k] for k, ms in part.items()) for part in stage) for stage in parallel if stage)
+        rate = n / (latency_ms + wait_ms)  # per ms
         queue = {k: rate * d * (1 + queue[k]) for k, d in demands.items()}
     return rate * 1e3
 
