@@ -119,3 +119,30 @@ class StrategiesBench:
     def __post_init__(self):
         if self.requests < 1 or self.in_flight < 1 or self.kill_requests < 3:
             raise EdgesplitError("--requests and --in-flight must be at least 1, --kill-requests at least 3")
+
+
+def parse_counts(text: str) -> tuple[int, ...]:
+    """'8,64,1000' -> fleet sizes."""
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise EdgesplitError(f"bad --sizes {text!r}; give fleet sizes of at least 1, comma-separated, e.g. 8,64,1000")
+    return sizes
+
+
+@dataclass(frozen=True)
+class ScaleBench:
+    sizes: tuple[int, ...] = option(
+        (8, 12, 64, 256, 1000), "fleet sizes to plan, comma-separated", parse=parse_counts, text="8,12,64,256,1000"
+    )
+    kinds: tuple[str, ...] = option(
+        ("pynq-z1", "raspberry-pi-4", "ultra96-v2", "jetson-nano-cpu"),
+        "catalog devices the fleets are made of, in turn, comma-separated",
+        parse=comma_list,
+        text="pynq-z1,raspberry-pi-4,ultra96-v2,jetson-nano-cpu",
+    )
+    exhaustive_up_to: int = option(12, "also plan by trying every set of devices, on fleets up to this size")
+    link_mbps: float = option(1000.0, "the coordinator's link, Mbit/s")
+    bundle: str = "dw3-pw1"  # the network planned: a co-design candidate of this bundle, 8-bit

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from edgesplit.bench.config import AbuseBench, FaultsBench, Int8Bench, ServeBench, StrategiesBench
+from edgesplit.bench.config import AbuseBench, FaultsBench, Int8Bench, ScaleBench, ServeBench, StrategiesBench
 from edgesplit.cli.common import add_dataclass_options, dataclass_from_args, write_json
 
 
@@ -40,6 +40,12 @@ def cmd_bench_strategies(args) -> None:
     _report(bench_strategies(dataclass_from_args(StrategiesBench, args)), text_report, args)
 
 
+def cmd_bench_scale(args) -> None:
+    from edgesplit.bench.scale import bench_scale, text_report
+
+    _report(bench_scale(dataclass_from_args(ScaleBench, args)), text_report, args)
+
+
 def _report(r: dict, text_report, args) -> None:
     print(text_report(r))
     if args.json:
@@ -63,6 +69,7 @@ def register(sub) -> None:
             StrategiesBench,
             cmd_bench_strategies,
         ),
+        ("scale", "planning time against fleet size: hardware model table and allocation", ScaleBench, cmd_bench_scale),
     ):
         b = bench.add_parser(name, help=helptext)
         if cls is Int8Bench:

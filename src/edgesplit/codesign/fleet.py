@@ -110,55 +110,138 @@ def bit_options(chosen: Candidate) -> list[tuple[int, int]]:
     return sorted({(chosen.wbits, chosen.fbits), *cheaper}, reverse=True)
 
 
-def allocate(ev, chosen: Candidate, fleet: Fleet) -> list[dict]:
-    """Every device set and, per FPGA branch, bit widths, with balanced shares; highest throughput first
-    (ties: wider bits first). CPU branches run float32."""
+RateTable = dict  # (device name, bits or None) -> {share of the width: FPS}
+
+
+def rate_table(rate, fleet: Fleet, options_bits: list[tuple[int, int]]) -> RateTable:
+    """FPS of each kind of device of ``fleet`` (at each of ``options_bits`` for an FPGA board, float for a CPU) for
+    each share of the width on the grid: ``rate(device, bits, share)``. Devices of one kind are interchangeable,
+    so the table grows with the kinds, not with the fleet."""
     grid = [i / SHARE_STEPS for i in range(1, SHARE_STEPS + 1)]
-    options_bits = bit_options(chosen)
-    table: dict[tuple[str, tuple[int, int] | None], dict[float, float]] = {}
+    table: RateTable = {}
     for fd in fleet.devices:
         for bits in options_bits if fd.device.kind == "fpga" else [None]:
             key = (fd.device.name, bits)
             if key not in table:
-                table[key] = {}
-                for s in grid:
-                    hw = ev.hardware(_at_bits(chosen, bits), device=fd.device, width_mult=s)
-                    table[key][s] = hw.fps if hw.fits else 0.0
-    in_bytes = ev.in_chans * chosen.input_size(ev.image_hw)[0] * chosen.input_size(ev.image_hw)[1]  # uint8
-    feat_bytes = 4 * chosen.channels[-1]
-    link_bytes_s = fleet.link_mbps * 1e6 / 8
+                table[key] = {s: rate(fd.device, bits, s) for s in grid}
+    return table
+
+
+def _link_fps(fleet: Fleet, k: int, in_bytes: float, feat_bytes: float) -> float:
+    """Requests/s the coordinator's link carries with k branches: the input sent to each (unicast: k copies) and
+    the features back."""
+    return fleet.link_mbps * 1e6 / 8 / (k * in_bytes + feat_bytes)
+
+
+def _option(fleet: Fleet, members: list[tuple[int, tuple[int, int] | None, float]], rate: float, link_fps: float) -> dict:
+    """One allocation: (device index, bits, share on the grid) per branch, the shares scaled to add up to 1."""
+    total = sum(s for _, _, s in members)
+    return {
+        "k": len(members),
+        "devices": [fleet.devices[i].device.name for i, _, _ in members],
+        "addresses": [fleet.devices[i].address for i, _, _ in members],
+        "shares": [s / total for _, _, s in members],
+        "rate": rate,  # every branch reaches at least this FPS (the grid's)
+        "link_fps": link_fps,
+        "fps": min(rate, link_fps),
+        "bound": "link" if link_fps < rate else "devices",
+        "branch_bits": [list(b) if b else None for _, b, _ in members],
+        "bits": [f"W{b[0]}/F{b[1]}" if b else "float32" for _, b, _ in members],
+    }
+
+
+def allocate(table: RateTable, fleet: Fleet, in_bytes: float, feat_bytes: float) -> list[dict]:
+    """For each number of branches k, the devices and bit widths with the highest balanced rate; highest
+    throughput first (ties: fewer branches). Devices of one kind are interchangeable and a branch's rate falls
+    as its share grows, so for a rate t each device takes the widest share that still reaches t (at its best
+    widths: wider bits on ties) and the k devices with the widest shares are the best k: t is feasible with k
+    branches when their shares add up to the full width. Each rate on the table is tried once, from the highest
+    down, and every k takes the first that is feasible for it: the same rate as trying every set of devices
+    (``allocate_exhaustive``), in time that grows with the kinds of devices, not 2^n. No more than
+    ``SHARE_STEPS`` branches: each takes at least one step of the width."""
+    max_k = min(len(fleet.devices), SHARE_STEPS)  # every share is at least one step: more branches add nothing
+    by_kind: dict[str, list[int]] = {}
+    for i, fd in enumerate(fleet.devices):
+        by_kind.setdefault(fd.device.name, []).append(i)
+    levels = sorted({r for t in table.values() for r in t.values() if r > 0}, reverse=True)
+    best: dict[int, dict] = {}
+    for t in levels:
+        widest = []  # per kind: (share, bits, kind) at rate t
+        for kind in by_kind:
+            choices = [
+                (max((s for s, r in rates.items() if r >= t), default=0.0), sum(bits or (0, 0)), bits)
+                for (name, bits), rates in table.items()
+                if name == kind
+            ]
+            share, _, bits = max(choices, key=lambda c: (c[0], c[1]))
+            if share > 0:
+                widest.append((share, bits, kind))
+        widest.sort(key=lambda w: -w[0])
+        members, covered = [], 0.0
+        for share, bits, kind in widest:
+            for i in by_kind[kind][: max_k - len(members)]:
+                members.append((i, bits, share))
+                covered += share
+                k = len(members)
+                if covered >= 1.0 - 1e-9 and k not in best:
+                    best[k] = _option(fleet, list(members), t, _link_fps(fleet, k, in_bytes, feat_bytes))
+        if len(best) == max_k:
+            break
+    return sorted(best.values(), key=lambda o: (-o["fps"], o["k"]))
+
+
+def allocate_exhaustive(table: RateTable, fleet: Fleet, in_bytes: float, feat_bytes: float) -> list[dict]:
+    """Every set of devices and, per FPGA branch, bit widths, balanced (:func:`balance`); highest throughput first.
+    2^n sets: the reference :func:`allocate` is tested against, on small fleets."""
     options, seen = [], set()
-    for k in range(1, len(fleet.devices) + 1):
-        for subset in itertools.combinations(range(len(fleet.devices)), k):
-            devices = [fleet.devices[i] for i in subset]
-            choices = [options_bits if d.device.kind == "fpga" else [None] for d in devices]
-            for bits in itertools.product(*choices):
-                key = tuple(sorted(zip((d.device.name for d in devices), (b or (0, 0) for b in bits))))
-                if key in seen:  # the same devices and widths in another order, or another copy of a board
+    n = len(fleet.devices)
+    bit_choices = {
+        name: sorted({b for (d, b) in table if d == name}, key=lambda b: b or (0, 0), reverse=True) for name, _ in table
+    }
+    for k in range(1, n + 1):
+        for subset in itertools.combinations(range(n), k):
+            names = [fleet.devices[i].device.name for i in subset]
+            for bits in itertools.product(*(bit_choices[name] for name in names)):
+                key = tuple(sorted(zip(names, (b or (0, 0) for b in bits))))
+                if key in seen:  # the same kinds and widths in another order, or another copy of a board
                     continue
                 seen.add(key)
-                found = balance([table[(d.device.name, b)] for d, b in zip(devices, bits)])
+                found = balance([table[(name, b)] for name, b in zip(names, bits)])
                 if found is None:
                     continue
-                _, shares = found
-                fps = [
-                    ev.hardware(_at_bits(chosen, b), device=d.device, width_mult=s).fps for d, b, s in zip(devices, bits, shares)
-                ]
-                link_fps = link_bytes_s / (k * in_bytes + feat_bytes)
-                options.append(
-                    {
-                        "k": k,
-                        "devices": [d.device.name for d in devices],
-                        "addresses": [d.address for d in devices],
-                        "shares": shares,
-                        "branch_fps": fps,
-                        "link_fps": link_fps,
-                        "fps": min(min(fps), link_fps),
-                        "branch_bits": [list(b) if b else None for b in bits],
-                        "bits": [f"W{b[0]}/F{b[1]}" if b else "float32" for b in bits],
-                    }
-                )
-    return sorted(options, key=lambda o: (-o["fps"], -sum(b[0] + b[1] for b in o["branch_bits"] if b)))
+                t, shares = found
+                members = [(i, b, s) for i, b, s in zip(subset, bits, shares)]
+                options.append(_option(fleet, members, t, _link_fps(fleet, k, in_bytes, feat_bytes)))
+    return sorted(options, key=lambda o: (-o["fps"], o["k"], -sum(b[0] + b[1] for b in o["branch_bits"] if b)))
+
+
+def fleet_options(ev, chosen: Candidate, fleet: Fleet) -> list[dict]:
+    """:func:`allocate` with the hardware model of ``ev`` for the chosen network, each option's branches then
+    costed at their exact shares (``branch_fps``; ``fps`` is their slowest or the link's)."""
+    options_bits = bit_options(chosen)
+
+    def rate(device, bits, share: float) -> float:
+        hw = ev.hardware(_at_bits(chosen, bits), device=device, width_mult=share)
+        return hw.fps if hw.fits else 0.0
+
+    h, w = chosen.input_size(ev.image_hw)
+    in_bytes = ev.in_chans * h * w  # uint8
+    feat_bytes = 4 * chosen.channels[-1]
+    table = rate_table(rate, fleet, options_bits)
+    options = allocate(table, fleet, in_bytes, feat_bytes)
+    searched = (chosen.wbits, chosen.fbits)  # the searched network whole on one board: the fallback
+    alone = [(r[1.0], i) for i, d in enumerate(fleet.devices) if (r := table.get((d.device.name, searched))) and r[1.0] > 0]
+    if alone and not any(o["k"] == 1 and o["branch_bits"] == [list(searched)] for o in options):
+        fps, i = max(alone)
+        options.append(_option(fleet, [(i, searched, 1.0)], fps, _link_fps(fleet, 1, in_bytes, feat_bytes)))
+        options.sort(key=lambda o: (-o["fps"], o["k"]))
+    devices = {d.device.name: d.device for d in fleet.devices}
+    for o in options[:SHOWN_OPTIONS]:  # the ones shown and tried first: the exact rate at their shares
+        o["branch_fps"] = [
+            rate(devices[d], tuple(b) if b else None, s) for d, b, s in zip(o["devices"], o["branch_bits"], o["shares"])
+        ]
+        o["fps"] = min(min(o["branch_fps"]), o["link_fps"])
+    return options
 
 
 def _at_bits(chosen: Candidate, bits: tuple[int, int] | None) -> Candidate:
@@ -224,7 +307,7 @@ def plan_fleet(
     chosen = Candidate.from_dict(chosen_final["candidate"])
     bits = (chosen.wbits, chosen.fbits)
     floor = cfg.accuracy_floor if cfg.accuracy_floor is not None else chosen_final["val"]["ptq_top1"] - 0.02
-    options = allocate(ev, chosen, fleet)
+    options = fleet_options(ev, chosen, fleet)
     progress(f"{len(options)} fleet options; the fastest:")
     for o in options[:SHOWN_OPTIONS]:
         progress(

@@ -93,6 +93,7 @@ class MultCost:
     ff: float
 
 
+@lru_cache(maxsize=4096)  # pure, and asked for the same few width pairs by every design ``tune`` tries
 def mult_cost(
     wbits: int, fbits: int, dsp_type: str, float32: bool = False, pack: bool = True, symmetric: bool = False
 ) -> MultCost:
