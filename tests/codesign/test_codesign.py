@@ -113,6 +113,12 @@ def test_fleet_file(tmp_path):
     f.write_text("devices:\n  - {device: pynq-z1, count: 2, addresses: ['a:1']}\n")
     with pytest.raises(EdgesplitError, match="count 2 but 1 addresses"):
         load_fleet(f)
+    f.write_text("devices:\n  - {device: pynq-z1, count: 0}\n")
+    with pytest.raises(EdgesplitError, match="count must be a whole number of at least 1, got 0"):
+        load_fleet(f)
+    f.write_text("devices: []\n")
+    with pytest.raises(EdgesplitError, match="lists no devices"):
+        load_fleet(f)
     f.write_text("devices:\n  - {device: no-such-board}\n")
     with pytest.raises(EdgesplitError, match="unknown device"):
         load_fleet(f)

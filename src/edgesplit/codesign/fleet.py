@@ -70,7 +70,12 @@ def load_fleet(path: str | Path, devices_dir: str | None = None) -> Fleet:
     for i, e in enumerate(entries or []):
         if not isinstance(e, dict) or "device" not in e:
             raise EdgesplitError(f"{path}: devices[{i}] needs a device: name")
-        count = int(e.get("count", len(e.get("addresses", [])) or 1))
+        try:
+            count = int(e.get("count", len(e.get("addresses", [])) or 1))
+        except (TypeError, ValueError):
+            count = 0
+        if count < 1:
+            raise EdgesplitError(f"{path}: devices[{i}] count must be a whole number of at least 1, got {e.get('count')!r}")
         addresses = list(e.get("addresses", []))
         if addresses and len(addresses) != count:
             raise EdgesplitError(f"{path}: devices[{i}] has count {count} but {len(addresses)} addresses")
