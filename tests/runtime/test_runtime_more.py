@@ -237,3 +237,26 @@ def test_the_coordinators_thread_defers_to_local_workers(random_export, images_u
     )
     assert not has_local_workers(remote)
     assert has_local_workers(replace(remote, parts=(*remote.parts[:1], PartPlacement("branch1", ("localhost:50052",)))))
+
+
+def test_more_requests_in_flight_than_a_workers_streams_over_grpc(random_export, images_u8):
+    """A worker takes 16 calls at once on a connection and resets the rest (REFUSED_STREAM); with 40 requests in
+    flight the coordinator keeps under that and every request is answered exactly (they were failed before)."""
+    from edgesplit.runtime.client import AsyncClient
+    from edgesplit.runtime.transport.grpc_peer import CALLS_PER_PEER
+    from edgesplit.runtime.transport.grpc_server import STREAMS_PER_CONNECTION
+
+    assert CALLS_PER_PEER < STREAMS_PER_CONNECTION
+
+    async def go(plan):
+        client = await AsyncClient.connect(plan)
+        try:
+            return await asyncio.gather(*(client.infer_result(images_u8) for _ in range(200)), return_exceptions=True)
+        finally:
+            await client.close()
+
+    with LocalCluster(random_export, pin=False, transport="grpc") as cluster:
+        results = asyncio.run(go(cluster.plan()))
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert not failed, failed[:3]
+    assert not any(r.parameters.get("degraded") for r in results)

@@ -145,4 +145,8 @@ class ScaleBench:
     )
     exhaustive_up_to: int = option(12, "also plan by trying every set of devices, on fleets up to this size")
     link_mbps: float = option(1000.0, "the coordinator's link, Mbit/s")
+    parts: tuple[int, ...] = option((2, 8), "parts per request for the coordinator's rate", parse=parse_counts, text="2,8")
+    requests: int = option(3000, "requests per coordinator measurement")
+    in_flight: int = option(32, "requests in flight for the coordinator's rate")
+    rounds: int = option(3, "coordinator measurements per setting; medians are reported")
     bundle: str = "dw3-pw1"  # the network planned: a co-design candidate of this bundle, 8-bit

@@ -1,17 +1,27 @@
-"""``edgesplit bench scale``: how planning grows with the fleet (issue 20).
+"""``edgesplit bench scale``: how planning grows with the fleet, and how many requests one coordinator routes
+(issue 20).
 
 Planning a split network over a fleet (``codesign/fleet.py``) costs the network on each kind of device at each
 share of the width and bit width (the hardware model: ``rate_table``), then allocates branches to devices
 (``allocate``). Both are timed for fleets of ``sizes`` devices made of ``kinds`` in turn, with a cold hardware
 model cache for each size; on fleets up to ``exhaustive_up_to`` devices, the allocation that tries every set of
 devices (``allocate_exhaustive``) is timed on the same table and its best throughput compared.
+
+The coordinator's rate: a split model of ``parts`` branches that compute almost nothing (each the mean of a
+1x8x8 image; the head one small matrix product) served by local workers over Unix sockets and over loopback
+gRPC, ``in_flight`` requests at a time from this process, pinned to one core (the workers share the others).
+Its CPU time per request (this process's, all threads) gives the requests/s one coordinator core routes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from edgesplit.bench.config import ScaleBench
 from edgesplit.bench.serve import machine_info
@@ -70,8 +80,101 @@ def _plan_once(cfg: ScaleBench, n: int, root: Path) -> dict:
     return row
 
 
+TINY_SHAPE = (1, 8, 8)
+
+
+def _tiny_split(k: int, out: Path) -> Path:
+    """A split export of ``k`` branches that compute almost nothing: each the mean of the image, the head a
+    (k, 10) matrix product."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgesplit.manifest import PartSpec, TensorSpec, sha256_file, write_manifest
+
+    c, h, w = TINY_SHAPE
+    out.mkdir(parents=True, exist_ok=True)
+    opset = [helper.make_opsetid("", 17)]
+    parts = []
+    for i in range(k):
+        graph = helper.make_graph(
+            [helper.make_node("GlobalAveragePool", ["input"], ["p"]), helper.make_node("Flatten", ["p"], ["features"])],
+            f"branch{i}",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", c, h, w])],
+            [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", c])],
+        )
+        onnx.save(helper.make_model(graph, opset_imports=opset), out / f"branch{i}.onnx")
+        spec = PartSpec(f"branch{i}", "branch", f"branch{i}.onnx", sha256_file(out / f"branch{i}.onnx"),
+                        (TensorSpec("input", (-1, c, h, w), "float32"),), (TensorSpec("features", (-1, c), "float32"),))  # fmt: skip
+        parts.append(spec.to_dict())
+    weights = numpy_helper.from_array(np.eye(k * c, 10, dtype=np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "W"], ["logits"])],
+        "head",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", k * c])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [weights],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=opset), out / "head.onnx")
+    head = PartSpec("head", "head", "head.onnx", sha256_file(out / "head.onnx"),
+                    (TensorSpec("features", (-1, k * c), "float32"),), (TensorSpec("logits", (-1, 10), "float32"),))  # fmt: skip
+    parts.append(head.to_dict())
+    body = {"model": f"tiny-split{k}", "model_kwargs": {}, "input_shape": list(TINY_SHAPE),
+            "preprocess": {"size": [h, w], "mean": [0.5] * c, "std": [0.25] * c}, "classes": [str(i) for i in range(10)],
+            "feature_dims": [c] * k, "parts": parts, "opset": 17}  # fmt: skip
+    write_manifest(out, body)
+    return out
+
+
+async def _route(plan, cfg: ScaleBench) -> tuple[float, float]:
+    """Requests/s and this process's CPU microseconds per request, ``cfg.in_flight`` requests at a time."""
+    from edgesplit.runtime.client import AsyncClient
+
+    client = await AsyncClient.connect(plan)
+    try:
+        x = np.random.default_rng(0).integers(0, 256, (1, *TINY_SHAPE), dtype=np.uint8)
+        for _ in range(50):
+            await client.infer(x)
+        slots = asyncio.Semaphore(cfg.in_flight)
+
+        async def one():
+            async with slots:
+                await client.infer(x)
+
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(one() for _ in range(cfg.requests))), timeout=600)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    finally:
+        await client.close()
+    return cfg.requests / wall, cpu / cfg.requests * 1e6
+
+
+def _coordinator_rate(cfg: ScaleBench, root: Path) -> list[dict]:
+    from edgesplit.runtime.cluster import LocalCluster
+    from edgesplit.runtime.transport import TRANSPORTS
+
+    rows = []
+    before = os.sched_getaffinity(0)
+    try:
+        for k in cfg.parts:
+            export = _tiny_split(k, root / f"tiny{k}")
+            for transport in TRANSPORTS:
+                with LocalCluster(export, transport=transport) as cluster:
+                    os.sched_setaffinity(0, {min(before)})  # the workers, started first, keep the other cores
+                    runs = [asyncio.run(_route(cluster.plan(), cfg)) for _ in range(cfg.rounds)]
+                    os.sched_setaffinity(0, before)
+                rps, us = (float(np.median([r[i] for r in runs])) for i in (0, 1))
+                rows.append({"parts": k, "transport": transport, "rps": rps, "cpu_us_per_request": us,
+                             "rps_per_core": 1e6 / us, "runs": [list(r) for r in runs]})  # fmt: skip
+    finally:
+        os.sched_setaffinity(0, before)
+    return rows
+
+
 def bench_scale(cfg: ScaleBench) -> dict:
     with tempfile.TemporaryDirectory(prefix="edgesplit-scale-") as tmp:
+        # the coordinator first: planning loads torch and the hardware model, a heap that slows every later turn of
+        # the event loop's garbage collection
+        coordinator = _coordinator_rate(cfg, Path(tmp)) if cfg.parts else []
         planning = [_plan_once(cfg, n, Path(tmp)) for n in cfg.sizes]
     return {
         "benchmark": "scale",
@@ -79,6 +182,7 @@ def bench_scale(cfg: ScaleBench) -> dict:
         "network": f"{cfg.bundle} co-design candidate (8-bit), Fashion-MNIST input",
         "link_mbps": cfg.link_mbps,
         "planning": planning,
+        "coordinator": {"in_flight": cfg.in_flight, "requests": cfg.requests, "rounds": cfg.rounds, "rows": coordinator},
     }
 
 
@@ -95,4 +199,12 @@ def text_report(r: dict) -> str:
             f"{row['devices']:>8}{row['table_s']:>9.2f}{row['allocate_s']:>12.4f}{row['plan_s']:>8.2f}  "
             f"k={b['k']}, {b['fps']:.1f} FPS, {b['bound']:<8}{every}"
         )
+    c = r["coordinator"]
+    if c["rows"]:
+        lines.append(f"one coordinator, parts that compute almost nothing, {c['in_flight']} requests in flight (medians):")
+        for row in c["rows"]:
+            lines.append(
+                f"  {row['parts']} parts over {row['transport']:<5}: {row['rps']:7.0f} req/s, "
+                f"{row['cpu_us_per_request']:5.0f} us of coordinator CPU per request = {row['rps_per_core']:6.0f} req/s per core"
+            )
     return "\n".join(lines)

@@ -56,6 +56,10 @@ def make_channel(
 
 
 RECONNECT_BACKOFF_MAX_MS = 1000
+# Calls at once to one peer, the rest wait here. A server limits the streams of one connection (ours to 16: a
+# stream over the limit is reset, REFUSED_STREAM) and frees a slot a moment after its answer reaches us, so the
+# coordinator keeps well under that: 32 requests in flight to a worker were reset without this.
+CALLS_PER_PEER = 8
 
 
 class GrpcPeer:
@@ -74,6 +78,7 @@ class GrpcPeer:
             _registered_method=True,
         )
         self._metadata = (("authorization", f"Bearer {security.token}"),) if security.token else None
+        self._calls = asyncio.Semaphore(CALLS_PER_PEER)
 
     def __repr__(self) -> str:
         return f"GrpcPeer({self.model_name}@{self.address})"
@@ -83,9 +88,10 @@ class GrpcPeer:
     ) -> InferResult:
         """``parameters``: the request's KServe v2 parameters."""
         req = codec.serialize_request(self.model_name, plain(inputs), request_id, parameters)  # remote: no shared memory
-        sent_at = time.monotonic()
         try:
-            resp = await self._model_infer(req, timeout=timeout_s, metadata=self._metadata)
+            async with self._calls:
+                sent_at = time.monotonic()
+                resp = await self._model_infer(req, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
             raise status_error(err.code().name, err.details(), self) from None
         try:

@@ -60,6 +60,7 @@ class _Connection(asyncio.Protocol):
         self.frames = FrameReader()
         self.transport: asyncio.Transport | None = None
         self._expiry: asyncio.TimerHandle | None = None  # fires at the earliest deadline of the calls pending
+        self._outbox: list[bytes] = []  # frames written this turn of the loop, sent together at its end
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -96,10 +97,23 @@ class _Connection(asyncio.Protocol):
         fut = loop.create_future()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         self.pending[call_id] = (fut, decode, deadline)
-        self.transport.write(_frame(kind, call_id, body))
+        self._write(_frame(kind, call_id, body))
         if deadline is not None and (self._expiry is None or deadline < self._expiry.when()):
             self._arm(deadline)
         return fut
+
+    def _write(self, frame: bytes) -> None:
+        """Frames go out once per turn of the loop: with many requests in flight, the calls that several of them
+        make to this worker in one turn leave in one write (one system call, one wake-up of the worker), not one
+        each."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
+        if not self.closed:
+            self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def _arm(self, when: float) -> None:
         if self._expiry is not None:
@@ -121,7 +135,7 @@ class _Connection(asyncio.Protocol):
 
     def forget(self, call_id: int) -> None:
         if self.pending.pop(call_id, None) is not None and not self.closed:
-            self.transport.write(_frame(CANCEL, call_id, b""))
+            self._write(_frame(CANCEL, call_id, b""))
 
     async def close(self) -> None:
         self.closed = True

@@ -142,6 +142,9 @@ class UnixSocketServer:
             pass
 
 
+BATCH_HOLD_S = 0.0005  # the longest an answer waits for the other answers of its read
+
+
 class _ServerConnection(asyncio.Protocol):
     """One client's connection to a :class:`UnixSocketServer`: frames are handled as they arrive, with no reader
     task between the socket and the handler. An INFER for a synchronous model (``infer_now``) while nothing else
@@ -157,6 +160,8 @@ class _ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.last_received = time.monotonic()
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._batch: list[bytes] | None = None  # answers held while the calls of one read are answered
+        self._batch_t0 = 0.0
 
     def decode(self, body: bytes, server: UnixSocketServer) -> Call:
         """The call a request body asks for. A coordinator sends the same request again and again but for its id
@@ -213,10 +218,30 @@ class _ServerConnection(asyncio.Protocol):
         self.transport.resume_reading()
 
     def write(self, frame: bytes) -> None:
-        if not self.transport.is_closing():
-            self.transport.write(frame)
+        if self._batch is None:
+            if not self.transport.is_closing():
+                self.transport.write(frame)
+            return
+        self._batch.append(frame)
+        if time.perf_counter() - self._batch_t0 > BATCH_HOLD_S:  # answers that took long to compute go now
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self._batch, self._batch_t0 = self._batch, [], time.perf_counter()
+        if batch and not self.transport.is_closing():
+            self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
 
     def data_received(self, data: bytes) -> None:
+        # the answers to the calls of one read (a coordinator with many requests in flight sends several at once)
+        # leave together: one system call and one wake-up of the coordinator, not one each
+        self._batch, self._batch_t0 = [], time.perf_counter()
+        try:
+            self._read(data)
+        finally:
+            self._flush()
+            self._batch = None
+
+    def _read(self, data: bytes) -> None:
         server = self.server
         self.last_received = received_at = time.monotonic()
         frames = self.frames.feed(data)
