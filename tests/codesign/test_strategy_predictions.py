@@ -179,3 +179,24 @@ def test_plan_auto_bad_input_is_one_line(unsplit, tmp_path, args, message):
     proc = cli("plan", unsplit / "whole", *args, "--out", tmp_path / "p.yaml")
     assert proc.returncode != 0
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+
+
+def test_plan_from_a_fleet_file_without_auto(random_export, tmp_path):
+    """--fleet instead of --workers: the fleet's addresses, its devices' catalog speeds; the export's own strategy."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        'devices:\n  - {device: jetson-nano-cpu, addresses: ["10.0.0.9:1"]}\n  - {device: raspberry-pi-4, count: 2}\n'
+    )
+    out = tmp_path / "plan.yaml"
+    proc = cli("plan", random_export, "--fleet", fleet, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    plan = load_plan(out)
+    placed = {a for p in plan.parts for a in p.replicas}
+    assert placed == {"10.0.0.9:1", "127.0.0.1:50051", "127.0.0.1:50052"}  # the spare device became a replica
+    from edgesplit.codesign.fleet import load_fleet
+    from edgesplit.codesign.strategies import catalog_cost, fleet_nodes, whole_ms
+
+    nodes = fleet_nodes(load_fleet(fleet))
+    by_speed = sorted(nodes, key=lambda n: whole_ms(random_export, n, catalog_cost()))
+    assert plan.parts[0].replicas[0] == by_speed[0].address  # the fastest device takes the first branch
+    assert by_speed[-1].address in [a for p in plan.parts for a in p.replicas[1:]]  # the slowest is a spare replica
