@@ -200,3 +200,14 @@ def test_plan_from_a_fleet_file_without_auto(random_export, tmp_path):
     by_speed = sorted(nodes, key=lambda n: whole_ms(random_export, n, catalog_cost()))
     assert plan.parts[0].replicas[0] == by_speed[0].address  # the fastest device takes the first branch
     assert by_speed[-1].address in [a for p in plan.parts for a in p.replicas[1:]]  # the slowest is a spare replica
+
+
+def test_the_benches_plots_are_drawn_from_their_results(tmp_path):
+    """`bench strategies --plot` and `bench scale --plot`: a PNG from a result (the committed ones, read back)."""
+    from edgesplit.bench import scale, strategies
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "bench"
+    strategies.plot(json.loads((docs / "strategies_mixed.json").read_text()), tmp_path / "s.png")
+    scale.plot(json.loads((docs / "scale.json").read_text()), tmp_path / "c.png")
+    for png in ("s.png", "c.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -111,6 +111,7 @@ class StrategiesBench:
     kill_requests: int = option(60, "requests run while one device is killed (a third of the way through)")
     calibration_requests: int = option(300, "requests of each calibration model (the runtime's costs per call)")
     calibrate_only: bool = option(False, "measure the call costs of each device's CPU share, not the strategies")
+    plot: str | None = option(None, "PNG of latency and throughput against link rate, measured and predicted", type=str)
     split_model: str = "resnet18-split2"
     unsplit_model: str = "resnet18"
     num_classes: int = 10
@@ -149,4 +150,5 @@ class ScaleBench:
     requests: int = option(3000, "requests per coordinator measurement")
     in_flight: int = option(32, "requests in flight for the coordinator's rate")
     rounds: int = option(3, "coordinator measurements per setting; medians are reported")
+    plot: str | None = option(None, "PNG of planning time against fleet size and the coordinator's rate", type=str)
     bundle: str = "dw3-pw1"  # the network planned: a co-design candidate of this bundle, 8-bit

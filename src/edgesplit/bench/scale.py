@@ -176,7 +176,7 @@ def bench_scale(cfg: ScaleBench) -> dict:
         # the event loop's garbage collection
         coordinator = _coordinator_rate(cfg, Path(tmp)) if cfg.parts else []
         planning = [_plan_once(cfg, n, Path(tmp)) for n in cfg.sizes]
-    return {
+    result = {
         "benchmark": "scale",
         "machine": machine_info(),
         "network": f"{cfg.bundle} co-design candidate (8-bit), Fashion-MNIST input",
@@ -184,6 +184,51 @@ def bench_scale(cfg: ScaleBench) -> dict:
         "planning": planning,
         "coordinator": {"in_flight": cfg.in_flight, "requests": cfg.requests, "rounds": cfg.rounds, "rows": coordinator},
     }
+    if cfg.plot:
+        plot(result, cfg.plot)
+        result["plot"] = cfg.plot
+    return result
+
+
+def plot(r: dict, path: str) -> None:
+    """Planning time against fleet size (table, allocation, every set of devices); the coordinator's requests/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (plan, coord) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    rows = r["planning"]
+    n = [row["devices"] for row in rows]
+    plan.plot(n, [row["table_s"] for row in rows], "o-", label="table of rates (hardware model)")
+    plan.plot(n, [row["allocate_s"] for row in rows], "o-", label="allocation by kinds")
+    every = [row for row in rows if row.get("exhaustive")]
+    if every:
+        plan.plot([row["devices"] for row in every], [row["exhaustive"]["allocate_s"] for row in every], "s--",
+                  label="every set of devices")  # fmt: skip
+    plan.set_xscale("log")
+    plan.set_yscale("log")
+    plan.set_xlabel("devices in the fleet")
+    plan.set_ylabel("seconds")
+    plan.legend(fontsize=8)
+    plan.grid(alpha=0.3)
+    crow = r["coordinator"]["rows"]
+    for i, transport in enumerate(sorted({row["transport"] for row in crow})):
+        mine = [row for row in crow if row["transport"] == transport]
+        coord.plot(
+            [row["parts"] for row in mine], [row["rps"] for row in mine], "o-", color=f"C{i}", label=f"{transport}: achieved"
+        )
+        coord.plot([row["parts"] for row in mine], [row["rps_per_core"] for row in mine], "x--", color=f"C{i}",
+                   label=f"{transport}: per coordinator core (CPU time)")  # fmt: skip
+    coord.set_xlabel("parts per request")
+    coord.set_ylabel("requests/s")
+    coord.set_yscale("log")
+    coord.legend(fontsize=8)
+    coord.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def text_report(r: dict) -> str:

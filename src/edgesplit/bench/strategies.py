@@ -301,7 +301,7 @@ def bench_strategies(cfg: StrategiesBench) -> dict:
                     results.setdefault(strategy, {})[f"{mbps:g}"] = _one_strategy(
                         tb, exports[strategy], predictions[strategy], cfg, images
                     )
-    return {
+    result = {
         "benchmark": "strategies",
         "machine": machine_info(),
         "fleet": str(cfg.fleet),
@@ -313,6 +313,41 @@ def bench_strategies(cfg: StrategiesBench) -> dict:
         "calibration": calibration,
         "strategies": results,
     }
+    if cfg.plot and results:
+        plot(result, cfg.plot)
+        result["plot"] = cfg.plot
+    return result
+
+
+def plot(r: dict, path: str) -> None:
+    """Latency (p50) and throughput against link rate, each strategy measured (solid) and predicted (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    for i, (strategy, by_link) in enumerate(r["strategies"].items()):
+        rates = sorted(by_link, key=float)
+        x = [float(m) for m in rates]
+        color = f"C{i}"
+        lat.plot(x, [by_link[m]["latency"]["p50_ms"] for m in rates], "o-", color=color, label=strategy)
+        lat.plot(x, [by_link[m]["predicted"]["latency_ms"] for m in rates], "x--", color=color)
+        thr.plot(x, [by_link[m]["throughput_rps"] for m in rates], "o-", color=color, label=strategy)
+        thr.plot(x, [by_link[m]["predicted"]["throughput_rps"] for m in rates], "x--", color=color)
+    for ax, label in ((lat, "p50 latency, ms (one in flight)"), (thr, f"requests/s ({r['in_flight']} in flight)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("link rate, Mbit/s")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    lat.set_yscale("log")
+    lat.legend(title="measured (o), predicted (x)", fontsize=8)
+    devices = ", ".join(f"{d['cpu_share']:g}" for d in r["devices"])
+    fig.suptitle(f"{len(r['devices'])} emulated devices (shares of a core: {devices})", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def text_report(r: dict) -> str:
