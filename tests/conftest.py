@@ -1,4 +1,8 @@
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +84,30 @@ def coded_export(mlp, tmp_path_factory):
     d = tmp_path_factory.mktemp("coded")
     export_coded_mlp(mlp, d, 3, 1, "mlp", layer_names=("l1", "l2"))
     return d
+
+
+@contextlib.contextmanager
+def _serving(*args):
+    """`edgesplit serve ARGS --port 0` until the block ends: (its process, its port); stopped with SIGTERM, which
+    it must answer with exit status 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgesplit", "serve", *map(str, args), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("EDGESPLIT-SERVE-READY"), proc.stderr.read() if proc.poll() is not None else line
+        yield proc, int(line.split("port=")[1])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+@pytest.fixture
+def serving():
+    return _serving
 
 
 @pytest.fixture

@@ -211,3 +211,34 @@ def test_the_benches_plots_are_drawn_from_their_results(tmp_path):
     scale.plot(json.loads((docs / "scale.json").read_text()), tmp_path / "c.png")
     for png in ("s.png", "c.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_streams_sizes_groups_or_says_what_is_missing(random_export, tmp_path):
+    """`plan --fleet F --streams S --fps F`: groups of two devices (one per branch), the fastest first, as many as
+    the streams need, each its own plan; a group file for `serve --plan`. Too many streams: one line saying what
+    the fleet would need."""
+    import yaml
+
+    from edgesplit.codesign.fleet import load_fleet
+    from edgesplit.codesign.strategies import catalog_cost, fleet_nodes, size_groups
+    from edgesplit.runtime.streams import load_groups
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("link_mbps: 100\ndevices:\n  - {device: raspberry-pi-4, count: 6}\n")
+    nodes = fleet_nodes(load_fleet(fleet))
+    group_rps = size_groups(random_export, nodes, catalog_cost(), 1, 1.0)[0][0].throughput_rps
+    fps = group_rps / 2.5  # two streams per group
+    out = tmp_path / "plans" / "groups.yaml"
+    proc = cli("plan", random_export, "--fleet", fleet, "--streams", 3, "--fps", fps, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    body = yaml.safe_load(out.read_text())
+    assert body["streams_per_group"] == [2, 1] and body["groups"] == ["groups-group0.yaml", "groups-group1.yaml"]
+    plans = load_groups(out)
+    devices = [{a for p in plan.parts for a in p.replicas} for plan in plans]
+    assert all(len(d) == 2 for d in devices) and not devices[0] & devices[1]  # two devices each, none shared
+
+    proc = cli("plan", random_export, "--fleet", fleet, "--streams", 9, "--fps", fps, "--out", out)
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
+    assert "carries 6 of 9 streams" in proc.stderr and "would need about 4 more device(s) like raspberry-pi-4" in proc.stderr
+    proc = cli("plan", random_export, "--streams", 3, "--out", out)
+    assert proc.returncode != 0 and "--streams S --fps F go together" in proc.stderr

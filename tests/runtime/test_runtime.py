@@ -316,30 +316,8 @@ def test_worker_cli_refuses_busy_port_and_public_bind(random_export):
         assert proc.returncode == 2 and "cannot listen" in proc.stderr
 
 
-def test_serve_local_endpoint_serves_whole_model(random_export, images):
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgesplit",
-            "serve",
-            "--local",
-            str(random_export),
-            "--port",
-            "0",
-            "--poll-ms",
-            "1",
-            "--max-batch",
-            "8",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("EDGESPLIT-SERVE-READY"), proc.stderr.read() if proc.poll() is not None else line
-        port = int(line.split("port=")[1])
+def test_serve_local_endpoint_serves_whole_model(random_export, images, serving):
+    with serving("--local", random_export, "--poll-ms", 1, "--max-batch", 8) as (proc, port):
         local = LocalModel(random_export)
         out = _worker_call(f"127.0.0.1:{port}", "resnet18-split2", {"input": nchw(images[:3])})
         assert np.abs(out.outputs["logits"] - local(local.prepare(images[:3]))).max() < 1e-4
@@ -360,9 +338,6 @@ def test_serve_local_endpoint_serves_whole_model(random_export, images):
         children = _children(proc.pid)
         assert len(children) == 2  # one worker per branch
         assert all(b"--poll-ms\x001" in open(f"/proc/{c}/cmdline", "rb").read() for c in children)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
         proc.stdout.close()
         proc.stderr.close()
     assert not any(_alive(p) for p in children)
@@ -455,7 +430,7 @@ def load_plan_dict(export, addresses):
     return Plan(str(export), tuple(PartPlacement(p, (addr,)) for p, addr in addresses.items()), timeout_ms=5000)
 
 
-def test_serve_starts_degraded_and_takes_the_part_in_when_it_comes_up(random_export, tmp_path, images):
+def test_serve_starts_degraded_and_takes_the_part_in_when_it_comes_up(random_export, tmp_path, images, serving):
     import socket as socketlib
 
     with socketlib.socket() as s:
@@ -466,35 +441,24 @@ def test_serve_starts_degraded_and_takes_the_part_in_when_it_comes_up(random_exp
         plan_path = tmp_path / "plan.yaml"
         plan = type(plan)(**{**plan.__dict__, "probe_interval_ms": 200})
         plan.write(plan_path)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edgesplit", "serve", "--plan", str(plan_path), "--port", "0", "--wait-ready-s", "1"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        late = LocalCluster(random_export, parts=["branch1"], pin=False)
         try:
-            line = proc.stdout.readline()
-            assert line.startswith("EDGESPLIT-SERVE-READY"), proc.stderr.read() if proc.poll() is not None else line
-            port = int(line.split("port=")[1])
-            x = {"input": nchw(images[:1])}
-            assert _worker_call(f"127.0.0.1:{port}", "resnet18-split2", x).parameters.get("degraded")
-            late = LocalCluster(random_export, parts=["branch1"], pin=False)
-            late.start_worker("branch1", port=free)  # the missing device comes up
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                if not _worker_call(f"127.0.0.1:{port}", "resnet18-split2", x).parameters.get("degraded"):
-                    break
-                time.sleep(0.3)
-            else:
-                pytest.fail("the part that came up was never taken in")
+            with serving("--plan", plan_path, "--wait-ready-s", 1) as (proc, port):
+                x = {"input": nchw(images[:1])}
+                assert _worker_call(f"127.0.0.1:{port}", "resnet18-split2", x).parameters.get("degraded")
+                late.start_worker("branch1", port=free)  # the missing device comes up
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    if not _worker_call(f"127.0.0.1:{port}", "resnet18-split2", x).parameters.get("degraded"):
+                        break
+                    time.sleep(0.3)
+                else:
+                    pytest.fail("the part that came up was never taken in")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
-            if "late" in locals():
-                late.stop()
-            err = proc.stderr.read()
-            proc.stdout.close()
-            proc.stderr.close()
+            late.stop()
+        err = proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
     assert "starting without branch1" in err and "unreachable" in err
 
 

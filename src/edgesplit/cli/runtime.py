@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgesplit.cli.common import add_dataclass_options, dataclass_from_args, write_json
 from edgesplit.runtime.config import WAIT_READY_S, FaultConfig, WorkerConfig
-from edgesplit.runtime.plan import STRATEGIES, Plan
+from edgesplit.runtime.plan import STRATEGIES, PartPlacement, Plan
 from edgesplit.errors import EdgesplitError
 
 
@@ -106,6 +106,9 @@ def cmd_serve(args) -> None:
 def cmd_plan(args) -> None:
     from edgesplit.runtime.plan import coded_tolerance, make_plan, parts_by_address
 
+    if args.streams is not None or args.fps is not None:
+        _plan_groups(args)
+        return
     if bool(args.workers) == bool(args.fleet):
         raise EdgesplitError("give the devices either as --workers HOST:PORT ... or as --fleet FLEET.yaml")
     if args.strategy == "auto" and not args.fleet:
@@ -135,6 +138,32 @@ def cmd_plan(args) -> None:
     for line in coded_tolerance(plan):
         print(line)
     print(f"wrote {args.out}")
+
+
+def _plan_groups(args) -> None:
+    """``--streams S --fps F``: groups of the fleet's devices, a plan each, and the group file naming them."""
+    import yaml
+
+    from edgesplit.codesign.fleet import load_fleet
+    from edgesplit.codesign.strategies import catalog_cost, fleet_nodes, size_groups
+
+    if args.streams is None or args.fps is None or not args.fleet or len(args.exports) != 1 or args.strategy:
+        raise EdgesplitError("--streams S --fps F go together, with --fleet FLEET.yaml and one export (no --strategy)")
+    nodes = fleet_nodes(load_fleet(args.fleet, args.devices_dir), args.link_mbps)
+    groups = size_groups(args.exports[0], nodes, catalog_cost(args.devices_dir), args.streams, args.fps, in_flight=args.in_flight)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, (p, streams) in enumerate(groups):
+        plan = Plan(str(Path(p.export).resolve()), tuple(PartPlacement(n, tuple(r)) for n, r in p.placement.items()),
+                    timeout_ms=args.timeout_ms, input_dtype=args.input_dtype)  # fmt: skip
+        files.append(f"{out.stem}-group{i}.yaml")
+        plan.write(out.parent / files[-1])
+        print(f"group {i}: {', '.join(a for r in p.placement.values() for a in r)}: {p.throughput_rps:.1f} req/s "
+              f"predicted, {streams} stream(s)")  # fmt: skip
+    body = {"groups": files, "streams": args.streams, "fps": args.fps, "streams_per_group": [s for _, s in groups]}
+    out.write_text(yaml.safe_dump(body, sort_keys=False))
+    print(f"wrote {out} ({len(files)} group(s)): `edgesplit serve --plan {out}` spreads the streams over them")
 
 
 def _plan_from_fleet(args) -> tuple[str, str | None, list[str], list[float]]:
@@ -171,7 +200,10 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("serve", help="serve the whole split model as one KServe v2 endpoint")
-    s.add_argument("--plan", help="plan.yaml: where each part runs")
+    s.add_argument(
+        "--plan",
+        help="plan.yaml: where each part runs; or a group file (`plan --streams`): a group of devices per copy of the model, streams spread over them",
+    )
     s.add_argument("--local", metavar="EXPORT_DIR", help="start local worker processes for this export instead")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
     s.add_argument("--port", type=int, default=8001, help="KServe v2 gRPC port (default 8001; 0: any free one)")
@@ -228,6 +260,8 @@ def register(sub) -> None:
     s.add_argument("--in-flight", type=int, default=4, help="with auto: requests in flight for the throughput (default 4)")
     s.add_argument("--link-mbps", type=float, help="with --fleet: every device's link rate (default: the fleet file's)")
     s.add_argument("--devices-dir", help="with --fleet: a folder of your own device files (see `edgesplit devices`)")
+    s.add_argument("--streams", type=int, help="with --fleet: size groups of devices for this many streams")
+    s.add_argument("--fps", type=float, help="with --streams: frames per second of each stream")
     s.add_argument(
         "--json", nargs="?", const="-", help="with auto: write the predictions as JSON (to a file, or stdout with no value)"
     )

@@ -365,3 +365,53 @@ def text_report(predictions: dict[str, Prediction], choice: tuple[str, str] | No
     if choice:
         lines.append(f"recommended: {choice[0]}: {choice[1]}")
     return "\n".join(lines)
+
+
+def size_groups(
+    export: str | Path,
+    nodes: Sequence[FleetNode],
+    part_cost: PartCost,
+    streams: int,
+    fps: float,
+    overheads: Overheads = Overheads(),
+    in_flight: int = 4,
+) -> list[tuple[Prediction, int]]:
+    """Groups of devices for ``streams`` streams at ``fps`` frames/s each: the fastest devices first, one part of
+    the export per device, as many groups as the streams need; each group with its predicted plan and the streams
+    it carries (whole streams: a stream stays on one group). Refused with what the fleet would need when it cannot."""
+    from edgesplit.runtime.plan import export_strategy, make_plan
+
+    if streams < 1 or fps <= 0:
+        raise EdgesplitError(f"--streams must be at least 1 and --fps positive, got {streams} and {fps:g}")
+    manifest = load_manifest(export, verify=False)
+    strategy = export_strategy(manifest)
+    k = len(manifest.remote_parts) if strategy in ("split", "pipeline") else 1
+    order = sorted(nodes, key=lambda n: whole_ms(export, n, part_cost))
+    by_address = {n.address: n for n in nodes}
+    groups: list[tuple[Prediction, int]] = []
+    carried = 0
+    for g in range(len(order) // k):
+        members = order[g * k : (g + 1) * k]
+        speeds = [1e3 / max(1e-6, whole_ms(export, n, part_cost)) for n in members]
+        plan = make_plan(str(export), [n.address for n in members], speeds, strategy=strategy)
+        p = predict_plan(plan, strategy, by_address, part_cost, overheads, in_flight)
+        capacity = int(p.throughput_rps // fps)
+        if capacity == 0:
+            continue  # slower devices come later: none of them carries a stream either
+        take = min(capacity, streams - carried)
+        groups.append((p, take))
+        carried += take
+        if carried >= streams:
+            return groups
+    if not groups:
+        raise EdgesplitError(
+            f"no group of {k} device(s) of this fleet reaches {fps:g} frames/s with {Path(export).name} "
+            f"(predicted); faster devices, a lighter model or fewer frames per second are needed"
+        )
+    best = max(int(p.throughput_rps // fps) for p, _ in groups)
+    more = -(-(streams - carried) // best)
+    raise EdgesplitError(
+        f"the fleet carries {carried} of {streams} streams at {fps:g} frames/s ({len(groups)} group(s) of {k} "
+        f"device(s), predicted); it would need about {more * k} more device(s) like {order[0].device} "
+        f"({more} more group(s) of {best} stream(s) each)"
+    )

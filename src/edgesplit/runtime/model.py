@@ -31,6 +31,9 @@ class ModelMeta:
 # sent the request and when the decoded answer was in its hands. The coordinator turns them into per-hop
 # times (Coordinator.trace).
 TRACE = "edgesplit_trace"
+# A request's ``stream`` parameter (a string): the frames of one camera or video stream. A model that serves
+# streams (``runtime/streams.py: StreamRouter``) has ``infer_stream(inputs, stream)`` and is asked through it.
+STREAM = "stream"
 TRACE_SENT, TRACE_RECEIVED, TRACE_ANSWERED, TRACE_DECODED = "sent_at_s", "received_at_s", "answered_at_s", "decoded_at_s"
 
 

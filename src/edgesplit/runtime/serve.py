@@ -8,6 +8,7 @@ from edgesplit.runtime.config import WAIT_READY_S, WorkerConfig
 from edgesplit.runtime.cluster import LocalCluster
 from edgesplit.runtime.coordinator import remote_coordinator
 from edgesplit.runtime.plan import has_local_workers, load_plan
+from edgesplit.runtime.streams import StreamRouter, is_group_file, load_groups
 from edgesplit.runtime.tuning import defer_to_workers
 from edgesplit.runtime.transport.grpc_server import KServeServer, ServerSecurity
 from edgesplit.runtime.transport.limits import ServerLimits
@@ -32,17 +33,22 @@ async def serve(
     security.check_bind(host)
     cluster = LocalCluster(local_export, poll_ms=worker_poll_ms).start() if local_export else None
     try:
-        plan = cluster.plan() if cluster else load_plan(plan_path)
-        if has_local_workers(plan):
+        # a group file (`edgesplit plan --streams`): a coordinator per group, served as one model by a StreamRouter
+        plans = [cluster.plan()] if cluster else load_groups(plan_path) if is_group_file(plan_path) else [load_plan(plan_path)]
+        if any(has_local_workers(p) for p in plans):
             defer_to_workers()  # this thread runs the coordinator (gRPC's own threads are left as they are)
-        coordinator = remote_coordinator(plan)
+        coordinators = []
         try:
-            # a plan that degrades without a part also starts without it (probed, taken in when it comes up)
-            await coordinator.wait_ready(wait_ready_s, require_all=plan.on_missing == "fail")
-            server = KServeServer([coordinator], host, port, security, limits, server_name="edgesplit-coordinator")
-            await server.serve_until_signalled(f"{READY_LINE} model={coordinator.meta.name} port={{port}}")
+            for plan in plans:
+                coordinators.append(remote_coordinator(plan))
+                # a plan that degrades without a part also starts without it (probed, taken in when it comes up)
+                await coordinators[-1].wait_ready(wait_ready_s, require_all=plan.on_missing == "fail")
+            model = coordinators[0] if len(coordinators) == 1 else StreamRouter(coordinators)
+            server = KServeServer([model], host, port, security, limits, server_name="edgesplit-coordinator")
+            await server.serve_until_signalled(f"{READY_LINE} model={model.meta.name} port={{port}}")
         finally:
-            await coordinator.close()
+            for coordinator in coordinators:
+                await coordinator.close()
     finally:
         if cluster:
             cluster.stop()

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from edgesplit.runtime.errors import DeadlineExceeded, InferError, OverLimit, PartUnavailable
-from edgesplit.runtime.model import TRACE, TRACE_ANSWERED, TRACE_RECEIVED, ServedModel
+from edgesplit.runtime.model import STREAM, TRACE, TRACE_ANSWERED, TRACE_RECEIVED, ServedModel
 from edgesplit.runtime.transport import codec
 from edgesplit.runtime.transport import kserve_v2_pb2 as pb
 from edgesplit.runtime.transport.limits import echo
@@ -36,6 +36,7 @@ class Call:
     request_id: str
     inputs: dict  # name -> np.ndarray
     traced: bool  # the request asked for a trace (``model.TRACE``)
+    stream: str | None = None  # the request's ``stream`` parameter: frames of one stream (``model.STREAM``)
 
 
 def decode_call(
@@ -65,7 +66,8 @@ def decode_call(
                     f"input {echo(name)}: a batch of {a.shape[0]} items, over the limit "
                     f"of {max_batch}; send smaller batches (or raise the server's --max-batch)",
                 )
-    return Call(m, request.id, inputs, TRACE in request.parameters and request.parameters[TRACE].bool_param)
+    stream = request.parameters[STREAM].string_param if STREAM in request.parameters else None
+    return Call(m, request.id, inputs, TRACE in request.parameters and request.parameters[TRACE].bool_param, stream or None)
 
 
 async def answer_call(
@@ -78,7 +80,10 @@ async def answer_call(
     (``server_ms``) runs from ``started_at`` (``time.perf_counter()``; default: now) to where encoding starts."""
     t0 = time.perf_counter() if started_at is None else started_at
     try:
-        result = await call.model.infer(call.inputs)
+        if call.stream is not None and hasattr(call.model, "infer_stream"):
+            result = await call.model.infer_stream(call.inputs, call.stream)
+        else:
+            result = await call.model.infer(call.inputs)
     except Exception as err:
         raise _call_failed(call, err) from None
     return _answer(call, result, t0, received_at, encode)
