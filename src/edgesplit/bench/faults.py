@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesplit.bench.config import FaultsBench
+from edgesplit.bench.figures import figure, save
 from edgesplit.bench.serve import machine_info
 from edgesplit.runtime.stats import latency_summary
 
@@ -164,12 +165,7 @@ def bench_faults(cfg: FaultsBench) -> dict:
 
 
 def _histogram(results: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    fig, ax = figure()
     keys = [k for k in ("uncoded/straggler_all", "uncoded/fault_free") if k in results]
     hi = max(np.percentile(results[k]["arrival_ms"], 99.9) for k in keys)
     for k in keys:
@@ -186,10 +182,7 @@ def _histogram(results: dict, path: str) -> None:
     ax.set_ylabel("answers")
     ax.set_title("AlexNet FC blocks over 4 workers: the straggler tail")
     ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)
 
 
 def text_report(r: dict) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesplit.bench.config import ScaleBench
+from edgesplit.bench.figures import figure, save
 from edgesplit.bench.serve import machine_info
 
 
@@ -192,12 +193,7 @@ def bench_scale(cfg: ScaleBench) -> dict:
 
 def plot(r: dict, path: str) -> None:
     """Planning time against fleet size (table, allocation, every set of devices); the coordinator's requests/s."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (plan, coord) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    fig, (plan, coord) = figure(2, (10, 3.8))
     rows = r["planning"]
     n = [row["devices"] for row in rows]
     plan.plot(n, [row["table_s"] for row in rows], "o-", label="table of rates (hardware model)")
@@ -225,10 +221,7 @@ def plot(r: dict, path: str) -> None:
     coord.set_yscale("log")
     coord.legend(fontsize=8)
     coord.grid(alpha=0.3)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)
 
 
 def text_report(r: dict) -> str:

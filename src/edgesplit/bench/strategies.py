@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesplit.bench.config import StrategiesBench
+from edgesplit.bench.figures import figure, save
 from edgesplit.bench.serve import _export_random, machine_info
 from edgesplit.codesign.strategies import CallCost, FleetNode, Overheads, Prediction, predict_all
 from edgesplit.runtime.stats import latency_summary
@@ -321,12 +322,7 @@ def bench_strategies(cfg: StrategiesBench) -> dict:
 
 def plot(r: dict, path: str) -> None:
     """Latency (p50) and throughput against link rate, each strategy measured (solid) and predicted (dashed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    fig, (lat, thr) = figure(2, (10, 3.8))
     for i, (strategy, by_link) in enumerate(r["strategies"].items()):
         rates = sorted(by_link, key=float)
         x = [float(m) for m in rates]
@@ -344,10 +340,7 @@ def plot(r: dict, path: str) -> None:
     lat.legend(title="measured (o), predicted (x)", fontsize=8)
     devices = ", ".join(f"{d['cpu_share']:g}" for d in r["devices"])
     fig.suptitle(f"{len(r['devices'])} emulated devices (shares of a core: {devices})", fontsize=10)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)
 
 
 def text_report(r: dict) -> str:
