@@ -138,9 +138,8 @@ def predict_plan(
     """Latency, throughput and bytes of ``plan`` (a :class:`~edgesplit.runtime.plan.Plan`) on ``nodes`` (by address)."""
     manifest = load_manifest(plan.export, verify=False)
     where = {p.name: list(p.replicas) for p in plan.parts}
-    busy_ms: dict[str, float] = {}  # device time per request, each device
-    link_bytes: dict[tuple[str, str], float] = {}  # (address, to_device | from_device) -> bytes per request
     parallel: list[list[dict[str, float]]] = []  # each stage: each part's ms per request at each of its resources
+    busy_ms: dict[str, float] = {}  # each device's busy time per request
     latency_ms = coordinator_ms = total_bytes = 0.0
     for stage in manifest.stages:
         if stage.local:
@@ -160,10 +159,10 @@ def predict_plan(
                 part_ms = part_cost(path, node)
                 unshaped = max(0.0, size_in - node.link_burst_bytes) + max(0.0, size_out - node.link_burst_bytes)
                 calls.append(unshaped * 8 / (node.link_mbps * 1e3) + node.call.latency(part_ms))
-                busy_ms[address] = busy_ms.get(address, 0.0) + share * node.call.busy(part_ms)
-                resources[_device_key(address)] = share * node.call.busy(part_ms)
+                busy = share * node.call.busy(part_ms)
+                busy_ms[address] = busy_ms.get(address, 0.0) + busy
+                resources[_device_key(address)] = busy
                 for direction, size in (("to_device", size_in), ("from_device", size_out)):
-                    link_bytes[(address, direction)] = link_bytes.get((address, direction), 0.0) + share * size
                     resources[_link_key(address, direction)] = share * size * 8 / (node.link_mbps * 1e3)
                 total_bytes += share * (size_in + size_out)
             times.append(sum(calls) / len(calls))
@@ -171,9 +170,11 @@ def predict_plan(
             coordinator_ms += overheads.coordinator_ms
         latency_ms += _stage_ms(times, stage)
         parallel.append(parts)
-    demands = {_device_key(a): ms for a, ms in busy_ms.items()}  # ms each resource is busy per request
-    for (address, direction), size in link_bytes.items():
-        demands[_link_key(address, direction)] = size * 8 / (nodes[address].link_mbps * 1e3)
+    demands: dict[str, float] = {}  # ms each resource is busy per request, over every stage and part
+    for stage_parts in parallel:
+        for resources in stage_parts:
+            for key, ms in resources.items():
+                demands[key] = demands.get(key, 0.0) + ms
     if coordinator_ms > 0:
         demands["coordinator"] = coordinator_ms / overheads.coordinator_cores
     if overheads.shared_cores:
