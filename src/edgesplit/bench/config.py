@@ -123,13 +123,13 @@ class StrategiesBench:
 
 
 def parse_counts(text: str) -> tuple[int, ...]:
-    """'8,64,1000' -> fleet sizes."""
+    """'8,64,1000' -> counts (fleet sizes, parts)."""
     try:
         sizes = tuple(int(v) for v in text.split(","))
     except ValueError:
         sizes = ()
     if not sizes or min(sizes) < 1:
-        raise EdgesplitError(f"bad --sizes {text!r}; give fleet sizes of at least 1, comma-separated, e.g. 8,64,1000")
+        raise EdgesplitError(f"bad list of counts {text!r}; give whole numbers of at least 1, comma-separated, e.g. 8,64,1000")
     return sizes
 
 

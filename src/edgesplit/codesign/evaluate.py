@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -109,6 +109,7 @@ class Evaluator:
         self.train_idx, self.val_idx = train_val_split(len(self.train_set), 5000)
         self._qnet_cache: tuple[str, object, list] | None = None  # (run dir, QuantNet, calibration batches)
         self._test_set = None  # loaded on first use
+        self._graphs: dict[str, object] = {}  # arch_key/width -> hardware.graph.Graph
 
     # ------------------------------------------------------------ hardware
     def build(self, c: Candidate, width_mult: float = 1.0):
@@ -131,14 +132,18 @@ class Evaluator:
         if cached is not None:
             return HardwareCost.from_dict(cached)
         hw = self.cost_graph(self.graph(c, width_mult), device, (c.wbits, c.fbits), fine)
+        # kept with the next save (after a training or a phase): a cost lost to an interruption takes milliseconds to redo
         self.journal.data["hardware"][key] = hw.to_dict()
-        self.journal.save()
         return hw
 
     def graph(self, c: Candidate, width_mult: float = 1.0):
+        """The layer graph of ``c`` at ``width_mult``, built once per architecture and width (bits do not change it)."""
         from edgesplit.hardware.graph import graph_from_model
 
-        return graph_from_model(self.build(c, width_mult), (self.in_chans, *c.input_size(self.image_hw)), c.key)
+        key = f"{c.arch_key}/x{width_mult:g}"
+        if key not in self._graphs:
+            self._graphs[key] = graph_from_model(self.build(c, width_mult), (self.in_chans, *c.input_size(self.image_hw)), key)
+        return replace(self._graphs[key], name=c.key)
 
     def estimate(self, graph, device, bits: tuple[int, int]) -> Estimate:
         """The full estimate of the fastest design of ``graph`` that fits ``device`` (the fine ``tune`` grid)."""

@@ -251,18 +251,27 @@ def _fused_groups(graph: Graph) -> dict[str, str]:
     return group
 
 
-def _bundle_rows(graph: Graph, cfg: AccelConfig, clock_mhz: float, bw: float) -> list[LayerCost]:
-    """Cycles and DRAM bytes per layer; a fused group takes max(its compute, its DRAM time) as one unit."""
-    cycles = {ly.name: LAYER_CYCLES[ly.op](ly, cfg) for ly in graph.layers}
+def _bundle_pairs(graph: Graph) -> list[tuple[Layer, Layer]]:
+    """The fused bundles of ``graph``: (DW, the PW it feeds) with the DW output kept on chip."""
     consumers: dict[str, list[str]] = {}
     for ly in graph.layers:
         for s in ly.inputs:
             consumers.setdefault(s, []).append(ly.name)
     by_name = {ly.name: ly for ly in graph.layers}
-    for ly in graph.layers:
-        if ly.is_depthwise and ly.on_chip_out:  # a bundle: DW -> PW with the DW output on chip
-            pw = by_name[consumers[ly.name][0]]
-            cycles[ly.name], cycles[pw.name] = bundle_cycles(ly, pw, cfg)
+    return [(ly, by_name[consumers[ly.name][0]]) for ly in graph.layers if ly.is_depthwise and ly.on_chip_out]
+
+
+def _bundle_cycles(graph: Graph, cfg: AccelConfig, pairs: list[tuple[Layer, Layer]] | None = None) -> dict[str, int]:
+    """Compute cycles per layer on the bundle engine (fused DW->PW bundles as the generated engine runs them)."""
+    cycles = {ly.name: LAYER_CYCLES[ly.op](ly, cfg) for ly in graph.layers}
+    for dw, pw in _bundle_pairs(graph) if pairs is None else pairs:
+        cycles[dw.name], cycles[pw.name] = bundle_cycles(dw, pw, cfg)
+    return cycles
+
+
+def _bundle_rows(graph: Graph, cfg: AccelConfig, clock_mhz: float, bw: float) -> list[LayerCost]:
+    """Cycles and DRAM bytes per layer; a fused group takes max(its compute, its DRAM time) as one unit."""
+    cycles = _bundle_cycles(graph, cfg)
     rows = [_row(ly, cycles[ly.name], _bundle_dram_bytes(ly, cfg), clock_mhz, bw, cfg.overlap) for ly in graph.layers]
     return _group_rows(rows, _fused_groups(graph), cfg.overlap)
 
@@ -498,14 +507,27 @@ def tune(
                         candidates.append(replace(base, tm=tm, tn=tn, td=td, tr=t, tc=t))
     else:
         candidates = [replace(base, mults=m) for m in range(16, 8 * max(device.dsp, 256) + 1, 16)]
-    best, tried, fitted = None, 0, 0
-    for cfg in candidates:
-        tried += 1
+    if base.arch == "bundle":
+        # A design's time per image is at least its compute cycles (each fused group takes the longer of its
+        # compute and its DRAM time, or their sum): visiting designs by that bound, the search stops at the first
+        # whose compute alone is slower than the best found, which no later one can beat.
+        clock_mhz = base.clock_mhz or device.clock_mhz
+        pairs = _bundle_pairs(graph)
+        bounds = [sum(_bundle_cycles(graph, cfg, pairs).values()) / (clock_mhz * 1e3) for cfg in candidates]
+        order = sorted(range(len(candidates)), key=bounds.__getitem__)
+    else:
+        bounds, order = [0.0] * len(candidates), list(range(len(candidates)))
+    best, fitted, costed = None, 0, 0
+    for i in order:
+        if best is not None and bounds[i] > best[2].totals.image_ms * (1 + 1e-9):
+            break
+        costed += 1
+        cfg = candidates[i]
         est = _estimate_prepared(graph, device, cfg, host)
         if not est.fits or est.resources.utilisation["lut"] > TUNE_MAX_LUT_UTILISATION:
             continue
         fitted += 1
-        key = (est.totals.fps, -est.resources.dsp)
+        key = (est.totals.fps, -est.resources.dsp, -i)  # ties: the first of the grid
         if best is None or key > best[0]:
             best = (key, cfg, est)
     if best is None:
@@ -513,4 +535,4 @@ def tune(
             f"no {base.arch} design of {graph.name} fits {device.name} at W{base.wbits}/F{base.fbits} "
             f"batch {base.batch}; try fewer bits, a smaller batch or a bigger device"
         )
-    return TuneResult(best[2], tried, fitted)
+    return TuneResult(best[2], len(candidates), fitted, costed)

@@ -223,16 +223,21 @@ class Estimate:
 
 @dataclass(frozen=True)
 class TuneResult:
-    """The fastest design that fits, and how many designs were tried and fitted."""
+    """The fastest design that fits; how many designs the grid holds, were costed in full, and fitted."""
 
     best: Estimate
-    tried: int
-    fitted: int
+    tried: int  # the grid's designs within the board's DSPs
+    fitted: int  # of those costed
+    costed: int  # the others' compute alone is slower than the best
 
     def to_dict(self) -> dict:
-        return {"best": self.best.to_dict(), "tried": self.tried, "fitted": self.fitted}
+        return {"best": self.best.to_dict(), "tried": self.tried, "costed": self.costed, "fitted": self.fitted}
 
     def text(self) -> str:
         c = self.best.config
         factors = f"tm={c.tm} tn={c.tn} td={c.td} tr={c.tr} tc={c.tc}" if c.arch == "bundle" else f"mults={c.mults}"
-        return f"searched {self.tried} designs, {self.fitted} fit {self.best.device}; best: {factors}\n" + self.best.text()
+        skipped = self.tried - self.costed
+        return (
+            f"searched {self.tried} designs ({skipped} not costed in full: their compute alone is slower than the best), "
+            f"{self.fitted} of {self.costed} fit {self.best.device}; best: {factors}\n" + self.best.text()
+        )
