@@ -150,5 +150,12 @@ class ScaleBench:
     requests: int = option(3000, "requests per coordinator measurement")
     in_flight: int = option(32, "requests in flight for the coordinator's rate")
     rounds: int = option(3, "coordinator measurements per setting; medians are reported")
+    coordinators: tuple[int, ...] = option(
+        (1, 2), "coordinator processes on one address (`serve --coordinators`), comma-separated", parse=parse_counts, text="1,2"
+    )
+    groups: tuple[int, ...] = option(
+        (1, 2), "groups of workers served as one model (a group file), comma-separated", parse=parse_counts, text="1,2"
+    )
+    connections: int = option(8, "client connections for the served rate (each lands on one coordinator)")
     plot: str | None = option(None, "PNG of planning time against fleet size and the coordinator's rate", type=str)
     bundle: str = "dw3-pw1"  # the network planned: a co-design candidate of this bundle, 8-bit

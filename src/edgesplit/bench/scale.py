@@ -11,6 +11,10 @@ The coordinator's rate: a split model of ``parts`` branches that compute almost 
 1x8x8 image; the head one small matrix product) served by local workers over Unix sockets and over loopback
 gRPC, ``in_flight`` requests at a time from this process, pinned to one core (the workers share the others).
 Its CPU time per request (this process's, all threads) gives the requests/s one coordinator core routes.
+
+The served rate: the real ``edgesplit serve`` (a subprocess) in front of ``groups`` copies of a 2-part tiny split
+(a group file when more than one), with ``coordinators`` processes on one address, loaded from this process over
+``connections`` gRPC connections of its own; with the CPU time per request of serve's processes and of the client.
 """
 
 from __future__ import annotations
@@ -171,11 +175,108 @@ def _coordinator_rate(cfg: ScaleBench, root: Path) -> list[dict]:
     return rows
 
 
+def _serve_rate(cfg: ScaleBench, root: Path) -> list[dict]:
+    """Aggregate requests/s of ``edgesplit serve`` (the real command, a subprocess) over ``groups`` copies of a
+    2-part tiny split on local workers, with ``coordinators`` processes on one address; the load from this
+    process over ``connections`` connections of its own (``in_flight`` requests in all)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from edgesplit.runtime.cluster import LocalCluster
+
+    export = _tiny_split(2, root / "tiny-served")
+    rows = []
+    for groups in cfg.groups:
+        clusters = [LocalCluster(export).start() for _ in range(groups)]
+        try:
+            for i, cluster in enumerate(clusters):
+                cluster.plan().write(root / f"group{i}.yaml")
+            (root / "groups.yaml").write_text(yaml.safe_dump({"groups": [f"group{i}.yaml" for i in range(groups)]}))
+            plan = root / ("groups.yaml" if groups > 1 else "group0.yaml")
+            for n in cfg.coordinators:
+                cmd = [sys.executable, "-m", "edgesplit", "serve", "--plan", str(plan), "--port", "0", "--coordinators", str(n)]
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+                try:
+                    line = proc.stdout.readline()
+                    if not line.startswith("EDGESPLIT-SERVE-READY"):
+                        raise RuntimeError(f"edgesplit serve did not start: {line!r}")
+                    port = int(line.split("port=")[1])
+                    runs = []
+                    for _ in range(cfg.rounds):
+                        cpu0, own0 = _tree_cpu_s(proc.pid), time.process_time()
+                        rps = asyncio.run(_load(port, "tiny-split2", cfg))
+                        us = [
+                            (_tree_cpu_s(proc.pid) - cpu0) / cfg.requests * 1e6,
+                            (time.process_time() - own0) / cfg.requests * 1e6,
+                        ]
+                        runs.append([rps, *us])
+                finally:
+                    proc.terminate()
+                    proc.wait(60)
+                rps, serve_us, client_us = (float(np.median([r[i] for r in runs])) for i in range(3))
+                rows.append({"groups": groups, "coordinators": n, "rps": rps, "serve_cpu_us_per_request": serve_us,
+                             "client_cpu_us_per_request": client_us, "runs": runs})  # fmt: skip
+        finally:
+            for cluster in clusters:
+                cluster.stop()
+    return rows
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and of its children, theirs included."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # gone meanwhile
+    return total
+
+
+async def _load(port: int, model: str, cfg: ScaleBench) -> float:
+    """Requests/s from ``cfg.connections`` connections of their own, ``cfg.in_flight`` requests in flight in all."""
+    import grpc
+
+    from edgesplit.runtime.transport.codec import parse_response, serialize_request
+
+    x = np.random.default_rng(0).integers(0, 256, (1, *TINY_SHAPE), dtype=np.uint8)
+    body = serialize_request(model, {"input": x})
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(cfg.connections)
+    ]
+    calls = [ch.unary_unary("/inference.GRPCInferenceService/ModelInfer") for ch in channels]
+    try:
+        for call in calls:  # connected, and every coordinator warm
+            for _ in range(20):
+                outputs, _ = parse_response(await call(body, timeout=30))
+        assert outputs["logits"].shape == (1, 10)
+        slots, turn = asyncio.Semaphore(cfg.in_flight), iter(range(cfg.requests))
+
+        async def one(i: int):
+            async with slots:
+                await calls[i % len(calls)](body, timeout=30)
+
+        t0 = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in turn)), timeout=600)
+        return cfg.requests / (time.perf_counter() - t0)
+    finally:
+        for ch in channels:
+            await ch.close()
+
+
 def bench_scale(cfg: ScaleBench) -> dict:
     with tempfile.TemporaryDirectory(prefix="edgesplit-scale-") as tmp:
         # the coordinator first: planning loads torch and the hardware model, a heap that slows every later turn of
         # the event loop's garbage collection
         coordinator = _coordinator_rate(cfg, Path(tmp)) if cfg.parts else []
+        served = _serve_rate(cfg, Path(tmp)) if cfg.coordinators and cfg.groups else []
         # a first plan loads the ONNX exporter and fills the CPU's caches: timed apart, once per process
         warm_up = _plan_once(cfg, min(cfg.sizes), Path(tmp) / "warm-up")
         planning = [_plan_once(cfg, n, Path(tmp)) for n in cfg.sizes]
@@ -187,6 +288,7 @@ def bench_scale(cfg: ScaleBench) -> dict:
         "planning_warm_up": {"devices": warm_up["devices"], "plan_s": warm_up["plan_s"]},
         "planning": planning,
         "coordinator": {"in_flight": cfg.in_flight, "requests": cfg.requests, "rounds": cfg.rounds, "rows": coordinator},
+        "served": {"connections": cfg.connections, "in_flight": cfg.in_flight, "requests": cfg.requests, "rows": served},
     }
     if cfg.plot:
         plot(result, cfg.plot)
@@ -251,5 +353,14 @@ def text_report(r: dict) -> str:
             lines.append(
                 f"  {row['parts']} parts over {row['transport']:<5}: {row['rps']:7.0f} req/s, "
                 f"{row['cpu_us_per_request']:5.0f} us of coordinator CPU per request = {row['rps_per_core']:6.0f} req/s per core"
+            )
+    if (s := r.get("served")) and s["rows"]:
+        lines.append(
+            f"`edgesplit serve`, 2 tiny parts per group, {s['connections']} client connections, {s['in_flight']} in flight (medians):"
+        )
+        for row in s["rows"]:
+            lines.append(
+                f"  {row['groups']} group(s), {row['coordinators']} coordinator(s): {row['rps']:7.0f} req/s; CPU per request: "
+                f"serve {row['serve_cpu_us_per_request']:4.0f} us, the client {row['client_cpu_us_per_request']:4.0f} us"
             )
     return "\n".join(lines)

@@ -89,18 +89,17 @@ def cmd_serve(args) -> None:
         )
     if args.wait_ready_s <= 0:
         raise EdgesplitError(f"--wait-ready-s must be positive, got {args.wait_ready_s}")
-    asyncio.run(
-        serve(
-            args.plan,
-            args.local,
-            args.host,
-            args.port,
-            _server_security(args),
-            _server_limits(args),
-            args.poll_ms,
-            args.wait_ready_s,
-        )
-    )
+    if args.coordinators < 1:
+        raise EdgesplitError(f"--coordinators takes 1 or more processes, got {args.coordinators}")
+    common = (args.plan, args.local, args.host, args.port, _server_security(args), _server_limits(args))
+    if args.coordinators > 1:
+        from edgesplit.runtime.coordinators import serve_coordinators
+        from edgesplit.runtime.serve import READY_LINE
+
+        ready = f"{READY_LINE} model={{model}} coordinators={args.coordinators} port={{port}}"
+        serve_coordinators(args.coordinators, *common, args.poll_ms, args.wait_ready_s, ready)
+    else:
+        asyncio.run(serve(*common, args.poll_ms, args.wait_ready_s))
 
 
 def cmd_plan(args) -> None:
@@ -219,6 +218,13 @@ def register(sub) -> None:
         default=WAIT_READY_S,
         help="wait this long for every worker (progress every 5 s); then a plan with on_missing: degrade "
         "starts without the missing ones and takes each in when it comes up, and one with fail stops",
+    )
+    s.add_argument(
+        "--coordinators",
+        type=int,
+        default=1,
+        help="coordinator processes on this one address (SO_REUSEPORT: each client connection lands on one of "
+        "them); past one core's worth of requests/s",
     )
     _security_args(s)
     _limits_args(s)

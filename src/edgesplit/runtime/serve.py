@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from edgesplit.runtime.config import WAIT_READY_S, WorkerConfig
 from edgesplit.runtime.cluster import LocalCluster
@@ -27,9 +28,13 @@ async def serve(
     limits: ServerLimits = ServerLimits(),
     worker_poll_ms: float = WorkerConfig.poll_ms,
     wait_ready_s: float = WAIT_READY_S,
+    share_port: bool = False,
+    on_ready: Callable[[str, int], None] | None = None,
 ) -> None:
     """``worker_poll_ms``: the local workers' ``--poll-ms`` (``local_export`` only). ``wait_ready_s``: how long to
-    wait for every worker; then a plan with ``on_missing: degrade`` starts without the missing ones."""
+    wait for every worker; then a plan with ``on_missing: degrade`` starts without the missing ones. ``share_port``:
+    one of several coordinators on this address (``runtime/coordinators.py``). ``on_ready(model, port)`` is called
+    once it serves; without it, a ready line is printed."""
     security.check_bind(host)
     cluster = LocalCluster(local_export, poll_ms=worker_poll_ms).start() if local_export else None
     try:
@@ -44,8 +49,11 @@ async def serve(
                 # a plan that degrades without a part also starts without it (probed, taken in when it comes up)
                 await coordinators[-1].wait_ready(wait_ready_s, require_all=plan.on_missing == "fail")
             model = coordinators[0] if len(coordinators) == 1 else StreamRouter(coordinators)
-            server = KServeServer([model], host, port, security, limits, server_name="edgesplit-coordinator")
-            await server.serve_until_signalled(f"{READY_LINE} model={model.meta.name} port={{port}}")
+            server = KServeServer([model], host, port, security, limits, "edgesplit-coordinator", share_port)
+            await server.serve_until_signalled(
+                f"{READY_LINE} model={model.meta.name} port={{port}}",
+                on_ready=on_ready and (lambda port: on_ready(model.meta.name, port)),
+            )
         finally:
             for coordinator in coordinators:
                 await coordinator.close()

@@ -124,6 +124,7 @@ async def serve_worker(cfg: WorkerConfig, security=None, grace_s: float = 5.0) -
         models, cfg.host, cfg.port, security or ServerSecurity(), cfg.limits, server_name="edgesplit-worker"
     )
     ipc_server = UnixSocketServer(models, cfg.unix_socket, cfg.limits, cfg.poll_ms) if cfg.unix_socket else None
+    signalled = until_signalled()
     port = await grpc_server.start()
     try:
         if ipc_server:
@@ -131,7 +132,7 @@ async def serve_worker(cfg: WorkerConfig, security=None, grace_s: float = 5.0) -
         # the ready line is what the local cluster waits for; it also tells a user which port was chosen
         names = ",".join(m.meta.name for m in models)
         print(f"{READY_LINE} part={names} port={port} pid={os.getpid()}", flush=True)
-        await until_signalled()
+        await signalled.wait()
         log.info("stopping: finishing calls in flight")
     finally:
         await asyncio.gather(grpc_server.stop(grace_s), *([ipc_server.stop(grace_s)] if ipc_server else []))

@@ -263,7 +263,10 @@ class KServeServer:
         security: ServerSecurity = ServerSecurity(),
         limits: ServerLimits = ServerLimits(),
         server_name: str = "edgesplit",
+        share_port: bool = False,
     ):
+        """``share_port``: bind with SO_REUSEPORT, so that several processes serve one address (the kernel spreads
+        connections over them); otherwise a busy port is an error, never a silently shared one."""
         security.check_bind(host)
         self.host, self.requested_port, self.security, self.limits = host, port, security, limits
         max_message_bytes = limits.message_bytes(models)
@@ -283,7 +286,7 @@ class KServeServer:
             options=[
                 ("grpc.max_receive_message_length", hard_limit),
                 ("grpc.max_send_message_length", hard_limit),
-                ("grpc.so_reuseport", 0),  # a busy port is an error, not a silently shared one
+                ("grpc.so_reuseport", int(share_port)),
                 ("grpc.max_connection_idle_ms", idle_ms),
                 ("grpc.server_handshake_timeout_ms", idle_ms),
                 ("grpc.max_connection_age_ms", int(limits.max_connection_age_s * 1e3)),
@@ -321,20 +324,24 @@ class KServeServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_s)
 
-    async def serve_until_signalled(self, ready_line: str, grace_s: float = 5.0) -> None:
-        """Start, print ``ready_line`` (``{port}`` is filled in), serve until SIGTERM/SIGINT, then stop
-        accepting and give calls in flight ``grace_s`` to finish."""
+    async def serve_until_signalled(self, ready_line: str, grace_s: float = 5.0, on_ready=None) -> None:
+        """Start, print ``ready_line`` (``{port}`` is filled in; or call ``on_ready(port)``), serve until
+        SIGTERM/SIGINT, then stop accepting and give calls in flight ``grace_s`` to finish."""
+        signalled = until_signalled()  # handlers in place before anyone learns that this server is up
         port = await self.start()
-        print(ready_line.format(port=port), flush=True)
-        await until_signalled()
+        if on_ready:
+            on_ready(port)
+        else:
+            print(ready_line.format(port=port), flush=True)
+        await signalled.wait()
         log.info("stopping: finishing calls in flight")
         await self.stop(grace_s)
 
 
-async def until_signalled() -> None:
-    """Return when this process gets SIGTERM or SIGINT."""
+def until_signalled() -> asyncio.Event:
+    """An event set when this process gets SIGTERM or SIGINT (from now on)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
