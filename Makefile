@@ -11,12 +11,12 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 TORCH := torch==2.13.0
 TORCH_SOURCE := $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/wheels,--index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: demo test venv data cxx net bench proto clean
+.PHONY: demo test venv data cxx net curl bench proto clean
 
 demo: $(STAMP) data
 	$(BIN)/edgesplit demo
 
-test: $(STAMP) data cxx net
+test: $(STAMP) data cxx net curl
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/lint-imports
@@ -58,6 +58,16 @@ net:
 		apt-get install -y iproute2 >/dev/null || { apt-get update >/dev/null && apt-get install -y iproute2 >/dev/null; }; \
 	else \
 		echo "ip/tc are missing (the testbed tests are skipped without root anyway): sudo apt-get install iproute2"; \
+	fi
+
+# curl talks to the HTTP/REST API as a user would (tests/runtime/test_http.py)
+curl:
+	@if command -v curl >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "curl missing: installing the Debian package curl"; \
+		apt-get install -y curl >/dev/null || { apt-get update >/dev/null && apt-get install -y curl >/dev/null; }; \
+	else \
+		echo "curl is missing (its checks are skipped): sudo apt-get install curl"; \
 	fi
 
 proto: $(STAMP)

@@ -99,6 +99,7 @@ def _serving(*args):
     try:
         line = proc.stdout.readline()
         assert line.startswith("EDGESPLIT-SERVE-READY"), proc.stderr.read() if proc.poll() is not None else line
+        proc.ready_line = line  # e.g. its http=PORT
         yield proc, int(line.split("port=")[1])
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -96,10 +96,10 @@ def cmd_serve(args) -> None:
         from edgesplit.runtime.coordinators import serve_coordinators
         from edgesplit.runtime.serve import READY_LINE
 
-        ready = f"{READY_LINE} model={{model}} coordinators={args.coordinators} port={{port}}"
-        serve_coordinators(args.coordinators, *common, args.poll_ms, args.wait_ready_s, ready)
+        ready = f"{READY_LINE} model={{model}} coordinators={args.coordinators}{{http}} port={{port}}"
+        serve_coordinators(args.coordinators, *common, args.poll_ms, args.wait_ready_s, args.http_port, ready)
     else:
-        asyncio.run(serve(*common, args.poll_ms, args.wait_ready_s))
+        asyncio.run(serve(*common, args.poll_ms, args.wait_ready_s, args.http_port))
 
 
 def cmd_plan(args) -> None:
@@ -206,6 +206,12 @@ def register(sub) -> None:
     s.add_argument("--local", metavar="EXPORT_DIR", help="start local worker processes for this export instead")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
     s.add_argument("--port", type=int, default=8001, help="KServe v2 gRPC port (default 8001; 0: any free one)")
+    s.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="also serve the KServe v2 HTTP/REST API, and Prometheus /metrics, on this port (0: any free one; default: off)",
+    )
     s.add_argument(
         "--poll-ms",
         type=float,

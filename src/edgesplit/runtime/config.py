@@ -70,6 +70,12 @@ class WorkerConfig:
         "with --unix-socket: after each answer, poll for the next request this long (ms) instead of sleeping, "
         "yielding the core to other processes; saves the wake-up of an idle core",
     )
+    http_port: int | None = option(
+        None,
+        "also serve the KServe v2 HTTP/REST API, and Prometheus /metrics, on this port (0: any free one)",
+        metavar="PORT",
+        type=int,
+    )
     hls_dir: str | None = option(
         None, "with --engine hls-csim: the project `edgesplit hls ... --branch K` wrote", "--hls", metavar="DIR", type=str
     )

@@ -44,15 +44,18 @@ def serve_coordinators(
     limits: ServerLimits,
     worker_poll_ms: float,
     wait_ready_s: float,
+    http_port: int | None,
     ready_line: str,
 ) -> None:
-    """Run ``count`` coordinators of ``plan_path`` (or of local workers for ``local_export``) on ``host:port``
-    until SIGTERM/SIGINT; print ``ready_line`` (``{port}``, ``{model}`` filled in) once all serve."""
+    """Run ``count`` coordinators of ``plan_path`` (or of local workers for ``local_export``) on ``host:port`` (and
+    ``http_port``) until SIGTERM/SIGINT; print ``ready_line`` (``{model}``, ``{http}``, ``{port}`` filled in) once
+    all serve."""
     from edgesplit.runtime.cluster import LocalCluster
 
     security.check_bind(host)
-    reserved = _reserve(host, port)  # port 0: one free port, held until every coordinator listens on it
-    port = reserved.getsockname()[1]
+    # port 0: one free port, held until every coordinator listens on it
+    reserved = [_reserve(host, p) for p in (port, *([http_port] if http_port is not None else []))]
+    port, http_port = reserved[0].getsockname()[1], reserved[1].getsockname()[1] if http_port is not None else None
     stopping: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: stopping.append(signum)) for sig in (signal.SIGTERM, signal.SIGINT)}
     cluster, tmp, children = None, None, []
@@ -62,14 +65,17 @@ def serve_coordinators(
             tmp = tempfile.TemporaryDirectory(prefix="edgesplit-serve-")
             plan_path = str(Path(tmp.name) / "plan.yaml")
             cluster.plan().write(plan_path)
-        args = (plan_path, host, port, security, limits, wait_ready_s)
+        args = (plan_path, host, port, security, limits, wait_ready_s, http_port)
         children = [_Coordinator(i, args) for i in range(count)]
         models = [c.wait_ready(wait_ready_s + 30.0, stopping) for c in children]
-        reserved.close()
-        print(ready_line.format(port=port, model=models[0]), flush=True)
+        for r in reserved:
+            r.close()
+        http = f" http={http_port}" if http_port is not None else ""
+        print(ready_line.format(port=port, model=models[0], http=http), flush=True)
         _supervise(children, stopping)
     finally:
-        reserved.close()
+        for r in reserved:
+            r.close()
         for c in children:
             c.stop()
         for sig, handler in previous.items():
@@ -151,7 +157,7 @@ class _Coordinator:
         self.messages.close()
 
 
-def _coordinator_main(plan_path, host, port, security, limits, wait_ready_s, messages, parent_pid) -> None:
+def _coordinator_main(plan_path, host, port, security, limits, wait_ready_s, http_port, messages, parent_pid) -> None:
     """A coordinator process: the plan served on the shared port; says on ``messages`` that it serves, or why not."""
     from edgesplit.runtime.tuning import tune_runtime_process
     from edgesplit.runtime.worker import PARENT_PID_ENV, die_with_parent
@@ -173,8 +179,9 @@ def _coordinator_main(plan_path, host, port, security, limits, wait_ready_s, mes
                 security,
                 limits,
                 wait_ready_s=wait_ready_s,
+                http_port=http_port,
                 share_port=True,
-                on_ready=lambda model, port: messages.send(("ready", model)),
+                on_ready=lambda model, port, http_port: messages.send(("ready", model)),
             )
         )
     except EdgesplitError as err:

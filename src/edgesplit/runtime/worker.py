@@ -119,23 +119,38 @@ async def serve_worker(cfg: WorkerConfig, security=None, grace_s: float = 5.0) -
     from edgesplit.runtime.transport.grpc_server import KServeServer, ServerSecurity, until_signalled
 
     pin_cpus(cfg.cpus)
+    security = security or ServerSecurity()
     models = load_parts(cfg)
-    grpc_server = KServeServer(
-        models, cfg.host, cfg.port, security or ServerSecurity(), cfg.limits, server_name="edgesplit-worker"
-    )
+    http_server = None
+    if cfg.http_port is not None:  # the REST half, and the metrics it serves, counted over every transport
+        from edgesplit.runtime.metrics import Metrics
+        from edgesplit.runtime.transport.http_server import KServeHttpServer
+
+        metrics = Metrics()
+        models = [metrics.wrap(m) for m in models]
+    grpc_server = KServeServer(models, cfg.host, cfg.port, security, cfg.limits, server_name="edgesplit-worker")
+    if cfg.http_port is not None:
+        http_server = KServeHttpServer(
+            models, cfg.host, cfg.http_port, security, cfg.limits, grpc_server.budget, "edgesplit-worker", metrics
+        )
     ipc_server = UnixSocketServer(models, cfg.unix_socket, cfg.limits, cfg.poll_ms) if cfg.unix_socket else None
     signalled = until_signalled()
     port = await grpc_server.start()
     try:
         if ipc_server:
             await ipc_server.start()
+        http = f" http={await http_server.start()}" if http_server else ""
         # the ready line is what the local cluster waits for; it also tells a user which port was chosen
         names = ",".join(m.meta.name for m in models)
-        print(f"{READY_LINE} part={names} port={port} pid={os.getpid()}", flush=True)
+        print(f"{READY_LINE} part={names}{http} port={port} pid={os.getpid()}", flush=True)
         await signalled.wait()
         log.info("stopping: finishing calls in flight")
     finally:
-        await asyncio.gather(grpc_server.stop(grace_s), *([ipc_server.stop(grace_s)] if ipc_server else []))
+        await asyncio.gather(
+            grpc_server.stop(grace_s),
+            *([ipc_server.stop(grace_s)] if ipc_server else []),
+            *([http_server.stop()] if http_server else []),
+        )
 
 
 PARENT_PID_ENV = "EDGESPLIT_PARENT_PID"

@@ -79,6 +79,7 @@ class GrpcPeer:
         )
         self._metadata = (("authorization", f"Bearer {security.token}"),) if security.token else None
         self._calls = asyncio.Semaphore(CALLS_PER_PEER)
+        self.bytes_sent = self.bytes_received = 0  # ModelInfer messages (metrics)
 
     def __repr__(self) -> str:
         return f"GrpcPeer({self.model_name}@{self.address})"
@@ -88,12 +89,14 @@ class GrpcPeer:
     ) -> InferResult:
         """``parameters``: the request's KServe v2 parameters."""
         req = codec.serialize_request(self.model_name, plain(inputs), request_id, parameters)  # remote: no shared memory
+        self.bytes_sent += len(req)
         try:
             async with self._calls:
                 sent_at = time.monotonic()
                 resp = await self._model_infer(req, timeout=timeout_s, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
             raise status_error(err.code().name, err.details(), self) from None
+        self.bytes_received += len(resp)
         try:
             return InferResult(*codec.parse_response(resp, sent_at))
         except DecodeError:

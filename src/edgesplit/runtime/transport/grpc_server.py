@@ -83,6 +83,21 @@ class ServerSecurity:
             require_client_auth=ca is not None,
         )
 
+    def ssl_context(self):
+        """The same certificates for the HTTP/REST server (``http_server.py``): a ``ssl.SSLContext``, or None."""
+        if not self.tls_cert:
+            return None
+        if not self.tls_key:
+            raise EdgesplitError("--tls-cert needs --tls-key")
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(self.tls_client_ca)
+        return ctx
+
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -323,19 +338,6 @@ class KServeServer:
         self.servicer.live = False
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_s)
-
-    async def serve_until_signalled(self, ready_line: str, grace_s: float = 5.0, on_ready=None) -> None:
-        """Start, print ``ready_line`` (``{port}`` is filled in; or call ``on_ready(port)``), serve until
-        SIGTERM/SIGINT, then stop accepting and give calls in flight ``grace_s`` to finish."""
-        signalled = until_signalled()  # handlers in place before anyone learns that this server is up
-        port = await self.start()
-        if on_ready:
-            on_ready(port)
-        else:
-            print(ready_line.format(port=port), flush=True)
-        await signalled.wait()
-        log.info("stopping: finishing calls in flight")
-        await self.stop(grace_s)
 
 
 def until_signalled() -> asyncio.Event:

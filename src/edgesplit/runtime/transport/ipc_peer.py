@@ -155,6 +155,7 @@ class UnixSocketPeer:
         self._conn: _Connection | None = None
         self._ids = itertools.count(1)
         self._lock: asyncio.Lock | None = None
+        self.bytes_sent = self.bytes_received = 0  # INFER frames' bodies (shared-memory tensors: their references)
 
     def __repr__(self) -> str:
         return f"UnixSocketPeer({self.model_name}@{self.address})"
@@ -203,6 +204,7 @@ class UnixSocketPeer:
         return status_error("DEADLINE_EXCEEDED", "", self)
 
     def _result(self, kind: int, body: bytes, sent_at: float) -> InferResult:
+        self.bytes_received += len(body)
         if kind == FAILED:
             status, _, detail = body.decode(errors="replace").partition("\n")
             raise status_error(status, detail, self)
@@ -223,6 +225,7 @@ class UnixSocketPeer:
             return asyncio.ensure_future(self.infer(inputs, timeout_s, request_id, parameters))
         inputs = {k: v.array if isinstance(v, SharedTensor) and not conn.regions[v.region.name] else v for k, v in inputs.items()}
         body = codec.serialize_request(self.model_name, inputs, request_id, parameters)
+        self.bytes_sent += len(body)
         sent_at = time.monotonic()
         return self._begin(conn, INFER, body, timeout_s, lambda kind, answer: self._result(kind, answer, sent_at))
 
