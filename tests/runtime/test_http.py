@@ -3,6 +3,7 @@ Triton HTTP client, curl, and raw requests for what a client should not send."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -55,10 +56,10 @@ def _metric(text: str, name: str, **labels) -> float:
     return total
 
 
-@pytest.fixture
-def http_worker(random_export):
-    """`edgesplit worker` of branch0 with --http-port 0: (http port, gRPC port)."""
-    cmd = [sys.executable, "-m", "edgesplit", "worker", str(random_export), "--part", "branch0", "--http-port", "0"]
+@contextlib.contextmanager
+def _worker(export, *args):
+    """`edgesplit worker` of branch0 with --http-port 0 (and ``args``): (http port, gRPC port)."""
+    cmd = [sys.executable, "-m", "edgesplit", "worker", str(export), "--part", "branch0", "--http-port", "0", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -67,6 +68,40 @@ def http_worker(random_export):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+@pytest.fixture
+def http_worker(random_export):
+    with _worker(random_export) as ports:
+        yield ports
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make certificates")
+def test_http_takes_the_same_token_and_tls_as_grpc(random_export, images, tmp_path):
+    cert, key, token = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "token"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    token.write_text("s3cret\n")
+    token.chmod(0o600)
+    with _worker(random_export, "--tls-cert", cert, "--tls-key", key, "--token-file", token) as (port, _):
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(cert))
+        url = f"https://127.0.0.1:{port}/v2/health/ready"
+        with pytest.raises(urllib.error.HTTPError) as err:  # TLS, but no token
+            urllib.request.urlopen(url, context=context, timeout=20)
+        assert err.value.code == 401 and "missing or wrong bearer token" in json.loads(err.value.read())["error"]
+        wrong = urllib.request.Request(url, headers={"Authorization": "Bearer nope"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(wrong, context=context, timeout=20)
+        assert err.value.code == 401
+        right = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret"})
+        assert urllib.request.urlopen(right, context=context, timeout=20).status == 200
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP to the TLS port: no answer
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=20)
 
 
 def test_worker_answers_over_http_as_over_grpc(http_worker, images, random_export):
