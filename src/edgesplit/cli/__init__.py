@@ -11,14 +11,14 @@ import logging
 import os
 import sys
 
-from edgesplit.cli import bench, codesign, demo, hardware, models, runtime, testbed
+from edgesplit.cli import bench, codesign, demo, hardware, models, runtime, stream, testbed
 from edgesplit.cli.codesign import parse_duration  # noqa: F401 (part of the CLI's API: tests and scripts use it)
 from edgesplit.cli.common import Parser, json_alone
 from edgesplit.errors import EdgesplitError
 
 log = logging.getLogger("edgesplit")
 
-SUBCOMMANDS = (models, runtime, hardware, codesign, bench, testbed, demo)  # each adds its subcommands, in this order
+SUBCOMMANDS = (models, runtime, stream, hardware, codesign, bench, testbed, demo)  # each adds its subcommands, in this order
 
 
 def build_parser():
