@@ -297,8 +297,10 @@ def bench_scale(cfg: ScaleBench) -> dict:
 
 
 def plot(r: dict, path: str) -> None:
-    """Planning time against fleet size (table, allocation, every set of devices); the coordinator's requests/s."""
-    fig, (plan, coord) = figure(2, (10, 3.8))
+    """Planning time against fleet size (table, allocation, every set of devices); the coordinator's requests/s;
+    serve's requests/s against groups and coordinators."""
+    served = r.get("served", {}).get("rows", [])
+    fig, (plan, coord, *rest) = figure(3 if served else 2, (15 if served else 10, 3.8))
     rows = r["planning"]
     n = [row["devices"] for row in rows]
     plan.plot(n, [row["table_s"] for row in rows], "o-", label="table of rates (hardware model)")
@@ -326,6 +328,18 @@ def plot(r: dict, path: str) -> None:
     coord.set_yscale("log")
     coord.legend(fontsize=8)
     coord.grid(alpha=0.3)
+    if served:
+        ax = rest[0]
+        groups = sorted({row["groups"] for row in served})
+        counts = sorted({row["coordinators"] for row in served})
+        width = 0.8 / len(counts)
+        for j, n in enumerate(counts):
+            rps = [next((row["rps"] for row in served if row["groups"] == g and row["coordinators"] == n), 0) for g in groups]
+            ax.bar([i + j * width for i in range(len(groups))], rps, width, label=f"{n} coordinator(s)")
+        ax.set_xticks([i + width * (len(counts) - 1) / 2 for i in range(len(groups))], [f"{g} group(s)" for g in groups])
+        ax.set_ylabel("requests/s (edgesplit serve)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
     save(fig, path)
 
 
