@@ -11,12 +11,12 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 TORCH := torch==2.13.0
 TORCH_SOURCE := $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/wheels,--index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: demo test venv data cxx net curl bench proto clean
+.PHONY: demo test venv data cxx net curl browser bench proto clean
 
 demo: $(STAMP) data
 	$(BIN)/edgesplit demo
 
-test: $(STAMP) data cxx net curl
+test: $(STAMP) data cxx net curl browser
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/lint-imports
@@ -68,6 +68,16 @@ curl:
 		apt-get install -y curl >/dev/null || { apt-get update >/dev/null && apt-get install -y curl >/dev/null; }; \
 	else \
 		echo "curl is missing (its checks are skipped): sudo apt-get install curl"; \
+	fi
+
+# chromium and its driver open `serve --dashboard` in a real browser (tests/runtime/test_dashboard.py, Selenium)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "chromium missing: installing the Debian packages chromium and chromium-driver"; \
+		apt-get install -y chromium chromium-driver >/dev/null || { apt-get update >/dev/null && apt-get install -y chromium chromium-driver >/dev/null; }; \
+	else \
+		echo "chromium is missing (the dashboard's browser test is skipped): sudo apt-get install chromium chromium-driver"; \
 	fi
 
 proto: $(STAMP)

@@ -91,6 +91,10 @@ def cmd_serve(args) -> None:
         raise EdgesplitError(f"--wait-ready-s must be positive, got {args.wait_ready_s}")
     if args.coordinators < 1:
         raise EdgesplitError(f"--coordinators takes 1 or more processes, got {args.coordinators}")
+    if args.dashboard and args.http_port is None:
+        raise EdgesplitError("--dashboard is served on the HTTP port: add --http-port PORT (0: any free one)")
+    if args.dashboard and args.coordinators > 1:
+        raise EdgesplitError("--dashboard shows one coordinator: leave out --coordinators")
     common = (args.plan, args.local, args.host, args.port, _server_security(args), _server_limits(args))
     if args.coordinators > 1:
         from edgesplit.runtime.coordinators import serve_coordinators
@@ -99,7 +103,7 @@ def cmd_serve(args) -> None:
         ready = f"{READY_LINE} model={{model}} coordinators={args.coordinators}{{http}} port={{port}}"
         serve_coordinators(args.coordinators, *common, args.poll_ms, args.wait_ready_s, args.http_port, ready)
     else:
-        asyncio.run(serve(*common, args.poll_ms, args.wait_ready_s, args.http_port))
+        asyncio.run(serve(*common, args.poll_ms, args.wait_ready_s, args.http_port, dashboard=args.dashboard))
 
 
 def cmd_plan(args) -> None:
@@ -224,6 +228,12 @@ def register(sub) -> None:
         default=WAIT_READY_S,
         help="wait this long for every worker (progress every 5 s); then a plan with on_missing: degrade "
         "starts without the missing ones and takes each in when it comes up, and one with fail stops",
+    )
+    s.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="a live page at http://HOST:HTTP_PORT/dashboard: the devices, latency, the last request, degraded "
+        "answers; with --local, unplug and restore a worker (needs --http-port)",
     )
     s.add_argument(
         "--coordinators",

@@ -22,8 +22,10 @@ their status and not counted here.
 
 from __future__ import annotations
 
+import collections
 import time
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
@@ -31,6 +33,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from edgesplit.runtime.errors import DeadlineExceeded, InferError, PartUnavailable
 from edgesplit.runtime.model import InferResult
 
+RECENT = 4096  # answers (and part arrivals) kept for a live view: seconds of history at a few hundred requests/s
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 ARRIVAL_SUFFIX = "_arrival_ms"  # a coordinator's answer parameter per part (``coordinator.RequestReport``)
 TRITON_COUNTERS = {
@@ -69,6 +72,15 @@ class Metrics:
         )
         self.in_flight = Gauge("edgesplit_requests_in_flight", "requests in the model now", ["model"], registry=self.registry)
         self._triton: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        # what a live view (runtime/dashboard.py) reads: recent answers, each part's recent arrivals, the last
+        # request (its first image, logits, parameters), the answers that were not exact, running totals
+        self.model_name = ""
+        self.recent: collections.deque = collections.deque(maxlen=RECENT)  # (monotonic s, ms, outcome)
+        self.recent_arrivals: collections.deque = collections.deque(maxlen=RECENT)  # (monotonic s, part, ms)
+        self.last: tuple | None = None
+        self.events: collections.deque = collections.deque(maxlen=200)
+        self.totals = {"answered": 0, "degraded": 0, "recovered": 0, "failed": 0}
+        self._seq = 0
         if coordinators:
             self.registry.register(_PeerCollector(coordinators))
 
@@ -80,14 +92,19 @@ class Metrics:
         key = (name, tuple(sorted(labels.items())))
         self._triton[key] = self._triton.get(key, 0.0) + value
 
-    def record(self, model: str, started: float, items: int, result: InferResult | None, err: Exception | None) -> None:
-        seconds = time.perf_counter() - started
+    def record(
+        self, model: str, started: float, items: int, result: InferResult | None, err: Exception | None, inputs: dict
+    ) -> None:
+        seconds, now = time.perf_counter() - started, time.monotonic()
+        self.model_name = model
         version = {"model": model, "version": "1"}
         self.duration.labels(model).observe(seconds)
         self._add("nv_inference_request_duration_us", version, seconds * 1e6)
         if err is not None:
             outcome = _failure(err)
             self._add("nv_inference_request_failure", {**version, "reason": outcome}, 1)
+            self.totals["failed"] += 1
+            self._event(now, "failed", seconds, {"reason": outcome})
         else:
             p = result.parameters
             outcome = "recovered" if p.get("recovered") else "degraded" if p.get("degraded") else "exact"
@@ -97,7 +114,23 @@ class Metrics:
             for key, ms in p.items():
                 if key.endswith(ARRIVAL_SUFFIX) and isinstance(ms, (int, float)):
                     self.arrival.labels(model, key[: -len(ARRIVAL_SUFFIX)]).observe(ms / 1e3)
+                    self.recent_arrivals.append((now, key[: -len(ARRIVAL_SUFFIX)], ms))
+            self.totals["answered"] += 1
+            if outcome != "exact":
+                self.totals[outcome] += 1
+                self._event(now, outcome, seconds, {"missing": p.get("missing", "")})
+            image = next(iter(inputs.values()), None)
+            logits = next(iter(result.outputs.values()), None)
+            if image is not None and logits is not None and getattr(image, "ndim", 0) == 4 and logits.ndim == 2:
+                self.last = (np.array(image[0]), np.asarray(logits[0], dtype=np.float64), dict(p))
+        self.recent.append((now, seconds * 1e3, "failed" if err is not None else outcome))
         self.requests.labels(model, outcome).inc()
+
+    def _event(self, now: float, outcome: str, seconds: float, extra: dict) -> None:
+        self._seq += 1
+        self.events.append(
+            {"seq": self._seq, "time": time.strftime("%H:%M:%S"), "outcome": outcome, "ms": seconds * 1e3, **extra}
+        )
 
     def exposition(self) -> bytes:
         """The Prometheus text format: Triton's counters, then the registry's metrics."""
@@ -157,21 +190,21 @@ class MeteredModel:
             result = await pending
             return result
         except Exception as err:
-            self.metrics.record(self.meta.name, started, _items(inputs), None, err)
+            self.metrics.record(self.meta.name, started, _items(inputs), None, err, inputs)
             raise
         finally:
             self._gauge.dec()
             if result is not None:
-                self.metrics.record(self.meta.name, started, _items(inputs), result, None)
+                self.metrics.record(self.meta.name, started, _items(inputs), result, None, inputs)
 
     def _infer_now(self, inputs: dict) -> InferResult:
         started = time.perf_counter()
         try:
             result = self.model.infer_now(inputs)
         except Exception as err:
-            self.metrics.record(self.meta.name, started, _items(inputs), None, err)
+            self.metrics.record(self.meta.name, started, _items(inputs), None, err, inputs)
             raise
-        self.metrics.record(self.meta.name, started, _items(inputs), result, None)
+        self.metrics.record(self.meta.name, started, _items(inputs), result, None, inputs)
         return result
 
 

@@ -33,12 +33,14 @@ async def serve(
     share_port: bool = False,
     on_ready: Callable[[str, int, int | None], None] | None = None,
     grace_s: float = 5.0,
+    dashboard: bool = False,
 ) -> None:
     """Serve until SIGTERM/SIGINT; then stop accepting and give calls in flight ``grace_s`` to finish.
 
     ``worker_poll_ms``: the local workers' ``--poll-ms`` (``local_export`` only). ``wait_ready_s``: how long to
     wait for every worker; then a plan with ``on_missing: degrade`` starts without the missing ones. ``http_port``:
-    also the HTTP/REST API and /metrics there. ``share_port``: one of several coordinators on this address
+    also the HTTP/REST API and /metrics there (and with ``dashboard``, the live page: ``runtime/dashboard.py``;
+    unplug and restore for the workers of ``local_export``). ``share_port``: one of several coordinators on this address
     (``runtime/coordinators.py``). ``on_ready(model, port, http_port)`` is called once it serves; without it, a
     ready line is printed."""
     security.check_bind(host)
@@ -55,7 +57,8 @@ async def serve(
                 # a plan that degrades without a part also starts without it (probed, taken in when it comes up)
                 await coordinators[-1].wait_ready(wait_ready_s, require_all=plan.on_missing == "fail")
             model = coordinators[0] if len(coordinators) == 1 else StreamRouter(coordinators)
-            await _serve_model(model, coordinators, host, port, security, limits, http_port, share_port, on_ready, grace_s)
+            view = (cluster,) if dashboard else None
+            await _serve_model(model, coordinators, host, port, security, limits, http_port, share_port, on_ready, grace_s, view)
         finally:
             for coordinator in coordinators:
                 await coordinator.close()
@@ -64,17 +67,24 @@ async def serve(
             cluster.stop()
 
 
-async def _serve_model(model, coordinators, host, port, security, limits, http_port, share_port, on_ready, grace_s) -> None:
-    name, http_server, metrics = model.meta.name, None, None
+async def _serve_model(
+    model, coordinators, host, port, security, limits, http_port, share_port, on_ready, grace_s, view=None
+) -> None:
+    """``view``: (the local cluster or None,) for the dashboard; None: no dashboard."""
+    name, http_server, metrics, dashboard = model.meta.name, None, None, None
     if http_port is not None:  # the REST half, and the metrics it serves, counted over both halves
         from edgesplit.runtime.metrics import Metrics
         from edgesplit.runtime.transport.http_server import KServeHttpServer
 
         metrics = Metrics(coordinators)
         model = metrics.wrap(model)
+        if view is not None:
+            from edgesplit.runtime.dashboard import Dashboard
+
+            dashboard = Dashboard(metrics, coordinators, coordinators[0].manifest.classes, cluster=view[0])
     server = KServeServer([model], host, port, security, limits, "edgesplit-coordinator", share_port)
     if http_port is not None:
-        args = (security, limits, server.budget, "edgesplit-coordinator", metrics, share_port)
+        args = (security, limits, server.budget, "edgesplit-coordinator", metrics, share_port, dashboard)
         http_server = KServeHttpServer([model], host, http_port, *args)
     signalled = until_signalled()  # handlers in place before anyone learns that this server is up
     port = await server.start()

@@ -63,11 +63,13 @@ class KServeHttpApp:
         token: str | None = None,
         server_name: str = "edgesplit",
         metrics=None,
+        dashboard=None,
     ):
         self.models = {m.meta.name: m for m in models}
         self.max_message_bytes = limits.message_bytes(models)
         self.hard_limit = 2 * self.max_message_bytes + (1 << 20)  # gRPC's: what is refused unread
         self.limits, self.budget, self.server_name, self.metrics = limits, budget, server_name, metrics
+        self.dashboard = dashboard  # runtime/dashboard.py: its routes on this app
         self._expected = f"Bearer {token}".encode() if token else None
         self.live = True
 
@@ -83,6 +85,8 @@ class KServeHttpApp:
         app.router.add_get("/v2", self.server_metadata)
         if self.metrics is not None:
             app.router.add_get("/metrics", self.scrape)
+        if self.dashboard is not None:
+            self.dashboard.add_routes(app)
         return app
 
     @web.middleware
@@ -312,10 +316,11 @@ class KServeHttpServer:
         server_name: str = "edgesplit",
         metrics=None,
         share_port: bool = False,
+        dashboard=None,
     ):
         security.check_bind(host)
         self.host, self.requested_port, self.security, self.share_port = host, port, security, share_port
-        self.endpoints = KServeHttpApp(models, limits, budget, security.token, server_name, metrics)
+        self.endpoints = KServeHttpApp(models, limits, budget, security.token, server_name, metrics, dashboard)
         self.idle_timeout_s = limits.idle_timeout_s
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
