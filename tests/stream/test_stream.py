@@ -37,7 +37,7 @@ def _stream(cluster: LocalCluster, export, **cfg) -> dict:
     async def go():
         client = await AsyncClient.connect(cluster.plan())
         try:
-            return await run_stream(client, load_manifest(export, verify=False), StreamConfig(**cfg))
+            return await run_stream(client.infer_result, load_manifest(export, verify=False), StreamConfig(**cfg))
         finally:
             await client.close()
 
@@ -124,3 +124,29 @@ def test_video_from_real_images_and_bad_sources_are_one_line(random_export, tmp_
     ]:
         proc = run("stream", "--local", random_export, *argv)
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_stream_serves_its_dashboard_and_metrics_while_it_runs(random_export, lossless_video):
+    import urllib.request
+
+    cmd = [sys.executable, "-m", "edgesplit", "stream", "--local", str(random_export), "--source", str(lossless_video),
+           "--speed", "0.25", "--quiet", "--dashboard-port", "0"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("dashboard: http://127.0.0.1:"), line
+        base = line.split()[1].rsplit("/", 1)[0]
+        with urllib.request.urlopen(base + "/dashboard/events", timeout=20) as events:
+            snapshot = {}
+            while not snapshot.get("totals", {}).get("answered"):  # the first frames take a moment
+                data = events.readline().decode()
+                if data.startswith("data: "):
+                    snapshot = json.loads(data[6:])
+        assert snapshot["model"] == "resnet18-split2" and {d["part"] for d in snapshot["devices"]} == {"branch0", "branch1"}
+        assert snapshot["last"]["shape"] == [1, 28, 28] and len(snapshot["last"]["top"]) == 3  # the frame, (C, H, W)
+        metrics = urllib.request.urlopen(base + "/metrics", timeout=20).read().decode()
+        assert "edgesplit_frames_dropped_total" in metrics and "nv_inference_request_success{" in metrics
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+        proc.wait()

@@ -40,9 +40,23 @@ def cmd_stream(args) -> None:
 
     async def go(plan):
         client = await AsyncClient.connect(plan, require_all=False)
+        manifest, infer, on_drop, runner = load_manifest(plan.export, verify=False), client.infer_result, None, None
         try:
-            return await run_stream(client, load_manifest(plan.export, verify=False), cfg, on_answer)
+            if args.dashboard_port is not None:  # the live page and /metrics, counting this stream's answers
+                from edgesplit.runtime.dashboard import start_dashboard
+                from edgesplit.runtime.metrics import Metrics
+
+                metrics = Metrics([client.coordinator])
+                metered = metrics.wrap(client.coordinator)
+                infer, on_drop = (lambda x: metered.infer({"input": x})), metrics.dropped
+                runner, port = await start_dashboard(
+                    metrics, [client.coordinator], manifest.classes, "127.0.0.1", args.dashboard_port, cluster
+                )
+                print(f"dashboard: http://127.0.0.1:{port}/dashboard", flush=True)
+            return await run_stream(infer, manifest, cfg, on_answer, on_drop)
         finally:
+            if runner is not None:
+                await runner.cleanup()
             await client.close()
 
     cluster = LocalCluster(args.local).start() if args.local else None
@@ -86,6 +100,11 @@ def register(sub) -> None:
     s.add_argument("--plan", help="plan.yaml: where each part runs")
     s.add_argument("--local", metavar="EXPORT_DIR", help="start local worker processes for this export instead")
     add_dataclass_options(s, StreamConfig)
+    s.add_argument(
+        "--dashboard-port",
+        type=int,
+        help="serve the live page (and /metrics) at http://127.0.0.1:PORT/dashboard while it runs (0: any free port)",
+    )
     s.add_argument("--json", nargs="?", const="-", help="write every frame's record and the summary (to a file, or stdout)")
     s.set_defaults(func=cmd_stream)
 

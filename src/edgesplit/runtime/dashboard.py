@@ -158,3 +158,26 @@ class _View:
         self.at: float | None = None
         self.bytes: dict[tuple[str, str], tuple[int, int]] = {}
         self.seq = 0
+
+
+async def start_dashboard(metrics, coordinators, classes, host: str, port: int, cluster=None) -> tuple[web.AppRunner, int]:
+    """The page and /metrics alone on ``host:port`` (for a process that serves no KServe endpoint: ``stream``);
+    stop with ``await runner.cleanup()``."""
+    from edgesplit.errors import EdgesplitError
+
+    app = web.Application()
+    Dashboard(metrics, coordinators, classes, cluster).add_routes(app)
+
+    async def scrape(request):
+        return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.content_type})
+
+    app.router.add_get("/metrics", scrape)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        raise EdgesplitError(f"cannot listen on {host}:{port} for the dashboard ({err.strerror}); pick another port") from None
+    return runner, site._server.sockets[0].getsockname()[1]

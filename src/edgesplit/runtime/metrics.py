@@ -13,6 +13,7 @@ comes from prometheus-client's registry, prefixed ``edgesplit_``:
 - ``edgesplit_part_arrival_seconds{model, part}``: for a split model, when each part's answer arrived after the
   request started (the coordinator's view of each device);
 - ``edgesplit_requests_in_flight{model}``: requests in the model now (the queue);
+- ``edgesplit_frames_dropped_total``: ``stream``'s frames dropped unanswered (the fleet behind the source);
 - ``edgesplit_peer_up{part, peer}``, ``edgesplit_peer_sent_bytes_total`` / ``..._received_bytes_total``, and
   ``edgesplit_peer_failures`` (consecutive) for each worker a coordinator talks to.
 
@@ -71,6 +72,9 @@ class Metrics:
             registry=self.registry,
         )
         self.in_flight = Gauge("edgesplit_requests_in_flight", "requests in the model now", ["model"], registry=self.registry)
+        self.frames_dropped = Counter(
+            "edgesplit_frames_dropped", "stream frames dropped unanswered: the fleet behind the source", registry=self.registry
+        )
         self._triton: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         # what a live view (runtime/dashboard.py) reads: recent answers, each part's recent arrivals, the last
         # request (its first image, logits, parameters), the answers that were not exact, running totals
@@ -125,6 +129,11 @@ class Metrics:
                 self.last = (np.array(image[0]), np.asarray(logits[0], dtype=np.float64), dict(p))
         self.recent.append((now, seconds * 1e3, "failed" if err is not None else outcome))
         self.requests.labels(model, outcome).inc()
+
+    def dropped(self) -> None:
+        """A stream's frame dropped before the model saw it (``stream/runner.py``)."""
+        self.frames_dropped.inc()
+        self.totals["dropped"] = self.totals.get("dropped", 0) + 1
 
     def _event(self, now: float, outcome: str, seconds: float, extra: dict) -> None:
         self._seq += 1

@@ -15,7 +15,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -36,11 +36,16 @@ def _top(logits: np.ndarray, classes: tuple[str, ...], k: int) -> list[list]:
 
 
 async def run_stream(
-    client, manifest, cfg: StreamConfig, on_answer: Callable[[dict, Frame, float | None], None] | None = None
+    infer: Callable[[np.ndarray], Awaitable],
+    manifest,
+    cfg: StreamConfig,
+    on_answer: Callable[[dict, Frame, float | None], None] | None = None,
+    on_drop: Callable[[], None] | None = None,
 ) -> dict:
-    """Run ``cfg.source`` through ``client`` (an ``AsyncClient``) for the model of ``manifest``; the records and a
-    summary. ``on_answer(record, frame, source_fps)`` is called for each answered frame, in the order answers come
-    (``source_fps``: the source's frame rate, None when it does not say)."""
+    """Run ``cfg.source`` through ``infer`` ((1, C, H, W) uint8 -> ``InferResult``: an ``AsyncClient``'s
+    ``infer_result``) for the model of ``manifest``; the records and a summary. ``on_answer(record, frame,
+    source_fps)`` is called for each answered frame, in the order answers come (``source_fps``: the source's frame
+    rate, None when it does not say); ``on_drop()`` for each frame dropped."""
     source = open_source(cfg.source, manifest.input_shape, cfg.fps)
     loop = asyncio.get_running_loop()
     waiting: collections.deque = collections.deque()
@@ -54,6 +59,8 @@ async def run_stream(
         if len(waiting) >= cfg.queue:
             old, _ = waiting.popleft()
             records[old.index] = {"frame": old.index, "t_s": old.t_s, "dropped": True}
+            if on_drop:
+                on_drop()
         waiting.append((frame, time.monotonic()))
         state["deepest"] = max(state["deepest"], len(waiting))
         wake.set()
@@ -96,7 +103,7 @@ async def run_stream(
                 continue
             x = np.ascontiguousarray(frame.image.transpose(2, 0, 1)[None])  # (1, C, H, W) uint8
             try:
-                result = await client.infer_result(x)
+                result = await infer(x)
             except (InferError, DeadlineExceeded, PartUnavailable) as err:
                 records[frame.index] = {**record, "error": str(err)}
                 continue
