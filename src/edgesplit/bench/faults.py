@@ -124,7 +124,12 @@ def bench_faults(cfg: FaultsBench) -> dict:
     xs = np.maximum(np.random.default_rng(seed + 1).standard_normal((requests, layers[0][0].shape[1])), 0).astype(np.float32)
     refs = reference_forward(layers, xs)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="edgesplit-faults-") as tmp:
+    from edgesplit.progress import Progress
+
+    with (
+        tempfile.TemporaryDirectory(prefix="edgesplit-faults-") as tmp,
+        Progress(2 * len(scenarios), "bench faults", "scenario") as bar,
+    ):
         for label, r in (("coded", parity), ("uncoded", 0)):
             export_dir = Path(tmp) / label
             export_coded_mlp(layers, export_dir, K_DATA, r, "alexnet-fc", layer_names=LAYER_NAMES)
@@ -132,6 +137,7 @@ def bench_faults(cfg: FaultsBench) -> dict:
                 results[f"{label}/{scenario}"] = _run_scenario(
                     export_dir, K_DATA + r, scenario, xs, refs, timeout_ms, parity_policy
                 )
+                bar.update(1, done=f"{label}/{scenario}")
     out = {
         "benchmark": "faults",
         "model": "alexnet FC (9216-4096-4096-1000, random weights)",

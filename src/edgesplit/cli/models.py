@@ -96,7 +96,7 @@ def cmd_train(args) -> None:
 
 
 class _ProgressBar:
-    """tqdm bar per epoch with running loss and accuracy (tqdm is optional)."""
+    """A progress line per epoch (``progress.Progress``: a bar on a terminal) with the running loss and accuracy."""
 
     def __init__(self, enabled: bool):
         self.enabled, self.bar, self.epoch = enabled, None, None
@@ -106,12 +106,11 @@ class _ProgressBar:
             return
         if s["epoch"] != self.epoch:
             self.close()
-            from tqdm import tqdm
+            from edgesplit.progress import Progress
 
-            self.bar = tqdm(total=s["steps"], desc=f"epoch {s['epoch']}/{s['epochs']}", unit="batch", mininterval=2.0)
+            self.bar = Progress(s["steps"], f"epoch {s['epoch']}/{s['epochs']}", unit="batch")
             self.epoch = s["epoch"]
-        self.bar.set_postfix(loss=f"{s['loss']:.4f}", acc=f"{s['acc']:.4f}", refresh=False)
-        self.bar.update(1)
+        self.bar.update(1, loss=f"{s['loss']:.4f}", acc=f"{s['acc']:.4f}")
 
     def close(self) -> None:
         if self.bar is not None:

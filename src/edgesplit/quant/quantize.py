@@ -139,12 +139,17 @@ def quantize_checkpoint(
         "float_top1": float_top1,
     }
     if sweep:  # one width varied, the other kept at 16 bits: which is more sensitive?
+        from edgesplit.progress import Progress
+
         rows = []
-        for bits in sweep:
-            for varied, (wb, fb) in (("weights", (bits, 16)), ("features", (16, bits))):
-                qnet.calibrate(calib, wb, fb, per_channel=per_channel)
-                rows.append({"varied": varied, "wbits": wb, "fbits": fb, "ptq_top1": quantized_top1(qnet, test, test_idx, pre)})
-                log.info("sweep W%d/F%d: %.4f", wb, fb, rows[-1]["ptq_top1"])
+        with Progress(2 * len(sweep), "quantization sweep", unit="width") as bar:
+            for bits in sweep:
+                for varied, (wb, fb) in (("weights", (bits, 16)), ("features", (16, bits))):
+                    qnet.calibrate(calib, wb, fb, per_channel=per_channel)
+                    top1 = quantized_top1(qnet, test, test_idx, pre)
+                    rows.append({"varied": varied, "wbits": wb, "fbits": fb, "ptq_top1": top1})
+                    log.info("sweep W%d/F%d: %.4f", wb, fb, top1)
+                    bar.update(1, last=f"W{wb}/F{fb} {top1:.4f}")
         report["sweep"] = rows
     qnet.calibrate(calib, wbits, fbits, per_channel=per_channel)
     report["ptq_top1"] = quantized_top1(qnet, test, test_idx, pre)
