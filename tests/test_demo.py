@@ -17,8 +17,10 @@ def test_demo_end_to_end(tmp_path, capsys):
         max_train_samples=1024,
         throughput_images=100,
         unplug_images=100,
+        dashboard_port=0,
     )
     report = run_demo(cfg, json_path=str(tmp_path / "demo.json"))
+    assert "[demo] dashboard: http://127.0.0.1:" in capsys.readouterr().out  # the live page, served while it ran
     results = report["results"]
     assert set(results) == {"split", "in-process", "nonsplit"}
     # the distributed and in-process runs of one export give the same predictions

@@ -40,23 +40,12 @@ def cmd_stream(args) -> None:
 
     async def go(plan):
         client = await AsyncClient.connect(plan, require_all=False)
-        manifest, infer, on_drop, runner = load_manifest(plan.export, verify=False), client.infer_result, None, None
         try:
             if args.dashboard_port is not None:  # the live page and /metrics, counting this stream's answers
-                from edgesplit.runtime.dashboard import start_dashboard
-                from edgesplit.runtime.metrics import Metrics
-
-                metrics = Metrics([client.coordinator])
-                metered = metrics.wrap(client.coordinator)
-                infer, on_drop = (lambda x: metered.infer({"input": x})), metrics.dropped
-                runner, port = await start_dashboard(
-                    metrics, [client.coordinator], manifest.classes, "127.0.0.1", args.dashboard_port, cluster
-                )
-                print(f"dashboard: http://127.0.0.1:{port}/dashboard", flush=True)
-            return await run_stream(infer, manifest, cfg, on_answer, on_drop)
+                print(f"dashboard: {await client.start_dashboard(args.dashboard_port, cluster=cluster)}", flush=True)
+            on_drop = client.metrics.dropped if client.metrics else None
+            return await run_stream(client.infer_result, load_manifest(plan.export, verify=False), cfg, on_answer, on_drop)
         finally:
-            if runner is not None:
-                await runner.cleanup()
             await client.close()
 
     cluster = LocalCluster(args.local).start() if args.local else None

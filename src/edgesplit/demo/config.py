@@ -22,6 +22,12 @@ class DemoConfig:
     images_dir: str | None = option(
         None, "a folder of JPEG/PNG images instead of the test set", "--images", type=str, metavar="DIR"
     )
+    dashboard_port: int | None = option(
+        None,
+        "serve the live page at http://127.0.0.1:PORT/dashboard while the split model runs (0: any free port)",
+        type=int,
+        metavar="PORT",
+    )
     interactive: bool = False  # type image paths, get the top-3 classes (an option of its own: it excludes the modes)
     in_flight: int = 4
     throughput_images: int = 2000

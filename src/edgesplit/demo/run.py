@@ -173,6 +173,8 @@ def run_demo(cfg: DemoConfig, json_path: str | None = None) -> dict:
         with LocalCluster(exports["split"]) as cluster, edgesplit.connect(cluster.plan()) as client:
             for part, w in cluster.workers.items():
                 print(f"[demo]   {part}: {w.address} pid {w.proc.pid} cpus {w.cpus}", flush=True)
+            if cfg.dashboard_port is not None:
+                print(f"[demo] dashboard: {client.start_dashboard(cfg.dashboard_port, cluster=cluster)}", flush=True)
             if cfg.interactive:
                 return _interactive(client, manifest)
             print(f"[demo] split: {n} images one at a time through the coordinator and workers", flush=True)

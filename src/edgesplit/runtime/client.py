@@ -34,6 +34,9 @@ def _as_plan(plan: Plan | str | Path) -> Plan:
 class AsyncClient:
     def __init__(self, coordinator: Coordinator):
         self.coordinator = coordinator
+        self._model = coordinator  # the coordinator itself, or counted for a dashboard (start_dashboard)
+        self._dashboard = None
+        self.metrics = None
 
     @classmethod
     async def connect(
@@ -49,12 +52,28 @@ class AsyncClient:
         return cls(coord)
 
     async def infer_result(self, images: np.ndarray) -> InferResult:
-        return await self.coordinator.infer({"input": images})
+        return await self._model.infer({"input": images})
 
     async def infer(self, images: np.ndarray) -> np.ndarray:
         return (await self.infer_result(images)).outputs["logits"]
 
+    async def start_dashboard(self, port: int = 0, host: str = "127.0.0.1", cluster=None) -> str:
+        """Serve the live page (``runtime/dashboard.py``) and ``/metrics`` for this client's requests on
+        ``host:port``, until :meth:`close`; its address. ``cluster``: a ``LocalCluster`` whose workers the page
+        may unplug and restore."""
+        from edgesplit.runtime.dashboard import start_dashboard
+        from edgesplit.runtime.metrics import Metrics
+
+        self.metrics = Metrics([self.coordinator])
+        self._model = self.metrics.wrap(self.coordinator)
+        classes = self.coordinator.manifest.classes
+        self._dashboard, port = await start_dashboard(self.metrics, [self.coordinator], classes, host, port, cluster)
+        return f"http://{host}:{port}/dashboard"
+
     async def close(self) -> None:
+        if self._dashboard is not None:
+            await self._dashboard.cleanup()
+            self._dashboard = None
         await self.coordinator.close()
 
 
@@ -89,6 +108,10 @@ class Client:
     def infer(self, images: np.ndarray) -> np.ndarray:
         """(B, C, H, W) uint8 or float32 -> logits (B, num_classes)."""
         return self.infer_result(images).outputs["logits"]
+
+    def start_dashboard(self, port: int = 0, host: str = "127.0.0.1", cluster=None) -> str:
+        """:meth:`AsyncClient.start_dashboard`, on this client's loop."""
+        return self._run(self._async.start_dashboard(port, host, cluster))
 
     def infer_many(self, batches: Sequence[np.ndarray], in_flight: int = 8) -> list[InferResult]:
         """Run all ``batches`` with up to ``in_flight`` requests outstanding; results in order."""
