@@ -156,10 +156,11 @@ def test_fewer_than_k_degrades_with_zeros_or_fails(mlp, coded):
 
 
 def test_lazy_parity_is_asked_only_when_a_data_block_fails(mlp, coded):
-    coord, peers = _coordinator(coded, {}, parity="lazy")
+    # a slack no scheduling delay reaches: only a failure asks the parity (lateness: the next test)
+    coord, peers = _coordinator(coded, {}, parity="lazy", parity_slack=1e6)
     r = _run(_infer(coord, _x()))
     assert peers["l1.3"][0].calls == 0 and peers["l2.3"][0].calls == 0 and "parity_asked" not in r.parameters
-    coord, peers = _coordinator(coded, {"l1.1": [{"fail": RuntimeError("down")}]}, parity="lazy")
+    coord, peers = _coordinator(coded, {"l1.1": [{"fail": RuntimeError("down")}]}, parity="lazy", parity_slack=1e6)
     r = _run(_infer(coord, _x()))
     assert peers["l1.3"][0].calls == 1 and peers["l2.3"][0].calls == 0 and r.parameters["parity_asked"] == 1
     assert _exact(r.outputs["logits"], reference_forward(mlp, _x())) and r.parameters["recovered"]
