@@ -220,3 +220,23 @@ def test_metrics_show_a_worker_gone_and_degraded_answers(random_export, images, 
         assert _metric(metrics, "edgesplit_peer_up", part="branch1") == 0
         assert _metric(metrics, "edgesplit_peer_up", part="branch0") == 1
         client.close()
+
+
+def test_connections_over_the_cap_are_closed_at_once(random_export):
+    import socket
+
+    with _worker(random_export, "--max-connections", "2") as (port, _):
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        for s in held:  # both served: a request each, kept alive
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+        third = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:  # closed without an answer: an end of stream, or a reset for the request it sent meanwhile
+            third.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert third.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        for s in (*held, third):
+            s.close()
+        time.sleep(0.2)  # the server sees them go
+        assert _http(port, "/v2/health/live")[0] == 200  # room again

@@ -11,12 +11,13 @@ The rules are gRPC's (``grpc_server.py``), from the same ``ServerSecurity`` and 
 bearer token or client certificates (TLS from the same files), the token checked on every request; bodies over
 the hard limit refused 413 before they are read; a request that would take the bytes held in flight past their
 cap refused 429 before it is read; the message and batch limits of ``calls.decode_call``; keep-alive connections
-closed after the idle timeout. Each request becomes the ``ModelInferRequest`` gRPC would have carried, and
+closed after the idle timeout; connections past ``max_connections`` closed at once. Each request becomes the ``ModelInferRequest`` gRPC would have carried, and
 ``calls`` decodes and answers it: one code path for both halves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -321,7 +322,7 @@ class KServeHttpServer:
         security.check_bind(host)
         self.host, self.requested_port, self.security, self.share_port = host, port, security, share_port
         self.endpoints = KServeHttpApp(models, limits, budget, security.token, server_name, metrics, dashboard)
-        self.idle_timeout_s = limits.idle_timeout_s
+        self.idle_timeout_s, self.max_connections = limits.idle_timeout_s, limits.max_connections
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
 
@@ -332,8 +333,13 @@ class KServeHttpServer:
             self.endpoints.app(), access_log=None, keepalive_timeout=self.idle_timeout_s, shutdown_timeout=STOP_GRACE_S
         )
         await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self.host, self.requested_port, ssl_context=self.security.ssl_context(), reuse_port=self.share_port
+        site = _CappedSite(
+            self._runner,
+            self.host,
+            self.requested_port,
+            ssl_context=self.security.ssl_context(),
+            reuse_port=self.share_port,
+            max_connections=self.max_connections,
         )
         try:
             await site.start()
@@ -351,3 +357,35 @@ class KServeHttpServer:
         if self._runner is not None:
             await self._runner.shutdown()
             await self._runner.cleanup()
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: closed at once (as gRPC's ``grpc.max_allowed_incoming_connections`` does)."""
+
+    def connection_made(self, transport) -> None:
+        transport.close()
+
+
+class _CappedSite(web.TCPSite):
+    """A TCP site that accepts at most ``max_connections`` connections at once (aiohttp has no such setting)."""
+
+    def __init__(self, *args, max_connections: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_connections = max_connections
+
+    async def start(self) -> None:  # TCPSite.start with the cap in the protocol factory
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+
+        def protocol():
+            return _Refused() if len(server.connections) >= self._max_connections else server()
+
+        self._server = await asyncio.get_running_loop().create_server(
+            protocol,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
