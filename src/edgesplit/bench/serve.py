@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesplit.bench.config import ServeBench
+from edgesplit.progress import Progress
 from edgesplit.runtime.coordinator import TRACE_HOPS
 from edgesplit.runtime.stats import latency_summary
 from edgesplit.runtime.tuning import deferring_to_workers
@@ -250,6 +251,7 @@ def bench_serve(cfg: ServeBench) -> dict:
             for t in transports
         }
         cpus = {p: w.cpus for p, w in clusters[transports[0]].workers.items()}
+        bar = stack.enter_context(Progress(rounds, "bench serve", "round"))
         for _ in range(rounds):
             row = {}
             for t, cluster in clusters.items():
@@ -271,6 +273,8 @@ def bench_serve(cfg: ServeBench) -> dict:
                     "throughput_speedup": split_rps / base_rps,
                 }
             per_round.append(row)
+            bar.update(1)
+        bar.close()
         with edgesplit.connect(clusters[transports[0]].plan()) as client:  # the blocking API, for reference
             for img in send[:warmup]:
                 client.infer(img)

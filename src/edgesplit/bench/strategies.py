@@ -278,7 +278,10 @@ def bench_strategies(cfg: StrategiesBench) -> dict:
     results: dict[str, dict] = {}
     calibration: dict[str, dict] = {}
     devices, exports, part_ms, overheads = None, None, None, None
-    with tempfile.TemporaryDirectory(prefix="edgesplit-strategies-") as tmp:
+    from edgesplit.progress import Progress
+
+    total = 0 if cfg.calibrate_only else len(cfg.links) * len(STRATEGY_ORDER)
+    with tempfile.TemporaryDirectory(prefix="edgesplit-strategies-") as tmp, Progress(total, "bench strategies", "run") as bar:
         for mbps in cfg.links:
             with Testbed(cfg.fleet, "bench", link_mbps=mbps) as tb:
                 devices = tb.devices
@@ -302,6 +305,7 @@ def bench_strategies(cfg: StrategiesBench) -> dict:
                     results.setdefault(strategy, {})[f"{mbps:g}"] = _one_strategy(
                         tb, exports[strategy], predictions[strategy], cfg, images
                     )
+                    bar.update(1, done=f"{strategy} at {mbps:g} Mbit/s")
     result = {
         "benchmark": "strategies",
         "machine": machine_info(),
