@@ -135,3 +135,42 @@ def test_retrain_head_keeps_branches_and_learns_missing_branches(tiny_run, tmp_p
         retrain_head(tiny_run, out)
     with pytest.raises(EdgesplitError, match="branch-dropout must be in"):
         HeadConfig(branch_dropout=1.0)
+
+
+def _agreement(student, teacher, n=256) -> float:
+    """How often two models give the same class on the first ``n`` test images."""
+    from edgesplit.data.datasets import load_dataset
+    from edgesplit.data.preprocess import Preprocess
+    from edgesplit.data.transforms import to_tensor
+
+    test = load_dataset("fashion-mnist", "test")
+    x = to_tensor(test.images(list(range(n))), Preprocess((28, 28), tuple(test.mean), tuple(test.std)))
+    with torch.no_grad():
+        return float((student.eval()(x).argmax(1) == teacher.eval()(x).argmax(1)).float().mean())
+
+
+def test_distillation_follows_the_teacher(tiny_run, tmp_path):
+    plain = train(TrainConfig(**TINY, epochs=2), tmp_path / "plain")
+    # weight 0: the teacher is asked but counts for nothing: the same weights as without it
+    zero = train(TrainConfig(**TINY, epochs=2, teacher=str(tiny_run), kd_weight=0.0), tmp_path / "zero")
+    a, b = read_checkpoint(tmp_path / "plain")["state_dict"], read_checkpoint(tmp_path / "zero")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_loss"] for h in plain["history"]] == [h["train_loss"] for h in zero["history"]]
+    # weight 1: the teacher's softened answers alone: the student answers as its teacher more than one taught by labels
+    train(TrainConfig(**TINY, epochs=2, teacher=str(tiny_run), kd_weight=1.0), tmp_path / "kd")
+    teacher = load_model(tiny_run)[0]
+    assert _agreement(load_model(tmp_path / "kd")[0], teacher) > _agreement(load_model(tmp_path / "plain")[0], teacher)
+
+
+def test_a_teacher_for_other_data_is_refused(tiny_run, tmp_path):
+    ckpt = read_checkpoint(tiny_run)
+    torch.save({**ckpt, "classes": [f"c{i}" for i in range(10)]}, tmp_path / "classes.pt")
+    torch.save({**ckpt, "preprocess": {**ckpt["preprocess"], "size": [32, 32]}}, tmp_path / "input.pt")
+    with pytest.raises(EdgesplitError, match="answers other classes"):
+        train(TrainConfig(**TINY, epochs=1, teacher=str(tmp_path / "classes.pt")), tmp_path / "a")
+    with pytest.raises(EdgesplitError, match="takes another input"):
+        train(TrainConfig(**TINY, epochs=1, teacher=str(tmp_path / "input.pt")), tmp_path / "b")
+    with pytest.raises(EdgesplitError, match="not found"):
+        train(TrainConfig(**TINY, epochs=1, teacher=str(tmp_path / "none")), tmp_path / "c")
+    with pytest.raises(EdgesplitError, match="--kd-weight in"):
+        TrainConfig(**TINY, teacher=str(tiny_run), kd_weight=1.5)

@@ -36,6 +36,15 @@ class TrainConfig:
         type=int,
         metavar="N",
     )
+    teacher: str | None = option(
+        None,
+        "distil from this trained model (a run folder or checkpoint of the same dataset and input): its softened "
+        "answers become part of the loss",
+        type=str,
+        metavar="RUN",
+    )
+    kd_temperature: float = option(4.0, "with --teacher: the softmax temperature of both models' answers")
+    kd_weight: float = option(0.5, "with --teacher: the distillation loss's share (the rest: cross-entropy on the labels)")
     seed: int = option(0, "seed of the weights' initialisation and of each epoch's shuffling")
     threads: int | None = option(None, "torch threads (default: all cores)", type=int)
 
@@ -47,6 +56,10 @@ class TrainConfig:
             raise EdgesplitError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.branch_dropout < 1:
             raise EdgesplitError(f"--branch-dropout must be in [0, 1), got {self.branch_dropout}")
+        if self.kd_temperature <= 0 or not 0 <= self.kd_weight <= 1:
+            raise EdgesplitError(
+                f"--kd-temperature must be positive and --kd-weight in [0, 1], got {self.kd_temperature} and {self.kd_weight}"
+            )
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
             raise EdgesplitError(f"--input must be HxW with positive sizes, got {self.input_size}")
 

@@ -26,7 +26,7 @@ from edgesplit.data.transforms import augment, batches, to_tensor
 from edgesplit.errors import EdgesplitError
 from edgesplit.models import SplitNet, create_model
 from edgesplit.models.registry import default_lr
-from edgesplit.training.checkpoint import read_checkpoint, save_checkpoint
+from edgesplit.training.checkpoint import load_model, read_checkpoint, save_checkpoint
 from edgesplit.training.config import TrainConfig  # noqa: F401 (its home is config.py: importable without torch)
 from edgesplit.training.evaluate import evaluate
 
@@ -62,6 +62,21 @@ def _schedule(opt: torch.optim.Optimizer, lr: float, total_steps: int):
 def _read_history(out_dir: Path) -> list:
     path = out_dir / "history.json"
     return json.loads(path.read_text()) if path.exists() else []
+
+
+def _teacher(cfg: TrainConfig, classes, pre: Preprocess, in_chans: int):
+    """The trained model to distil from, frozen; one that answers other classes or takes another input is refused."""
+    teacher, ckpt = load_model(cfg.teacher)
+    if list(ckpt["classes"]) != list(classes):
+        raise EdgesplitError(f"teacher {cfg.teacher} answers other classes than {cfg.dataset}'s; give one trained on it")
+    if Preprocess.from_dict(ckpt["preprocess"]) != pre or ckpt["model_kwargs"].get("in_chans") != in_chans:
+        raise EdgesplitError(
+            f"teacher {cfg.teacher} takes another input ({ckpt['preprocess']}) than this run "
+            f"({pre.to_dict()}); give one trained at the same --input on the same data"
+        )
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: Callable[[dict], None] | None = None) -> dict:
@@ -113,6 +128,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         model.branch_dropout = cfg.branch_dropout
     elif cfg.branch_dropout:
         raise EdgesplitError(f"--branch-dropout needs a split model; {cfg.model} has no branches")
+    teacher = _teacher(cfg, full.classes, pre, in_chans) if cfg.teacher else None
     channels_last = _channels_last_safe(model)
     if channels_last:  # faster for the ResNets on CPU (docs/results.md, "Small measurements behind defaults")
         model = model.to(memory_format=torch.channels_last)
@@ -146,6 +162,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             y = torch.from_numpy(full.labels(idx))
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = F.softmax(teacher(x) / cfg.kd_temperature, dim=1)
+                # Hinton et al.'s distillation: KL to the teacher's softened answers, scaled by T^2 so that its
+                # gradients keep their size whatever the temperature
+                kd = F.kl_div(F.log_softmax(logits / cfg.kd_temperature, dim=1), soft, reduction="batchmean")
+                loss = cfg.kd_weight * kd * cfg.kd_temperature**2 + (1 - cfg.kd_weight) * loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
