@@ -182,9 +182,35 @@ def load_manifest(directory: str | Path, verify: bool | list[str] = True) -> Man
         )
     except (ValueError, KeyError, TypeError) as err:
         raise EdgesplitError(f"{path} is not a valid edgesplit manifest ({err}); re-run `edgesplit export`") from None
+    _check_parity_code(manifest, path)
     if verify:
         verify_parts(manifest, [p.name for p in manifest.parts] if verify is True else verify)
     return manifest
+
+
+def _check_parity_code(manifest: Manifest, path: Path) -> None:
+    """A split model with learned parity branches: its coded stage must match its branches (k data branches of one
+    feature size, then R parity branches, the features k times that size), or the coordinator would decode wrong."""
+    roles = {p.name: p.role for p in manifest.parts}
+    for s in manifest.stages:
+        if s.merge != "decode" or not any(roles.get(p) == "parity" for p in s.parts):
+            continue
+        data = [p for p in s.parts if roles.get(p) == "branch"]
+        parity = [p for p in s.parts if roles.get(p) == "parity"]
+        dims = set(manifest.feature_dims)
+        if (
+            list(s.parts) != data + parity
+            or s.code_k != len(data)
+            or s.code_r != len(parity)
+            or len(dims) != 1
+            or len(manifest.feature_dims) != len(data)
+            or s.out_features != sum(manifest.feature_dims)
+        ):
+            raise EdgesplitError(
+                f"{path}: stage {s.name}'s parity code (k={s.code_k}, R={s.code_r}, {s.out_features} features) does not "
+                f"match its {len(data)} branches of sizes {list(manifest.feature_dims)} and {len(parity)} parity branches; "
+                "re-run `edgesplit export` on the `add-parity` run"
+            )
 
 
 def verify_parts(manifest: Manifest, names) -> None:

@@ -1,4 +1,4 @@
-"""The CLI of models, training and export: ``models``, ``profile``, ``train``, ``eval``, ``retrain-head``, ``export``, ``predict``."""
+"""The CLI of models, training and export: ``models``, ``profile``, ``train``, ``eval``, ``retrain-head``, ``add-parity``, ``export``, ``predict``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgesplit.cli.common import add_dataclass_options, dataclass_from_args, model_kwargs, write_json
 from edgesplit.errors import EdgesplitError
-from edgesplit.training.config import HeadConfig, TrainConfig
+from edgesplit.training.config import HeadConfig, ParityConfig, TrainConfig
 
 
 def cmd_models(args) -> None:
@@ -155,6 +155,20 @@ def cmd_retrain_head(args) -> None:
     print(f"wrote {args.out}/checkpoint.pt (test accuracy: edgesplit eval {args.out})")
 
 
+def cmd_add_parity(args) -> None:
+    from edgesplit.training.parity import train_parity
+
+    r = train_parity(args.checkpoint, args.out, dataclass_from_args(ParityConfig, args))
+    print(f"{r['parity_branches']} parity branch(es), {r['code']} code over {r['k']} branches; trained in {r['train_s']:.0f} s")
+    test = r["test"]
+    print(f"  test top-1 with every branch: {test['all']:.4f}")
+    for i in range(r["k"]):
+        print(
+            f"  without branch{i}: zeros {test[f'without_branch{i}_zeros']:.4f}, rebuilt from parity {test[f'without_branch{i}_parity']:.4f}"
+        )
+    print(f"wrote {args.out}/checkpoint.pt (`edgesplit export` makes the parity branches parts of their own)")
+
+
 def cmd_export(args) -> None:
     from edgesplit.export.onnx_export import export_model
     from edgesplit.training.checkpoint import load_model
@@ -265,6 +279,12 @@ def register(sub) -> None:
     s.add_argument("--out", required=True, help="run directory for the new checkpoint")
     add_dataclass_options(s, HeadConfig)
     s.set_defaults(func=cmd_retrain_head)
+
+    s = sub.add_parser("add-parity", help="train learned parity branches for a split model (its branches and head frozen)")
+    s.add_argument("checkpoint", help="checkpoint.pt of a split model, or its run directory")
+    s.add_argument("--out", required=True, help="run directory for the new checkpoint")
+    add_dataclass_options(s, ParityConfig)
+    s.set_defaults(func=cmd_add_parity)
 
     s = sub.add_parser("export", help="checkpoint -> ONNX part files + manifest.json")
     s.add_argument("checkpoint", help="checkpoint.pt or its run directory")

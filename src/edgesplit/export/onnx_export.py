@@ -95,6 +95,15 @@ def export_model(
             feats = model.forward_features(x)
         for i, (branch, f) in enumerate(zip(model.branches, feats)):
             pieces.append((f"branch{i}", "branch", branch, x, image, TensorSpec("features", (-1, f.shape[1]), "float32")))
+        if ckpt.get("parity"):  # learned parity branches (training/parity.py): parts like the others
+            from edgesplit.training.parity import parity_branches
+
+            if code_head:
+                raise EdgesplitError("a model with parity branches cannot also have a coded head; export one or the other")
+            for j, branch in enumerate(parity_branches(model, ckpt["parity"])):
+                pieces.append(
+                    (f"parity{j}", "parity", branch, x, image, TensorSpec("features", (-1, feats[0].shape[1]), "float32"))
+                )
         fcat = torch.cat(feats, 1)
         if not code_head:
             pieces.append(
@@ -141,6 +150,16 @@ def export_model(
         "dataset": ckpt.get("dataset"),
         "trained_epochs": ckpt.get("epoch"),
     }
+    if ckpt.get("parity"):  # the branches are a coded stage: any k of the k + R answers give every branch's features
+        from edgesplit.manifest import StageSpec
+
+        data = tuple(p["name"] for p in parts if p["role"] == "branch")
+        coded = (*data, *(p["name"] for p in parts if p["role"] == "parity"))
+        body["stages"] = [
+            StageSpec("branches", coded, "decode", "input", "features", code_k=len(data), code_r=ckpt["parity"]["r"],
+                      code_kind=ckpt["parity"]["kind"], out_features=sum(feature_dims)).to_dict(),
+            StageSpec("head", ("head",), "single", "features", "logits", local=True).to_dict(),
+        ]  # fmt: skip
     if pipeline:
         from edgesplit.manifest import StageSpec
 

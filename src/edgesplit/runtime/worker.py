@@ -88,7 +88,7 @@ def load_parts(cfg: WorkerConfig) -> list:
         for name in names:
             part = manifest.part(name)
             engine = create_engine(cfg.engine, manifest.path(part), cfg.hls_dir, threads=cfg.threads, providers=cfg.providers)
-            takes_image = part.role in ("branch", "model") or part.name == "stage0"  # uint8 pixels normalised here
+            takes_image = part.role in ("branch", "parity", "model") or part.name == "stage0"  # uint8 pixels normalised here
             pre = Preprocess.from_dict(manifest.preprocess) if takes_image else None
             models.append(PartModel(part.name, engine, pre))
     elif src.suffix == ".onnx" and src.is_file():

@@ -81,3 +81,31 @@ class HeadConfig:
             raise EdgesplitError(f"--branch-dropout must be in (0, 1), got {self.branch_dropout}")
         if self.epochs < 1:
             raise EdgesplitError(f"--epochs must be at least 1, got {self.epochs}")
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    """Learned parity branches for a trained split model, its own branches and head frozen (``add-parity``)."""
+
+    parity_branches: int = option(1, "parity branches R: any R of the data branches can be missing")
+    epochs: int = option(5, "epochs of parity training")
+    lr: float = option(2e-3, "AdamW peak rate (cosine to zero; each parity branch starts from a data branch's weights)")
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    answer_weight: float = option(
+        0.5, "share of the head's cross-entropy on answers rebuilt with a branch missing (the rest: the features' error)"
+    )
+    max_train_samples: int | None = option(
+        None, "train on the first N training images only (default: all)", "--train-images", type=int, metavar="N"
+    )
+    seed: int = option(0, "seed of the parity training")
+    data_dir: str | None = option(None, "dataset folder, if not where the model was trained", type=str)
+    threads: int | None = option(None, "torch threads (default: all cores)", type=int)
+
+    def __post_init__(self):
+        if self.parity_branches < 1 or self.epochs < 1:
+            raise EdgesplitError(
+                f"--parity-branches and --epochs must be at least 1, got {self.parity_branches} and {self.epochs}"
+            )
+        if not 0 <= self.answer_weight <= 1:
+            raise EdgesplitError(f"--answer-weight must be in [0, 1], got {self.answer_weight}")
