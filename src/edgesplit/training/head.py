@@ -56,14 +56,20 @@ def head_accuracy(model: SplitNet, feats: list[torch.Tensor], labels: torch.Tens
     return acc
 
 
-def retrain_head(run_dir: str | Path, out_dir: str | Path, cfg: HeadConfig = HeadConfig()) -> dict:
-    """Write ``out_dir/checkpoint.pt``: the run's branches unchanged, its head retrained with branch dropout."""
-    out_dir = Path(out_dir)
+def load_split_run(run_dir: str | Path, out_dir: Path) -> tuple[SplitNet, dict]:
+    """The trained split model of ``run_dir`` (and its checkpoint) to train more of into the new ``out_dir``."""
     if (out_dir / "checkpoint.pt").exists():
         raise EdgesplitError(f"{out_dir} already holds a run; choose another --out")
     model, source = load_model(run_dir)
     if not isinstance(model, SplitNet) or model.num_branches < 2:
         raise EdgesplitError(f"{run_dir} is not a split model with at least 2 branches; nothing can go missing")
+    return model, source
+
+
+def retrain_head(run_dir: str | Path, out_dir: str | Path, cfg: HeadConfig = HeadConfig()) -> dict:
+    """Write ``out_dir/checkpoint.pt``: the run's branches unchanged, its head retrained with branch dropout."""
+    out_dir = Path(out_dir)
+    model, source = load_split_run(run_dir, out_dir)
     train_cfg = source["config"]
     pre = checkpoint_preprocess(source)
     # the training images and validation split exactly as `edgesplit train` used them

@@ -32,8 +32,9 @@ from edgesplit.data.datasets import train_val_split
 from edgesplit.data.transforms import augment, batches, to_tensor
 from edgesplit.errors import EdgesplitError
 from edgesplit.models import SplitNet
-from edgesplit.training.checkpoint import checkpoint_preprocess, load_model, save_checkpoint
+from edgesplit.training.checkpoint import checkpoint_preprocess, save_checkpoint
 from edgesplit.training.config import ParityConfig
+from edgesplit.training.head import load_split_run
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,7 @@ def train_parity(run_dir: str | Path, out_dir: str | Path, cfg: ParityConfig = P
     """Write ``out_dir/checkpoint.pt``: the run's model unchanged, with ``cfg.parity_branches`` trained parity
     branches; returns the summary (test accuracy with each branch missing, zeros against parity)."""
     out_dir = Path(out_dir)
-    if (out_dir / "checkpoint.pt").exists():
-        raise EdgesplitError(f"{out_dir} already holds a run; choose another --out")
-    model, source = load_model(run_dir)
-    if not isinstance(model, SplitNet) or model.num_branches < 2:
-        raise EdgesplitError(f"{run_dir} is not a split model with at least 2 branches; nothing can go missing")
+    model, source = load_split_run(run_dir, out_dir)
     if len(set(model.feature_dims)) != 1:
         raise EdgesplitError(
             f"{run_dir}'s branches have unequal feature sizes {model.feature_dims}; parity branches need equal ones"
