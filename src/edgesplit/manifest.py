@@ -81,6 +81,7 @@ class StageSpec:
     code_r: int = 0
     code_kind: str = "auto"
     out_features: int = 0  # decode: the layer's real width (blocks are padded)
+    code_exact: bool = True  # decode: False for learned parity branches (their blocks approximate the code)
     activation: str | None = None  # applied after the merge: relu or None
 
     @classmethod

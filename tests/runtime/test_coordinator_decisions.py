@@ -259,3 +259,38 @@ def test_a_peer_failing_repeatedly_is_skipped_then_probed(random_export):
 
     calls, healthy = _run(go())
     assert calls == 2 and not healthy  # asked until marked unhealthy, then skipped (its branch counted missing)
+
+
+def test_a_learned_code_waits_for_its_data_blocks_unless_one_fails_or_is_late(mlp, coded, tmp_path):
+    """Parity branches approximate their code (training/parity.py): a stage marked ``code_exact: false`` takes an
+    on-time data block over a parity block that answered first; a failed or late one is rebuilt from the parity."""
+    import json
+    import shutil
+
+    learned = tmp_path / "learned"
+    shutil.copytree(coded, learned)
+    manifest = json.loads((learned / "manifest.json").read_text())
+    for stage in manifest["stages"]:
+        if stage["merge"] == "decode":
+            stage["code_exact"] = False
+    (learned / "manifest.json").write_text(json.dumps(manifest))
+    want = reference_forward(mlp, _x())
+
+    async def go(script, **plan):
+        coord, _ = _coordinator(learned, script, timeout_ms=5000, **plan)
+        try:
+            return await _infer(coord, _x())
+        finally:
+            await coord.close()
+
+    # every block of l1 answers in 20 ms (the parity l1.3 too), l1.2 in 60: on time for a slack of 10 (late after
+    # 11 x 20 ms), so it is waited for although the parity gave k answers first
+    slow = {p: [{"delay_s": 0.02}] for p in ("l1.0", "l1.1", "l1.3")}
+    r = _run(go({**slow, "l1.2": [{"delay_s": 0.06}]}, parity_slack=10.0))
+    assert not r.parameters["recovered"] and _exact(r.outputs["logits"], want)
+    # the default slack (late after 1.5 x 20 ms): rebuilt from the parity
+    r = _run(go({**slow, "l1.2": [{"delay_s": 0.06}]}))
+    assert r.parameters["recovered"] and _exact(r.outputs["logits"], want)
+    # failed: rebuilt at once
+    r = _run(go({**slow, "l1.2": [{"fail": RuntimeError("down")}]}, parity_slack=10.0))
+    assert r.parameters["recovered"] and _exact(r.outputs["logits"], want)

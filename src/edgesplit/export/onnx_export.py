@@ -157,7 +157,7 @@ def export_model(
         coded = (*data, *(p["name"] for p in parts if p["role"] == "parity"))
         body["stages"] = [
             StageSpec("branches", coded, "decode", "input", "features", code_k=len(data), code_r=ckpt["parity"]["r"],
-                      code_kind=ckpt["parity"]["kind"], out_features=sum(feature_dims)).to_dict(),
+                      code_kind=ckpt["parity"]["kind"], out_features=sum(feature_dims), code_exact=False).to_dict(),
             StageSpec("head", ("head",), "single", "features", "logits", local=True).to_dict(),
         ]  # fmt: skip
     if pipeline:

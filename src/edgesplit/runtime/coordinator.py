@@ -490,6 +490,9 @@ class _StageRun:
         self.deadline = deadline
         self.coded = stage.merge == "decode"
         self.need = stage.code_k if self.coded else len(stage.parts)
+        # a learned code (parity branches) decodes approximately: its data blocks are waited for unless one fails or
+        # is late (lazy parity's rule), even when k answers are in; an exact code takes the first k
+        self.prefer_data = self.coded and not stage.code_exact
         self.held_back = range(stage.code_k, len(stage.parts)) if self.coded and plan.parity == "lazy" else range(0)
         self.part_of: dict[asyncio.Future, int] = {}  # each call's future -> the index of its part
         self.sent_at: dict[int, float] = {}  # perf_counter() per part index
@@ -570,12 +573,12 @@ class _StageRun:
         while True:
             if self.fatal:
                 raise self.fatal[0]
-            late_in_s = self._late_in_s() if self.held_back else None
+            late_in_s = self._late_in_s() if self.held_back or self.prefer_data else None
             if self.held_back and (self.errors or (late_in_s is not None and late_in_s <= 0)):
                 held_back, self.held_back, late_in_s = self.held_back, range(0), None
                 self.ask(held_back)  # lazy parity: a data block failed or is late
                 self.report.parity_asked += 1
-            if not self.pending or len(self.answers) >= self.need:
+            if not self.pending or (len(self.answers) >= self.need and not self._waits_for_data(late_in_s)):
                 return
             if (
                 self.coded
@@ -597,6 +600,13 @@ class _StageRun:
                 await wake
             finally:
                 timer.cancel()
+
+    def _waits_for_data(self, late_in_s: float | None) -> bool:
+        """A learned code's stage, with k answers in: whether to wait on for a data block that is neither failed nor
+        late (its own answer is exact; one rebuilt from parity is not)."""
+        if not self.prefer_data or all(i in self.answers for i in range(self.stage.code_k)) or self.errors:
+            return False
+        return late_in_s is None or late_in_s > 0
 
     def _late_in_s(self) -> float | None:
         """Lazy parity: seconds until the data blocks count as late, (1 + parity_slack) x the first data block's
