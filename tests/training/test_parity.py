@@ -121,3 +121,15 @@ def test_parity_needs_a_split_model_of_equal_branches(tiny_run, tmp_path):
     with pytest.raises(EdgesplitError, match="at least 1"):
         ParityConfig(parity_branches=0)
     assert ckpt["model"] == "resnet18-split2"
+
+
+def test_bench_parity_loses_nothing_when_a_branch_worker_dies_or_hangs(parity_export):
+    from edgesplit.bench.config import ParityBench
+    from edgesplit.bench.parity import bench_parity, text_report
+
+    r = bench_parity(ParityBench(str(parity_export), images=40, in_flight=2, parity_slack=100.0))
+    s = r["scenarios"]
+    assert r["victim"] == "branch1" and all(v["lost"] == 0 for v in s.values())
+    assert s["fault_free"]["recovered"] == 0 and s["fault_free"]["exact"] == 40  # no fault, no rebuilt answer
+    assert s["kill"]["recovered"] > 0 and s["freeze"]["recovered"] > 0  # after the fault: rebuilt from the parity
+    assert "recovered acc." in text_report(r)

@@ -159,3 +159,24 @@ class ScaleBench:
     connections: int = option(8, "client connections for the served rate (each lands on one coordinator)")
     plot: str | None = option(None, "PNG of planning time against fleet size and the coordinator's rate", type=str)
     bundle: str = "dw3-pw1"  # the network planned: a co-design candidate of this bundle, 8-bit
+
+
+@dataclass(frozen=True)
+class ParityBench:
+    """``bench parity``: a split model with learned parity branches, a data branch's worker lost mid-run."""
+
+    export: str
+    images: int = option(1000, "test images per scenario, one request each")
+    in_flight: int = option(4, "requests in flight")
+    fault_at: float = option(0.3, "the fault comes after this share of the scenario's images")
+    parity_slack: float = option(
+        0.5, "a data branch this much later than the first (x its time) is late: rebuilt from the parity (the plan's)"
+    )
+    timeout_ms: float = option(2000.0, "per-request deadline, ms")
+    data_dir: str | None = option(None, "dataset folder", type=str)
+
+    def __post_init__(self):
+        if self.images < 10 or self.in_flight < 1 or not 0 < self.fault_at < 1 or self.timeout_ms <= 0:
+            raise EdgesplitError(
+                "--images must be at least 10, --in-flight at least 1, --fault-at between 0 and 1, --timeout-ms positive"
+            )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from edgesplit.bench.config import AbuseBench, FaultsBench, Int8Bench, ScaleBench, ServeBench, StrategiesBench
+from edgesplit.bench.config import AbuseBench, FaultsBench, Int8Bench, ParityBench, ScaleBench, ServeBench, StrategiesBench
 from edgesplit.cli.common import add_dataclass_options, dataclass_from_args, write_json
 
 
@@ -46,6 +46,12 @@ def cmd_bench_scale(args) -> None:
     _report(bench_scale(dataclass_from_args(ScaleBench, args)), text_report, args)
 
 
+def cmd_bench_parity(args) -> None:
+    from edgesplit.bench.parity import bench_parity, text_report
+
+    _report(bench_parity(dataclass_from_args(ParityBench, args, export=args.export)), text_report, args)
+
+
 def _report(r: dict, text_report, args) -> None:
     print(text_report(r))
     if args.json:
@@ -70,8 +76,11 @@ def register(sub) -> None:
             cmd_bench_strategies,
         ),
         ("scale", "planning time against fleet size: hardware model table and allocation", ScaleBench, cmd_bench_scale),
+        ("parity", "learned parity branches: a data branch's worker killed or frozen mid-run", ParityBench, cmd_bench_parity),
     ):
         b = bench.add_parser(name, help=helptext)
+        if cls is ParityBench:
+            b.add_argument("export", help="an export of a split model with parity branches (`add-parity`, then `export`)")
         if cls is Int8Bench:
             b.add_argument(
                 "checkpoint", help="a checkpoint (speed and accuracy), or a model name with --input (random weights, speed only)"
