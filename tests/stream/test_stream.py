@@ -150,3 +150,13 @@ def test_stream_serves_its_dashboard_and_metrics_while_it_runs(random_export, lo
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_video_cut_short_gives_the_frames_before_the_cut(random_export, lossless_video, tmp_path):
+    cut = tmp_path / "cut.mkv"  # a recording that stopped mid-file (a camera unplugged while it was written)
+    data = lossless_video.read_bytes()
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    with LocalCluster(random_export, pin=False) as cluster:
+        r = _stream(cluster, random_export, source=str(cut), speed=0, queue=64)
+    s = r["summary"]
+    assert 0 < s["frames_read"] < 40 and s["answered"] == s["frames_read"] and s["errors"] == 0
