@@ -133,3 +133,16 @@ def test_bench_parity_loses_nothing_when_a_branch_worker_dies_or_hangs(parity_ex
     assert s["fault_free"]["recovered"] == 0 and s["fault_free"]["exact"] == 40  # no fault, no rebuilt answer
     assert s["kill"]["recovered"] > 0 and s["freeze"]["recovered"] > 0  # after the fault: rebuilt from the parity
     assert "recovered acc." in text_report(r)
+
+
+def test_train_with_parity_branches_writes_them_into_its_checkpoint(tmp_path, capsys):
+    from edgesplit.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "resnet18-split2", "--model-arg", "width_mult=0.125", "--epochs", "1", "--train-images", "256",
+            "--val-size", "128", "--threads", "1", "--quiet", "--parity-branches", "1", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    ckpt = read_checkpoint(out)
+    assert ckpt["parity"]["r"] == 1 and ckpt["parity"]["kind"] == "sum" and "optimizer" in ckpt
+    assert "1 parity branch(es): all" in capsys.readouterr().out
+    assert main(["train", "resnet18", "--epochs", "1", "--parity-branches", "-1", "--out", str(tmp_path / "x")]) == 2

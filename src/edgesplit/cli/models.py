@@ -72,6 +72,9 @@ def _train_input(text: str, dataset: str, data_dir: str | None) -> tuple[int, in
 def cmd_train(args) -> None:
     from edgesplit.training.train import train
 
+    if args.parity_branches < 0:
+        raise EdgesplitError(f"--parity-branches takes 0 or more, got {args.parity_branches}")
+
     cfg = dataclass_from_args(
         TrainConfig,
         args,
@@ -88,6 +91,20 @@ def cmd_train(args) -> None:
         summary = train(cfg, args.out, resume=args.resume, progress=bar.update)
     finally:
         bar.close()
+    if args.parity_branches:  # parity branches for the trained model, as `add-parity` trains them, in its checkpoint
+        from edgesplit.training.checkpoint import load_model, save_checkpoint
+        from edgesplit.training.parity import fit_parity
+
+        model, ckpt = load_model(args.out)
+        if not ckpt.get("parity"):
+            ckpt["parity"] = fit_parity(
+                model, ckpt, args.out, ParityConfig(parity_branches=args.parity_branches, threads=cfg.threads)
+            )
+            save_checkpoint(Path(args.out) / "checkpoint.pt", ckpt)
+        test = ckpt["parity"]["summary"]["test"]
+        print(
+            f"{args.parity_branches} parity branch(es): " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in test.items())
+        )
     last = summary["history"][-1] if summary["history"] else {}
     print(
         f"trained {args.model} for {summary['epochs']} epochs in {summary['train_time_s'] / 60:.1f} min; "
@@ -260,6 +277,13 @@ def register(sub) -> None:
         help="network input HxW or CxHxW, images resized to it (default: the dataset's size; C must be the dataset's channels)",
     )
     s.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="extra model argument, e.g. width_mult=0.5")
+    s.add_argument(
+        "--parity-branches",
+        type=int,
+        default=0,
+        metavar="R",
+        help="then train R learned parity branches for the split model (as `add-parity`, 5 epochs) into its checkpoint",
+    )
 
     add_dataclass_options(s, TrainConfig)
     s.add_argument("--out", required=True, help="run directory")

@@ -79,6 +79,20 @@ def train_parity(run_dir: str | Path, out_dir: str | Path, cfg: ParityConfig = P
     branches; returns the summary (test accuracy with each branch missing, zeros against parity)."""
     out_dir = Path(out_dir)
     model, source = load_split_run(run_dir, out_dir)
+    entry = fit_parity(model, source, str(run_dir), cfg)
+    payload = {key: v for key, v in source.items() if key not in ("optimizer", "scheduler", "format")}
+    payload["parity"] = entry
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out_dir / "checkpoint.pt", payload)
+    (out_dir / "parity_summary.json").write_text(json.dumps(entry["summary"], indent=1))
+    return entry["summary"]
+
+
+def fit_parity(model: SplitNet, source: dict, run_dir: str, cfg: ParityConfig) -> dict:
+    """The checkpoint's ``parity`` entry (R, the code, the branches' weights, a summary) for the trained split
+    ``model`` of checkpoint ``source``."""
+    if not isinstance(model, SplitNet) or model.num_branches < 2:
+        raise EdgesplitError(f"{run_dir} is not a split model with at least 2 branches; parity branches need one")
     if len(set(model.feature_dims)) != 1:
         raise EdgesplitError(
             f"{run_dir}'s branches have unequal feature sizes {model.feature_dims}; parity branches need equal ones"
@@ -152,9 +166,4 @@ def train_parity(run_dir: str | Path, out_dir: str | Path, cfg: ParityConfig = P
         "test": accuracy,
         "history": history,
     }
-    payload = {key: v for key, v in source.items() if key not in ("optimizer", "scheduler", "format")}
-    payload["parity"] = {"r": r, "kind": code.kind, "state_dict": parity.state_dict(), "summary": summary}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out_dir / "checkpoint.pt", payload)
-    (out_dir / "parity_summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    return {"r": r, "kind": code.kind, "state_dict": parity.state_dict(), "summary": summary}
