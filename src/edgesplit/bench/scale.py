@@ -30,6 +30,7 @@ import numpy as np
 from edgesplit.bench.config import ScaleBench
 from edgesplit.bench.figures import figure, save
 from edgesplit.bench.serve import machine_info
+from edgesplit.progress import Progress
 
 
 def _fleet(kinds: tuple[str, ...], n: int, link_mbps: float, path: Path):
@@ -279,7 +280,11 @@ def bench_scale(cfg: ScaleBench) -> dict:
         served = _serve_rate(cfg, Path(tmp)) if cfg.coordinators and cfg.groups else []
         # a first plan loads the ONNX exporter and fills the CPU's caches: timed apart, once per process
         warm_up = _plan_once(cfg, min(cfg.sizes), Path(tmp) / "warm-up")
-        planning = [_plan_once(cfg, n, Path(tmp)) for n in cfg.sizes]
+        planning = []
+        with Progress(len(cfg.sizes), "bench scale: planning", "fleet") as bar:
+            for n in cfg.sizes:
+                planning.append(_plan_once(cfg, n, Path(tmp)))
+                bar.update(1, devices=n)
     result = {
         "benchmark": "scale",
         "machine": machine_info(),
