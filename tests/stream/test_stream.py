@@ -160,3 +160,23 @@ def test_a_video_cut_short_gives_the_frames_before_the_cut(random_export, lossle
         r = _stream(cluster, random_export, source=str(cut), speed=0, queue=64)
     s = r["summary"]
     assert 0 < s["frames_read"] < 40 and s["answered"] == s["frames_read"] and s["errors"] == 0
+
+
+def test_a_video_over_http_is_a_source_too(random_export, lossless_video):
+    """A network stream (what an IP camera serves): the lossless video from a loopback HTTP server."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(lossless_video.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{lossless_video.name}"
+        with LocalCluster(random_export, pin=False) as cluster:
+            r = _stream(cluster, random_export, source=url, speed=0, queue=64)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert r["summary"]["frames_read"] == r["summary"]["answered"] == 40
