@@ -97,13 +97,19 @@ def bench_int8(cfg: Int8Bench) -> dict:
             _export_random(checkpoint, input_shape, 10, float_dir)
             ckpt = {"model": checkpoint, "model_kwargs": {"in_chans": input_shape[0], "input_size": list(input_shape[1:])}}
             calib = np.random.default_rng(0).standard_normal((calib_images, *input_shape)).astype(np.float32)
-        int8_export(float_dir, int8_dir, calib)
-        parts = _time_parts(float_dir, int8_dir, calls, rounds)
-        acc = (
-            {k: _accuracy(d, ckpt, test_images, data_dir) for k, d in (("float32", float_dir), ("int8", int8_dir))}
-            if trained
-            else None
-        )
+        from edgesplit.progress import Progress
+
+        with Progress(3 if trained else 2, "bench int8", "step") as bar:
+            int8_export(float_dir, int8_dir, calib)
+            bar.update(1, done="int8 export")
+            parts = _time_parts(float_dir, int8_dir, calls, rounds)
+            bar.update(1, done="timing")
+            acc = (
+                {k: _accuracy(d, ckpt, test_images, data_dir) for k, d in (("float32", float_dir), ("int8", int8_dir))}
+                if trained
+                else None
+            )
+            bar.update(1 if trained else 0, done="accuracy")
 
     return {
         "checkpoint": str(checkpoint),

@@ -81,7 +81,10 @@ def bench_parity(cfg: ParityBench) -> dict:
     idx = np.arange(min(cfg.images, len(test)))
     x = np.ascontiguousarray(test.images(idx).transpose(0, 3, 1, 2))
     labels = test.labels(idx)
+    from edgesplit.progress import Progress
+
     results = {}
+    bar = Progress(3, "bench parity", "scenario")
     for scenario in ("fault_free", "kill", "freeze"):
         with LocalCluster(cfg.export, timeout_ms=cfg.timeout_ms) as cluster:
             pid = cluster.workers[victim].proc.pid
@@ -95,6 +98,8 @@ def bench_parity(cfg: ParityBench) -> dict:
             finally:
                 if scenario == "freeze":
                     os.kill(pid, signal.SIGCONT)  # thawed, so that it stops like the others
+        bar.update(1, done=scenario)
+    bar.close()
     base = results["fault_free"]["latency"]["p99_ms"]
     for r in results.values():
         r["p99_vs_fault_free"] = r["latency"]["p99_ms"] / base if r["latency"]["n"] else None

@@ -124,7 +124,9 @@ def export_model(
         pieces.append(("model", "model", model, x, image, TensorSpec("logits", (-1, kw["num_classes"]), "float32")))
         feature_dims = []
 
-    parts, max_diff = [], 0.0
+    from edgesplit.progress import Progress
+
+    parts, max_diff, bar = [], 0.0, Progress(len(pieces), "export", "part")
     for name, role, module, example, inp, outp in pieces:
         path = out_dir / f"{name}.onnx"
         _export_module(module, example, path, inp.name, outp.name)
@@ -136,6 +138,8 @@ def export_model(
         max_diff = max(max_diff, diff)
         parts.append(PartSpec(name, role, path.name, sha256_file(path), (inp,), (outp,)).to_dict())
         log.info("exported %s (max |ort - torch| = %.2e)", path, diff)
+        bar.update(1, done=name)
+    bar.close()
 
     body = {
         "model": ckpt["model"],
