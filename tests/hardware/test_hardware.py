@@ -12,7 +12,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgesplit.cli import main
 from edgesplit.errors import EdgesplitError
-from edgesplit.hardware.accelerator import PIPELINE_DEPTH_CYCLES, AccelConfig, _bundle_dram_bytes, _conv_cycles, estimate, tune
+from edgesplit.hardware.accelerator import (
+    PIPELINE_DEPTH_CYCLES,
+    AccelConfig,
+    _bundle_dram_bytes,
+    _conv_cycles,
+    estimate,
+    tune,
+    tune_every_design,
+)
 from edgesplit.hardware.catalog import get_device
 from edgesplit.hardware.costs import bram18, dsp_per_mult, packs_two
 from edgesplit.hardware.graph import Graph, Layer, UnsupportedLayers, fuse, graph_from_onnx, load_graph
@@ -178,30 +186,6 @@ def test_tune_finds_a_fitting_design_at_least_as_fast_as_the_default():
         assert best.totals.fps >= default.totals.fps
 
 
-def _tune_every_design(graph, dev, base, par_choices, tile_choices):
-    """The reference: every design of the grid costed in full, the first of the fastest (fewest DSPs) kept."""
-    from edgesplit.hardware.accelerator import DW_KERNEL_MULTS, TUNE_MAX_LUT_UTILISATION, _estimate_prepared
-    from edgesplit.hardware.costs import dsp_per_mult
-
-    graph = fuse(graph)
-    has_dw = any(ly.is_depthwise for ly in graph.layers)
-    per_mult = dsp_per_mult(base.wbits, base.fbits, dev.dsp_type, base.float32, base.pack)
-    best = None
-    for tm in par_choices:
-        for tn in par_choices:
-            for td in par_choices if has_dw else (1,):
-                if (tm * tn + (td * DW_KERNEL_MULTS if has_dw else 0)) * per_mult > dev.dsp:
-                    continue
-                for t in tile_choices:
-                    est = _estimate_prepared(graph, dev, replace(base, tm=tm, tn=tn, td=td, tr=t, tc=t))
-                    if not est.fits or est.resources.utilisation["lut"] > TUNE_MAX_LUT_UTILISATION:
-                        continue
-                    key = (est.totals.fps, -est.resources.dsp)
-                    if best is None or key > best[0]:
-                        best = (key, est)
-    return best[1]
-
-
 @pytest.mark.parametrize(
     "model, chw, device, bits",
     [
@@ -217,7 +201,7 @@ def test_tune_stops_early_yet_finds_what_costing_every_design_finds(model, chw, 
     dev, graph, base = get_device(device), load_graph(model, chw), AccelConfig(wbits=bits[0], fbits=bits[1])
     grid = {"par_choices": COARSE_PAR_CHOICES, "tile_choices": COARSE_TILE_CHOICES}
     result = tune(graph, dev, base, **grid)
-    want = _tune_every_design(graph, dev, base, **grid)
+    want = tune_every_design(graph, dev, base, **grid)
     assert result.best.config == want.config and result.best.totals.fps == want.totals.fps
     assert result.costed < result.tried  # the bound cut the search short
 

@@ -476,6 +476,42 @@ COARSE_PAR_CHOICES = (1, 2, 4, 8, 16, 32, 64)  # a 10x faster grid for searches 
 COARSE_TILE_CHOICES = (7, 14, 28)
 
 
+def _grid(graph: Graph, device: FpgaDevice, base: AccelConfig, par_choices, tile_choices) -> list[AccelConfig]:
+    """The designs ``tune`` searches: ``par_choices`` x ``tile_choices`` within the board's DSPs (bundle), or
+    ``mults`` in steps of 16 (pipeline). ``graph`` is already fused as ``base`` says."""
+    if base.arch != "bundle":
+        return [replace(base, mults=m) for m in range(16, 8 * max(device.dsp, 256) + 1, 16)]
+    per_mult = dsp_per_mult(base.wbits, base.fbits, device.dsp_type, base.float32, base.pack)
+    has_dw = any(ly.is_depthwise for ly in graph.layers)
+    return [
+        replace(base, tm=tm, tn=tn, td=td, tr=t, tc=t)
+        for tm in par_choices
+        for tn in par_choices
+        for td in (par_choices if has_dw else (1,))
+        if (tm * tn + (td * DW_KERNEL_MULTS if has_dw else 0)) * per_mult <= device.dsp  # others cannot fit
+        for t in tile_choices
+    ]
+
+
+def tune_every_design(
+    graph: Graph, device: FpgaDevice, base: AccelConfig, par_choices=PAR_CHOICES, tile_choices=TILE_CHOICES
+) -> Estimate:
+    """The reference ``tune`` is checked against (tests, ``scripts/check_tune_bound.py``): every design of the grid
+    costed in full, the first of the fastest (fewest DSPs) kept."""
+    graph = fuse(graph) if base.fuse else graph
+    best = None
+    for cfg in _grid(graph, device, base, par_choices, tile_choices):
+        est = _estimate_prepared(graph, device, cfg)
+        if not est.fits or est.resources.utilisation["lut"] > TUNE_MAX_LUT_UTILISATION:
+            continue
+        key = (est.totals.fps, -est.resources.dsp)
+        if best is None or key > best[0]:
+            best = (key, est)
+    if best is None:
+        raise EdgesplitError(f"no {base.arch} design of {graph.name} fits {device.name}")
+    return best[1]
+
+
 def tune(
     graph: Graph,
     device: FpgaDevice,
@@ -494,19 +530,7 @@ def tune(
         raise EdgesplitError(f"{device.name} is a {device.kind} device; the accelerator model needs an FPGA board")
     _check_supported(graph)
     graph = fuse(graph) if base.fuse else graph
-    per_mult = dsp_per_mult(base.wbits, base.fbits, device.dsp_type, base.float32, base.pack)
-    candidates = []
-    if base.arch == "bundle":
-        has_dw = any(ly.is_depthwise for ly in graph.layers)
-        for tm in par_choices:
-            for tn in par_choices:
-                for td in par_choices if has_dw else (1,):
-                    if (tm * tn + (td * DW_KERNEL_MULTS if has_dw else 0)) * per_mult > device.dsp:
-                        continue  # cannot fit: skip before costing it
-                    for t in tile_choices:
-                        candidates.append(replace(base, tm=tm, tn=tn, td=td, tr=t, tc=t))
-    else:
-        candidates = [replace(base, mults=m) for m in range(16, 8 * max(device.dsp, 256) + 1, 16)]
+    candidates = _grid(graph, device, base, par_choices, tile_choices)
     if base.arch == "bundle":
         # A design's time per image is at least its compute cycles (each fused group takes the longer of its
         # compute and its DRAM time, or their sum): visiting designs by that bound, the search stops at the first
